@@ -1,0 +1,78 @@
+"""Lake layout I/O: listing raw partitions, atomic folder commits, and reading the small tables back.
+
+A folder is written under a temporary sibling name and then swapped in with renames, so a reader (or a crash)
+sees the old complete version or the new complete one, never a partial folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+
+def raw_partitions(raw_dir: Path, until: dt.date) -> list[Path]:
+    """The `dt=YYYY-MM-DD` folders with dt <= until, oldest first."""
+    if not raw_dir.exists():
+        return []
+    found = []
+    for folder in raw_dir.glob("dt=*"):
+        try:
+            day = dt.date.fromisoformat(folder.name[3:])
+        except ValueError:
+            continue
+        if day <= until and folder.is_dir():
+            found.append((day, folder))
+    return [folder for _, folder in sorted(found)]
+
+
+def staging_path(final: Path) -> Path:
+    """A unique temporary sibling of `final`, on the same file system so the commit is a rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+
+
+def commit_folder(staged: Path, final: Path) -> None:
+    """Swaps a fully written folder into place; the previous version is removed only after the swap."""
+    retired = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(retired)
+    staged.rename(final)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def read_parquet_folder(folder: Path) -> pd.DataFrame:
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
+    return pd.read_parquet(folder)
+
+
+def read_sequences(sequences_dir: Path):
+    """The sequences Parquet of one ds -> splits.Sequences (aligned int32 arrays, users sorted by id)."""
+    import numpy as np
+
+    from model_lib.splits import Sequences
+
+    frame = read_parquet_folder(sequences_dir).sort_values("user_id", kind="stable").reset_index(drop=True)
+
+    def stacked(column: str) -> np.ndarray:
+        return np.stack(frame[column].to_numpy()).astype(np.int32) if len(frame) else np.zeros((0, 0), np.int32)
+
+    return Sequences(
+        user_ids=frame["user_id"].to_numpy(dtype=object),
+        items=stacked("item_indices"),
+        event_types=stacked("event_type_indices"),
+        gaps=stacked("gap_buckets"),
+        older_items=[np.asarray(values, dtype=np.int64) for values in frame["older_item_indices"]],
+    )

@@ -1,0 +1,140 @@
+"""The LSTM + causal attention next-item model (Keras 3).
+
+    items, event types, gap buckets (B, T)  -- left-padded with 0
+      -> item embedding + event-type embedding + gap embedding (B, T, D) -> dropout
+      -> LSTM, return sequences (B, T, H), padded steps masked
+      -> causal attention: query h_t, keys/values h_1..h_t of real events only (B, T, H), weights (B, T, T)
+      -> combine [h_t ; context_t] -> dense projection (B, T, D)
+      -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
+
+Trained to predict the next item at every position. At inference only the last position is scored and its
+attention row says which history item drove the recommendation.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "reco"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CausalAttention(layers.Layer):
+    """Scaled dot-product attention of each step over itself and the steps before it.
+
+    Inputs: `states` (B, T, H) and `valid` (B, T) bool, true for real events (false for padding).
+    Returns `context` (B, T, H) and `weights` (B, T, T); weights[b, t, j] = 0 for j > t or padded j. A padded
+    query row (all its keys masked) gets all-zero weights instead of NaN.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True  # padding arrives explicitly as `valid`; the implicit Keras mask stops here
+        self.query_projection = layers.Dense(units, use_bias=False, name="query")
+        self.key_projection = layers.Dense(units, use_bias=False, name="key")
+
+    def call(self, states, valid, mask=None):
+        queries = self.query_projection(states)
+        keys = self.key_projection(states)
+        logits = ops.matmul(queries, ops.transpose(keys, (0, 2, 1))) / ops.sqrt(ops.cast(self.units, states.dtype))
+        steps = ops.shape(states)[1]
+        causal = ops.tril(ops.ones((steps, steps), dtype="bool"))
+        allowed = ops.logical_and(causal[None, :, :], ops.cast(valid, "bool")[:, None, :])
+        logits = ops.where(allowed, logits, ops.full_like(logits, -1e9))
+        weights = ops.softmax(logits, axis=-1) * ops.cast(allowed, logits.dtype)
+        return ops.matmul(weights, states), weights
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NextItemModel(keras.Model):
+    """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown).
+
+    `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
+    `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
+    `score_last(inputs)` -> (logits of the last step (B, num_items), its attention row (B, T)).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_event_types: int,
+        num_gap_buckets: int,
+        embedding_dim: int = 64,
+        hidden_dim: int = 64,
+        lstm_layers: int = 1,
+        dropout: float = 0.2,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_items = num_items
+        self.num_event_types = num_event_types
+        self.num_gap_buckets = num_gap_buckets
+        self.embedding_dim = embedding_dim
+        self.hidden_dim = hidden_dim
+        self.lstm_layers = lstm_layers
+        self.dropout_rate = dropout
+        self.item_embedding = layers.Embedding(num_items, embedding_dim, name="item_embedding")
+        self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
+        self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
+        self.input_dropout = layers.Dropout(dropout)
+        self.lstms = [
+            layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)
+        ]
+        self.attention = CausalAttention(hidden_dim, name="causal_attention")
+        self.combine = layers.Dense(embedding_dim, activation="tanh", name="combine")
+        self.output_dropout = layers.Dropout(dropout)
+        self.item_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="item_bias")
+
+    def encode(self, inputs, training=False):
+        items = ops.cast(inputs["items"], "int32")
+        valid = ops.not_equal(items, 0)
+        embedded = (
+            self.item_embedding(items)
+            + self.type_embedding(ops.cast(inputs["event_types"], "int32"))
+            + self.gap_embedding(ops.cast(inputs["gaps"], "int32"))
+        )
+        # Padded steps contribute nothing: zero their input and let the LSTM carry state across them.
+        embedded = embedded * ops.cast(valid, embedded.dtype)[..., None]
+        states = self.input_dropout(embedded, training=training)
+        for lstm in self.lstms:
+            states = lstm(states, mask=valid, training=training)
+        context, weights = self.attention(states, valid)
+        combined = self.combine(ops.concatenate([states, context], axis=-1))
+        return self.output_dropout(combined, training=training), weights
+
+    def item_logits(self, user_vectors):
+        """(..., D) -> (..., num_items): dot product with the tied item table plus a per-item bias."""
+        return ops.matmul(user_vectors, ops.transpose(self.item_embedding.embeddings)) + self.item_bias
+
+    def call(self, inputs, training=False):
+        user_vectors, _ = self.encode(inputs, training=training)
+        return self.item_logits(user_vectors)
+
+    def score_last(self, inputs):
+        user_vectors, weights = self.encode(inputs, training=False)
+        return self.item_logits(user_vectors[:, -1, :]), weights[:, -1, :]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_items": self.num_items,
+            "num_event_types": self.num_event_types,
+            "num_gap_buckets": self.num_gap_buckets,
+            "embedding_dim": self.embedding_dim,
+            "hidden_dim": self.hidden_dim,
+            "lstm_layers": self.lstm_layers,
+            "dropout": self.dropout_rate,
+        }
+
+
+def model_inputs(items, event_types, gaps) -> dict:
+    """The input dict the model takes: three aligned (B, T) integer arrays."""
+    return {"items": items, "event_types": event_types, "gaps": gaps}

@@ -1,0 +1,124 @@
+"""MLflow: the tracking store, the pyfunc form of a Recommender, registration, aliases and promotion.
+
+Aliases, never the deprecated stages: `champion` is what the nightly run reads, `challenger` the newest
+candidate. A person promotes by setting the alias in the MLflow UI or with `reco promote --version N`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from model_lib.config import Settings
+from model_lib.scoring import Recommender
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EXPERIMENT = "reco-training"
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Points MLflow at the configured store and makes sure the experiment keeps artifacts where we say."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return MlflowClient()
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types`
+    (aligned list) -> a DataFrame with `item_ids`, `scores` (top-K, best first) and `reason_item_id`."""
+
+    def __init__(self, seq_len: int = 50, top_k: int = 20):
+        self.seq_len = seq_len
+        self.top_k = top_k
+
+    def load_context(self, context):
+        self.recommender = Recommender.load(Path(context.artifacts["recommender"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        k = int((params or {}).get("k", self.top_k))
+        rows = [
+            self.recommender.encode_history(
+                list(history), list(types) if "event_types" in model_input and types is not None else None, self.seq_len
+            )
+            for history, types in zip(
+                model_input["history"],
+                model_input["event_types"] if "event_types" in model_input else [None] * len(model_input),
+                strict=True,
+            )
+        ]
+        items, types, gaps = (np.stack(column) for column in zip(*rows, strict=True))
+        result = self.recommender.recommend(
+            {"items": items, "event_types": types, "gaps": gaps}, [np.zeros(0, int)] * len(items), k
+        )
+        ids = self.recommender.item_ids
+        return pd.DataFrame(
+            {
+                "item_ids": [list(ids[row]) for row in result.items],
+                "scores": [list(map(float, row)) for row in result.scores],
+                "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
+            }
+        )
+
+
+def log_recommender(recommender: Recommender, settings: Settings) -> str:
+    """Logs the recommender as a pyfunc model (with signature and input example) in the active run."""
+    example = pd.DataFrame(
+        {
+            "history": [list(recommender.item_ids[2 : 2 + min(5, recommender.num_items - 2)])],
+            "event_types": [[recommender.event_types[0]] * min(5, recommender.num_items - 2)],
+        }
+    )
+    python_model = RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = recommender.save(Path(tmp) / "recommender")
+        python_model.load_context(type("Context", (), {"artifacts": {"recommender": str(folder)}})())
+        output = python_model.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
+            artifacts={"recommender": str(folder)},
+            signature=mlflow.models.infer_signature(example, output),
+            input_example=example,
+        )
+    return info.model_uri
+
+
+def register(client: MlflowClient, model_uri: str, settings: Settings, tags: dict[str, str]) -> int:
+    version = mlflow.register_model(model_uri, settings.model_name, tags=tags)
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
+    return int(version.version)
+
+
+def alias_version(client: MlflowClient, settings: Settings, alias: str) -> int | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    try:
+        return int(client.get_model_version_by_alias(settings.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_recommender(settings: Settings, version: int) -> Recommender:
+    """The Recommender inside a registered version, loaded only from the configured registry."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    return pyfunc.unwrap_python_model().recommender
+
+
+def set_champion(client: MlflowClient, settings: Settings, version: int, reason: str) -> None:
+    previous = alias_version(client, settings, CHAMPION)
+    client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
+    client.set_model_version_tag(settings.model_name, str(version), "promotion", reason)
+    if previous is not None and previous != version:
+        client.set_model_version_tag(settings.model_name, str(version), "previous_champion", str(previous))

