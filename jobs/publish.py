@@ -1,0 +1,44 @@
+"""Step 5 — publish: one day of recommendations into the warehouse, atomically and idempotently.
+
+Reads   lake/recommendations/ds=D/, lake/vocab/ds=D/ (catalogue size for coverage)
+Writes  warehouse tables `recommendations` (the day replaced in one transaction) and `recommendation_runs`
+
+Run as `python -m jobs.publish --ds D` or `reco publish --ds D`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import uuid
+
+from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.lake import read_parquet_folder
+from model_lib.progress import stage
+from model_lib.warehouse import open_warehouse
+
+
+def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
+    started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    warehouse = open_warehouse(settings.warehouse_url)
+    catalogue_size = len(read_parquet_folder(settings.vocab_dir(ds)))
+    with stage(f"publish ds={ds} into {settings.warehouse_url}") as report:
+        summary = warehouse.publish(
+            ds, settings.recommendations_dir(ds), run_id or f"manual-{uuid.uuid4().hex[:12]}", catalogue_size, started_at
+        )
+        report(**{k: v for k, v in summary.items() if k != "ds"})
+    print(f"[reco] publish summary {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True)
+    parser.add_argument("--run-id", help="recorded in recommendation_runs (the Airflow run id when the DAG calls it)")
+    args = parser.parse_args(argv)
+    return run(get_settings(), parse_ds(args.ds), args.run_id)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Step 4 — recommend: score every user with history with one pinned model version (Spark, mapInPandas).
+
+Reads   lake/sequences/ds=D/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once by the caller)
+Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K unseen items with scores, source and reason
+
+Each Python worker loads the model once and scores whole Arrow batches: one forward pass, one matrix multiply
+against the item table, seen items excluded, top-K. Run as `spark-submit jobs/recommend.py --ds D --model-version N`
+or `reco recommend --ds D` (which resolves the champion itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.lake import commit_folder, staging_path
+from model_lib.progress import stage
+from model_lib.spark import spark_session
+
+RECOMMENDATION_SCHEMA = (
+    "ds string, user_id string, rank int, item_id string, score double, source string, "
+    "reason_item_id string, model_name string, model_version int"
+)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_recommender(tracking_uri: str, model_name: str, version: int):
+    """Loaded once per Python worker process (workers are reused across tasks)."""
+    from model_lib import registry
+
+    return registry.load_recommender(get_settings(mlflow_tracking_uri=tracking_uri, model_name=model_name), version)
+
+
+def score_partition(
+    batches: Iterator[pd.DataFrame], *, tracking_uri: str, model_name: str, version: int, k: int, ds: str
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: sequence rows -> recommendation rows (K per user)."""
+    recommender = _cached_recommender(tracking_uri, model_name, version)
+    for batch in batches:
+        if batch.empty:
+            continue
+        inputs = {
+            "items": np.stack(batch["item_indices"].to_numpy()).astype(np.int32),
+            "event_types": np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
+            "gaps": np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
+        }
+        older = [np.asarray(values, dtype=np.int64) for values in batch["older_item_indices"]]
+        result = recommender.recommend(inputs, older, k)
+        users, width = len(batch), result.items.shape[1]
+        reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
+        yield pd.DataFrame(
+            {
+                "ds": ds,
+                "user_id": np.repeat(batch["user_id"].to_numpy(), width),
+                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), users),
+                "item_id": recommender.item_ids[result.items.ravel()],
+                "score": result.scores.ravel().astype(np.float64),
+                "source": np.repeat(result.sources, width),
+                "reason_item_id": np.repeat(reason_ids, width),
+                "model_name": model_name,
+                "model_version": np.int32(version),
+            }
+        )
+
+
+# --- extract / transform / load ---------------------------------------------------------------------------
+def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
+    return spark.read.parquet(str(settings.sequences_dir(ds)))
+
+
+def recommend(sequences: DataFrame, settings: Settings, version: int, k: int, ds: dt.date) -> DataFrame:
+    has_history = sequences.where(F.col("length") > 0)
+    body = functools.partial(
+        score_partition,
+        tracking_uri=settings.mlflow_tracking_uri,
+        model_name=settings.model_name,
+        version=version,
+        k=k,
+        ds=ds.isoformat(),
+    )
+    return has_history.mapInPandas(body, RECOMMENDATION_SCHEMA)
+
+
+def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:
+    final = settings.recommendations_dir(ds)
+    staged = staging_path(final)
+    recommendations.orderBy("user_id", "rank").write.mode("overwrite").parquet(str(staged))
+    commit_folder(staged, final)
+
+
+def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | None = None) -> dict:
+    if version is None:
+        from model_lib import registry
+
+        client = registry.configure(settings)
+        version = registry.alias_version(client, settings, registry.CHAMPION)
+        if version is None:
+            raise LookupError(
+                f"{settings.model_name} has no `champion` alias: run reco_training (or `reco promote --version N`)"
+            )
+    k = k or settings.top_k
+    spark = spark_session(settings, "reco-recommend")
+    with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
+        sequences = extract_sequences(spark, settings, ds)
+        load(recommend(sequences, settings, version, k, ds), settings, ds)
+        written = spark.read.parquet(str(settings.recommendations_dir(ds)))
+        counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
+        by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
+        report(users=counts["users"], rows=counts["rows"], **by_source)
+    summary = {"ds": ds.isoformat(), "model_version": version, "users": counts["users"], "rows": counts["rows"]}
+    print(f"[reco] recommend summary {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ds", required=True)
+    parser.add_argument("--model-version", type=int, help="pinned version (default: resolve champion now)")
+    parser.add_argument("--k", type=int, help="recommendations per user (default: settings.top_k)")
+    args = parser.parse_args(argv)
+    if args.k is not None and args.k <= 0:
+        parser.error("--k must be a positive integer")
+    return run(get_settings(), parse_ds(args.ds), args.model_version, args.k)
+
+
+if __name__ == "__main__":
+    main()
