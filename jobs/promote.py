@@ -70,7 +70,9 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
     if not np.isfinite(scores["challenger"]["ndcg_10"]):
         return {**decision, "promoted": False, "reason": "challenger scores are not finite"}
     if gain > settings.promote_margin:
-        reason = f"NDCG@10 {scores['challenger']['ndcg_10']:.4f} beats v{champion}'s {scores['champion']['ndcg_10']:.4f}"
+        reason = (
+            f"NDCG@10 {scores['challenger']['ndcg_10']:.4f} beats v{champion}'s {scores['champion']['ndcg_10']:.4f}"
+        )
         registry.set_champion(client, settings, challenger, reason)
         return {**decision, "promoted": True, "reason": reason}
     return {

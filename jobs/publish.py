@@ -25,7 +25,11 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
     catalogue_size = len(read_parquet_folder(settings.vocab_dir(ds)))
     with stage(f"publish ds={ds} into {settings.warehouse_url}") as report:
         summary = warehouse.publish(
-            ds, settings.recommendations_dir(ds), run_id or f"manual-{uuid.uuid4().hex[:12]}", catalogue_size, started_at
+            ds,
+            settings.recommendations_dir(ds),
+            run_id or f"manual-{uuid.uuid4().hex[:12]}",
+            catalogue_size,
+            started_at,
         )
         report(**{k: v for k, v in summary.items() if k != "ds"})
     print(f"[reco] publish summary {json.dumps(summary)}", flush=True)

@@ -14,62 +14,20 @@ import argparse
 import datetime as dt
 import functools
 import json
-from collections.abc import Iterator
 
-import numpy as np
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, staging_path
 from model_lib.progress import stage
+from model_lib.scoring import score_partition
 from model_lib.spark import spark_session
 
 RECOMMENDATION_SCHEMA = (
     "ds string, user_id string, rank int, item_id string, score double, source string, "
     "reason_item_id string, model_name string, model_version int"
 )
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_recommender(tracking_uri: str, model_name: str, version: int):
-    """Loaded once per Python worker process (workers are reused across tasks)."""
-    from model_lib import registry
-
-    return registry.load_recommender(get_settings(mlflow_tracking_uri=tracking_uri, model_name=model_name), version)
-
-
-def score_partition(
-    batches: Iterator[pd.DataFrame], *, tracking_uri: str, model_name: str, version: int, k: int, ds: str
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> recommendation rows (K per user)."""
-    recommender = _cached_recommender(tracking_uri, model_name, version)
-    for batch in batches:
-        if batch.empty:
-            continue
-        inputs = {
-            "items": np.stack(batch["item_indices"].to_numpy()).astype(np.int32),
-            "event_types": np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
-            "gaps": np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
-        }
-        older = [np.asarray(values, dtype=np.int64) for values in batch["older_item_indices"]]
-        result = recommender.recommend(inputs, older, k)
-        users, width = len(batch), result.items.shape[1]
-        reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
-        yield pd.DataFrame(
-            {
-                "ds": ds,
-                "user_id": np.repeat(batch["user_id"].to_numpy(), width),
-                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), users),
-                "item_id": recommender.item_ids[result.items.ravel()],
-                "score": result.scores.ravel().astype(np.float64),
-                "source": np.repeat(result.sources, width),
-                "reason_item_id": np.repeat(reason_ids, width),
-                "model_name": model_name,
-                "model_version": np.int32(version),
-            }
-        )
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------

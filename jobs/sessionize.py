@@ -36,7 +36,8 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date) -> D
     if partitions[-1].name != f"dt={ds.isoformat()}":
         log.warning("no raw events for dt=%s: sequences are built from the history up to %s", ds, partitions[-1].name)
         print(f"[reco] no raw events for dt={ds}; using the history up to {partitions[-1].name}", flush=True)
-    lines = spark.read.option("basePath", str(settings.raw_events_dir)).text([str(p) for p in partitions])
+    # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
+    lines = spark.read.text(str(settings.raw_events_dir)).where(F.col("dt") <= F.lit(ds))
     return lines.select(
         F.col("value").alias("line"),
         F.col("dt").cast("string").alias("dt"),

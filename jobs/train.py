@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import PROJECT_ROOT, Settings, get_settings, parse_ds
-from model_lib.events import FIRST_ITEM_INDEX
 from model_lib.lake import read_parquet_folder, read_sequences
 from model_lib.metrics import evaluate_holdout, popularity_scores
 from model_lib.progress import stage
+from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import leave_one_out
 
 
@@ -76,8 +76,18 @@ def run(settings: Settings, ds: dt.date) -> dict:
     params = {
         key: getattr(settings, key)
         for key in (
-            "seq_len", "embedding_dim", "hidden_dim", "lstm_layers", "dropout", "learning_rate",
-            "batch_size", "epochs", "patience", "seed", "min_item_count", "session_gap_minutes",
+            "seq_len",
+            "embedding_dim",
+            "hidden_dim",
+            "lstm_layers",
+            "dropout",
+            "learning_rate",
+            "batch_size",
+            "epochs",
+            "patience",
+            "seed",
+            "min_item_count",
+            "session_gap_minutes",
         )
     }
     with mlflow.start_run(run_name=f"train-{ds}") as run:
@@ -90,38 +100,60 @@ def run(settings: Settings, ds: dt.date) -> dict:
 
         with stage("train: fit next-item model") as report:
             result = train_next_item_model(split, num_items, settings, on_epoch_end=log_epoch)
-            report(epochs=len(result.history), best_epoch=result.best_epoch, seq_per_s=round(result.sequences_per_second))
+            report(
+                epochs=len(result.history), best_epoch=result.best_epoch, seq_per_s=round(result.sequences_per_second)
+            )
         with stage("train: test metrics") as report:
             test = evaluate_model(result.model, split.test, num_items)
             popular = popularity_scores(split.train.items, num_items)
             test_inputs = {"items": split.test.inputs.items}
             baseline = evaluate_holdout(
                 lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)),
-                test_inputs, split.test.inputs.older_items, split.test.targets, num_items,
+                test_inputs,
+                split.test.inputs.older_items,
+                split.test.targets,
+                num_items,
             )
-            report(**{f"test_{k}": v for k, v in test.items() if k.startswith(("hr_10", "ndcg_10"))},
-                   popular_ndcg_10=baseline["ndcg_10"])
+            report(
+                **{f"test_{k}": v for k, v in test.items() if k.startswith(("hr_10", "ndcg_10"))},
+                popular_ndcg_10=baseline["ndcg_10"],
+            )
 
         # --- load: metrics, pictures, the model, the registry ---
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
         mlflow.log_metrics({f"popular_test_{k}": v for k, v in baseline.items()})
         mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png")))
-            (Path(tmp) / "test_metrics.json").write_text(json.dumps({"model": test, "most_popular": baseline}, indent=2))
+            mlflow.log_artifact(
+                str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))
+            )
+            (Path(tmp) / "test_metrics.json").write_text(
+                json.dumps({"model": test, "most_popular": baseline}, indent=2)
+            )
             mlflow.log_artifact(str(Path(tmp) / "test_metrics.json"))
         recommender = Recommender(result.model, vocabulary, settings.event_types)
         with stage("train: log + register model") as report:
             model_uri = registry.log_recommender(recommender, settings)
             version = registry.register(
-                client, model_uri, settings,
-                tags={"ds": ds.isoformat(), "run_id": run.info.run_id, "test_ndcg_10": f"{test['ndcg_10']:.5f}",
-                      "test_hr_10": f"{test['hr_10']:.5f}", "code_version": code_version()},
+                client,
+                model_uri,
+                settings,
+                tags={
+                    "ds": ds.isoformat(),
+                    "run_id": run.info.run_id,
+                    "test_ndcg_10": f"{test['ndcg_10']:.5f}",
+                    "test_hr_10": f"{test['hr_10']:.5f}",
+                    "code_version": code_version(),
+                },
             )
             report(model=settings.model_name, version=version, alias=registry.CHALLENGER)
     summary = {
-        "ds": ds.isoformat(), "run_id": run.info.run_id, "version": version,
-        "test": test, "most_popular": baseline, "train_seconds": round(result.seconds, 1),
+        "ds": ds.isoformat(),
+        "run_id": run.info.run_id,
+        "version": version,
+        "test": test,
+        "most_popular": baseline,
+        "train_seconds": round(result.seconds, 1),
     }
     print(f"[reco] train summary {json.dumps(summary)}", flush=True)
     return summary

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = 8
 
     # --- raw-event contract and sessionization ---
-    event_types: list[str] = Field(
-        default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "like", "rate"]
-    )
+    event_types: list[str] = Field(default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "like", "rate"])
     session_gap_minutes: int = 30
     seq_len: int = 50
     min_item_count: int = 5

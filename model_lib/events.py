@@ -14,20 +14,20 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from model_lib.schemas import (
+    FIRST_ITEM_INDEX,
+    PAD_INDEX,
+    REASON_BAD_TS,
+    REASON_MISSING_FIELD,
+    REASON_NOT_JSON,
+    REASON_UNKNOWN_EVENT_TYPE,
+    UNKNOWN_ITEM_INDEX,
+)
+
 # The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
 RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
 REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]
 RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in RAW_FIELDS])
-
-# Reason codes, checked in this order; the first that applies is recorded.
-REASON_NOT_JSON = "not_json"
-REASON_MISSING_FIELD = "missing_field"
-REASON_BAD_TS = "bad_ts"
-REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
-
-PAD_INDEX = 0
-UNKNOWN_ITEM_INDEX = 1
-FIRST_ITEM_INDEX = 2
 
 
 def parse_raw_lines(lines: DataFrame) -> DataFrame:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from model_lib.events import FIRST_ITEM_INDEX
+from model_lib.schemas import FIRST_ITEM_INDEX
 
 ScoreFunction = Callable[[dict[str, np.ndarray]], np.ndarray]
 

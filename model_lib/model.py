@@ -4,7 +4,7 @@
       -> item embedding + event-type embedding + gap embedding (B, T, D) -> dropout
       -> LSTM, return sequences (B, T, H), padded steps masked
       -> causal attention: query h_t, keys/values h_1..h_t of real events only (B, T, H), weights (B, T, T)
-      -> combine [h_t ; context_t] -> dense projection (B, T, D)
+      -> combine tanh(W [h_t ; context_t]) (B, T, H) -> linear projection (B, T, D)
       -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
 
 Trained to predict the next item at every position. At inference only the last position is scored and its
@@ -85,12 +85,12 @@ class NextItemModel(keras.Model):
         self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
         self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
         self.input_dropout = layers.Dropout(dropout)
-        self.lstms = [
-            layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)
-        ]
+        self.lstms = [layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)]
         self.attention = CausalAttention(hidden_dim, name="causal_attention")
-        self.combine = layers.Dense(embedding_dim, activation="tanh", name="combine")
+        self.combine = layers.Dense(hidden_dim, activation="tanh", name="combine")
         self.output_dropout = layers.Dropout(dropout)
+        # Linear, so user vectors are not bounded: tied item embeddings need logit ranges far beyond tanh's.
+        self.projection = layers.Dense(embedding_dim, name="projection")
         self.item_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="item_bias")
 
     def encode(self, inputs, training=False):
@@ -108,7 +108,7 @@ class NextItemModel(keras.Model):
             states = lstm(states, mask=valid, training=training)
         context, weights = self.attention(states, valid)
         combined = self.combine(ops.concatenate([states, context], axis=-1))
-        return self.output_dropout(combined, training=training), weights
+        return self.projection(self.output_dropout(combined, training=training)), weights
 
     def item_logits(self, user_vectors):
         """(..., D) -> (..., num_items): dot product with the tied item table plus a per-item bias."""

@@ -92,8 +92,20 @@ def apply_engine_environment(settings: Settings) -> None:
             os.environ[key] = value
 
 
+def shell_exports(settings: Settings) -> str:
+    """`export K='V'` lines for a shell (the Makefile evals them before every engine command)."""
+    import shlex
+
+    environment = engine_environment(settings)
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in environment.items())
+
+
 if __name__ == "__main__":
+    from model_lib.config import get_settings
+
     if sys.argv[1:] == ["java-home"]:
         print(java_home())
+    elif sys.argv[1:] == ["env"]:
+        print(shell_exports(get_settings()))
     else:
-        sys.exit("usage: python -m model_lib.runtime java-home")
+        sys.exit("usage: python -m model_lib.runtime java-home|env")

@@ -8,15 +8,17 @@ The folder form (`save` / `load`) is what travels inside each registered MLflow 
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from model_lib.events import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.metrics import seen_mask, top_k_items
+from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 
 SOURCE_MODEL = "model"
 SOURCE_POPULAR = "popular"
@@ -53,7 +55,9 @@ class Recommender:
     def score_with_attention(self, inputs: dict[str, np.ndarray], batch_size: int = 1024):
         scores, attention = [], []
         for start in range(0, len(inputs["items"]), batch_size):
-            batch = {name: np.asarray(values[start : start + batch_size], dtype=np.int32) for name, values in inputs.items()}
+            batch = {
+                name: np.asarray(values[start : start + batch_size], dtype=np.int32) for name, values in inputs.items()
+            }
             logits, weights = self.model.score_last(batch)
             scores.append(np.asarray(logits, dtype=np.float32))
             attention.append(np.asarray(weights, dtype=np.float32))
@@ -125,3 +129,45 @@ def build_model(model) -> None:
     """Creates the weights by one call on a dummy batch (a subclassed model builds lazily)."""
     dummy = np.full((1, 2), PAD_INDEX, dtype=np.int32)
     model({"items": dummy, "event_types": dummy, "gaps": dummy})
+
+
+# --- batch scoring inside Spark Python workers (jobs/recommend.py, mapInPandas) ---
+@functools.lru_cache(maxsize=2)
+def _cached_recommender(tracking_uri: str, model_name: str, version: int):
+    """Loaded once per Python worker process (workers are reused across tasks)."""
+    from model_lib import registry
+    from model_lib.config import get_settings
+
+    return registry.load_recommender(get_settings(mlflow_tracking_uri=tracking_uri, model_name=model_name), version)
+
+
+def score_partition(
+    batches: Iterator[pd.DataFrame], *, tracking_uri: str, model_name: str, version: int, k: int, ds: str
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: sequence rows -> recommendation rows (K per user)."""
+    recommender = _cached_recommender(tracking_uri, model_name, version)
+    for batch in batches:
+        if batch.empty:
+            continue
+        inputs = {
+            "items": np.stack(batch["item_indices"].to_numpy()).astype(np.int32),
+            "event_types": np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
+            "gaps": np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
+        }
+        older = [np.asarray(values, dtype=np.int64) for values in batch["older_item_indices"]]
+        result = recommender.recommend(inputs, older, k)
+        users, width = len(batch), result.items.shape[1]
+        reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
+        yield pd.DataFrame(
+            {
+                "ds": ds,
+                "user_id": np.repeat(batch["user_id"].to_numpy(), width),
+                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), users),
+                "item_id": recommender.item_ids[result.items.ravel()],
+                "score": result.scores.ravel().astype(np.float64),
+                "source": np.repeat(result.sources, width),
+                "reason_item_id": np.repeat(reason_ids, width),
+                "model_name": model_name,
+                "model_version": np.int32(version),
+            }
+        )

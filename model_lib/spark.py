@@ -22,6 +22,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
     )
     # spark-submit starts the JVM first and hands its port over; then the master comes from its command line.

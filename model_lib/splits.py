@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_lib.events import PAD_INDEX
+from model_lib.schemas import PAD_INDEX
 
 MIN_EVENTS_FOR_HOLDOUT = 3
 
@@ -39,7 +39,10 @@ class Sequences:
     def subset(self, rows: np.ndarray) -> Sequences:
         """The users at the given integer row positions."""
         return Sequences(
-            self.user_ids[rows], self.items[rows], self.event_types[rows], self.gaps[rows],
+            self.user_ids[rows],
+            self.items[rows],
+            self.event_types[rows],
+            self.gaps[rows],
             [self.older_items[i] for i in rows],
         )
 
@@ -48,7 +51,8 @@ class Sequences:
         if count == 0:
             return self
         return Sequences(
-            self.user_ids, *(shift_right(a, count) for a in (self.items, self.event_types, self.gaps)),
+            self.user_ids,
+            *(shift_right(a, count) for a in (self.items, self.event_types, self.gaps)),
             self.older_items,
         )
 

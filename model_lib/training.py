@@ -3,6 +3,7 @@ with Keras progress bars, validation NDCG@K after every epoch and early stopping
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_lib.config import Settings
-from model_lib.events import FIRST_ITEM_INDEX
 from model_lib.metrics import evaluate_holdout
+from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import HoldOut, LeaveOneOut, next_item_pairs
 
 
@@ -26,6 +27,7 @@ class TrainingResult:
 
 def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -> dict[str, float]:
     """The model's metrics on a hold-out with the shared metrics module (full ranking, seen excluded)."""
+
     def score(batch):
         logits, _ = model.score_last({name: np.asarray(v, np.int32) for name, v in batch.items()})
         return np.asarray(logits)
@@ -72,7 +74,7 @@ def train_next_item_model(
     )
     steps_per_epoch = int(np.ceil(len(targets) / settings.batch_size))
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=os.environ.get("RECO_XLA") == "1")
     def train_step(batch_inputs, batch_targets):
         with tf.GradientTape() as tape:
             logits = model(batch_inputs, training=True)

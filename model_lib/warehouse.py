@@ -62,7 +62,9 @@ class DuckDBWarehouse:
         connection.execute(RUNS_DDL.format(table=self.runs))
         return connection
 
-    def publish(self, ds: dt.date, parquet_dir: Path, run_id: str, catalogue_size: int, started_at: dt.datetime) -> dict:
+    def publish(
+        self, ds: dt.date, parquet_dir: Path, run_id: str, catalogue_size: int, started_at: dt.datetime
+    ) -> dict:
         files = sorted(str(p) for p in Path(parquet_dir).glob("*.parquet"))
         if not files:
             raise FileNotFoundError(f"no recommendation files in {parquet_dir}: run the recommend step first")
@@ -90,8 +92,17 @@ class DuckDBWarehouse:
             connection.execute(f"INSERT INTO {self.recommendations} ({columns}) SELECT {columns} FROM staging")
             connection.execute(
                 f"INSERT INTO {self.runs} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [ds, run_id, version, users, rows, coverage, started_at, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                 "success"],
+                [
+                    ds,
+                    run_id,
+                    version,
+                    users,
+                    rows,
+                    coverage,
+                    started_at,
+                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                    "success",
+                ],
             )
             connection.execute("COMMIT")
         finally:

@@ -1,0 +1,65 @@
+"""
+### reco_training — sessionize -> train -> promote
+
+Weekly (and on demand): rebuilds the sequences for the logical date, trains the LSTM + attention next-item model,
+registers it in MLflow as a new version of `reco-lstm-attention` with alias `challenger`, and promotes it to
+`champion` when there is none yet or when it beats the champion on the same leave-one-out hold-out.
+
+Reads `lake/raw/events/dt<=ds`; writes `lake/sequences|vocab|quarantine/ds=ds`, an MLflow run and a model version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Param, dag, task
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+@dag(
+    dag_id="reco_training",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["reco", "training"],
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={"epochs": Param(None, type=["null", "integer"], minimum=1, description="override settings.epochs")},
+)
+def reco_training():
+    sessionize = SparkSubmitOperator(
+        task_id="sessionize",
+        application=str(JOBS / "sessionize.py"),
+        application_args=["--ds", "{{ ds }}"],
+        conn_id="spark_default",
+        name="reco-sessionize-{{ ds }}",
+        doc_md="Spark: raw events up to ds -> lake/sequences, lake/vocab, lake/quarantine for ds.",
+    )
+
+    @task(doc_md="TensorFlow: train on lake/sequences/ds, log to MLflow, register a `challenger` version.")
+    def train(ds: str | None = None, params: dict | None = None) -> dict:
+        from jobs import train as job
+        from model_lib.config import get_settings, parse_ds
+
+        overrides = {"epochs": params["epochs"]} if params and params.get("epochs") else {}
+        return job.run(get_settings(**overrides), parse_ds(ds))
+
+    @task(doc_md="Promotion gate: the challenger becomes `champion` only if it wins on the same hold-out.")
+    def promote(trained: dict, ds: str | None = None) -> dict:
+        from jobs import promote as job
+        from model_lib.config import get_settings, parse_ds
+
+        decision = job.gate(get_settings(), parse_ds(ds), challenger=trained["version"])
+        print(f"[reco] promotion decision: {decision}")
+        return decision
+
+    trained = train()
+    sessionize >> trained
+    promote(trained)
+
+
+reco_training()

@@ -1,0 +1,189 @@
+"""`reco`: one console script, a subcommand per pipeline step, calling the same functions the DAGs call.
+
+reco data movielens | synth    raw events into lake/raw/events
+reco sessionize --ds D         Spark: sequences + vocabulary + quarantine
+reco train --ds D              TensorFlow + MLflow: a new `challenger` version
+reco promote --ds D | --version N | reco rollback
+reco recommend --ds D          Spark: top-K per user with the champion
+reco publish --ds D            warehouse: the day, atomically
+reco show --user U [--ds D]    a user's recommendations with titles and reasons
+reco settings                  the effective configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+
+def _data(args) -> None:
+    from model_lib.config import get_settings
+    from model_lib.sources import SynthSpec, convert_movielens, write_synth
+
+    settings = get_settings()
+    if args.source == "movielens":
+        per_day = convert_movielens(settings.raw_events_dir, settings.items_dir)
+    else:
+        spec = SynthSpec(
+            users=args.users,
+            items=args.items,
+            days=args.days,
+            malformed_share=args.malformed_share,
+            seed=args.seed,
+            start=dt.date.fromisoformat(args.start),
+        )
+        per_day = write_synth(spec, settings.raw_events_dir)
+    print(
+        json.dumps(
+            {
+                "days": len(per_day),
+                "first_dt": min(per_day),
+                "last_dt": max(per_day),
+                "lines": sum(per_day.values()),
+                "raw_dir": str(settings.raw_events_dir),
+            }
+        )
+    )
+
+
+def _show(args) -> None:
+    from model_lib.config import get_settings, parse_ds
+    from model_lib.warehouse import open_warehouse
+
+    settings = get_settings()
+    warehouse = open_warehouse(settings.warehouse_url)
+    ds = parse_ds(args.ds) if args.ds else warehouse.query("SELECT max(ds) AS ds FROM recommendations")["ds"][0]
+    rows = warehouse.query(
+        "SELECT rank, item_id, score, source, reason_item_id, model_version FROM recommendations "
+        "WHERE ds = ? AND user_id = ? ORDER BY rank",
+        [ds, args.user],
+    )
+    print(format_recommendations(args.user, ds, rows, item_titles(settings)))
+
+
+def _summary(args) -> None:
+    """The end of `make demo`: some users' lists with titles, the champion's hold-out metrics, where the UIs are."""
+    from model_lib import registry
+    from model_lib.config import get_settings, parse_ds
+    from model_lib.warehouse import open_warehouse
+
+    settings = get_settings()
+    ds = parse_ds(args.ds)
+    warehouse = open_warehouse(settings.warehouse_url)
+    titles = item_titles(settings)
+    users = warehouse.query(
+        "SELECT DISTINCT user_id FROM recommendations WHERE ds = ? ORDER BY user_id LIMIT ?", [ds, args.users]
+    )["user_id"]
+    for user in users:
+        rows = warehouse.query(
+            "SELECT rank, item_id, score, source, reason_item_id, model_version FROM recommendations "
+            "WHERE ds = ? AND user_id = ? AND rank <= 5 ORDER BY rank",
+            [ds, user],
+        )
+        print(format_recommendations(user, ds, rows, titles) + "\n")
+    totals = warehouse.query(
+        "SELECT users, rows, coverage, model_version FROM recommendation_runs WHERE ds = ? ORDER BY finished_at DESC "
+        "LIMIT 1",
+        [ds],
+    )
+    client = registry.configure(settings)
+    champion = registry.alias_version(client, settings, registry.CHAMPION)
+    tags = client.get_model_version(settings.model_name, str(champion)).tags if champion else {}
+    print(f"warehouse {settings.warehouse_url}: {totals.to_dict('records')}")
+    print(
+        f"champion {settings.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
+        f"NDCG@10 = {tags.get('test_ndcg_10')} (full ranking, seen items excluded)"
+    )
+    print("MLflow UI:  make mlflow-ui   -> http://127.0.0.1:5000 (experiment reco-training, model reco-lstm-attention)")
+    print("Airflow UI: make airflow     -> http://127.0.0.1:8080 (DAGs reco_training, reco_nightly)")
+
+
+def item_titles(settings) -> dict[str, str]:
+    """item_id -> title where item metadata exists (MovieLens); empty otherwise."""
+    import pandas as pd
+
+    path = settings.items_dir / "items.parquet"
+    if not path.exists():
+        return {}
+    items = pd.read_parquet(path)
+    return dict(zip(items["item_id"], items["title"], strict=True))
+
+
+def format_recommendations(user: str, ds, rows, titles: dict[str, str]) -> str:
+    if rows.empty:
+        return f"no recommendations for user {user!r} on {ds}"
+    lines = [f"user {user} on {ds} (model v{rows['model_version'].iloc[0]}, source {rows['source'].iloc[0]}):"]
+    for row in rows.itertuples():
+        reason = (
+            f"  because you liked {titles.get(row.reason_item_id, row.reason_item_id)}" if row.reason_item_id else ""
+        )
+        lines.append(f"  {row.rank:>2}. {titles.get(row.item_id, row.item_id)}  [{row.score:.2f}]{reason}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reco", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="write raw events into the lake")
+    data.add_argument("source", choices=["movielens", "synth"])
+    data.add_argument("--users", type=int, default=500)
+    data.add_argument("--items", type=int, default=300)
+    data.add_argument("--days", type=int, default=10)
+    data.add_argument("--malformed-share", type=float, default=0.01)
+    data.add_argument("--seed", type=int, default=7)
+    data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
+    data.set_defaults(handler=_data)
+
+    for name in ("sessionize", "train", "recommend", "publish"):
+        step = commands.add_parser(name, help=f"run the {name} step", add_help=False)
+        step.set_defaults(handler=None, job=name)
+    promote = commands.add_parser("promote", help="promotion gate, or --version N by hand", add_help=False)
+    promote.set_defaults(handler=None, job="promote")
+    rollback = commands.add_parser("rollback", help="champion back to the previous champion")
+    rollback.set_defaults(handler=None, job="promote", extra=["--rollback"])
+
+    show = commands.add_parser("show", help="a user's recommendations from the warehouse")
+    show.add_argument("--user", required=True)
+    show.add_argument("--ds")
+    show.set_defaults(handler=_show)
+
+    summary = commands.add_parser("summary", help="what the demo produced: lists, metrics, where the UIs are")
+    summary.add_argument("--ds", required=True)
+    summary.add_argument("--users", type=int, default=5)
+    summary.set_defaults(handler=_summary)
+
+    settings = commands.add_parser("settings", help="print the effective configuration")
+    settings.set_defaults(handler=lambda args: print(_settings_json()))
+    return parser
+
+
+def _settings_json() -> str:
+    from model_lib.config import get_settings
+
+    return get_settings().model_dump_json(indent=2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "handler", None) is not None:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.handler(args)
+        return
+    import importlib
+
+    from model_lib.config import get_settings
+    from model_lib.runtime import apply_engine_environment
+
+    apply_engine_environment(get_settings())
+    job = importlib.import_module(f"jobs.{args.job}")
+    job.main(getattr(args, "extra", []) + rest)
+
+
+if __name__ == "__main__":
+    main()

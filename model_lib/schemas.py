@@ -1,0 +1,12 @@
+"""Contract constants shared by Spark, TensorFlow and the warehouse code (kept free of heavy imports)."""
+
+# Item indices: 0 pads sequences on the left, 1 stands for any item outside the vocabulary, real items start at 2.
+PAD_INDEX = 0
+UNKNOWN_ITEM_INDEX = 1
+FIRST_ITEM_INDEX = 2
+
+# Quarantine reason codes, checked in this order; the first that applies is recorded.
+REASON_NOT_JSON = "not_json"
+REASON_MISSING_FIELD = "missing_field"
+REASON_BAD_TS = "bad_ts"
+REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"

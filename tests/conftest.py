@@ -1,0 +1,24 @@
+"""Shared fixtures: settings pointing at a temporary data folder, and one local[2] SparkSession per test run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from model_lib.config import Settings, get_settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return get_settings(data_dir=tmp_path / "data", min_item_count=1, seq_len=8)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from model_lib.spark import spark_session
+
+    os.environ.setdefault("RECO_DATA_DIR", str(tmp_path_factory.mktemp("spark-data")))
+    session = spark_session(get_settings(spark_shuffle_partitions=2), "reco-tests")
+    yield session
+    session.stop()
