@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE_ENV = eval "$$($(BIN)/python -m model_lib.runtime env)"
 DEMO_DS ?= 2003-02-28
 # Demo sizing: about 15 minutes on 2 cores. Override any RECO_* variable on the command line.
-DEMO_SETTINGS ?= RECO_SEQ_LEN=200 RECO_EPOCHS=6 RECO_PATIENCE=2 RECO_BATCH_SIZE=128
+DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_EPOCHS=15 RECO_PATIENCE=3
 
 .PHONY: setup demo test lint airflow mlflow-ui clean-data
 

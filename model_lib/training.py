@@ -3,7 +3,6 @@ with Keras progress bars, validation NDCG@K after every epoch and early stopping
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ def train_next_item_model(
     )
     steps_per_epoch = int(np.ceil(len(targets) / settings.batch_size))
 
-    @tf.function(reduce_retracing=True, jit_compile=os.environ.get("RECO_XLA") == "1")
+    @tf.function(reduce_retracing=True, jit_compile=settings.xla)
     def train_step(batch_inputs, batch_targets):
         with tf.GradientTape() as tape:
             logits = model(batch_inputs, training=True)

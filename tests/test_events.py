@@ -86,7 +86,7 @@ def test_sessions_split_after_the_gap_and_on_client_session_change(spark):
         line(user="u2", item="a", ts=T0),
     ]
     valid = validated(spark, raw).where("reason IS NULL")
-    rows = ev.sessionize(valid, gap_minutes=30, max_bucket=20).orderBy("user_id", "event_ts").collect()
+    rows = ev.sessionize(valid, gap_minutes=30, max_gap_bucket=20).orderBy("user_id", "event_ts").collect()
     u1 = [r for r in rows if r["user_id"] == "u1"]
     assert [r["session_index"] for r in u1] == [0, 0, 1, 2]
     assert [r["position_in_session"] for r in u1] == [0, 1, 0, 0]
