@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE_ENV = eval "$$($(BIN)/python -m model_lib.runtime env)"
 DEMO_DS ?= 2003-02-28
 # Demo sizing: about 15 minutes on 2 cores. Override any RECO_* variable on the command line.
-DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_EPOCHS=15 RECO_PATIENCE=3
+DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_EPOCHS=20 RECO_PATIENCE=3
 
 .PHONY: setup demo test lint airflow mlflow-ui clean-data
 
@@ -34,10 +34,10 @@ demo: setup
 	echo "==> [2/4] Airflow metadata database"; \
 	mkdir -p $$AIRFLOW_HOME; $(BIN)/airflow db migrate > $$AIRFLOW_HOME/db-migrate.log 2>&1; \
 	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): sessionize -> train -> promote"; \
-	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep -E "\[reco\]|Epoch|state="; \
+	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep --line-buffered -E "\[reco\]|^Epoch [0-9]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_training took $$(( $$(date +%s) - t ))s"; \
 	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): sessionize -> resolve champion -> recommend -> publish"; \
-	$(BIN)/airflow dags test reco_nightly $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-nightly.log | grep -E "\[reco\]|state="; \
+	$(BIN)/airflow dags test reco_nightly $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-nightly.log | grep --line-buffered -E "\[reco\]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_nightly took $$(( $$(date +%s) - t ))s"; \
 	$(BIN)/reco summary --ds $(DEMO_DS) --users 5; \
 	echo "==> demo finished in $$(( $$(date +%s) - start ))s"

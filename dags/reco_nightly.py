@@ -10,41 +10,24 @@ Reads `lake/raw/events/dt<=ds` and the MLflow registry; writes `lake/sequences|r
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
 
 from model_lib.config import get_settings
-
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task, spark_job
 
 
 @dag(
     dag_id="reco_nightly",
     schedule="@daily",
-    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["reco", "nightly"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 0},
+    **COMMON_DAG_ARGS,
     params={
-        "k": Param(
-            get_settings().top_k, type="integer", minimum=1, maximum=500, description="recommendations per user"
-        )
+        "k": Param(get_settings().top_k, type="integer", minimum=1, maximum=500, description="recommendations per user")
     },
 )
 def reco_nightly():
-    sessionize = SparkSubmitOperator(
-        task_id="sessionize",
-        application=str(JOBS / "sessionize.py"),
-        application_args=["--ds", "{{ ds }}"],
-        conn_id="spark_default",
-        name="reco-sessionize-{{ ds }}",
-        doc_md="Spark: raw events up to ds -> lake/sequences, lake/vocab, lake/quarantine for ds.",
-    )
+    sessionize = sessionize_task()
 
     @task(doc_md="Resolves `champion` to a version number once; every later task uses that version.")
     def resolve_champion() -> int:
@@ -57,10 +40,9 @@ def reco_nightly():
         print(f"[reco] this run uses {settings.model_name} v{version}")
         return version
 
-    recommend = SparkSubmitOperator(
-        task_id="recommend",
-        application=str(JOBS / "recommend.py"),
-        application_args=[
+    recommend = spark_job(
+        "recommend",
+        [
             "--ds",
             "{{ ds }}",
             "--model-version",
@@ -68,9 +50,7 @@ def reco_nightly():
             "--k",
             "{{ params.k }}",
         ],
-        conn_id="spark_default",
-        name="reco-recommend-{{ ds }}",
-        doc_md="Spark mapInPandas: top-K per user with the pinned version -> lake/recommendations/ds.",
+        "Spark mapInPandas: top-K per user with the pinned version -> lake/recommendations/ds.",
     )
 
     @task(doc_md="Warehouse: replace the day in `recommendations` in one transaction; log `recommendation_runs`.")

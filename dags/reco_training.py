@@ -10,35 +10,21 @@ Reads `lake/raw/events/dt<=ds`; writes `lake/sequences|vocab|quarantine/ds=ds`, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task
 
 
 @dag(
     dag_id="reco_training",
     schedule="@weekly",
-    start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["reco", "training"],
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 0},
+    **COMMON_DAG_ARGS,
     params={"epochs": Param(None, type=["null", "integer"], minimum=1, description="override settings.epochs")},
 )
 def reco_training():
-    sessionize = SparkSubmitOperator(
-        task_id="sessionize",
-        application=str(JOBS / "sessionize.py"),
-        application_args=["--ds", "{{ ds }}"],
-        conn_id="spark_default",
-        name="reco-sessionize-{{ ds }}",
-        doc_md="Spark: raw events up to ds -> lake/sequences, lake/vocab, lake/quarantine for ds.",
-    )
+    sessionize = sessionize_task()
 
     @task(doc_md="TensorFlow: train on lake/sequences/ds, log to MLflow, register a `challenger` version.")
     def train(ds: str | None = None, params: dict | None = None) -> dict:

@@ -28,4 +28,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     # spark-submit starts the JVM first and hands its port over; then the master comes from its command line.
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         builder = builder.master(settings.spark_master)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    # spark-submit defaults to INFO; task logs should show our stage lines, not every Spark task.
+    session.sparkContext.setLogLevel("WARN")
+    return session

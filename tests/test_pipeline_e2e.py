@@ -103,3 +103,35 @@ def test_a_day_without_raw_events_still_publishes_from_history(pipeline):
     )
     assert counts["ds"].tolist() == [ds.isoformat(), next_day.isoformat()]
     assert counts["n"].iloc[0] == counts["n"].iloc[1]
+
+
+def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipeline):
+    """Runs last: it moves the champion alias."""
+    import mlflow
+
+    from jobs import promote
+    from model_lib import registry
+    from model_lib.model import NextItemModel
+    from model_lib.scoring import Recommender, build_model
+
+    settings, env, ds, logs = pipeline
+    client = registry.configure(settings)
+    vocabulary = __import__("pandas").read_parquet(settings.vocab_dir(ds))
+    untrained = NextItemModel(
+        int(vocabulary["item_index"].max()) + 1, settings.num_event_types, settings.num_gap_buckets
+    )
+    build_model(untrained)
+    with mlflow.start_run(run_name="untrained-challenger"):
+        uri = registry.log_recommender(Recommender(untrained, vocabulary, settings.event_types), settings)
+    weak = registry.register(client, uri, settings, tags={"purpose": "test"})
+    assert weak == 2 and registry.alias_version(client, settings, registry.CHALLENGER) == 2
+
+    decision = promote.gate(settings, ds, challenger=weak)
+    assert decision["promoted"] is False, decision
+    assert decision["champion_ndcg_10"] > decision["challenger_ndcg_10"]
+    assert registry.alias_version(client, settings, registry.CHAMPION) == 1
+
+    promote.promote_version(settings, weak)
+    assert registry.alias_version(client, settings, registry.CHAMPION) == 2
+    assert promote.rollback(settings) == {"champion": 1, "rolled_back_from": 2}
+    assert registry.alias_version(client, settings, registry.CHAMPION) == 1
