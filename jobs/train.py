@@ -46,6 +46,27 @@ def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path
     return path
 
 
+def comparison_chart(model: dict[str, float], baseline: dict[str, float], path: Path) -> Path:
+    """Bar chart of the model against the most-popular baseline on the same test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in model]
+    positions = np.arange(len(names))
+    figure, axes = plt.subplots(figsize=(9, 4))
+    axes.bar(positions - 0.2, [model[n] for n in names], 0.4, label="LSTM + attention")
+    axes.bar(positions + 0.2, [baseline[n] for n in names], 0.4, label="most popular")
+    axes.set_xticks(positions, [n.replace("_", "@") for n in names])
+    axes.set(title="test metrics, leave-one-out, full ranking, seen items excluded")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def code_version() -> str:
     try:
         return subprocess.run(
@@ -127,6 +148,7 @@ def run(settings: Settings, ds: dt.date) -> dict:
             mlflow.log_artifact(
                 str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))
             )
+            mlflow.log_artifact(str(comparison_chart(test, baseline, Path(tmp) / "test_comparison.png")))
             (Path(tmp) / "test_metrics.json").write_text(
                 json.dumps({"model": test, "most_popular": baseline}, indent=2)
             )

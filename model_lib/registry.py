@@ -35,9 +35,34 @@ def configure(settings: Settings) -> MlflowClient:
     return MlflowClient()
 
 
+def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_len: int, k: int) -> pd.DataFrame:
+    """`history` (raw item ids, oldest first) and optional aligned `event_types` per row -> top-K raw ids.
+
+    Without timestamps the gap buckets are approximated (first event, then "within a second").
+    """
+    types_column = frame["event_types"] if "event_types" in frame else [None] * len(frame)
+    rows = [
+        recommender.encode_history(list(history), None if types is None else list(types), seq_len)
+        for history, types in zip(frame["history"], types_column, strict=True)
+    ]
+    items, types, gaps = (np.stack(column) for column in zip(*rows, strict=True))
+    result = recommender.recommend(
+        {"items": items, "event_types": types, "gaps": gaps}, [np.zeros(0, int)] * len(items), k
+    )
+    ids = recommender.item_ids
+    return pd.DataFrame(
+        {
+            "item_ids": [list(ids[row]) for row in result.items],
+            "scores": [list(map(float, row)) for row in result.scores],
+            "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
+        }
+    )
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types`
-    (aligned list) -> a DataFrame with `item_ids`, `scores` (top-K, best first) and `reason_item_id`."""
+    (aligned list) -> a DataFrame with `item_ids`, `scores` (top-K, best first) and `reason_item_id`.
+    The parameter `k` overrides the number of recommendations."""
 
     def __init__(self, seq_len: int = 50, top_k: int = 20):
         self.seq_len = seq_len
@@ -48,48 +73,26 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", self.top_k))
-        rows = [
-            self.recommender.encode_history(
-                list(history), list(types) if "event_types" in model_input and types is not None else None, self.seq_len
-            )
-            for history, types in zip(
-                model_input["history"],
-                model_input["event_types"] if "event_types" in model_input else [None] * len(model_input),
-                strict=True,
-            )
-        ]
-        items, types, gaps = (np.stack(column) for column in zip(*rows, strict=True))
-        result = self.recommender.recommend(
-            {"items": items, "event_types": types, "gaps": gaps}, [np.zeros(0, int)] * len(items), k
-        )
-        ids = self.recommender.item_ids
-        return pd.DataFrame(
-            {
-                "item_ids": [list(ids[row]) for row in result.items],
-                "scores": [list(map(float, row)) for row in result.scores],
-                "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
-            }
-        )
+        return recommend_from_raw_ids(self.recommender, model_input, self.seq_len, k)
 
 
 def log_recommender(recommender: Recommender, settings: Settings) -> str:
     """Logs the recommender as a pyfunc model (with signature and input example) in the active run."""
+    shown = min(5, recommender.num_items - 2)
     example = pd.DataFrame(
         {
-            "history": [list(recommender.item_ids[2 : 2 + min(5, recommender.num_items - 2)])],
-            "event_types": [[recommender.event_types[0]] * min(5, recommender.num_items - 2)],
+            "history": [list(recommender.item_ids[2 : 2 + shown])],
+            "event_types": [[recommender.event_types[0]] * shown],
         }
     )
-    python_model = RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k)
+    output = recommend_from_raw_ids(recommender, example, settings.seq_len, settings.top_k)
     with tempfile.TemporaryDirectory() as tmp:
         folder = recommender.save(Path(tmp) / "recommender")
-        python_model.load_context(type("Context", (), {"artifacts": {"recommender": str(folder)}})())
-        output = python_model.predict(None, example)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
             artifacts={"recommender": str(folder)},
-            signature=mlflow.models.infer_signature(example, output),
+            signature=mlflow.models.infer_signature(example, output, params={"k": settings.top_k}),
             input_example=example,
         )
     return info.model_uri

@@ -68,6 +68,22 @@ def test_training_registers_a_champion(pipeline):
     assert "[reco] promotion decision" in logs["training"]
 
 
+def test_the_registered_champion_serves_raw_item_ids(pipeline):
+    import mlflow
+    import pandas as pd
+
+    settings, env, ds, logs = pipeline
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types"}
+    vocabulary = pd.read_parquet(settings.vocab_dir(ds))
+    history = vocabulary["item_id"].head(3).tolist()
+    out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
+    recommended = list(out["item_ids"][0])
+    assert len(set(recommended)) == 5 and not set(recommended) & set(history)
+    assert set(recommended) <= set(vocabulary["item_id"]) and out["reason_item_id"][0] in history
+
+
 def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
     from model_lib.lake import read_sequences
     from model_lib.warehouse import open_warehouse
