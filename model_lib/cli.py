@@ -54,7 +54,8 @@ def _show(args) -> None:
 
     settings = get_settings()
     warehouse = open_warehouse(settings.warehouse_url)
-    ds = parse_ds(args.ds) if args.ds else warehouse.query("SELECT max(ds) AS ds FROM recommendations")["ds"][0]
+    latest = "SELECT CAST(max(ds) AS VARCHAR) AS ds FROM recommendations"
+    ds = parse_ds(args.ds or warehouse.query(latest)["ds"][0])
     rows = warehouse.query(
         "SELECT rank, item_id, score, source, reason_item_id, model_version FROM recommendations "
         "WHERE ds = ? AND user_id = ? ORDER BY rank",
