@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -57,7 +58,7 @@ def sequences_from_events(valid_events: DataFrame, vocabulary: DataFrame, settin
 
 
 # --- load ------------------------------------------------------------------------------------------------
-def write_folder(frame: DataFrame, final, partitions: int = 1) -> None:
+def write_folder(frame: DataFrame, final: Path, partitions: int = 1) -> None:
     staged = staging_path(final)
     frame.coalesce(partitions).write.mode("overwrite").parquet(str(staged))
     commit_folder(staged, final)

@@ -37,6 +37,8 @@ def parse_raw_lines(lines: DataFrame) -> DataFrame:
     Adds `is_json` (false when the line is not a JSON object).
     """
     parsed = F.from_json(F.col("line"), RAW_JSON_SCHEMA, {"mode": "PERMISSIVE"})
+    # from_json may return a partly filled struct for broken JSON, so JSON-ness is checked on its own:
+    # a broken line is `not_json`, not `missing_field`.
     looks_like_object = F.trim(F.col("line")).startswith("{")
     with_fields = lines.withColumn("_parsed", parsed)
     return with_fields.select(

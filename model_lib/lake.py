@@ -12,6 +12,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -60,8 +61,6 @@ def read_parquet_folder(folder: Path) -> pd.DataFrame:
 
 def read_sequences(sequences_dir: Path):
     """The sequences Parquet of one ds -> splits.Sequences (aligned int32 arrays, users sorted by id)."""
-    import numpy as np
-
     from model_lib.splits import Sequences
 
     frame = read_parquet_folder(sequences_dir).sort_values("user_id", kind="stable").reset_index(drop=True)
