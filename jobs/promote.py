@@ -29,12 +29,8 @@ def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -
     """A hold-out indexed with one vocabulary (`item_ids`: index -> raw id) in another model's indices."""
     lookup = np.array([recommender.index_of.get(raw, 1) for raw in item_ids], dtype=np.int32)
     lookup[:2] = [0, 1]
-    inputs = {
-        "items": lookup[holdout.inputs.items],
-        "event_types": holdout.inputs.event_types,
-        "gaps": holdout.inputs.gaps,
-    }
-    return inputs, [lookup[older] for older in holdout.inputs.older_items], lookup[holdout.targets]
+    older = [lookup[items] for items in holdout.inputs.older_items]
+    return holdout.inputs.model_inputs(lookup), older, lookup[holdout.targets]
 
 
 def holdout_metrics(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> dict[str, float]:

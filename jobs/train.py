@@ -26,12 +26,18 @@ from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import leave_one_out
 
 
-def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and workers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path:
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["loss"] for h in history], marker="o")
@@ -48,11 +54,7 @@ def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path
 
 def comparison_chart(model: dict[str, float], baseline: dict[str, float], path: Path) -> Path:
     """Bar chart of the model against the most-popular baseline on the same test split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in model]
     positions = np.arange(len(names))
     figure, axes = plt.subplots(figsize=(9, 4))
@@ -127,10 +129,9 @@ def run(settings: Settings, ds: dt.date) -> dict:
         with stage("train: test metrics") as report:
             test = evaluate_model(result.model, split.test, num_items)
             popular = popularity_scores(split.train.items, num_items)
-            test_inputs = {"items": split.test.inputs.items}
             baseline = evaluate_holdout(
                 lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)),
-                test_inputs,
+                split.test.inputs.model_inputs(),
                 split.test.inputs.older_items,
                 split.test.targets,
                 num_items,

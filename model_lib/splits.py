@@ -46,6 +46,11 @@ class Sequences:
             [self.older_items[i] for i in rows],
         )
 
+    def model_inputs(self, item_lookup: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The model's input dict; `item_lookup` (old index -> new index) re-indexes the items if given."""
+        items = self.items if item_lookup is None else item_lookup[self.items]
+        return {"items": items, "event_types": self.event_types, "gaps": self.gaps}
+
     def drop_last(self, count: int) -> Sequences:
         """The same users with their newest `count` events removed (re-padded on the left)."""
         if count == 0:

@@ -31,7 +31,7 @@ def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -
         logits, _ = model.score_last({name: np.asarray(v, np.int32) for name, v in batch.items()})
         return np.asarray(logits)
 
-    inputs = {"items": holdout.inputs.items, "event_types": holdout.inputs.event_types, "gaps": holdout.inputs.gaps}
+    inputs = holdout.inputs.model_inputs()
     return evaluate_holdout(score, inputs, holdout.inputs.older_items, holdout.targets, num_items, k_values)
 
 
