@@ -1,10 +1,17 @@
-"""Step 1 — sessionize: raw events -> validated, de-duplicated events -> sessions -> padded sequences (Spark).
+"""Step 1 — sessionize: raw events -> validated, de-duplicated events -> per-user sequences (Spark).
 
-Reads   lake/raw/events/dt=*/ (every day up to --ds)
-Writes  lake/sequences/ds=D/   one row per user: last L item indices (left-padded), event types, gap buckets
-        lake/vocab/ds=D/       item_id <-> item_index (0 = padding, 1 = unknown item) with counts
-        lake/quarantine/events/ds=D/  every rejected line with its raw text and a reason code
-        lake/run_stats/sessionize/ds=D.json  read = valid + duplicates + quarantined
+Two modes, same result (a test checks that they agree exactly):
+- incremental (the nightly default): reads only raw dt=D plus the state written for D-1;
+- full rebuild (a backfill, the first run, or a changed L / validation rule): reads every raw day up to D.
+`--mode auto` (the default) runs incrementally when D-1's state exists and was built with the same settings.
+
+Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/state/ds=D-1/ and lake/vocab/ds=D-1/
+Writes  lake/sequences/ds=D/   one row per user: last L events (left-padded) — see README "Data contracts"
+        lake/vocab/ds=D/       item_id <-> item_index, stable across days
+        lake/state/ds=D/       users (last L+1 events, older items), dedup_keys, item_counts, manifest.json
+        lake/quarantine/events/dt=X/   every rejected line with its raw text and a reason code
+        lake/run_stats/sessionize/ds=D/  read = valid + duplicates + quarantined, per run
+Each folder is committed atomically; the state is committed last, so a crash leaves the previous complete day.
 
 Run as `spark-submit jobs/sessionize.py --ds 2003-02-28`, `python -m jobs.sessionize --ds ...` or `reco sessionize`.
 """
@@ -13,101 +20,264 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib import events as ev
-from model_lib.config import Settings, get_settings, parse_ds
-from model_lib.lake import commit_folder, raw_partitions, staging_path, write_json
+from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
+from model_lib.lake import commit_folder, latest_version_before, raw_partitions, staging_path
 from model_lib.progress import stage
+from model_lib.schemas import REASON_CODES
 from model_lib.spark import spark_session
+from model_lib.vocabulary import VOCABULARY_COLUMNS, ranked_candidates, stable_vocabulary
 
 log = logging.getLogger("reco.sessionize")
+LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str  # "full" or "incremental"
+    why: str
+    previous_state: Path | None = None
+    previous_vocabulary: Path | None = None
+
+
+def state_shape(settings: Settings) -> dict:
+    """The settings a stored state depends on; a state built with others cannot be continued."""
+    return {
+        "seq_len": settings.seq_len,
+        "event_types": list(settings.event_types),
+        "allowed_lateness_hours": settings.allowed_lateness_hours,
+        "future_tolerance_minutes": settings.future_tolerance_minutes,
+        "max_line_chars": settings.max_line_chars,
+        "max_id_chars": settings.max_id_chars,
+    }
+
+
+def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
+    yesterday = ds - dt.timedelta(days=1)
+    state, vocabulary = settings.state_dir(yesterday), settings.vocab_dir(yesterday)
+    if requested == "full":
+        why = "full rebuild requested"
+    elif not (state / "manifest.json").exists() or not vocabulary.exists():
+        why = f"no state for {yesterday}"
+    else:
+        built_with = json.loads((state / "manifest.json").read_text())["shape"]
+        changed = sorted(key for key, value in state_shape(settings).items() if built_with.get(key) != value)
+        if not changed:
+            return Plan("incremental", f"continuing the state of {yesterday}", state, vocabulary)
+        why = f"the state of {yesterday} was built with other {', '.join(changed)}"
+    if requested == "incremental":
+        raise RuntimeError(f"cannot sessionize {ds} incrementally: {why}; run with --mode full")
+    return Plan("full", why, None, latest_version_before(settings.vocab_dir(ds).parent, ds))
 
 
 # --- extract ---------------------------------------------------------------------------------------------
-def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """All raw lines of the days up to ds, with their dt and an increasing input order."""
-    partitions = raw_partitions(settings.raw_events_dir, ds)
-    if not partitions:
-        raise FileNotFoundError(f"no raw events at or before {ds} under {settings.raw_events_dir}")
-    if partitions[-1].name != f"dt={ds.isoformat()}":
-        log.warning("no raw events for dt=%s: sequences are built from the history up to %s", ds, partitions[-1].name)
-        print(f"[reco] no raw events for dt={ds}; using the history up to {partitions[-1].name}", flush=True)
-    # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
-    lines = spark.read.text(str(settings.raw_events_dir)).where(F.col("dt") <= F.lit(ds))
-    return lines.select(
+def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan: Plan) -> DataFrame:
+    """Incremental: the lines of dt=ds. Full: every day up to ds. Each line keeps its dt, file and position."""
+    raw_dir = settings.raw_events_dir
+    if plan.mode == "full":
+        partitions = raw_partitions(raw_dir, ds)
+        if not partitions:
+            raise FileNotFoundError(f"no raw events at or before {ds} under {raw_dir}")
+        # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
+        frame = spark.read.text(str(raw_dir)).where(F.col("dt") <= F.lit(ds))
+    else:
+        day = raw_dir / f"dt={ds.isoformat()}"
+        if not day.is_dir():
+            print(f"[reco] no raw events for dt={ds}: the users' sequences carry over unchanged", flush=True)
+            return spark.createDataFrame([], LINE_SCHEMA)
+        frame = spark.read.option("basePath", str(raw_dir)).text(str(day))
+    dt_text = F.col("dt").cast("string")
+    return frame.select(
         F.col("value").alias("line"),
-        F.col("dt").cast("string").alias("dt"),
-        F.monotonically_increasing_id().alias("line_order"),
+        dt_text.alias("dt"),
+        ev.arrival(dt_text, F.col("_metadata.file_path"), F.monotonically_increasing_id()).alias("arrival"),
     )
 
 
+def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame | pd.DataFrame] | None:
+    if plan.previous_state is None:
+        return None
+    return {
+        "users": spark.read.parquet(str(plan.previous_state / "users")),
+        "dedup_keys": spark.read.parquet(str(plan.previous_state / "dedup_keys")),
+        "item_counts": spark.read.parquet(str(plan.previous_state / "item_counts")),
+    }
+
+
 # --- transform -------------------------------------------------------------------------------------------
-def validate_lines(lines: DataFrame, settings: Settings) -> DataFrame:
-    return ev.validate(ev.parse_raw_lines(lines), settings.event_types)
+def dedup_horizon(settings: Settings, ds: dt.date):
+    """Keys with ts before this can no longer be repeated by a later day (see events.recent_keys)."""
+    next_day = F.to_timestamp(F.lit((ds + dt.timedelta(days=1)).isoformat()))
+    return next_day - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
 
 
-def sequences_from_events(valid_events: DataFrame, vocabulary: DataFrame, settings: Settings) -> DataFrame:
-    sessions = ev.sessionize(valid_events, settings.session_gap_minutes, settings.max_gap_bucket)
-    indexed = ev.index_events(sessions, vocabulary, settings.event_types)
-    return ev.last_events_as_sequences(indexed, settings.seq_len)
+def new_vocabulary(counts: pd.DataFrame, settings: Settings, previous: Path | None) -> pd.DataFrame:
+    candidates = ranked_candidates(counts, settings.min_item_count, settings.max_vocab_size)
+    return stable_vocabulary(candidates, pd.read_parquet(previous) if previous else None)
 
 
 # --- load ------------------------------------------------------------------------------------------------
-def write_folder(frame: DataFrame, final: Path, partitions: int = 1) -> None:
+def write_folder(frame: DataFrame, final: Path, partitions: int | None = None) -> None:
     staged = staging_path(final)
-    frame.coalesce(partitions).write.mode("overwrite").parquet(str(staged))
+    (frame.coalesce(partitions) if partitions else frame).write.mode("overwrite").parquet(str(staged))
     commit_folder(staged, final)
 
 
-def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None) -> dict:
+def write_quarantine(quarantine: DataFrame, settings: Settings, days: list[str]) -> None:
+    """Replaces quarantine/events/dt=X for every raw day this run read (a day with no rejects ends up empty)."""
+    staged = staging_path(settings.quarantine_root / "batch")
+    quarantine.repartition(1, "dt").write.partitionBy("dt").mode("overwrite").parquet(str(staged))
+    for day in days:
+        final, produced = settings.quarantine_dir(dt.date.fromisoformat(day)), staged / f"dt={day}"
+        if produced.exists():
+            commit_folder(produced, final)
+        elif final.exists():
+            commit_folder(_empty_folder(final), final)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def _empty_folder(final: Path) -> Path:
+    empty = staging_path(final)
+    empty.mkdir()
+    return empty
+
+
+def write_state(spark_frames: dict[str, DataFrame], counts: pd.DataFrame, settings: Settings, ds: dt.date, plan: Plan):
+    staged = staging_path(settings.state_dir(ds))
+    for name, frame in spark_frames.items():
+        frame.write.mode("overwrite").parquet(str(staged / name))
+    (staged / "item_counts").mkdir(parents=True)
+    counts.to_parquet(staged / "item_counts" / "part-00000.parquet", index=False)
+    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings)}
+    (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    commit_folder(staged, settings.state_dir(ds))
+
+
+def write_run_stats(stats: dict, settings: Settings, ds: dt.date) -> None:
+    """One row per ds in the run-stats table (Parquet; query it with DuckDB or Spark)."""
+    staged = staging_path(settings.sessionize_stats_dir(ds))
+    staged.mkdir()
+    # The ds is the folder's partition value, so it is not repeated inside the row.
+    row = {key: value for key, value in stats.items() if key not in ("ds", "quarantined_by_reason")}
+    row.update({f"quarantined_{code}": stats["quarantined_by_reason"].get(code, 0) for code in REASON_CODES})
+    pd.DataFrame([row]).to_parquet(staged / "part-00000.parquet", index=False)
+    commit_folder(staged, settings.sessionize_stats_dir(ds))
+
+
+def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
+    started = time.time()
+    plan = plan_run(settings, ds, mode or settings.sessionize_mode)
+    print(f"[reco] sessionize ds={ds}: {plan.mode} ({plan.why})", flush=True)
     spark = spark or spark_session(settings, "reco-sessionize")
+    previous = read_previous_state(spark, plan)
+    days_read = (
+        [ds.isoformat()]
+        if plan.mode == "incremental"
+        else [p.name[3:] for p in raw_partitions(settings.raw_events_dir, ds)]
+    )
+
     with stage(f"sessionize ds={ds}: validate") as report:
-        validated = validate_lines(extract_raw_lines(spark, settings, ds), settings).cache()
+        validated = ev.validate(ev.parse_raw_lines(extract_raw_lines(spark, settings, ds, plan)), settings).cache()
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
         read = sum(by_reason.values())
         quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
-        report(read=read, quarantined=sum(quarantined.values()))
+        report(days=len(days_read), read=read, quarantined=sum(quarantined.values()))
+
     with stage("sessionize: deduplicate + vocabulary") as report:
-        valid_events = ev.deduplicate(validated.where(F.col("reason").isNull())).cache()
-        valid = valid_events.count()
-        vocabulary = ev.build_vocabulary(valid_events, settings.min_item_count).cache()
-        vocab_size = vocabulary.count()
-        report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=vocab_size)
+        events = ev.deduplicate(validated.where(F.col("reason").isNull()))
+        if previous is not None:
+            events = ev.drop_seen(events, previous["dedup_keys"])
+        events = events.cache()
+        valid = events.count()
+        counts = ev.item_counts(events, previous["item_counts"] if previous else None).toPandas()
+        vocabulary = new_vocabulary(counts, settings, plan.previous_vocabulary)
+        previous_items = (
+            set(pd.read_parquet(plan.previous_vocabulary)["item_id"]) if plan.previous_vocabulary else set()
+        )
+        report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
+
     stats = {
         "ds": ds.isoformat(),
+        "mode": plan.mode,
+        "days_read": len(days_read),
         "read": read,
         "valid": valid,
         "duplicates": by_reason.get(None, 0) - valid,
         "quarantined": sum(quarantined.values()),
         "quarantined_by_reason": quarantined,
-        "vocabulary_size": vocab_size,
+        "quarantined_share": round(sum(quarantined.values()) / read, 6) if read else 0.0,
+        "vocabulary_size": len(vocabulary),
+        "items_new_in_vocabulary": len(set(vocabulary["item_id"]) - previous_items)
+        if previous_items
+        else len(vocabulary),
+        "items_left_vocabulary": len(previous_items - set(vocabulary["item_id"])),
     }
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
-    with stage("sessionize: write quarantine, vocabulary, sequences") as report:
-        write_folder(ev.quarantine_rows(validated), settings.quarantine_dir(ds))
-        write_folder(vocabulary.orderBy("item_index"), settings.vocab_dir(ds))
-        sequences = sequences_from_events(valid_events, vocabulary, settings)
-        write_folder(sequences.orderBy("user_id"), settings.sequences_dir(ds), partitions=2)
+
+    with stage("sessionize: write quarantine") as report:
+        write_quarantine(ev.quarantine_rows(validated), settings, days_read)
+        report(rows=stats["quarantined"], days=len(days_read), path=str(settings.quarantine_root))
+    if stats["quarantined_share"] > settings.max_quarantine_share:
+        write_run_stats(
+            {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
+        )
+        raise ValueError(
+            f"sessionize ds={ds}: {stats['quarantined']:,} of {read:,} lines ({stats['quarantined_share']:.1%}) were "
+            f"quarantined {quarantined}, above max_quarantine_share={settings.max_quarantine_share:.1%}. Nothing "
+            f"else was written. Inspect {settings.quarantine_root}, fix the producer, or raise "
+            "RECO_MAX_QUARANTINE_SHARE for this run."
+        )
+
+    with stage("sessionize: sessions + last L per user, write") as report:
+        vocabulary_frame = spark.createDataFrame(
+            vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
+        )
+        histories = ev.user_histories(
+            events, vocabulary_frame, settings, previous["users"] if previous else None
+        ).cache()
+        keys = events.select("dedup_key", "event_ts")
+        if previous is not None:
+            keys = keys.unionByName(previous["dedup_keys"])
+        write_folder(histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"), settings.sequences_dir(ds), 2)
+        write_folder(vocabulary_frame.orderBy("item_index"), settings.vocab_dir(ds), 1)
+        write_state(
+            {
+                "users": histories.select(ev.STATE_COLUMNS),
+                "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
+            },
+            counts,
+            settings,
+            ds,
+            plan,
+        )
         stats["users"] = spark.read.parquet(str(settings.sequences_dir(ds))).count()
         report(users=stats["users"], path=str(settings.sequences_dir(ds)))
-    write_json(settings.sessionize_stats_path(ds), stats)
-    print(f"[reco] sessionize stats {stats}", flush=True)
-    validated.unpersist()
-    valid_events.unpersist()
+    stats.update(status="succeeded", seconds=round(time.time() - started, 1))
+    write_run_stats(stats, settings, ds)
+    print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)
+    for frame in (validated, events, histories):
+        frame.unpersist()
     return stats
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD: events up to this day are used")
+    parser.add_argument("--mode", choices=SESSIONIZE_MODES, help="default: settings.sessionize_mode (auto)")
     args = parser.parse_args(argv)
-    return run(get_settings(), parse_ds(args.ds))
+    return run(get_settings(), parse_ds(args.ds), mode=args.mode)
 
 
 if __name__ == "__main__":

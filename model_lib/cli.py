@@ -26,14 +26,17 @@ def _data(args) -> None:
     if args.source == "movielens":
         per_day = convert_movielens(settings.raw_events_dir, settings.items_dir)
     else:
-        spec = SynthSpec(
-            users=args.users,
-            items=args.items,
-            days=args.days,
-            malformed_share=args.malformed_share,
-            seed=args.seed,
-            start=dt.date.fromisoformat(args.start),
-        )
+        shape = {
+            "malformed_share": args.malformed_share,
+            "late_share": args.late_share,
+            "duplicate_share": args.duplicate_share,
+            "seed": args.seed,
+            "start": dt.date.fromisoformat(args.start),
+        }
+        if args.events:
+            spec = SynthSpec.for_events(args.events, args.days, **shape)
+        else:
+            spec = SynthSpec(users=args.users, items=args.items, days=args.days, **shape)
         per_day = write_synth(spec, settings.raw_events_dir)
     print(
         json.dumps(
@@ -130,10 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="write raw events into the lake")
     data.add_argument("source", choices=["movielens", "synth"])
+    data.add_argument("--events", type=int, help="about this many events (sets users and items; e.g. 10000000)")
     data.add_argument("--users", type=int, default=500)
     data.add_argument("--items", type=int, default=300)
     data.add_argument("--days", type=int, default=10)
     data.add_argument("--malformed-share", type=float, default=0.01)
+    data.add_argument("--late-share", type=float, default=0.02, help="lines landing in a later dt folder")
+    data.add_argument("--duplicate-share", type=float, default=0.01)
     data.add_argument("--seed", type=int, default=7)
     data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
     data.set_defaults(handler=_data)

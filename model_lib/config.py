@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SESSIONIZE_MODES = ("auto", "full", "incremental")
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -40,7 +41,18 @@ class Settings(BaseSettings):
     session_gap_minutes: int = 30
     seq_len: int = 50
     min_item_count: int = 5
+    max_vocab_size: int = 100_000
     max_gap_bucket: int = 20
+    # An event may arrive in a dt folder up to this long after its own time; older arrivals are `too_late`.
+    allowed_lateness_hours: int = 72
+    # Clocks drift: an event up to this far past the end of its dt is accepted, further is `future_ts`.
+    future_tolerance_minutes: int = 60
+    max_line_chars: int = 8192
+    max_id_chars: int = 256
+    # The run fails (after writing the quarantine) when more than this share of the lines it read is quarantined.
+    max_quarantine_share: float = 0.05
+    # auto = incremental from the previous day's state when it exists and matches, else a full rebuild.
+    sessionize_mode: str = "auto"
 
     # --- model and training ---
     model_name: str = "reco-lstm-attention"
@@ -76,11 +88,37 @@ class Settings(BaseSettings):
             self.airflow_home = self.data_dir / "airflow"
         return self
 
-    @field_validator("top_k", "seq_len", "epochs", "batch_size", "embedding_dim", "hidden_dim", "min_item_count")
+    @field_validator(
+        "top_k",
+        "seq_len",
+        "epochs",
+        "batch_size",
+        "embedding_dim",
+        "hidden_dim",
+        "min_item_count",
+        "max_vocab_size",
+        "session_gap_minutes",
+        "max_line_chars",
+        "max_id_chars",
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value <= 0:
             raise ValueError(f"must be a positive integer, got {value}")
+        return value
+
+    @field_validator("max_quarantine_share")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be between 0 and 1, got {value}")
+        return value
+
+    @field_validator("sessionize_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in SESSIONIZE_MODES:
+            raise ValueError(f"must be one of {SESSIONIZE_MODES}, got {value!r}")
         return value
 
     @field_validator("warehouse_url")
@@ -105,11 +143,25 @@ class Settings(BaseSettings):
     def vocab_dir(self, ds: dt.date) -> Path:
         return self.lake_dir / "vocab" / f"ds={ds.isoformat()}"
 
-    def quarantine_dir(self, ds: dt.date) -> Path:
-        return self.lake_dir / "quarantine" / "events" / f"ds={ds.isoformat()}"
+    @property
+    def quarantine_root(self) -> Path:
+        """Rejected raw lines, partitioned like the raw events: quarantine/events/dt=D/."""
+        return self.lake_dir / "quarantine" / "events"
 
-    def sessionize_stats_path(self, ds: dt.date) -> Path:
-        return self.lake_dir / "run_stats" / "sessionize" / f"ds={ds.isoformat()}.json"
+    def quarantine_dir(self, day: dt.date) -> Path:
+        return self.quarantine_root / f"dt={day.isoformat()}"
+
+    def state_dir(self, ds: dt.date) -> Path:
+        """Per-user state after ds (last L+1 events, older items), dedup keys and item counts."""
+        return self.lake_dir / "state" / f"ds={ds.isoformat()}"
+
+    @property
+    def sessionize_stats_root(self) -> Path:
+        """The run-stats table of the sessionize job: one Parquet folder per ds, one row each."""
+        return self.lake_dir / "run_stats" / "sessionize"
+
+    def sessionize_stats_dir(self, ds: dt.date) -> Path:
+        return self.sessionize_stats_root / f"ds={ds.isoformat()}"
 
     def recommendations_dir(self, ds: dt.date) -> Path:
         return self.lake_dir / "recommendations" / f"ds={ds.isoformat()}"

@@ -1,8 +1,12 @@
-"""Raw events -> validated events -> sessions -> per-user padded sequences (pure Spark transforms).
+"""Raw events -> validated, de-duplicated events -> per-user histories and padded sequences (pure Spark transforms).
 
 Every function here takes and returns DataFrames and uses native Spark functions only (no Python UDFs), so the
 job in jobs/sessionize.py is extract -> these transforms -> load, and each transform is unit-tested on tiny
 DataFrames. Spark 4 runs with ANSI mode on, so every parse that may fail uses a try_* function.
+
+Order. Every raw line carries `arrival` = (dt, source_file, line_order): the folder, the file and the position in
+the file it came from. Events are ordered by (event_ts, arrival), so equal timestamps keep their input order and the
+order is the same whether the lines were read in one full rebuild or one day at a time.
 
 Counts reconcile by construction: every raw line ends up in exactly one of
 `valid` (after de-duplication), `duplicate` or `quarantined`.
@@ -14,12 +18,15 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from model_lib.config import Settings
 from model_lib.schemas import (
-    FIRST_ITEM_INDEX,
     PAD_INDEX,
     REASON_BAD_TS,
+    REASON_FUTURE_TS,
     REASON_MISSING_FIELD,
     REASON_NOT_JSON,
+    REASON_TOO_LATE,
+    REASON_TOO_LONG,
     REASON_UNKNOWN_EVENT_TYPE,
     UNKNOWN_ITEM_INDEX,
 )
@@ -27,27 +34,38 @@ from model_lib.schemas import (
 # The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
 RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
 REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]
-RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in RAW_FIELDS])
+ID_FIELDS = ["user_id", "item_id", "event_id", "session_id"]
+CORRUPT_FIELD = "_corrupt_record"
+RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in [*RAW_FIELDS, CORRUPT_FIELD]])
+# What a user's history keeps of each event (the per-user state stores exactly these).
+EVENT_FIELDS = ["event_ts", "arrival", "item_id", "event_type", "session_id"]
+
+
+def arrival(dt: Column, source_file: Column, line_order: Column) -> Column:
+    """Where a line came from; orders lines like the input (by day, file, position in the file)."""
+    return F.struct(dt.alias("dt"), source_file.alias("file"), line_order.alias("line"))
 
 
 def parse_raw_lines(lines: DataFrame) -> DataFrame:
     """Raw text lines -> one row per line with the contract's fields as strings.
 
-    Input columns: `line` (string), `dt` (partition date), `line_order` (long, increasing in input order).
-    Adds `is_json` (false when the line is not a JSON object).
+    Input columns: `line` (string), `dt` (the raw partition, YYYY-MM-DD) and `arrival` (see `arrival`).
+    Adds `is_json` (false unless the line is one JSON object).
     """
-    parsed = F.from_json(F.col("line"), RAW_JSON_SCHEMA, {"mode": "PERMISSIVE"})
-    # from_json may return a partly filled struct for broken JSON, so JSON-ness is checked on its own:
-    # a broken line is `not_json`, not `missing_field`.
-    looks_like_object = F.trim(F.col("line")).startswith("{")
+    parsed = F.from_json(
+        F.col("line"), RAW_JSON_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_FIELD}
+    )
     with_fields = lines.withColumn("_parsed", parsed)
+    is_object = (
+        F.ltrim(F.col("line")).startswith("{")
+        & F.col("_parsed").isNotNull()
+        & F.col(f"_parsed.{CORRUPT_FIELD}").isNull()
+    )
     return with_fields.select(
         "line",
         "dt",
-        "line_order",
-        (looks_like_object & F.col("_parsed").isNotNull() & F.try_parse_json(F.col("line")).isNotNull()).alias(
-            "is_json"
-        ),
+        "arrival",
+        is_object.alias("is_json"),
         *[F.nullif(F.trim(F.col(f"_parsed.{name}")), F.lit("")).alias(name) for name in RAW_FIELDS],
     )
 
@@ -59,52 +77,79 @@ def parse_timestamp(ts: Column) -> Column:
     return F.when(is_epoch_ms, epoch_ms).otherwise(F.try_to_timestamp(ts))
 
 
-def validate(parsed: DataFrame, event_types: list[str]) -> DataFrame:
-    """Adds `event_ts` (timestamp) and `reason` (null for a valid row, else the first broken rule)."""
+def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
+    """Adds `event_ts` (timestamp) and `reason` (null for a valid row, else the first broken rule).
+
+    Time rules are relative to the line's dt folder: accepted from `allowed_lateness_hours` before the start of
+    the day until `future_tolerance_minutes` after its end.
+    """
     ts = parse_timestamp(F.col("ts"))
+    day_start = F.to_timestamp(F.col("dt"))
+    accepted_from = day_start - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
+    accepted_until = day_start + F.make_dt_interval(days=F.lit(1), mins=F.lit(settings.future_tolerance_minutes))
     missing = F.lit(False)
     for name in REQUIRED_FIELDS:
         missing = missing | F.col(name).isNull()
+    too_long = F.length("line") > settings.max_line_chars
+    for name in ID_FIELDS:
+        too_long = too_long | F.coalesce(F.length(name) > settings.max_id_chars, F.lit(False))
     reason = (
-        F.when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
+        F.when(too_long, F.lit(REASON_TOO_LONG))
+        .when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
         .when(missing, F.lit(REASON_MISSING_FIELD))
         .when(ts.isNull(), F.lit(REASON_BAD_TS))
-        .when(~F.col("event_type").isin(event_types), F.lit(REASON_UNKNOWN_EVENT_TYPE))
+        .when(~F.col("event_type").isin(settings.event_types), F.lit(REASON_UNKNOWN_EVENT_TYPE))
+        .when(ts >= accepted_until, F.lit(REASON_FUTURE_TS))
+        .when(ts < accepted_from, F.lit(REASON_TOO_LATE))
     )
     return parsed.withColumn("event_ts", ts).withColumn("reason", reason)
 
 
 def quarantine_rows(validated: DataFrame) -> DataFrame:
-    """The rows that broke a rule, with the raw text kept so nothing is lost."""
-    return validated.where(F.col("reason").isNotNull()).select("dt", "reason", F.col("line").alias("raw_line"))
+    """The rows that broke a rule, with the raw text and its origin kept so nothing is lost."""
+    return validated.where(F.col("reason").isNotNull()).select(
+        "dt", "reason", F.col("line").alias("raw_line"), F.col("arrival.file").alias("source_file")
+    )
+
+
+def dedup_key(event_id: Column, user_id: Column, item_id: Column, event_type: Column, event_ts: Column) -> Column:
+    """event_id when present, otherwise (user_id, item_id, event_type, ts)."""
+    return F.coalesce(
+        F.concat(F.lit("id:"), event_id),
+        F.concat_ws("\u0001", F.lit("t"), user_id, item_id, event_type, event_ts.cast("string")),
+    )
 
 
 def deduplicate(valid: DataFrame) -> DataFrame:
-    """One row per event: by event_id when present, otherwise by (user_id, item_id, event_type, ts).
+    """One row per event, with its `dedup_key`; the first occurrence in input order is kept.
 
-    The first occurrence in input order is kept, so a re-delivered event never moves in the sequence.
+    A re-delivered event therefore never moves in the sequence.
     """
-    dedup_key = F.coalesce(
-        F.concat(F.lit("id:"), F.col("event_id")),
-        F.concat_ws("\u0001", F.lit("t"), "user_id", "item_id", "event_type", F.col("event_ts").cast("string")),
+    first = Window.partitionBy("dedup_key").orderBy("arrival")
+    keyed = valid.withColumn(
+        "dedup_key",
+        dedup_key(F.col("event_id"), F.col("user_id"), F.col("item_id"), F.col("event_type"), F.col("event_ts")),
     )
-    first = Window.partitionBy("_dedup_key").orderBy("line_order")
-    return (
-        valid.withColumn("_dedup_key", dedup_key)
-        .withColumn("_occurrence", F.row_number().over(first))
-        .where(F.col("_occurrence") == 1)
-        .drop("_dedup_key", "_occurrence")
-    )
+    return keyed.withColumn("_occurrence", F.row_number().over(first)).where("_occurrence = 1").drop("_occurrence")
 
 
-def build_vocabulary(events: DataFrame, min_count: int) -> DataFrame:
-    """Items ranked by frequency (ties by item_id) -> `item_index` from 2; 0 = padding, 1 = unknown item.
+def drop_seen(events: DataFrame, seen_keys: DataFrame) -> DataFrame:
+    """Removes events whose dedup_key an earlier day already delivered (`seen_keys` has a `dedup_key` column)."""
+    return events.join(seen_keys.select("dedup_key"), "dedup_key", "left_anti")
 
-    Items seen fewer than `min_count` times stay out and map to the unknown index.
-    """
-    counts = events.groupBy("item_id").agg(F.count("*").alias("count")).where(F.col("count") >= min_count)
-    rank = Window.orderBy(F.col("count").desc(), F.col("item_id"))
-    return counts.withColumn("item_index", (F.row_number().over(rank) + (FIRST_ITEM_INDEX - 1)).cast("int"))
+
+def recent_keys(keys: DataFrame, horizon: Column) -> DataFrame:
+    """The dedup keys a later day can still repeat: a re-delivered event carries its original ts, and a later day
+    only accepts ts from its start minus the allowed lateness, so keys older than that horizon are dropped."""
+    return keys.where(F.col("event_ts") >= horizon).select("dedup_key", "event_ts")
+
+
+def item_counts(events: DataFrame, previous_counts: DataFrame | None = None) -> DataFrame:
+    """Interactions per item_id over all history: the new events' counts plus the previous state's."""
+    counts = events.groupBy("item_id").agg(F.count("*").alias("count"))
+    if previous_counts is None:
+        return counts
+    return counts.unionByName(previous_counts).groupBy("item_id").agg(F.sum("count").cast("long").alias("count"))
 
 
 def gap_bucket(gap_seconds: Column, max_bucket: int) -> Column:
@@ -113,73 +158,99 @@ def gap_bucket(gap_seconds: Column, max_bucket: int) -> Column:
     return F.when(gap_seconds.isNull(), F.lit(1)).otherwise(F.least(log_bucket, F.lit(max_bucket)))
 
 
-def sessionize(events: DataFrame, gap_minutes: int, max_gap_bucket: int) -> DataFrame:
-    """Orders each user's events by time (ties in input order) and marks sessions and gaps.
-
-    Adds `gap_seconds`, `gap_bucket`, `session_index` (0-based, a new session after `gap_minutes` of inactivity
-    or when the client's session_id changes) and `position_in_session` (0-based).
-    """
-    by_user = Window.partitionBy("user_id").orderBy("event_ts", "line_order")
-    previous_ts = F.lag("event_ts").over(by_user)
-    previous_session = F.lag("session_id").over(by_user)
-    gap_seconds = F.col("event_ts").cast("double") - previous_ts.cast("double")
-    starts_session = (
-        previous_ts.isNull()
-        | (F.col("gap_seconds") > gap_minutes * 60)
-        | (~F.col("session_id").eqNullSafe(previous_session))
-    ).cast("int")
-    with_gaps = events.withColumn("gap_seconds", gap_seconds)
-    with_starts = with_gaps.withColumn("_starts", starts_session)
-    in_session = Window.partitionBy("user_id", "session_index").orderBy("event_ts", "line_order")
-    return (
-        with_starts.withColumn("session_index", F.sum("_starts").over(by_user) - 1)
-        .withColumn("position_in_session", F.row_number().over(in_session) - 1)
-        .withColumn("gap_bucket", gap_bucket(F.col("gap_seconds"), max_gap_bucket))
-        .drop("_starts")
+def _history_rows(events: DataFrame, previous_state: DataFrame | None) -> DataFrame:
+    """New events plus the previous state's stored events (`is_real`) and its older items (not real, no time)."""
+    real = events.select("user_id", *EVENT_FIELDS, F.lit(True).alias("is_real"))
+    if previous_state is None:
+        return real
+    stored = previous_state.select("user_id", F.explode("events").alias("e")).select(
+        "user_id", *[F.col(f"e.{name}").alias(name) for name in EVENT_FIELDS], F.lit(True).alias("is_real")
     )
+    types = {field.name: field.dataType for field in real.schema.fields}
+    older = previous_state.select("user_id", F.explode("older_item_ids").alias("item_id")).select(
+        "user_id",
+        *[F.col(name) if name == "item_id" else F.lit(None).cast(types[name]).alias(name) for name in EVENT_FIELDS],
+        F.lit(False).alias("is_real"),
+    )
+    return real.unionByName(stored).unionByName(older)
 
 
-def index_events(events: DataFrame, vocabulary: DataFrame, event_types: list[str]) -> DataFrame:
-    """Adds `item_index` (1 for items outside the vocabulary) and `event_type_index` (1-based, 0 = padding)."""
-    type_index = F.array_position(F.array(*[F.lit(t) for t in event_types]), F.col("event_type")).cast("int")
-    return (
-        events.join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
+def user_histories(
+    events: DataFrame, vocabulary: DataFrame, settings: Settings, previous_state: DataFrame | None = None
+) -> DataFrame:
+    """Per user, in one shuffle: the padded sequence of the last L events and the state for the next day.
+
+    `events`: de-duplicated valid events (user_id, item_id, event_type, event_ts, session_id, arrival).
+    `previous_state`: yesterday's output of this function (its state columns), or None for a full rebuild.
+    The state keeps each user's last L+1 events (the extra one gives the oldest window event its time gap) and the
+    distinct items of everything older, so merging a day into it gives exactly what a full rebuild would.
+
+    Sequence columns (arrays of length L, oldest first, left-padded with 0):
+      item_indices (1 = unknown item), event_type_indices (1-based in settings.event_types), gap_buckets (log2 of
+      the seconds since the previous event, 1 = first event of the user), session_indices (1 = the oldest session
+      visible in the window; a new session after `session_gap_minutes` of inactivity or a new client session_id),
+      event_times (epoch seconds); plus length, older_item_indices (items of events before the window, to exclude
+      from recommendations) and last_event_ts.
+    State columns: events (array of the last L+1 events' EVENT_FIELDS), older_item_ids.
+    """
+    seq_len = settings.seq_len
+    rows = _history_rows(events, previous_state)
+    type_index = F.array_position(F.array(*[F.lit(t) for t in settings.event_types]), F.col("event_type")).cast("int")
+    indexed = (
+        rows.join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
         .withColumn("item_index", F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX)))
         .withColumn("event_type_index", type_index)
     )
+    # Real events newest first; older-item rows (no time) sort after all of them.
+    newest_first = Window.partitionBy("user_id").orderBy(
+        F.col("is_real").desc(), F.col("event_ts").desc(), F.col("arrival").desc()
+    )
+    previous_ts = F.lead("event_ts").over(newest_first)
+    gap_seconds = F.col("event_ts").cast("double") - previous_ts.cast("double")
+    starts_session = (
+        previous_ts.isNull()
+        | (gap_seconds > settings.session_gap_minutes * 60)
+        | ~F.col("session_id").eqNullSafe(F.lead("session_id").over(newest_first))
+    )
+    ranked = (
+        indexed.withColumn("recency", F.row_number().over(newest_first))
+        .withColumn("gap_bucket", gap_bucket(gap_seconds, settings.max_gap_bucket))
+        .withColumn("_starts", starts_session.cast("int"))
+        .withColumn("_real_events", F.sum(F.col("is_real").cast("int")).over(Window.partitionBy("user_id")))
+    )
+    in_window = F.col("is_real") & (F.col("recency") <= seq_len)
+    oldest_in_window = F.least(F.col("_real_events"), F.lit(seq_len))
+    # The oldest event in the window opens session 1 whether or not a session started there.
+    counted_start = F.when(in_window & (F.col("recency") < oldest_in_window), F.col("_starts")).otherwise(0)
+    to_oldest = newest_first.rowsBetween(Window.currentRow, Window.unboundedFollowing)
+    windowed = ranked.withColumn("session_index", F.sum(counted_start).over(to_oldest) + 1)
 
-
-def last_events_as_sequences(indexed: DataFrame, seq_len: int) -> DataFrame:
-    """Per user the last `seq_len` events as left-padded arrays (one shuffle by user).
-
-    Output: user_id, item_indices, event_type_indices, gap_buckets (array<int> of length seq_len, oldest first,
-    0 = padding on the left), length (true number of events kept, <= seq_len), older_item_indices (distinct items of the
-    events before the window, so they can still be excluded from recommendations), last_event_ts.
-    """
-    newest_first = Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("line_order").desc())
-    ranked = indexed.withColumn("_recency", F.row_number().over(newest_first))
-    in_window = F.col("_recency") <= seq_len
-    grouped = ranked.groupBy("user_id").agg(
+    stored = F.col("is_real") & (F.col("recency") <= seq_len + 1)
+    grouped = windowed.groupBy("user_id").agg(
         F.sort_array(
             F.collect_list(
                 F.when(
                     in_window,
                     F.struct(
-                        (-F.col("_recency")).alias("order"),
+                        (-F.col("recency")).alias("order"),
                         F.col("item_index").alias("item"),
                         F.col("event_type_index").alias("event_type"),
                         F.col("gap_bucket").alias("gap"),
+                        F.col("session_index").cast("int").alias("session"),
+                        F.unix_timestamp("event_ts").alias("time"),
                     ),
                 )
             )
-        ).alias("_events"),
+        ).alias("_window"),
         F.array_sort(F.collect_set(F.when(~in_window, F.col("item_index")))).alias("older_item_indices"),
         F.max("event_ts").alias("last_event_ts"),
+        F.sort_array(F.collect_list(F.when(stored, F.struct(*EVENT_FIELDS)))).alias("events"),
+        F.array_sort(F.collect_set(F.when(~stored, F.col("item_id")))).alias("older_item_ids"),
     )
 
-    def left_padded(field: str) -> Column:
-        values = F.transform(F.col("_events"), lambda event: event[field].cast("int"))
-        padding = F.array_repeat(F.lit(PAD_INDEX), F.lit(seq_len) - F.size(values))
+    def left_padded(field: str, cast: str = "int") -> Column:
+        values = F.transform(F.col("_window"), lambda event: event[field].cast(cast))
+        padding = F.array_repeat(F.lit(PAD_INDEX).cast(cast), F.lit(seq_len) - F.size(values))
         return F.concat(padding, values)
 
     return grouped.select(
@@ -187,7 +258,25 @@ def last_events_as_sequences(indexed: DataFrame, seq_len: int) -> DataFrame:
         left_padded("item").alias("item_indices"),
         left_padded("event_type").alias("event_type_indices"),
         left_padded("gap").alias("gap_buckets"),
-        F.size("_events").alias("length"),
+        left_padded("session").alias("session_indices"),
+        left_padded("time", "long").alias("event_times"),
+        F.size("_window").alias("length"),
         "older_item_indices",
         "last_event_ts",
+        "events",
+        "older_item_ids",
     )
+
+
+SEQUENCE_COLUMNS = [
+    "user_id",
+    "item_indices",
+    "event_type_indices",
+    "gap_buckets",
+    "session_indices",
+    "event_times",
+    "length",
+    "older_item_indices",
+    "last_event_ts",
+]
+STATE_COLUMNS = ["user_id", "events", "older_item_ids"]

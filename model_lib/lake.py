@@ -16,19 +16,30 @@ import numpy as np
 import pandas as pd
 
 
-def raw_partitions(raw_dir: Path, until: dt.date) -> list[Path]:
-    """The `dt=YYYY-MM-DD` folders with dt <= until, oldest first."""
-    if not raw_dir.exists():
+def dated_folders(root: Path, key: str, until: dt.date) -> list[tuple[dt.date, Path]]:
+    """The `key=YYYY-MM-DD` folders under root with a date <= until, oldest first."""
+    if not root.exists():
         return []
     found = []
-    for folder in raw_dir.glob("dt=*"):
+    for folder in root.glob(f"{key}=*"):
         try:
-            day = dt.date.fromisoformat(folder.name[3:])
+            day = dt.date.fromisoformat(folder.name[len(key) + 1 :])
         except ValueError:
             continue
         if day <= until and folder.is_dir():
             found.append((day, folder))
-    return [folder for _, folder in sorted(found)]
+    return sorted(found)
+
+
+def raw_partitions(raw_dir: Path, until: dt.date) -> list[Path]:
+    """The raw `dt=YYYY-MM-DD` folders with dt <= until, oldest first."""
+    return [folder for _, folder in dated_folders(raw_dir, "dt", until)]
+
+
+def latest_version_before(root: Path, ds: dt.date) -> Path | None:
+    """The newest `ds=` version strictly before ds (e.g. the vocabulary a rebuild continues from)."""
+    earlier = [folder for day, folder in dated_folders(root, "ds", ds) if day < ds]
+    return earlier[-1] if earlier else None
 
 
 def staging_path(final: Path) -> Path:

@@ -6,7 +6,19 @@ UNKNOWN_ITEM_INDEX = 1
 FIRST_ITEM_INDEX = 2
 
 # Quarantine reason codes, checked in this order; the first that applies is recorded.
+REASON_TOO_LONG = "too_long"  # the line, or an id in it, is longer than configured
 REASON_NOT_JSON = "not_json"
 REASON_MISSING_FIELD = "missing_field"
 REASON_BAD_TS = "bad_ts"
 REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
+REASON_FUTURE_TS = "future_ts"  # ts more than the tolerance after the end of its dt folder
+REASON_TOO_LATE = "too_late"  # arrived in a dt folder more than the allowed lateness after its ts
+REASON_CODES = (
+    REASON_TOO_LONG,
+    REASON_NOT_JSON,
+    REASON_MISSING_FIELD,
+    REASON_BAD_TS,
+    REASON_UNKNOWN_EVENT_TYPE,
+    REASON_FUTURE_TS,
+    REASON_TOO_LATE,
+)

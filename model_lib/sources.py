@@ -79,29 +79,31 @@ def ratings_to_raw_events(ratings: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def write_raw_events(events: pd.DataFrame, raw_dir: Path, ts_ms: np.ndarray | None = None) -> dict[str, int]:
+def write_raw_events(events: pd.DataFrame, raw_dir: Path, arrival_ms: np.ndarray | None = None) -> dict[str, int]:
     """Writes events (a `line` column of raw text, or contract columns) into one gzip JSONL file per day.
 
-    `ts_ms` gives each row's event time for its dt folder when the rows are raw text. Existing day folders
-    that receive data are replaced. Returns rows per dt.
+    Each row goes to the dt folder of `arrival_ms` (when it landed; by default its own `ts`). Existing day folders
+    that receive data are replaced, each atomically. Returns rows per dt.
     """
-    if ts_ms is None:
-        ts_ms = events["ts"].to_numpy()
-    days = pd.to_datetime(np.asarray(ts_ms, dtype="int64"), unit="ms", utc=True).strftime("%Y-%m-%d")
+    if arrival_ms is None:
+        arrival_ms = events["ts"].to_numpy()
+    day_numbers = np.asarray(arrival_ms, dtype="int64") // 86_400_000
     written: dict[str, int] = {}
-    for day, rows in events.groupby(np.asarray(days), sort=True):
+    for day_number, rows in events.groupby(day_numbers, sort=True):
+        day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))).isoformat()
         folder = raw_dir / f"dt={day}"
         tmp = raw_dir / f".tmp-dt={day}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if "line" in rows.columns:
-            with gzip.open(tmp / "part-00000.jsonl.gz", "wt", encoding="utf-8") as handle:
+            # Level 1: the files are written once and read by every rebuild; speed matters more than size.
+            with gzip.open(tmp / "part-00000.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) as handle:
                 handle.write("\n".join(rows["line"]) + "\n")
         else:
             rows.to_json(tmp / "part-00000.jsonl.gz", orient="records", lines=True, compression="gzip")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
-        written[str(day)] = len(rows)
+        written[day] = len(rows)
     return written
 
 
@@ -129,7 +131,10 @@ def write_items(items: pd.DataFrame, items_dir: Path) -> None:
 @dataclass(frozen=True)
 class SynthSpec:
     """Shape of the synthetic clickstream. Sequential signal: within a session a user mostly moves from an
-    item to its successor in a fixed item chain, so a sequence model can learn far above popularity."""
+    item to its successor in a fixed item chain, so a sequence model can learn far above popularity.
+
+    Real-log faults are mixed in: re-delivered duplicates, lines that arrive in a later dt folder than their time
+    (within the allowed lateness), and malformed lines cycling through every quarantine reason code."""
 
     users: int = 500
     items: int = 300
@@ -141,16 +146,34 @@ class SynthSpec:
     purchase_probability: float = 0.4
     like_probability: float = 0.05
     duplicate_share: float = 0.01
+    late_share: float = 0.02
     malformed_share: float = 0.01
     zipf_exponent: float = 1.1
     start: dt.date = dt.date(2024, 1, 1)
     seed: int = 7
 
+    # About 10 events per session (views plus the cart / purchase / like funnel).
+    EVENTS_PER_SESSION = 9.8
+
+    @classmethod
+    def for_events(cls, events: int, days: int, **overrides) -> SynthSpec:
+        """About `events` events over `days` days, shaped like MovieLens-10M (~140 events a user, ~sqrt(N)*3
+        items), so each user's history is longer than the sequence window, as in real logs."""
+        users = max(20, events // 140)
+        shape = {
+            "users": users,
+            "items": max(50, int(3 * events**0.5)),
+            "days": days,
+            "sessions_per_user": events / cls.EVENTS_PER_SESSION / users,
+        }
+        return cls(**{**shape, **overrides})
+
 
 def synth_events(spec: SynthSpec) -> tuple[pd.DataFrame, np.ndarray]:
-    """A seeded clickstream as raw JSON lines: returns (frame with a `line` column, event time in ms per line).
+    """A seeded clickstream as raw JSON lines: returns (frame with a `line` column, arrival time in ms per line).
 
-    Vectorised over sessions (one numpy step per position in a session), so 10M events take seconds.
+    Vectorised with numpy (one step per position in a session, string columns built whole), so 10M events take
+    about a minute.
     """
     rng = np.random.default_rng(spec.seed)
     popularity = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf_exponent
@@ -167,85 +190,112 @@ def synth_events(spec: SynthSpec) -> tuple[pd.DataFrame, np.ndarray]:
     view_items, view_sessions, view_offsets = [], [], []
     offset = np.zeros(n_sessions)
     for step in range(max_len):
-        alive = session_len > step
+        alive = np.flatnonzero(session_len > step)
         view_items.append(current[alive])
-        view_sessions.append(np.flatnonzero(alive))
+        view_sessions.append(alive)
         view_offsets.append(offset[alive])
-        follow = rng.random(n_sessions) < spec.successor_probability
-        fresh = rng.choice(spec.items, n_sessions, p=popularity)
-        current = np.where(follow, successor[current], fresh)
-        offset = offset + rng.exponential(90.0, n_sessions) + 5
+        follow = rng.random(len(alive)) < spec.successor_probability
+        fresh = rng.choice(spec.items, len(alive), p=popularity)
+        current[alive] = np.where(follow, successor[current[alive]], fresh)
+        offset[alive] += rng.exponential(90.0, len(alive)) + 5
     items = np.concatenate(view_items)
     sessions = np.concatenate(view_sessions)
     ts_s = session_start_s[sessions] + np.concatenate(view_offsets)
 
-    event_types = np.full(len(items), "view", dtype=object)
-    frames = [(items, sessions, ts_s, event_types)]
+    kinds = np.zeros(len(items), dtype=np.int8)  # index into FUNNEL
+    parts = [(items, sessions, ts_s, kinds)]
     carted = rng.random(len(items)) < spec.cart_probability
-    frames.append((items[carted], sessions[carted], ts_s[carted] + 20, np.full(carted.sum(), "add_to_cart", object)))
+    parts.append((items[carted], sessions[carted], ts_s[carted] + 20, np.full(carted.sum(), 1, np.int8)))
     bought = carted & (rng.random(len(items)) < spec.purchase_probability)
-    frames.append((items[bought], sessions[bought], ts_s[bought] + 40, np.full(bought.sum(), "purchase", object)))
+    parts.append((items[bought], sessions[bought], ts_s[bought] + 40, np.full(bought.sum(), 2, np.int8)))
     liked = rng.random(len(items)) < spec.like_probability
-    frames.append((items[liked], sessions[liked], ts_s[liked] + 10, np.full(liked.sum(), "like", object)))
-    items, sessions, ts_s, event_types = (np.concatenate(parts) for parts in zip(*frames, strict=True))
+    parts.append((items[liked], sessions[liked], ts_s[liked] + 10, np.full(liked.sum(), 3, np.int8)))
+    items, sessions, ts_s, kinds = (np.concatenate(column) for column in zip(*parts, strict=True))
 
     start_ms = int(dt.datetime.combine(spec.start, dt.time(), dt.UTC).timestamp() * 1000)
     ts_ms = start_ms + (ts_s * 1000).astype("int64")
     order = np.argsort(ts_ms, kind="stable")
-    items, sessions, ts_ms, event_types = items[order], sessions[order], ts_ms[order], event_types[order]
+    items, sessions, ts_ms, kinds = items[order], sessions[order], ts_ms[order], kinds[order]
     n = len(items)
-    frame = pd.DataFrame(
-        {
-            "event_id": np.char.add("e", np.arange(n).astype(str)),
-            "user_id": np.char.add("u", session_user[sessions].astype(str)),
-            "item_id": np.char.add("i", items.astype(str)),
-            "event_type": event_types,
-            "ts": ts_ms,
-            "session_id": np.char.add("s", sessions.astype(str)),
-        }
+    lines = _json_lines(
+        event_ids=np.arange(n),
+        users=session_user[sessions],
+        items=items,
+        kinds=kinds,
+        ts_ms=ts_ms,
+        sessions=sessions,
+        iso=rng.random(n) < 0.2,  # a fifth carry an ISO-8601 time with an offset instead of epoch milliseconds
     )
-    # A fifth of the events carry an ISO-8601 timestamp with an offset instead of epoch milliseconds.
-    iso = rng.random(n) < 0.2
-    ts_column = frame["ts"].astype(object)
-    ts_column[iso] = (
-        pd.to_datetime(frame["ts"][iso], unit="ms", utc=True).dt.tz_convert("Europe/Paris").map(pd.Timestamp.isoformat)
-    )
-    frame["ts"] = ts_column
-    lines = [json.dumps(record, separators=(",", ":")) for record in frame.to_dict("records")]
-    lines_series = pd.Series(lines, dtype=object)
+    # Late arrivals: the line lands in a later dt folder than its time, within the default 72 h lateness.
+    arrival_ms = ts_ms + np.where(rng.random(n) < spec.late_share, rng.integers(3_600_000, 30 * 3_600_000, n), 0)
 
     duplicate_rows = np.flatnonzero(rng.random(n) < spec.duplicate_share)
     malformed_rows = np.flatnonzero(rng.random(n) < spec.malformed_share)
     broken = [_malformed_line(lines[i], k) for k, i in enumerate(malformed_rows)]
-    all_lines = pd.concat(
-        [lines_series, lines_series.iloc[duplicate_rows], pd.Series(broken, dtype=object)], ignore_index=True
+    all_lines = np.concatenate([lines, lines[duplicate_rows], np.asarray(broken, dtype=object)])
+    all_arrivals = np.concatenate([arrival_ms, arrival_ms[duplicate_rows] + 1000, arrival_ms[malformed_rows]])
+    order = np.argsort(all_arrivals, kind="stable")
+    return pd.DataFrame({"line": all_lines[order]}), all_arrivals[order]
+
+
+FUNNEL = np.array(["view", "add_to_cart", "purchase", "like"], dtype=object)
+
+
+def _json_lines(event_ids, users, items, kinds, ts_ms, sessions, iso) -> np.ndarray:
+    """One compact JSON object per event, built as whole string columns (no per-row json.dumps)."""
+    ts_text = pd.Series(ts_ms).astype(str)
+    paris = pd.to_datetime(ts_ms[iso] + 3_600_000, unit="ms")  # a fixed +01:00 offset, second precision
+    ts_text[iso] = '"' + pd.Series(paris.strftime("%Y-%m-%dT%H:%M:%S")).to_numpy() + '+01:00"'
+
+    def text(prefix: str, values: np.ndarray) -> pd.Series:
+        return prefix + pd.Series(values).astype(str)
+
+    line = (
+        '{"event_id":"'
+        + text("e", event_ids)
+        + '","user_id":"'
+        + text("u", users)
+        + '","item_id":"'
+        + text("i", items)
+        + '","event_type":"'
+        + pd.Series(FUNNEL[kinds])
+        + '","ts":'
+        + ts_text
+        + ',"session_id":"'
+        + text("s", sessions)
+        + '"}'
     )
-    all_ts = np.concatenate([ts_ms, ts_ms[duplicate_rows], ts_ms[malformed_rows]])
-    order = np.argsort(all_ts, kind="stable")
-    return pd.DataFrame({"line": all_lines.to_numpy()[order]}), all_ts[order]
+    return line.to_numpy(dtype=object)
 
 
 def _malformed_line(line: str, k: int) -> str:
-    """One of the ways real logs break, cycling through the reason codes."""
+    """One of the ways real logs break, cycling through the quarantine reason codes."""
     record = json.loads(line)
-    kind = k % 4
+    ts_ms = record["ts"] if isinstance(record["ts"], int) else int(pd.Timestamp(record["ts"]).timestamp() * 1000)
+    kind = k % 7
     if kind == 0:
-        return line[: len(line) // 2]  # truncated write: not JSON
+        return line[: len(line) // 2]  # truncated write: not_json
     if kind == 1:
-        record.pop("user_id")
+        record.pop("user_id")  # missing_field
     elif kind == 2:
-        record["ts"] = "yesterday at noon"
+        record["ts"] = "yesterday at noon"  # bad_ts
+    elif kind == 3:
+        record["event_type"] = "hover"  # unknown_event_type
+    elif kind == 4:
+        record["ts"] = ts_ms + 3 * 86_400_000  # future_ts: a client clock days ahead
+    elif kind == 5:
+        record["ts"] = ts_ms - 5 * 86_400_000  # too_late: replayed from an old buffer
     else:
-        record["event_type"] = "hover"
+        record["item_id"] = "i" * 300  # too_long
     return json.dumps(record, separators=(",", ":"))
 
 
 def write_synth(spec: SynthSpec, raw_dir: Path) -> dict[str, int]:
     """`reco data synth`: writes the synthetic clickstream as raw event folders."""
     with stage("generate synthetic clickstream") as report:
-        lines, ts_ms = synth_events(spec)
+        lines, arrival_ms = synth_events(spec)
         report(lines=len(lines), users=spec.users, items=spec.items, days=spec.days)
     with stage("write raw events") as report:
-        per_day = write_raw_events(lines, raw_dir, ts_ms=ts_ms)
+        per_day = write_raw_events(lines, raw_dir, arrival_ms=arrival_ms)
         report(days=len(per_day), lines=sum(per_day.values()))
     return per_day

@@ -3,30 +3,53 @@
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from model_lib import events as ev
+from model_lib.config import get_settings
+from model_lib.vocabulary import ranked_candidates, stable_vocabulary
 
 pytestmark = pytest.mark.spark
 TYPES = ["view", "add_to_cart", "purchase"]
-T0 = 1_700_000_000_000  # epoch ms
+T0 = 1_700_000_000_000  # epoch ms: 2023-11-14T22:13:20Z
+DAY = "2023-11-14"
+HOUR = 3_600_000
+
+
+@pytest.fixture
+def rules(tmp_path):
+    return get_settings(data_dir=tmp_path, event_types=TYPES, seq_len=4, max_line_chars=400, max_id_chars=20)
 
 
 def line(user="u1", item="a", kind="view", ts=T0, **extra):
     return json.dumps({"user_id": user, "item_id": item, "event_type": kind, "ts": ts, **extra})
 
 
-def lines_frame(spark, lines):
-    return spark.createDataFrame(
-        [(text, "2023-11-14", i) for i, text in enumerate(lines)], "line string, dt string, line_order long"
-    )
+def lines_frame(spark, lines, day=DAY):
+    rows = [(text, day, (day, "part-0", i)) for i, text in enumerate(lines)]
+    return spark.createDataFrame(rows, "line string, dt string, arrival struct<dt: string, file: string, line: bigint>")
 
 
-def validated(spark, lines):
-    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines)), TYPES)
+def validated(spark, lines, rules, day=DAY):
+    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines, day)), rules)
 
 
-def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark):
+def valid_events(spark, lines, rules):
+    return ev.deduplicate(validated(spark, lines, rules).where("reason IS NULL"))
+
+
+def histories(spark, lines, rules, min_count=1, previous_vocabulary=None):
+    events = valid_events(spark, lines, rules)
+    counts = ev.item_counts(events).toPandas()
+    vocabulary = stable_vocabulary(ranked_candidates(counts, min_count, 100), previous_vocabulary)
+    frame = spark.createDataFrame(vocabulary, "item_id string, item_index int, count long")
+    rows = ev.user_histories(events, frame, rules).collect()
+    return {r["user_id"]: r for r in rows}, dict(zip(vocabulary["item_id"], vocabulary["item_index"], strict=True))
+
+
+def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark, rules):
     raw = [
         line(),
         "{not json",
@@ -37,8 +60,14 @@ def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark):
         line(ts=1.5e12),
         line(kind="hover"),
         line(ts="2023-11-14T23:20:00+01:00"),
+        line(item="x" * 21),  # an id over max_id_chars
+        line(extra="y" * 400),  # a line over max_line_chars
+        line(ts=T0 + 3 * HOUR),  # 01:13 next day: within the 60 min tolerance? no -> future
+        line(ts=T0 + 2 * HOUR),  # 00:13 next day: within the tolerance
+        line(ts=T0 - 50 * HOUR),  # two days late: within the 72 h lateness
+        line(ts=T0 - 100 * HOUR),  # four days late
     ]
-    rows = validated(spark, raw).orderBy("line_order").collect()
+    rows = validated(spark, raw, rules).orderBy("arrival").collect()
     assert [r["reason"] for r in rows] == [
         None,
         "not_json",
@@ -49,13 +78,21 @@ def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark):
         "bad_ts",
         "unknown_event_type",
         None,
+        "too_long",
+        "too_long",
+        "future_ts",
+        None,
+        None,
+        "too_late",
     ]
     assert rows[8]["event_ts"] == dt.datetime(2023, 11, 14, 22, 20)
-    quarantine = ev.quarantine_rows(validated(spark, raw)).collect()
-    assert sorted(r["raw_line"] for r in quarantine) == sorted(raw[1:8])
+    quarantine = ev.quarantine_rows(validated(spark, raw, rules)).collect()
+    rejected = [text for text, row in zip(raw, rows, strict=True) if row["reason"]]
+    assert sorted(r["raw_line"] for r in quarantine) == sorted(rejected)
+    assert {r["dt"] for r in quarantine} == {DAY}
 
 
-def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark):
+def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
     raw = [
         line(item="a", event_id="e1", value=1),
         line(item="a", event_id="e1", value=2),  # same id: duplicate even though the value differs
@@ -63,76 +100,57 @@ def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark):
         line(item="b"),  # no id: same (user, item, type, ts) is a duplicate
         line(item="b", ts=T0 + 1),
     ]
-    valid = validated(spark, raw).where("reason IS NULL")
-    kept = ev.deduplicate(valid).orderBy("line_order").collect()
+    kept = valid_events(spark, raw, rules).orderBy("arrival").collect()
     assert [(r["item_id"], r["value"]) for r in kept] == [("a", "1"), ("b", None), ("b", None)]
-    assert [r["line_order"] for r in kept] == [0, 2, 4]
+    assert [r["arrival"]["line"] for r in kept] == [0, 2, 4]
 
 
-def test_vocabulary_ranks_by_frequency_and_drops_rare_items(spark):
-    raw = [line(item=i, ts=T0 + k) for k, i in enumerate("aaabbc")]
-    valid = validated(spark, raw).where("reason IS NULL")
-    vocab = {r["item_id"]: r["item_index"] for r in ev.build_vocabulary(valid, min_count=2).collect()}
-    assert vocab == {"a": 2, "b": 3}
+def test_a_later_day_repeating_a_recent_key_is_a_duplicate(spark, rules):
+    first_day = valid_events(spark, [line(item="a", event_id="e1"), line(item="b")], rules)
+    keys = ev.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-12")))
+    next_day = ev.deduplicate(
+        validated(spark, [line(item="b"), line(item="c")], rules, day="2023-11-15").where("reason IS NULL")
+    )
+    assert [r["item_id"] for r in ev.drop_seen(next_day, keys).collect()] == ["c"]
+    assert ev.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-15"))).count() == 0  # past the horizon
 
 
-def test_sessions_split_after_the_gap_and_on_client_session_change(spark):
+def test_sessions_gaps_and_the_last_l_events_per_user(spark, rules):
     minute = 60_000
     raw = [
         line(item="a", ts=T0),
         line(item="b", ts=T0 + 10 * minute),
-        line(item="c", ts=T0 + 50 * minute),  # 40 min later: new session
-        line(item="d", ts=T0 + 51 * minute, session_id="s9"),  # client session changes: new session
+        line(item="c", kind="add_to_cart", ts=T0 + 50 * minute),  # 40 min later: new session
+        line(item="x", kind="purchase", ts=T0 + 51 * minute, session_id="s9"),  # client session changes
+        line(item="b", ts=T0 + 52 * minute, session_id="s9"),
         line(user="u2", item="a", ts=T0),
     ]
-    valid = validated(spark, raw).where("reason IS NULL")
-    rows = ev.sessionize(valid, gap_minutes=30, max_gap_bucket=20).orderBy("user_id", "event_ts").collect()
-    u1 = [r for r in rows if r["user_id"] == "u1"]
-    assert [r["session_index"] for r in u1] == [0, 0, 1, 2]
-    assert [r["position_in_session"] for r in u1] == [0, 1, 0, 0]
-    assert u1[0]["gap_bucket"] == 1  # first event of a user
-    assert u1[1]["gap_bucket"] == 2 + 9  # 600 s -> floor(log2(601)) = 9
+    rows, index = histories(spark, raw, rules)
+    u1 = rows["u1"]
+    assert u1["item_indices"] == [index[i] for i in ["b", "c", "x", "b"]]  # the oldest event (a) fell out
+    assert u1["older_item_indices"] == [index["a"]]
+    assert u1["event_type_indices"] == [1, 2, 3, 1]
+    assert u1["gap_buckets"] == [2 + 9, 2 + 11, 2 + 5, 2 + 5]  # 600 s -> floor(log2(601)) = 9, 2400 s -> 11
+    assert u1["session_indices"] == [1, 2, 3, 3]
+    assert u1["event_times"][-1] == (T0 + 52 * minute) // 1000 and u1["length"] == 4
+    assert [e["item_id"] for e in u1["events"]] == ["a", "b", "c", "x", "b"]  # L + 1 kept for the next day
+    assert rows["u2"]["item_indices"] == [0, 0, 0, index["a"]]
+    assert rows["u2"]["gap_buckets"] == [0, 0, 0, 1] and rows["u2"]["session_indices"] == [0, 0, 0, 1]
 
 
-def test_sequences_are_left_padded_last_l_events_in_time_order(spark, settings):
-    raw = [
-        line(item=item, kind=kind, ts=T0 + k * 1000)
-        for k, (item, kind) in enumerate(
-            [("a", "view"), ("b", "view"), ("c", "add_to_cart"), ("x", "purchase"), ("b", "view")]
-        )
-    ]
-    raw.append(line(user="u2", item="a", ts=T0))
-    valid = validated(spark, raw).where("reason IS NULL")
-    vocab = ev.build_vocabulary(valid, min_count=2)  # a, b known; c and x are unknown (index 1)
-    indexed = ev.index_events(ev.sessionize(valid, 30, 20), vocab, TYPES)
-    rows = {r["user_id"]: r for r in ev.last_events_as_sequences(indexed, seq_len=4).collect()}
-    a, b = 2, 3
-    assert rows["u1"]["item_indices"] == [b, 1, 1, b]  # the oldest event (a) fell out of the window
-    assert rows["u1"]["event_type_indices"] == [1, 2, 3, 1]
-    assert rows["u1"]["older_item_indices"] == [a]
-    assert rows["u1"]["length"] == 4
-    assert rows["u2"]["item_indices"] == [0, 0, 0, a]
-    assert rows["u2"]["gap_buckets"] == [0, 0, 0, 1]
+def test_items_outside_the_vocabulary_are_unknown(spark, rules):
+    raw = [line(item=i, ts=T0 + k) for k, i in enumerate("aaabbc")]
+    rows, index = histories(spark, raw, rules, min_count=2)
+    assert index == {"a": 2, "b": 3}
+    assert rows["u1"]["item_indices"] == [2, 3, 3, 1]
 
 
-def test_synthetic_day_counts_reconcile_through_the_job(spark, settings):
-    from jobs import sessionize
-    from model_lib.sources import SynthSpec, write_synth
-
-    per_day = write_synth(
-        SynthSpec(users=60, items=40, days=3, malformed_share=0.05, duplicate_share=0.05), settings.raw_events_dir
-    )
-    stats = sessionize.run(settings, dt.date.fromisoformat(max(per_day)), spark=spark)
-    assert stats["read"] == sum(per_day.values())
-    assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
-    assert stats["duplicates"] > 0 and set(stats["quarantined_by_reason"]) == {
-        "not_json",
-        "missing_field",
-        "bad_ts",
-        "unknown_event_type",
-    }
-    quarantine = spark.read.parquet(str(settings.quarantine_dir(dt.date.fromisoformat(max(per_day)))))
-    assert quarantine.count() == stats["quarantined"]
-    sequences = spark.read.parquet(str(settings.sequences_dir(dt.date.fromisoformat(max(per_day)))))
-    assert sequences.count() == stats["users"]
-    assert {len(r["item_indices"]) for r in sequences.collect()} == {settings.seq_len}
+def test_vocabulary_keeps_indices_and_reuses_freed_ones():
+    counts = pd.DataFrame({"item_id": list("abcdef"), "count": [9, 8, 7, 1, 6, 6]})
+    day1 = stable_vocabulary(ranked_candidates(counts, min_count=2, max_size=3), None)
+    assert dict(zip(day1["item_id"], day1["item_index"], strict=True)) == {"a": 2, "b": 3, "c": 4}
+    counts["count"] = [9, 8, 7, 1, 20, 10]  # e and f overtake c and b; max_size 3 evicts two
+    day2 = stable_vocabulary(ranked_candidates(counts, min_count=2, max_size=3), day1)
+    assert dict(zip(day2["item_id"], day2["item_index"], strict=True)) == {"a": 2, "e": 3, "f": 4}
+    day3 = stable_vocabulary(ranked_candidates(counts, min_count=2, max_size=5), day2)
+    assert dict(zip(day3["item_id"], day3["item_index"], strict=True)) == {"a": 2, "e": 3, "f": 4, "b": 5, "c": 6}

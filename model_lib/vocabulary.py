@@ -1,0 +1,55 @@
+"""The item vocabulary: item_id <-> item_index, stable across days.
+
+Items are ranked by interaction count (ties by item_id); those with at least `min_count` interactions enter, at most
+`max_size` of them. An item keeps its index for as long as it stays in the vocabulary, so yesterday's sequences and
+models keep meaning the same items; an index freed by an item that dropped out is given to the next newcomer, so the
+index space stays bounded by max_size. Index 0 pads sequences and 1 stands for every item outside the vocabulary.
+
+Each day's vocabulary is written to lake/vocab/ds=D (versioned with the data) and is saved inside every registered
+model, so scores always map back to real ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from model_lib.schemas import FIRST_ITEM_INDEX
+
+VOCABULARY_COLUMNS = ["item_id", "item_index", "count"]
+
+
+def ranked_candidates(counts: pd.DataFrame, min_count: int, max_size: int) -> pd.DataFrame:
+    """The items that belong in the vocabulary, most frequent first: item_id, count."""
+    eligible = counts[counts["count"] >= min_count]
+    ordered = eligible.sort_values(["count", "item_id"], ascending=[False, True], kind="stable")
+    return ordered.head(max_size).reset_index(drop=True)[["item_id", "count"]]
+
+
+def stable_vocabulary(candidates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """Assigns indices to `candidates` (item_id, count; ranked), keeping every index `previous` gave a kept item.
+
+    Newcomers, most frequent first, take the freed indices (lowest first), then fresh ones after the largest index
+    ever used. Returns item_id, item_index, count sorted by item_index.
+    """
+    if previous is None or previous.empty:
+        indices = np.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + len(candidates), dtype=np.int32)
+        return _frame(candidates["item_id"], indices, candidates["count"])
+    previous_index = dict(zip(previous["item_id"], previous["item_index"].astype(int), strict=True))
+    kept_mask = candidates["item_id"].map(previous_index).notna().to_numpy()
+    kept_indices = {previous_index[item] for item in candidates.loc[kept_mask, "item_id"]}
+    freed = sorted(set(previous_index.values()) - kept_indices)
+    newcomers = int((~kept_mask).sum())
+    next_fresh = max(previous_index.values(), default=FIRST_ITEM_INDEX - 1) + 1
+    fresh = list(range(next_fresh, next_fresh + max(0, newcomers - len(freed))))
+    indices = np.empty(len(candidates), dtype=np.int32)
+    indices[kept_mask] = candidates.loc[kept_mask, "item_id"].map(previous_index).to_numpy()
+    indices[~kept_mask] = (freed + fresh)[:newcomers]
+    return _frame(candidates["item_id"], indices, candidates["count"])
+
+
+def _frame(item_ids: pd.Series, indices: np.ndarray, counts: pd.Series) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {"item_id": item_ids.to_numpy(dtype=object), "item_index": indices, "count": counts.to_numpy(dtype=np.int64)}
+    )
+    return frame.sort_values("item_index", kind="stable").reset_index(drop=True)
