@@ -76,8 +76,8 @@ def read_sequences(sequences_dir: Path):
 
     frame = read_parquet_folder(sequences_dir).sort_values("user_id", kind="stable").reset_index(drop=True)
 
-    def stacked(column: str) -> np.ndarray:
-        return np.stack(frame[column].to_numpy()).astype(np.int32) if len(frame) else np.zeros((0, 0), np.int32)
+    def stacked(column: str, dtype=np.int32) -> np.ndarray:
+        return np.stack(frame[column].to_numpy()).astype(dtype) if len(frame) else np.zeros((0, 0), dtype)
 
     return Sequences(
         user_ids=frame["user_id"].to_numpy(dtype=object),
@@ -85,4 +85,5 @@ def read_sequences(sequences_dir: Path):
         event_types=stacked("event_type_indices"),
         gaps=stacked("gap_buckets"),
         older_items=[np.asarray(values, dtype=np.int64) for values in frame["older_item_indices"]],
+        times=stacked("event_times", np.int64) if "event_times" in frame.columns else None,
     )

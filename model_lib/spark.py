@@ -14,8 +14,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     """Gets (or creates) the session. Under spark-submit the master comes from the command line."""
     apply_engine_environment(settings)
     builder = (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
+        SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.memory", settings.spark_driver_memory)
@@ -25,9 +24,10 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
     )
-    # spark-submit starts the JVM first and hands its port over; then the master comes from its command line.
+    # spark-submit starts the JVM first and hands its port over; then the master and the application name
+    # (the DAG's per-run name) come from its command line.
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
-        builder = builder.master(settings.spark_master)
+        builder = builder.master(settings.spark_master).appName(app_name)
     session = builder.getOrCreate()
     # spark-submit defaults to INFO; task logs should show our stage lines, not every Spark task.
     session.sparkContext.setLogLevel("WARN")

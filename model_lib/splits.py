@@ -1,11 +1,19 @@
-"""Data splitting, in one place: leave-one-out over the left-padded sequences.
+"""Data splitting, in one place, over the left-padded sequences: leave-one-out and time-based.
 
-For a user whose history (oldest first) is e_1 .. e_n:
+Leave-one-out (the accuracy protocol). For a user whose history (oldest first) is e_1 .. e_n:
 - test:       input e_1 .. e_{n-1}, target e_n
 - validation: input e_1 .. e_{n-2}, target e_{n-1}
 - training:   e_1 .. e_{n-2}, the model predicts e_{t+1} from e_1 .. e_t at every position t
-A target never appears in the input that predicts it, and training never sees either held-out event.
 Only users with at least 3 events are held out (they need one training event); others train on everything.
+
+Time-based (what a nightly model actually faces). Two cutoffs, validation_cutoff < test_cutoff (epoch seconds):
+- training:   every event at or before validation_cutoff
+- validation: input = events <= validation_cutoff, target = the first event after it, if that is <= test_cutoff
+- test:       input = events <= test_cutoff, target = the first event after it
+A user is held out only when the input is not empty and a target exists.
+
+In both, a target never appears in the input that predicts it, and training never sees a held-out event
+(tests/test_splits.py checks this on random sequences).
 """
 
 from __future__ import annotations
@@ -21,13 +29,18 @@ MIN_EVENTS_FOR_HOLDOUT = 3
 
 @dataclass(frozen=True)
 class Sequences:
-    """Aligned (N, L) int32 arrays, left-padded with 0, plus each user's older items beyond the window."""
+    """Aligned (N, L) arrays, left-padded with 0, plus each user's older items beyond the window.
+
+    items / event_types / gaps are int32; times (optional, only the time-based split needs it) holds int64
+    epoch seconds.
+    """
 
     user_ids: np.ndarray
     items: np.ndarray
     event_types: np.ndarray
     gaps: np.ndarray
     older_items: list[np.ndarray]
+    times: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -44,6 +57,7 @@ class Sequences:
             self.event_types[rows],
             self.gaps[rows],
             [self.older_items[i] for i in rows],
+            None if self.times is None else self.times[rows],
         )
 
     def model_inputs(self, item_lookup: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -51,14 +65,15 @@ class Sequences:
         items = self.items if item_lookup is None else item_lookup[self.items]
         return {"items": items, "event_types": self.event_types, "gaps": self.gaps}
 
-    def drop_last(self, count: int) -> Sequences:
-        """The same users with their newest `count` events removed (re-padded on the left)."""
-        if count == 0:
+    def drop_last(self, count: int | np.ndarray) -> Sequences:
+        """The same users with their newest `count` events (one count, or one per user) removed, re-padded."""
+        if np.all(np.asarray(count) == 0):
             return self
         return Sequences(
             self.user_ids,
             *(shift_right(a, count) for a in (self.items, self.event_types, self.gaps)),
             self.older_items,
+            None if self.times is None else shift_right(self.times, count),
         )
 
 
@@ -71,34 +86,58 @@ class HoldOut:
 
 
 @dataclass(frozen=True)
-class LeaveOneOut:
+class Split:
     train: Sequences
     validation: HoldOut
     test: HoldOut
 
 
-def shift_right(array: np.ndarray, count: int) -> np.ndarray:
-    """Drops the last `count` columns and pads `count` zeros on the left, keeping the width."""
-    padded = np.zeros_like(array)
-    padded[:, count:] = array[:, :-count]
-    return padded
+def shift_right(array: np.ndarray, count: int | np.ndarray) -> np.ndarray:
+    """Drops the last `count` columns of each row (one count, or one per row) and pads zeros on the left."""
+    counts = np.broadcast_to(np.asarray(count), (array.shape[0],))
+    columns = np.arange(array.shape[1])[None, :] - counts[:, None]
+    shifted = np.take_along_axis(array, np.clip(columns, 0, None), axis=1)
+    return np.where(columns >= 0, shifted, 0).astype(array.dtype)
 
 
-def leave_one_out(sequences: Sequences) -> LeaveOneOut:
+def leave_one_out(sequences: Sequences) -> Split:
     is_held = sequences.lengths >= MIN_EVENTS_FOR_HOLDOUT
     evaluated = sequences.subset(np.flatnonzero(is_held))
-    train = Sequences(
-        sequences.user_ids,
-        *(
-            np.where(is_held[:, None], shift_right(a, 2), a)
-            for a in (sequences.items, sequences.event_types, sequences.gaps)
-        ),
-        sequences.older_items,
-    )
-    return LeaveOneOut(
-        train=train,
+    return Split(
+        train=sequences.drop_last(np.where(is_held, 2, 0)),
         validation=HoldOut(evaluated.drop_last(2), evaluated.items[:, -2].copy()),
         test=HoldOut(evaluated.drop_last(1), evaluated.items[:, -1].copy()),
+    )
+
+
+def _holdout_after(sequences: Sequences, cutoff: int, until: int | None) -> HoldOut:
+    """Input = events <= cutoff; target = the first event after cutoff (and <= until when given)."""
+    is_event = sequences.items != PAD_INDEX
+    after = (sequences.times > cutoff) & is_event
+    n_after = after.sum(axis=1)
+    n_before = (is_event & ~after).sum(axis=1)
+    width = sequences.items.shape[1]
+    target_column = np.clip(width - n_after, 0, width - 1)
+    rows = np.arange(len(sequences))
+    target_time = sequences.times[rows, target_column]
+    held = (n_after > 0) & (n_before > 0) & ((target_time <= until) if until is not None else True)
+    chosen = np.flatnonzero(held)
+    inputs = sequences.subset(chosen).drop_last(n_after[chosen])
+    return HoldOut(inputs, sequences.items[chosen, target_column[chosen]].copy())
+
+
+def time_split(sequences: Sequences, validation_cutoff: int, test_cutoff: int) -> Split:
+    """See the module docstring; cutoffs are epoch seconds and must lie inside the sequence window's time span."""
+    if sequences.times is None:
+        raise ValueError("a time-based split needs the sequences' event_times")
+    if not validation_cutoff < test_cutoff:
+        raise ValueError(f"validation cutoff {validation_cutoff} must be before test cutoff {test_cutoff}")
+    is_event = sequences.items != PAD_INDEX
+    train = sequences.drop_last(((sequences.times > validation_cutoff) & is_event).sum(axis=1))
+    return Split(
+        train=train.subset(np.flatnonzero(train.lengths > 0)),
+        validation=_holdout_after(sequences, validation_cutoff, test_cutoff),
+        test=_holdout_after(sequences, test_cutoff, None),
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from model_lib.config import Settings
 from model_lib.metrics import evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import HoldOut, LeaveOneOut, next_item_pairs
+from model_lib.splits import HoldOut, Split, next_item_pairs
 
 
 @dataclass
@@ -36,7 +36,7 @@ def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -
 
 
 def train_next_item_model(
-    split: LeaveOneOut,
+    split: Split,
     num_items: int,
     settings: Settings,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_ok as run
 
 from model_lib.config import get_settings
 from model_lib.runtime import engine_environment
@@ -19,14 +19,6 @@ from model_lib.runtime import engine_environment
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 K = 10
-
-
-def run(command: list[str], env: dict[str, str], timeout: int = 900) -> tuple[str, str]:
-    """Runs a command to success; returns (stdout, stdout + stderr)."""
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{output[-6000:]}"
-    return done.stdout, output
 
 
 @pytest.fixture(scope="module")
