@@ -188,7 +188,9 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
     )
 
     with stage(f"sessionize ds={ds}: validate") as report:
-        validated = ev.validate(ev.parse_raw_lines(extract_raw_lines(spark, settings, ds, plan)), settings).cache()
+        validated = ev.validate(ev.parse_raw_lines(extract_raw_lines(spark, settings, ds, plan)), settings)
+        # Only rejected lines need their raw text any more; dropping it from the rest keeps the cache small.
+        validated = validated.withColumn("line", F.when(F.col("reason").isNotNull(), F.col("line"))).cache()
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
         read = sum(by_reason.values())
         quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
@@ -198,7 +200,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         events = ev.deduplicate(validated.where(F.col("reason").isNull()))
         if previous is not None:
             events = ev.drop_seen(events, previous["dedup_keys"])
-        events = events.cache()
+        events = events.select("user_id", *ev.EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
         counts = ev.item_counts(events, previous["item_counts"] if previous else None).toPandas()
         vocabulary = new_vocabulary(counts, settings, plan.previous_vocabulary)
@@ -262,7 +264,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
             ds,
             plan,
         )
-        stats["users"] = spark.read.parquet(str(settings.sequences_dir(ds))).count()
+        stats["users"] = histories.count()
         report(users=stats["users"], path=str(settings.sequences_dir(ds)))
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_run_stats(stats, settings, ds)

@@ -1,0 +1,257 @@
+"""Sessionization benchmark: Spark full rebuild vs one incremental nightly day vs the same logic in DuckDB SQL.
+
+    .venv/bin/python -m bench.sessionize_bench                    # 1M and 10M events over 30 days
+    .venv/bin/python -m bench.sessionize_bench --events 1000000   # one size
+
+For each size it writes a seeded synthetic clickstream (reused when already there), then runs, each in its own
+process so that peak memory (RSS of the process and its children, e.g. Spark's JVM) is measured per run:
+  1. Spark full rebuild up to the day before the last (this makes the state the nightly run continues from),
+  2. Spark incremental nightly run for the last day,
+  3. Spark full rebuild up to the last day (the reference),
+  4. DuckDB: validation + de-duplication + sessionization + last-L in SQL over the same raw files, up to the last day.
+It checks that 2 and 3 wrote identical sequences and that DuckDB found the same users and events, and prints one
+JSON line per size with events/s, the ratios incremental / full (target <= 0.2) and Spark / DuckDB (target <= 3),
+and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from model_lib.config import PROJECT_ROOT, get_settings
+from model_lib.runtime import engine_environment
+from model_lib.sources import SynthSpec, write_synth
+
+DAYS = 30
+DUCKDB_SQL = """
+CREATE TEMP TABLE lines AS
+SELECT line, CAST(dt AS VARCHAR) AS dt, filename, row_number() OVER () AS line_order
+FROM read_csv('{raw}/dt=*/*.jsonl.gz', columns = {{'line': 'VARCHAR'}}, delim = '\x1f', quote = '', escape = '',
+              header = false, auto_detect = false, filename = true, hive_partitioning = true)
+WHERE dt <= DATE '{ds}';
+
+CREATE TEMP TABLE validated AS
+WITH fields AS (
+    SELECT *, starts_with(ltrim(line), '{{') AND json_valid(line) AS is_json,
+           CASE WHEN json_valid(line) THEN json_extract_string(line, ['$.user_id', '$.item_id', '$.event_type',
+                '$.ts', '$.event_id', '$.session_id']) END AS f
+    FROM lines
+), typed AS (
+    SELECT line, dt, filename, line_order, is_json,
+           nullif(trim(f[1]), '') AS user_id, nullif(trim(f[2]), '') AS item_id, nullif(trim(f[3]), '') AS event_type,
+           nullif(trim(f[4]), '') AS ts, nullif(trim(f[5]), '') AS event_id, nullif(trim(f[6]), '') AS session_id
+    FROM fields
+), timed AS (
+    SELECT *, CASE WHEN regexp_full_match(ts, '-?[0-9]{{1,16}}') THEN epoch_ms(TRY_CAST(ts AS BIGINT))::TIMESTAMP
+                   ELSE TRY_CAST(TRY_CAST(ts AS TIMESTAMPTZ) AS TIMESTAMP) END AS event_ts
+    FROM typed
+)
+SELECT *, CASE
+    WHEN length(line) > {max_line} OR length(user_id) > {max_id} OR length(item_id) > {max_id}
+         OR length(event_id) > {max_id} OR length(session_id) > {max_id} THEN 'too_long'
+    WHEN NOT is_json THEN 'not_json'
+    WHEN user_id IS NULL OR item_id IS NULL OR event_type IS NULL OR ts IS NULL THEN 'missing_field'
+    WHEN event_ts IS NULL THEN 'bad_ts'
+    WHEN event_type NOT IN ({event_types}) THEN 'unknown_event_type'
+    WHEN event_ts >= CAST(dt AS TIMESTAMP) + INTERVAL 1 DAY + INTERVAL {future} MINUTE THEN 'future_ts'
+    WHEN event_ts < CAST(dt AS TIMESTAMP) - INTERVAL {lateness} HOUR THEN 'too_late'
+END AS reason
+FROM timed;
+
+CREATE TEMP TABLE events AS
+SELECT * EXCLUDE (occurrence) FROM (
+    SELECT *, row_number() OVER (
+        PARTITION BY coalesce('id:' || event_id, concat_ws(chr(1), 't', user_id, item_id, event_type, event_ts::VARCHAR))
+        ORDER BY dt, filename, line_order) AS occurrence
+    FROM validated WHERE reason IS NULL
+) WHERE occurrence = 1;
+
+CREATE TEMP TABLE vocabulary AS
+SELECT item_id, (row_number() OVER (ORDER BY n DESC, item_id) + 1)::INTEGER AS item_index
+FROM (SELECT item_id, count(*) AS n FROM events GROUP BY item_id) WHERE n >= {min_count}
+ORDER BY n DESC, item_id LIMIT {max_size};
+
+CREATE TEMP TABLE sequences AS
+WITH ranked AS (
+    SELECT e.user_id, coalesce(v.item_index, 1) AS item_index, list_position([{event_types}], e.event_type) AS type_index,
+           e.event_ts, e.session_id,
+           row_number() OVER w AS recency,
+           epoch(e.event_ts) - epoch(lead(e.event_ts) OVER w) AS gap,
+           lead(e.event_ts) OVER w IS NULL OR epoch(e.event_ts) - epoch(lead(e.event_ts) OVER w) > {gap_seconds}
+               OR (e.session_id IS DISTINCT FROM lead(e.session_id) OVER w) AS starts,
+           count(*) OVER (PARTITION BY e.user_id) AS n
+    FROM events e LEFT JOIN vocabulary v USING (item_id)
+    WINDOW w AS (PARTITION BY e.user_id ORDER BY e.event_ts DESC, e.dt DESC, e.filename DESC, e.line_order DESC)
+), sessions AS (
+    SELECT *, 1 + sum(CASE WHEN recency <= {seq_len} AND recency < least(n, {seq_len}) AND starts THEN 1 ELSE 0 END)
+                  OVER (PARTITION BY user_id ORDER BY recency ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
+               AS session_index,
+           CASE WHEN gap IS NULL THEN 1 ELSE least(2 + floor(log2(greatest(gap, 0) + 1))::INTEGER, {max_bucket}) END
+               AS gap_bucket
+    FROM ranked
+)
+SELECT user_id,
+       list(item_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS item_indices,
+       list(type_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS event_type_indices,
+       list(gap_bucket ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS gap_buckets,
+       list(session_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS session_indices,
+       count(*) FILTER (WHERE recency <= {seq_len}) AS length,
+       list(DISTINCT item_index ORDER BY item_index) FILTER (WHERE recency > {seq_len}) AS older_item_indices,
+       max(event_ts) AS last_event_ts
+FROM sessions GROUP BY user_id;
+
+COPY (SELECT * FROM sequences ORDER BY user_id) TO '{output}' (FORMAT parquet);
+"""
+
+
+def duckdb_sessionize(data_dir: Path, ds: dt.date, output: Path) -> dict:
+    """The reference: the sessionize job's rules (full rebuild) in one DuckDB SQL script."""
+    import duckdb
+
+    settings = get_settings(data_dir=data_dir)
+    started = time.time()
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'; SET threads = 2; SET preserve_insertion_order = true")
+    connection.execute(
+        DUCKDB_SQL.format(
+            raw=settings.raw_events_dir,
+            ds=ds.isoformat(),
+            output=output,
+            max_line=settings.max_line_chars,
+            max_id=settings.max_id_chars,
+            event_types=", ".join(f"'{t}'" for t in settings.event_types),
+            future=settings.future_tolerance_minutes,
+            lateness=settings.allowed_lateness_hours,
+            min_count=settings.min_item_count,
+            max_size=settings.max_vocab_size,
+            gap_seconds=settings.session_gap_minutes * 60,
+            seq_len=settings.seq_len,
+            max_bucket=settings.max_gap_bucket,
+        )
+    )
+    counts = connection.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated"
+    ).fetchone()
+    valid = connection.execute("SELECT count(*) FROM events").fetchone()[0]
+    return {
+        "read": counts[0],
+        "quarantined": counts[1],
+        "valid": valid,
+        "duplicates": counts[0] - counts[1] - valid,
+        "users": connection.execute("SELECT count(*) FROM sequences").fetchone()[0],
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def measured(command: list[str], env: dict[str, str]) -> dict:
+    """Runs a command; returns wall seconds, peak RSS of its process tree (MiB) and its last JSON line."""
+    started = time.time()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample() -> None:
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = process.stdout.read()
+    process.wait()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
+    result = [line for line in output.splitlines() if line.startswith("[reco] sessionize stats ") or line.startswith("{")]
+    payload = json.loads(result[-1].removeprefix("[reco] sessionize stats "))
+    return {**payload, "wall_seconds": round(time.time() - started, 1), "peak_rss_mib": round(peak[0] / 2**20)}
+
+
+def spark_run(data_dir: Path, ds: dt.date, mode: str) -> dict:
+    env = {**os.environ, **engine_environment(get_settings(data_dir=data_dir)), "RECO_DATA_DIR": str(data_dir)}
+    return measured([sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode], env)
+
+
+def bench_size(events: int, root: Path) -> dict:
+    data_dir = root / f"events-{events}"
+    settings = get_settings(data_dir=data_dir)
+    spec = SynthSpec.for_events(events, DAYS)
+    last_day = spec.start + dt.timedelta(days=DAYS - 1)
+    if not (settings.raw_events_dir / f"dt={last_day}").exists():
+        started = time.time()
+        write_synth(spec, settings.raw_events_dir)
+        print(f"[bench] synthesised {events:,} events in {time.time() - started:.1f} s", flush=True)
+    print(f"[bench] {events:,} events: Spark full rebuild to {last_day - dt.timedelta(days=1)} (makes the state)")
+    previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
+    print(f"[bench] {events:,} events: Spark incremental {last_day}", flush=True)
+    incremental = spark_run(data_dir, last_day, "incremental")
+    incremental_sequences = data_dir / "incremental-sequences"
+    shutil.rmtree(incremental_sequences, ignore_errors=True)
+    shutil.copytree(settings.sequences_dir(last_day), incremental_sequences)
+    print(f"[bench] {events:,} events: Spark full rebuild to {last_day}", flush=True)
+    full = spark_run(data_dir, last_day, "full")
+    identical = pd.read_parquet(incremental_sequences).equals(pd.read_parquet(settings.sequences_dir(last_day)))
+    print(f"[bench] {events:,} events: DuckDB SQL full rebuild to {last_day}", flush=True)
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir)}
+    duck = measured(
+        [sys.executable, "-m", "bench.sessionize_bench", "--duckdb-only", str(data_dir), last_day.isoformat()], env
+    )
+    return {
+        "events_read_full": full["read"],
+        "events_read_incremental_day": incremental["read"],
+        "users": full["users"],
+        "spark_full_seconds": full["seconds"],
+        "spark_full_events_per_s": round(full["read"] / full["seconds"]),
+        "spark_incremental_seconds": incremental["seconds"],
+        "spark_incremental_events_per_s": round(incremental["read"] / incremental["seconds"]),
+        "spark_full_previous_day_seconds": previous["seconds"],
+        "duckdb_seconds": duck["seconds"],
+        "duckdb_events_per_s": round(duck["read"] / duck["seconds"]),
+        "ratio_incremental_over_full": round(incremental["seconds"] / full["seconds"], 3),
+        "ratio_spark_over_duckdb": round(full["seconds"] / duck["seconds"], 2),
+        "peak_rss_mib": {
+            "spark_full": full["peak_rss_mib"],
+            "spark_incremental": incremental["peak_rss_mib"],
+            "duckdb": duck["peak_rss_mib"],
+        },
+        "incremental_equals_full": identical,
+        "duckdb_agrees": {
+            key: duck[key] == full[key] for key in ("read", "quarantined", "valid", "duplicates", "users")
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "sessionize")
+    parser.add_argument("--duckdb-only", nargs=2, metavar=("DATA_DIR", "DS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.duckdb_only:
+        data_dir, ds = Path(args.duckdb_only[0]), dt.date.fromisoformat(args.duckdb_only[1])
+        print(json.dumps(duckdb_sessionize(data_dir, ds, data_dir / "duckdb-sequences.parquet")))
+        return
+    for events in args.events:
+        result = {"benchmark": "sessionize", "events": events, "days": DAYS, "cores": os.cpu_count()}
+        result.update(bench_size(events, args.root))
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
