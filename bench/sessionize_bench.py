@@ -73,7 +73,8 @@ FROM timed;
 CREATE TEMP TABLE events AS
 SELECT * EXCLUDE (occurrence) FROM (
     SELECT *, row_number() OVER (
-        PARTITION BY coalesce('id:' || event_id, concat_ws(chr(1), 't', user_id, item_id, event_type, event_ts::VARCHAR))
+        PARTITION BY coalesce('id:' || event_id,
+                              concat_ws(chr(1), 't', user_id, item_id, event_type, event_ts::VARCHAR))
         ORDER BY dt, filename, line_order) AS occurrence
     FROM validated WHERE reason IS NULL
 ) WHERE occurrence = 1;
@@ -85,7 +86,8 @@ ORDER BY n DESC, item_id LIMIT {max_size};
 
 CREATE TEMP TABLE sequences AS
 WITH ranked AS (
-    SELECT e.user_id, coalesce(v.item_index, 1) AS item_index, list_position([{event_types}], e.event_type) AS type_index,
+    SELECT e.user_id, coalesce(v.item_index, 1) AS item_index,
+           list_position([{event_types}], e.event_type) AS type_index,
            e.event_ts, e.session_id,
            row_number() OVER w AS recency,
            epoch(e.event_ts) - epoch(lead(e.event_ts) OVER w) AS gap,
@@ -141,9 +143,7 @@ def duckdb_sessionize(data_dir: Path, ds: dt.date, output: Path) -> dict:
             max_bucket=settings.max_gap_bucket,
         )
     )
-    counts = connection.execute(
-        "SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated"
-    ).fetchone()
+    counts = connection.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated").fetchone()
     valid = connection.execute("SELECT count(*) FROM events").fetchone()[0]
     return {
         "read": counts[0],
@@ -178,7 +178,9 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
     sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
-    result = [line for line in output.splitlines() if line.startswith("[reco] sessionize stats ") or line.startswith("{")]
+    result = [
+        line for line in output.splitlines() if line.startswith("[reco] sessionize stats ") or line.startswith("{")
+    ]
     payload = json.loads(result[-1].removeprefix("[reco] sessionize stats "))
     return {**payload, "wall_seconds": round(time.time() - started, 1), "peak_rss_mib": round(peak[0] / 2**20)}
 

@@ -1,11 +1,13 @@
 """
 ### reco_nightly — sessionize -> resolve champion -> recommend -> publish
 
-Every day: rebuilds the users' sequences up to the logical date, pins the `champion` model version once, scores
-every user with history (top-K unseen items, with the reason item), and publishes the day into the warehouse
-tables `recommendations` and `recommendation_runs` in one transaction (a re-run replaces the day).
+Every day: merges the day's raw events into the users' sequences (incrementally, from yesterday's state), pins
+the `champion` model version once, scores every user with history (top-K unseen items, with the reason item), and
+publishes the day into the warehouse tables `recommendations` and `recommendation_runs` in one transaction (a
+re-run replaces the day). Backfill with `sessionize_mode=full` to re-read every raw day up to ds.
 
-Reads `lake/raw/events/dt<=ds` and the MLflow registry; writes `lake/sequences|recommendations/ds=ds` and the warehouse.
+Reads `lake/raw/events/dt=ds`, yesterday's `lake/state` and the MLflow registry; writes
+`lake/sequences|vocab|state|recommendations/ds=ds` and the warehouse.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from model_lib.config import get_settings
-from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task, spark_job
+from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task, spark_job
 
 
 @dag(
@@ -23,7 +25,10 @@ from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task, spark_job
     doc_md=__doc__,
     **COMMON_DAG_ARGS,
     params={
-        "k": Param(get_settings().top_k, type="integer", minimum=1, maximum=500, description="recommendations per user")
+        **SESSIONIZE_PARAMS,
+        "k": Param(
+            get_settings().top_k, type="integer", minimum=1, maximum=500, description="recommendations per user"
+        ),
     },
 )
 def reco_nightly():

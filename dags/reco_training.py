@@ -5,14 +5,15 @@ Weekly (and on demand): rebuilds the sequences for the logical date, trains the 
 registers it in MLflow as a new version of `reco-lstm-attention` with alias `challenger`, and promotes it to
 `champion` when there is none yet or when it beats the champion on the same leave-one-out hold-out.
 
-Reads `lake/raw/events/dt<=ds`; writes `lake/sequences|vocab|quarantine/ds=ds`, an MLflow run and a model version.
+Reads `lake/raw/events/dt=ds` and yesterday's `lake/state` (or every raw day, in a full rebuild); writes
+`lake/sequences|vocab|state/ds=ds`, an MLflow run and a model version.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task
+from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task
 
 
 @dag(
@@ -21,7 +22,10 @@ from model_lib.dag_parts import COMMON_DAG_ARGS, sessionize_task
     tags=["reco", "training"],
     doc_md=__doc__,
     **COMMON_DAG_ARGS,
-    params={"epochs": Param(None, type=["null", "integer"], minimum=1, description="override settings.epochs")},
+    params={
+        **SESSIONIZE_PARAMS,
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="override settings.epochs"),
+    },
 )
 def reco_training():
     sessionize = sessionize_task()

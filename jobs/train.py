@@ -163,6 +163,8 @@ def run(settings: Settings, ds: dt.date) -> dict:
                 settings,
                 tags={
                     "ds": ds.isoformat(),
+                    # The vocabulary travels inside the model; this says which lake version it is.
+                    "vocabulary": f"lake/vocab/ds={ds.isoformat()} ({len(vocabulary):,} items)",
                     "run_id": run.info.run_id,
                     "test_ndcg_10": f"{test['ndcg_10']:.5f}",
                     "test_hr_10": f"{test['hr_10']:.5f}",

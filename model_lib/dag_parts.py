@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Param
+
+from model_lib.config import SESSIONIZE_MODES
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -32,9 +35,21 @@ def spark_job(task_id: str, args: list[str], doc_md: str) -> SparkSubmitOperator
     )
 
 
+SESSIONIZE_PARAMS = {
+    "sessionize_mode": Param(
+        "auto",
+        enum=list(SESSIONIZE_MODES),
+        description="auto: incremental from yesterday's state when it exists, else a full rebuild; "
+        "full: re-read every raw day up to ds (backfills, a changed sequence length)",
+    )
+}
+
+
 def sessionize_task() -> SparkSubmitOperator:
     return spark_job(
         "sessionize",
-        ["--ds", "{{ ds }}"],
-        "Spark: raw events up to ds -> lake/sequences, lake/vocab, lake/quarantine for ds.",
+        ["--ds", "{{ ds }}", "--mode", "{{ params.sessionize_mode }}"],
+        "Spark: the day's raw events + yesterday's state (or every raw day, in a full rebuild) -> "
+        "lake/sequences, lake/vocab, lake/state for ds; rejects to lake/quarantine/events/dt=; counts to "
+        "lake/run_stats/sessionize.",
     )

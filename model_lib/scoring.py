@@ -70,7 +70,8 @@ class Recommender:
         """Top-K unseen items per user; users with no known item in their history get the most popular ones."""
         items = np.asarray(inputs["items"])
         scores, attention = self.score_with_attention(inputs)
-        excluded = seen_mask(items, older_items, self.num_items)
+        # Indices without an item (padding, unknown, and any index the stable vocabulary left free) never rank.
+        excluded = seen_mask(items, older_items, self.num_items) | (self.item_ids == "")[None, :]
         known = (items >= FIRST_ITEM_INDEX).any(axis=1)
         cold = ~known
         if cold.any():
