@@ -23,12 +23,12 @@ from model_lib.metrics import evaluate_holdout
 from model_lib.progress import stage
 from model_lib.scoring import Recommender
 from model_lib.splits import HoldOut, leave_one_out
+from model_lib.vocabulary import vocabulary_item_ids
 
 
 def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> tuple[dict, list, np.ndarray]:
     """A hold-out indexed with one vocabulary (`item_ids`: index -> raw id) in another model's indices."""
-    lookup = np.array([recommender.index_of.get(raw, 1) for raw in item_ids], dtype=np.int32)
-    lookup[:2] = [0, 1]
+    lookup = recommender.translation_from(item_ids)
     older = [lookup[items] for items in holdout.inputs.older_items]
     return holdout.inputs.model_inputs(lookup), older, lookup[holdout.targets]
 
@@ -53,9 +53,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
         holdout = leave_one_out(read_sequences(settings.sequences_dir(ds))).test
-        vocabulary = read_parquet_folder(settings.vocab_dir(ds))
-        item_ids = np.full(int(vocabulary["item_index"].max()) + 1, "", dtype=object)
-        item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
+        item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
         scores = {
             "challenger": holdout_metrics(registry.load_recommender(settings, challenger), holdout, item_ids),
             "champion": holdout_metrics(registry.load_recommender(settings, champion), holdout, item_ids),

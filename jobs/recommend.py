@@ -15,14 +15,16 @@ import datetime as dt
 import functools
 import json
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import Settings, get_settings, parse_ds
-from model_lib.lake import commit_folder, staging_path
+from model_lib.lake import commit_folder, read_parquet_folder, staging_path
 from model_lib.progress import stage
 from model_lib.scoring import score_partition
 from model_lib.spark import spark_session
+from model_lib.vocabulary import vocabulary_item_ids
 
 RECOMMENDATION_SCHEMA = (
     "ds string, user_id string, rank int, item_id string, score double, source string, "
@@ -35,7 +37,14 @@ def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> D
     return spark.read.parquet(str(settings.sequences_dir(ds)))
 
 
-def recommend(sequences: DataFrame, settings: Settings, version: int, k: int, ds: dt.date) -> DataFrame:
+def extract_day_item_ids(settings: Settings, ds: dt.date) -> np.ndarray:
+    """index -> raw item id of the vocabulary the day's sequences were indexed with."""
+    return vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
+
+
+def recommend(
+    sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int, ds: dt.date
+) -> DataFrame:
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
         score_partition,
@@ -44,6 +53,7 @@ def recommend(sequences: DataFrame, settings: Settings, version: int, k: int, ds
         version=version,
         k=k,
         ds=ds.isoformat(),
+        day_item_ids=day_item_ids,
     )
     return has_history.mapInPandas(body, RECOMMENDATION_SCHEMA)
 
@@ -69,7 +79,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     spark = spark_session(settings, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        load(recommend(sequences, settings, version, k, ds), settings, ds)
+        load(recommend(sequences, extract_day_item_ids(settings, ds), settings, version, k, ds), settings, ds)
         written = spark.read.parquet(str(settings.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}

@@ -127,6 +127,14 @@ def new_vocabulary(counts: pd.DataFrame, settings: Settings, previous: Path | No
     return stable_vocabulary(candidates, pd.read_parquet(previous) if previous else None)
 
 
+def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """Items whose index differs between two vocabulary versions (entered, left, or took a freed index)."""
+    both = previous[["item_id", "item_index"]].merge(
+        current[["item_id", "item_index"]], on="item_id", how="outer", suffixes=("_before", "_now")
+    )
+    return sorted(both.loc[both["item_index_before"].ne(both["item_index_now"]), "item_id"])
+
+
 # --- load ------------------------------------------------------------------------------------------------
 def write_folder(frame: DataFrame, final: Path, partitions: int | None = None) -> None:
     staged = staging_path(final)
@@ -246,9 +254,12 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         vocabulary_frame = spark.createDataFrame(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
-        histories = ev.user_histories(
-            events, vocabulary_frame, settings, previous["users"] if previous else None
-        ).cache()
+        if previous is None:
+            histories = ev.user_histories(events, vocabulary_frame, settings)
+        else:
+            changed = changed_items(pd.read_parquet(plan.previous_vocabulary), vocabulary)
+            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed, settings)
+        histories = histories.select(ev.STATE_COLUMNS).cache()
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])

@@ -268,6 +268,25 @@ def user_histories(
     )
 
 
+def merge_day(
+    previous_users: DataFrame, events: DataFrame, vocabulary: DataFrame, changed_items: list[str], settings: Settings
+) -> DataFrame:
+    """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
+    the day touched: those with new events, and those whose stored items changed index in today's vocabulary
+    (`changed_items`: entered, left or moved). Every other row is carried over as it is, with no shuffle.
+    The result equals `user_histories` over all history (tests/test_sessionize_job.py checks it)."""
+    active = F.broadcast(events.select("user_id").distinct().withColumn("_active", F.lit(True)))
+    flagged = previous_users.join(active, "user_id", "left")
+    touched = F.col("_active").isNotNull()
+    if changed_items:
+        stored_items = F.concat(F.transform("events", lambda event: event["item_id"]), F.col("older_item_ids"))
+        touched = touched | F.arrays_overlap(stored_items, F.array(*[F.lit(item) for item in changed_items]))
+    flagged = flagged.withColumn("_touched", touched)
+    carried = flagged.where(~F.col("_touched")).select(STATE_COLUMNS)
+    recomputed = user_histories(events, vocabulary, settings, flagged.where(F.col("_touched")))
+    return carried.unionByName(recomputed.select(STATE_COLUMNS))
+
+
 SEQUENCE_COLUMNS = [
     "user_id",
     "item_indices",
@@ -279,4 +298,5 @@ SEQUENCE_COLUMNS = [
     "older_item_indices",
     "last_event_ts",
 ]
-STATE_COLUMNS = ["user_id", "events", "older_item_ids"]
+# The state's user rows keep the sequence columns too, so a user the next day does not touch is carried as is.
+STATE_COLUMNS = [*SEQUENCE_COLUMNS, "events", "older_item_ids"]

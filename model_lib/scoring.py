@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from model_lib.metrics import seen_mask, top_k_items
-from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
+from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
 
 SOURCE_MODEL = "model"
 SOURCE_POPULAR = "popular"
@@ -85,6 +85,16 @@ class Recommender:
         sources = np.where(cold, SOURCE_POPULAR, SOURCE_MODEL)
         return Recommendations(top, top_scores, sources, reasons)
 
+    def translation_from(self, item_ids: np.ndarray) -> np.ndarray:
+        """index -> raw id of another vocabulary (e.g. the day's) -> an array mapping its indices to this model's.
+
+        The nightly sequences use the day's vocabulary, which may hold items this model never saw (they become
+        unknown) or reuse an index freed since training; translating by raw id keeps every index meaning its item.
+        """
+        lookup = np.array([self.index_of.get(raw, UNKNOWN_ITEM_INDEX) for raw in item_ids], dtype=np.int32)
+        lookup[:FIRST_ITEM_INDEX] = [PAD_INDEX, UNKNOWN_ITEM_INDEX]
+        return lookup
+
     # --- raw ids in and out ---
     def encode_history(self, item_ids: list[str], event_types: list[str] | None, seq_len: int) -> tuple:
         """Raw item ids (oldest first) -> one left-padded row of (items, event types, gap buckets)."""
@@ -143,19 +153,30 @@ def _cached_recommender(tracking_uri: str, model_name: str, version: int):
 
 
 def score_partition(
-    batches: Iterator[pd.DataFrame], *, tracking_uri: str, model_name: str, version: int, k: int, ds: str
+    batches: Iterator[pd.DataFrame],
+    *,
+    tracking_uri: str,
+    model_name: str,
+    version: int,
+    k: int,
+    ds: str,
+    day_item_ids: np.ndarray,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> recommendation rows (K per user)."""
+    """mapInPandas body: sequence rows -> recommendation rows (K per user).
+
+    `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
+    """
     recommender = _cached_recommender(tracking_uri, model_name, version)
+    to_model = recommender.translation_from(day_item_ids)
     for batch in batches:
         if batch.empty:
             continue
         inputs = {
-            "items": np.stack(batch["item_indices"].to_numpy()).astype(np.int32),
+            "items": to_model[np.stack(batch["item_indices"].to_numpy())],
             "event_types": np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
             "gaps": np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
         }
-        older = [np.asarray(values, dtype=np.int64) for values in batch["older_item_indices"]]
+        older = [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]]
         result = recommender.recommend(inputs, older, k)
         users, width = len(batch), result.items.shape[1]
         reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)

@@ -53,3 +53,11 @@ def _frame(item_ids: pd.Series, indices: np.ndarray, counts: pd.Series) -> pd.Da
         {"item_id": item_ids.to_numpy(dtype=object), "item_index": indices, "count": counts.to_numpy(dtype=np.int64)}
     )
     return frame.sort_values("item_index", kind="stable").reset_index(drop=True)
+
+
+def vocabulary_item_ids(vocabulary: pd.DataFrame) -> np.ndarray:
+    """index -> raw item id ("" for padding, unknown and free indices)."""
+    size = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
+    item_ids = np.full(max(size, FIRST_ITEM_INDEX), "", dtype=object)
+    item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
+    return item_ids

@@ -24,7 +24,17 @@ def test_environment_overrides(monkeypatch, tmp_path):
     assert settings.lake_dir == tmp_path / "lake"
 
 
-@pytest.mark.parametrize("field,value", [("top_k", -1), ("seq_len", 0), ("warehouse_url", "mysql://x")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("top_k", -1),
+        ("seq_len", 0),
+        ("warehouse_url", "mysql://x"),
+        ("max_quarantine_share", 1.5),
+        ("sessionize_mode", "sometimes"),
+        ("max_vocab_size", 0),
+    ],
+)
 def test_bad_configuration_is_rejected_before_any_work(field, value):
     with pytest.raises(ValidationError):
         get_settings(**{field: value})

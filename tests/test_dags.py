@@ -17,14 +17,17 @@ nightly, training = bag.dags["reco_nightly"], bag.dags["reco_training"]
 order = lambda dag: [t.task_id for t in dag.topological_sort()]
 print(order(nightly)); print(order(training))
 print(nightly.schedule, training.schedule)
+print(sorted(nightly.params), sorted(training.params), nightly.get_task("sessionize").application_args)
 heavy = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql") if m in sys.modules]
 print("heavy", heavy)
 """
     env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()[-4:]
+    lines = out.stdout.strip().splitlines()[-5:]
     assert lines[0] == "['sessionize', 'resolve_champion', 'recommend', 'publish']"
     assert lines[1] == "['sessionize', 'train', 'promote']"
     assert lines[2] == "@daily @weekly"
-    assert lines[3] == "heavy []"
+    assert lines[3].startswith("['k', 'sessionize_mode'] ['epochs', 'sessionize_mode'] ")
+    assert lines[3].endswith("['--ds', '{{ ds }}', '--mode', '{{ params.sessionize_mode }}']")
+    assert lines[4] == "heavy []"

@@ -154,3 +154,11 @@ def test_vocabulary_keeps_indices_and_reuses_freed_ones():
     assert dict(zip(day2["item_id"], day2["item_index"], strict=True)) == {"a": 2, "e": 3, "f": 4}
     day3 = stable_vocabulary(ranked_candidates(counts, min_count=2, max_size=5), day2)
     assert dict(zip(day3["item_id"], day3["item_index"], strict=True)) == {"a": 2, "e": 3, "f": 4, "b": 5, "c": 6}
+
+
+def test_histories_take_one_shuffle_by_user(spark, rules):
+    events = valid_events(spark, [line(item=i, ts=T0 + k) for k, i in enumerate("abcab")], rules)
+    vocabulary = spark.createDataFrame([("a", 2, 2)], "item_id string, item_index int, count long")
+    plan = ev.user_histories(events, vocabulary, rules)._jdf.queryExecution().executedPlan().toString()
+    # the window and the aggregation share one exchange; the vocabulary join is broadcast
+    assert plan.count("Exchange hashpartitioning(user_id") == 1 and "BroadcastHashJoin" in plan

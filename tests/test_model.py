@@ -105,3 +105,19 @@ def test_recommender_round_trip_excludes_seen_and_falls_back_to_popular(model, t
     assert result.items[1].tolist() == [2, 3, 4, 5, 6]  # most popular first
     assert result.reasons[0] in (4, 5, 6) and result.reasons[1] == -1
     assert [len(set(row)) for row in result.items] == [5, 5]
+
+
+def test_a_newer_vocabulary_is_translated_by_raw_id_and_free_indices_never_rank(model):
+    from model_lib.scoring import Recommender
+    from model_lib.vocabulary import vocabulary_item_ids
+
+    # The model knows i2..i29 except i9 (a free index since an item left its vocabulary).
+    known = [k for k in range(2, 30) if k != 9]
+    vocabulary = pd.DataFrame({"item_index": known, "item_id": [f"i{k}" for k in known], "count": 1})
+    recommender = Recommender(model, vocabulary, ["view", "cart", "buy"])
+    # The day's vocabulary: i4 kept index 2's place is taken by a newcomer; i5 at 3; a brand-new item at 4.
+    day = pd.DataFrame({"item_index": [2, 3, 4], "item_id": ["i4", "i5", "new"], "count": 1})
+    lookup = recommender.translation_from(vocabulary_item_ids(day))
+    assert lookup.tolist() == [0, 1, 4, 5, 1]
+    result = recommender.recommend(batch([[0, 4, 5, 6]]), [np.zeros(0, int)], k=24)  # every rankable item
+    assert 9 not in result.items[0] and 0 not in result.items[0] and 1 not in result.items[0]

@@ -40,14 +40,20 @@ def pipeline(tmp_path_factory):
         .strip()
         .splitlines()[-1]
     )
+    # Trained on the day before the last; the nightly run of the last day then continues that day's state
+    # incrementally and scores sequences indexed with a newer vocabulary than the model's.
     ds = dt.date.fromisoformat(made["last_dt"])
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     run([str(BIN / "airflow"), "db", "migrate"], env)
     logs = {
-        "training": run([str(BIN / "airflow"), "dags", "test", "reco_training", ds.isoformat()], env)[1],
+        "training": run([str(BIN / "airflow"), "dags", "test", "reco_training", trained_day(ds).isoformat()], env)[1],
         "nightly": run([str(BIN / "airflow"), "dags", "test", "reco_nightly", ds.isoformat()], env)[1],
     }
     return settings, env, ds, logs
+
+
+def trained_day(ds: dt.date) -> dt.date:
+    return ds - dt.timedelta(days=1)
 
 
 def test_training_registers_a_champion(pipeline):
@@ -58,6 +64,7 @@ def test_training_registers_a_champion(pipeline):
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
     assert registry.alias_version(client, settings, registry.CHALLENGER) == 1
     assert "[reco] promotion decision" in logs["training"]
+    assert f"incremental (continuing the state of {trained_day(ds)})" in logs["nightly"]
 
 
 def test_the_registered_champion_serves_raw_item_ids(pipeline):
@@ -68,7 +75,7 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
     assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types"}
-    vocabulary = pd.read_parquet(settings.vocab_dir(ds))
+    vocabulary = pd.read_parquet(settings.vocab_dir(trained_day(ds)))
     history = vocabulary["item_id"].head(3).tolist()
     out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
     recommended = list(out["item_ids"][0])
