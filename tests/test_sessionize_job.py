@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from jobs import sessionize
+from model_lib import events as ev
 from model_lib.config import get_settings
 from model_lib.schemas import REASON_CODES
 from model_lib.sources import SynthSpec, write_synth
@@ -41,17 +42,7 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert table[[f"quarantined_{c}" for c in REASON_CODES]].sum(axis=1).tolist() == [stats["quarantined"]]
     frame = sequences(settings, days[-1])
     assert len(frame) == stats["users"] and {len(items) for items in frame["item_indices"]} == {settings.seq_len}
-    assert list(frame.columns) == [
-        "user_id",
-        "item_indices",
-        "event_type_indices",
-        "gap_buckets",
-        "session_indices",
-        "event_times",
-        "length",
-        "older_item_indices",
-        "last_event_ts",
-    ]
+    assert list(frame.columns) == ev.SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
 
 
 def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):

@@ -1,0 +1,29 @@
+"""The data contracts written in the README are the ones the code writes."""
+
+from pathlib import Path
+
+from model_lib import events as ev
+from model_lib.schemas import REASON_CODES
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def documented_columns(title: str) -> list[str]:
+    """The first-column names of the table that follows the paragraph starting with **title**."""
+    section = README[README.index(f"**{title}**") :]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    table_end = section.index("\n\n", section.index("|---"))
+    in_table = [line for line in rows if section.index(line) < table_end]
+    return [name.strip().strip("`") for line in in_table for name in line.split("|")[1].split(",")]
+
+
+def test_sequence_columns_are_documented_in_order():
+    assert documented_columns("Sequences") == ev.SEQUENCE_COLUMNS
+
+
+def test_quarantine_reasons_are_documented_in_checking_order():
+    quarantine = documented_columns("Quarantine")
+    assert quarantine == ["reason", "raw_line", "source_file"]
+    reason_row = next(line for line in README.splitlines() if line.startswith("| `reason` | string"))
+    positions = [reason_row.index(f"`{code}`") for code in REASON_CODES]
+    assert positions == sorted(positions)
