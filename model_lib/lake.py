@@ -7,7 +7,6 @@ sees the old complete version or the new complete one, never a partial folder.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import uuid
 from pathlib import Path
@@ -55,13 +54,6 @@ def commit_folder(staged: Path, final: Path) -> None:
         final.rename(retired)
     staged.rename(final)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 def read_parquet_folder(folder: Path) -> pd.DataFrame:
