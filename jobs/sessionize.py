@@ -122,9 +122,9 @@ def dedup_horizon(settings: Settings, ds: dt.date):
     return next_day - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
 
 
-def new_vocabulary(counts: pd.DataFrame, settings: Settings, previous: Path | None) -> pd.DataFrame:
+def new_vocabulary(counts: pd.DataFrame, settings: Settings, previous: pd.DataFrame | None) -> pd.DataFrame:
     candidates = ranked_candidates(counts, settings.min_item_count, settings.max_vocab_size)
-    return stable_vocabulary(candidates, pd.read_parquet(previous) if previous else None)
+    return stable_vocabulary(candidates, previous)
 
 
 def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
@@ -211,10 +211,9 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         events = events.select("user_id", *ev.EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
         counts = ev.item_counts(events, previous["item_counts"] if previous else None).toPandas()
-        vocabulary = new_vocabulary(counts, settings, plan.previous_vocabulary)
-        previous_items = (
-            set(pd.read_parquet(plan.previous_vocabulary)["item_id"]) if plan.previous_vocabulary else set()
-        )
+        previous_vocabulary = pd.read_parquet(plan.previous_vocabulary) if plan.previous_vocabulary else None
+        vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
+        previous_items = set(previous_vocabulary["item_id"]) if previous_vocabulary is not None else set()
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
 
     stats = {
@@ -257,7 +256,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         if previous is None:
             histories = ev.user_histories(events, vocabulary_frame, settings)
         else:
-            changed = changed_items(pd.read_parquet(plan.previous_vocabulary), vocabulary)
+            changed = changed_items(previous_vocabulary, vocabulary)
             histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed, settings)
         histories = histories.select(ev.STATE_COLUMNS).cache()
         keys = events.select("dedup_key", "event_ts")
