@@ -22,7 +22,7 @@ from model_lib.lake import read_parquet_folder, read_sequences
 from model_lib.metrics import evaluate_holdout
 from model_lib.progress import stage
 from model_lib.scoring import Recommender
-from model_lib.splits import HoldOut, leave_one_out
+from model_lib.splits import HoldOut, protocol_split
 from model_lib.vocabulary import vocabulary_item_ids
 
 
@@ -52,7 +52,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
     if champion == challenger:
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
-        holdout = leave_one_out(read_sequences(settings.sequences_dir(ds))).test
+        holdout = protocol_split(read_sequences(settings.sequences_dir(ds))).test
         item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
         scores = {
             "challenger": holdout_metrics(registry.load_recommender(settings, challenger), holdout, item_ids),

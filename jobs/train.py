@@ -1,8 +1,11 @@
 """Step 2 — train: the LSTM + attention next-item model on one day's sequences (TensorFlow), tracked in MLflow.
 
 Reads   lake/sequences/ds=D/, lake/vocab/ds=D/
-Writes  an MLflow run (params, per-epoch loss and validation metrics, training-curve picture, test metrics and the
-        most-popular baseline on the same split) and a new version of the registered model with alias `challenger`.
+Writes  an MLflow run (params, per-epoch loss and validation metrics, training-curve picture, the test metrics of
+        the model, most-popular and ALS on the same split as a table and a chart) and a new version of the
+        registered model with alias `challenger`. Checkpoints go to data/checkpoints/train-ds=D/ while it runs: a
+        killed run started again resumes there (same MLflow run), and they are removed once the model is registered.
+Multi-worker: with TF_CONFIG set, every worker runs this same command; only the chief logs and registers.
 
 Run as `python -m jobs.train --ds 2003-02-28` or `reco train --ds ...`. Promotion is the next step (jobs/promote.py).
 """
@@ -12,18 +15,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from model_lib.config import PROJECT_ROOT, Settings, get_settings, parse_ds
-from model_lib.lake import read_parquet_folder, read_sequences
-from model_lib.metrics import evaluate_holdout, popularity_scores
+from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
 from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import leave_one_out
+from model_lib.splits import protocol_split
 
 
 def _pyplot():
@@ -52,14 +56,16 @@ def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path
     return path
 
 
-def comparison_chart(model: dict[str, float], baseline: dict[str, float], path: Path) -> Path:
-    """Bar chart of the model against the most-popular baseline on the same test split."""
+def comparison_chart(results: dict[str, dict[str, float]], path: Path) -> Path:
+    """Grouped bars: the model and each baseline on the same test split."""
     plt = _pyplot()
-    names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in model]
+    first = next(iter(results.values()))
+    names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in first]
     positions = np.arange(len(names))
+    width = 0.8 / len(results)
     figure, axes = plt.subplots(figsize=(9, 4))
-    axes.bar(positions - 0.2, [model[n] for n in names], 0.4, label="LSTM + attention")
-    axes.bar(positions + 0.2, [baseline[n] for n in names], 0.4, label="most popular")
+    for offset, (label, metrics) in enumerate(results.items()):
+        axes.bar(positions + (offset - (len(results) - 1) / 2) * width, [metrics[n] for n in names], width, label=label)
     axes.set_xticks(positions, [n.replace("_", "@") for n in names])
     axes.set(title="test metrics, leave-one-out, full ranking, seen items excluded")
     axes.legend()
@@ -67,6 +73,11 @@ def comparison_chart(model: dict[str, float], baseline: dict[str, float], path: 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def metrics_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per scorer, one column per metric: the final metrics table logged to MLflow."""
+    return pd.DataFrame([{"scorer": name, **metrics} for name, metrics in results.items()])
 
 
 def code_version() -> str:
@@ -78,82 +89,116 @@ def code_version() -> str:
         return "unknown"
 
 
-def run(settings: Settings, ds: dt.date) -> dict:
-    import mlflow
+TRAINING_PARAMS = (
+    "seq_len",
+    "embedding_dim",
+    "hidden_dim",
+    "lstm_layers",
+    "dropout",
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "patience",
+    "seed",
+    "min_item_count",
+    "session_gap_minutes",
+    "softmax",
+    "sampled_negatives",
+    "event_type_loss_weight",
+)
 
-    from model_lib import registry
-    from model_lib.scoring import Recommender
-    from model_lib.training import evaluate_model, train_next_item_model
+
+def run(settings: Settings, ds: dt.date) -> dict:
+    from model_lib import training
 
     # --- extract ---
     with stage(f"train ds={ds}: read sequences") as report:
-        sequences = read_sequences(settings.sequences_dir(ds))
+        files = parquet_files(settings.sequences_dir(ds))
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
         num_items = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
-        split = leave_one_out(sequences)
-        report(users=len(sequences), items=num_items - FIRST_ITEM_INDEX, held_out=len(split.test.targets))
+        split = protocol_split(read_sequences(files))
+        report(files=len(files), users=len(split.train), items=num_items - 2, held_out=len(split.test.targets))
     if len(split.test.targets) == 0:
         raise ValueError(f"no user in ds={ds} has the 3 events a leave-one-out hold-out needs")
 
+    checkpoint_dir = settings.checkpoint_dir(ds)
+    _, workers, is_chief = training.cluster_position(training.tf_config())
+    if not is_chief:
+        # Another worker of a multi-worker run: train in step with the chief, which alone logs and registers.
+        with stage(f"train: worker of {workers}") as report:
+            result = training.train_next_item_model(files, num_items, settings, checkpoint_dir)
+            report(epochs=len(result.history), best_epoch=result.best_epoch)
+        return {"ds": ds.isoformat(), "worker": True, "epochs": len(result.history)}
+    return _train_and_register(settings, ds, files, vocabulary, num_items, split, checkpoint_dir)
+
+
+def _train_and_register(settings, ds, files, vocabulary, num_items, split, checkpoint_dir: Path) -> dict:
+    import mlflow
+
+    from model_lib import baselines, registry, training
+    from model_lib.scoring import Recommender
+
     client = registry.configure(settings)
-    params = {
-        key: getattr(settings, key)
-        for key in (
-            "seq_len",
-            "embedding_dim",
-            "hidden_dim",
-            "lstm_layers",
-            "dropout",
-            "learning_rate",
-            "batch_size",
-            "epochs",
-            "patience",
-            "seed",
-            "min_item_count",
-            "session_gap_minutes",
-        )
-    }
-    with mlflow.start_run(run_name=f"train-{ds}") as run:
-        mlflow.log_params({**params, "ds": ds.isoformat(), "users": len(sequences), "items": num_items - 2})
-        mlflow.set_tags({"ds": ds.isoformat(), "code_version": code_version()})
+    # A retry after a crash continues the same MLflow run, as training continues from its checkpoint.
+    run_id_file = checkpoint_dir / "mlflow_run_id"
+    signature = training.run_signature(settings, num_items, files)
+    resume_run = run_id_file.read_text().strip() if training.resumable(checkpoint_dir, signature) else None
+    with mlflow.start_run(run_id=resume_run, run_name=None if resume_run else f"train-{ds}") as run:
+        if not resume_run:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            run_id_file.write_text(run.info.run_id)
+            mlflow.log_params(
+                {
+                    **{key: getattr(settings, key) for key in TRAINING_PARAMS},
+                    "ds": ds.isoformat(),
+                    "users": len(split.train),
+                    "items": num_items - FIRST_ITEM_INDEX,
+                    "sequence_files": len(files),
+                    "sampled_softmax": settings.uses_sampled_softmax(num_items),
+                }
+            )
+            mlflow.set_tags({"ds": ds.isoformat(), "code_version": code_version()})
 
         # --- transform: train, then test on the held-out last event of every user ---
         def log_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
 
         with stage("train: fit next-item model") as report:
-            result = train_next_item_model(split, num_items, settings, on_epoch_end=log_epoch)
-            report(
-                epochs=len(result.history), best_epoch=result.best_epoch, seq_per_s=round(result.sequences_per_second)
-            )
-        with stage("train: test metrics") as report:
-            test = evaluate_model(result.model, split.test, num_items)
-            popular = popularity_scores(split.train.items, num_items)
-            baseline = evaluate_holdout(
-                lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)),
-                split.test.inputs.model_inputs(),
-                split.test.inputs.older_items,
-                split.test.targets,
-                num_items,
+            result = training.train_next_item_model(
+                files, num_items, settings, checkpoint_dir=checkpoint_dir, on_epoch_end=log_epoch
             )
             report(
-                **{f"test_{k}": v for k, v in test.items() if k.startswith(("hr_10", "ndcg_10"))},
-                popular_ndcg_10=baseline["ndcg_10"],
+                epochs=len(result.history),
+                best_epoch=result.best_epoch,
+                resumed_after_epoch=result.resumed_after_epoch,
+                strategy=result.strategy,
+                replicas=result.replicas,
+                seq_per_s=round(result.sequences_per_second),
             )
+        mlflow.set_tags({"strategy": result.strategy, "replicas": str(result.replicas)})
+        with stage("train: test metrics and baselines") as report:
+            results = {"LSTM + attention": training.evaluate_model(result.model, split.test, num_items)}
+            results["most popular"] = baselines.most_popular(split.train, split.test, num_items)
+            if settings.als_baseline:
+                from model_lib.spark import spark_session
+
+                spark = spark_session(settings, f"reco-train-als-{ds}")
+                results["ALS (implicit)"] = baselines.als(spark, split.test, num_items, settings.als_params())
+            report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
+        test = results["LSTM + attention"]
 
         # --- load: metrics, pictures, the model, the registry ---
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-        mlflow.log_metrics({f"popular_test_{k}": v for k, v in baseline.items()})
+        for name, prefix in (("most popular", "popular"), ("ALS (implicit)", "als")):
+            if name in results:
+                mlflow.log_metrics({f"{prefix}_test_{k}": v for k, v in results[name].items()})
         mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
+        mlflow.log_table(metrics_table(results), artifact_file="test_metrics_table.json")
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(
                 str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))
             )
-            mlflow.log_artifact(str(comparison_chart(test, baseline, Path(tmp) / "test_comparison.png")))
-            (Path(tmp) / "test_metrics.json").write_text(
-                json.dumps({"model": test, "most_popular": baseline}, indent=2)
-            )
-            mlflow.log_artifact(str(Path(tmp) / "test_metrics.json"))
+            mlflow.log_artifact(str(comparison_chart(results, Path(tmp) / "test_comparison.png")))
         recommender = Recommender(result.model, vocabulary, settings.event_types)
         with stage("train: log + register model") as report:
             model_uri = registry.log_recommender(recommender, settings)
@@ -172,13 +217,16 @@ def run(settings: Settings, ds: dt.date) -> dict:
                 },
             )
             report(model=settings.model_name, version=version, alias=registry.CHALLENGER)
+    # Registered: a re-run of this ds trains afresh instead of resuming a finished run.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     summary = {
         "ds": ds.isoformat(),
         "run_id": run.info.run_id,
         "version": version,
         "test": test,
-        "most_popular": baseline,
+        "baselines": {name: metrics for name, metrics in results.items() if name != "LSTM + attention"},
         "train_seconds": round(result.seconds, 1),
+        "resumed_after_epoch": result.resumed_after_epoch,
     }
     print(f"[reco] train summary {json.dumps(summary)}", flush=True)
     return summary

@@ -7,6 +7,7 @@ reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
+reco bench accuracy | sessionize   the benchmarks under bench/ (one JSON line per result)
 reco settings                  the effective configuration
 """
 
@@ -162,9 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--users", type=int, default=5)
     summary.set_defaults(handler=_summary)
 
+    bench = commands.add_parser("bench", help="benchmarks: accuracy (model vs baselines), sessionize (speed)")
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.set_defaults(handler=None, job=None)
+
     settings = commands.add_parser("settings", help="print the effective configuration")
     settings.set_defaults(handler=lambda args: print(_settings_json()))
     return parser
+
+
+BENCHMARKS = {"accuracy": "bench.accuracy", "sessionize": "bench.sessionize_bench"}
 
 
 def _settings_json() -> str:
@@ -188,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     from model_lib.runtime import apply_engine_environment
 
     apply_engine_environment(get_settings())
+    if args.command == "bench":
+        importlib.import_module(BENCHMARKS[args.name]).main(rest)
+        return
     job = importlib.import_module(f"jobs.{args.job}")
     job.main(getattr(args, "extra", []) + rest)
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
+SOFTMAX_MODES = ("auto", "full", "sampled")
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -69,6 +70,19 @@ class Settings(BaseSettings):
     eval_k: int = 10
     promote_margin: float = 0.0
     xla: bool = True  # XLA-compiles the train step (the LSTM loop runs much faster on CPU)
+    # full = softmax over the whole catalogue; sampled = `sampled_negatives` items drawn from the unigram^0.75
+    # distribution with the log-Q correction; auto = sampled once the catalogue exceeds sampled_softmax_min_items.
+    softmax: str = "auto"
+    sampled_negatives: int = 1000
+    sampled_softmax_min_items: int = 100_000
+    # Spark MLlib ALS (implicit) as a baseline in every training run; defaults tuned on the ML-1M validation target.
+    als_baseline: bool = True
+    als_rank: int = 128
+    als_reg_param: float = 0.01
+    als_alpha: float = 1.0
+    als_max_iter: int = 10
+    # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...); 0 = no auxiliary head.
+    event_type_loss_weight: float = 0.0
 
     # --- serving ---
     top_k: int = 20
@@ -100,6 +114,8 @@ class Settings(BaseSettings):
         "session_gap_minutes",
         "max_line_chars",
         "max_id_chars",
+        "sampled_negatives",
+        "sampled_softmax_min_items",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -112,6 +128,20 @@ class Settings(BaseSettings):
     def _share(cls, value: float) -> float:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"must be between 0 and 1, got {value}")
+        return value
+
+    @field_validator("event_type_loss_weight")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @field_validator("softmax")
+    @classmethod
+    def _softmax(cls, value: str) -> str:
+        if value not in SOFTMAX_MODES:
+            raise ValueError(f"must be one of {SOFTMAX_MODES}, got {value!r}")
         return value
 
     @field_validator("sessionize_mode")
@@ -163,6 +193,10 @@ class Settings(BaseSettings):
     def sessionize_stats_dir(self, ds: dt.date) -> Path:
         return self.sessionize_stats_root / f"ds={ds.isoformat()}"
 
+    def checkpoint_dir(self, ds: dt.date) -> Path:
+        """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""
+        return self.data_dir / "checkpoints" / f"train-ds={ds.isoformat()}"
+
     def recommendations_dir(self, ds: dt.date) -> Path:
         return self.lake_dir / "recommendations" / f"ds={ds.isoformat()}"
 
@@ -170,6 +204,14 @@ class Settings(BaseSettings):
     def num_event_types(self) -> int:
         """Event-type vocabulary size: 0 = padding, then the configured types in order."""
         return len(self.event_types) + 1
+
+    def als_params(self):
+        from model_lib.baselines import AlsParams
+
+        return AlsParams(self.als_rank, self.als_reg_param, self.als_alpha, self.als_max_iter, self.seed)
+
+    def uses_sampled_softmax(self, num_items: int) -> bool:
+        return self.softmax == "sampled" or (self.softmax == "auto" and num_items > self.sampled_softmax_min_items)
 
     @property
     def num_gap_buckets(self) -> int:

@@ -56,17 +56,29 @@ def commit_folder(staged: Path, final: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def parquet_files(folder: Path) -> list[Path]:
+    """The data files of a Spark-written Parquet folder, in name order."""
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
+    return sorted(folder.glob("*.parquet"))
+
+
 def read_parquet_folder(folder: Path) -> pd.DataFrame:
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
     return pd.read_parquet(folder)
 
 
-def read_sequences(sequences_dir: Path):
-    """The sequences Parquet of one ds -> splits.Sequences (aligned int32 arrays, users sorted by id)."""
+def read_sequences(source: Path | list[Path]):
+    """The sequences Parquet of one ds (its folder, or some of its files) -> splits.Sequences (aligned int32 arrays,
+    users sorted by id)."""
     from model_lib.splits import Sequences
 
-    frame = read_parquet_folder(sequences_dir).sort_values("user_id", kind="stable").reset_index(drop=True)
+    if isinstance(source, list | tuple):
+        frame = pd.concat([pd.read_parquet(path) for path in source], ignore_index=True)
+    else:
+        frame = read_parquet_folder(source)
+    frame = frame.sort_values("user_id", kind="stable").reset_index(drop=True)
 
     def stacked(column: str, dtype=np.int32) -> np.ndarray:
         return np.stack(frame[column].to_numpy()).astype(dtype) if len(frame) else np.zeros((0, 0), dtype)

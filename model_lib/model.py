@@ -6,9 +6,11 @@
       -> causal attention: query h_t, keys/values h_1..h_t of real events only (B, T, H), weights (B, T, T)
       -> combine tanh(W [h_t ; context_t]) (B, T, H) -> linear projection (B, T, D)
       -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
+      -> optional auxiliary head: next event type logits from the combined state (B, T, event types)
 
-Trained to predict the next item at every position. At inference only the last position is scored and its
-attention row says which history item drove the recommendation.
+Trained to predict the next item at every position (model_lib/training.py holds the losses). At inference only
+the last position is scored and its attention row says which history item drove the recommendation.
+Under a mixed-precision policy the layers compute in float16 while attention softmax and item logits stay float32.
 """
 
 from __future__ import annotations
@@ -38,13 +40,16 @@ class CausalAttention(layers.Layer):
     def call(self, states, valid, mask=None):
         queries = self.query_projection(states)
         keys = self.key_projection(states)
-        logits = ops.matmul(queries, ops.transpose(keys, (0, 2, 1))) / ops.sqrt(ops.cast(self.units, states.dtype))
+        # float32 softmax: -1e9 masking overflows float16 under a mixed-precision policy.
+        logits = ops.cast(ops.matmul(queries, ops.transpose(keys, (0, 2, 1))), "float32") / ops.sqrt(
+            ops.cast(self.units, "float32")
+        )
         steps = ops.shape(states)[1]
         causal = ops.tril(ops.ones((steps, steps), dtype="bool"))
         allowed = ops.logical_and(causal[None, :, :], ops.cast(valid, "bool")[:, None, :])
         logits = ops.where(allowed, logits, ops.full_like(logits, -1e9))
         weights = ops.softmax(logits, axis=-1) * ops.cast(allowed, logits.dtype)
-        return ops.matmul(weights, states), weights
+        return ops.matmul(ops.cast(weights, states.dtype), states), weights
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -58,6 +63,8 @@ class NextItemModel(keras.Model):
     """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown).
 
     `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
+    `forward(inputs)` -> {"user_vectors": (B, T, D), "attention": (B, T, T),
+                          "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `score_last(inputs)` -> (logits of the last step (B, num_items), its attention row (B, T)).
     """
@@ -71,6 +78,7 @@ class NextItemModel(keras.Model):
         hidden_dim: int = 64,
         lstm_layers: int = 1,
         dropout: float = 0.2,
+        event_type_head: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -81,6 +89,7 @@ class NextItemModel(keras.Model):
         self.hidden_dim = hidden_dim
         self.lstm_layers = lstm_layers
         self.dropout_rate = dropout
+        self.event_type_head = event_type_head
         self.item_embedding = layers.Embedding(num_items, embedding_dim, name="item_embedding")
         self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
         self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
@@ -92,8 +101,11 @@ class NextItemModel(keras.Model):
         # Linear, so user vectors are not bounded: tied item embeddings need logit ranges far beyond tanh's.
         self.projection = layers.Dense(embedding_dim, name="projection")
         self.item_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="item_bias")
+        self.next_event_type = (
+            layers.Dense(num_event_types, dtype="float32", name="next_event_type") if event_type_head else None
+        )
 
-    def encode(self, inputs, training=False):
+    def forward(self, inputs, training=False) -> dict:
         items = ops.cast(inputs["items"], "int32")
         valid = ops.not_equal(items, 0)
         embedded = (
@@ -107,12 +119,21 @@ class NextItemModel(keras.Model):
         for lstm in self.lstms:
             states = lstm(states, mask=valid, training=training)
         context, weights = self.attention(states, valid)
-        combined = self.combine(ops.concatenate([states, context], axis=-1))
-        return self.projection(self.output_dropout(combined, training=training)), weights
+        combined = self.output_dropout(self.combine(ops.concatenate([states, context], axis=-1)), training=training)
+        return {
+            "user_vectors": self.projection(combined),
+            "attention": weights,
+            "event_type_logits": self.next_event_type(combined) if self.next_event_type is not None else None,
+        }
+
+    def encode(self, inputs, training=False):
+        outputs = self.forward(inputs, training=training)
+        return outputs["user_vectors"], outputs["attention"]
 
     def item_logits(self, user_vectors):
-        """(..., D) -> (..., num_items): dot product with the tied item table plus a per-item bias."""
-        return ops.matmul(user_vectors, ops.transpose(self.item_embedding.embeddings)) + self.item_bias
+        """(..., D) -> (..., num_items) float32: dot product with the tied item table plus a per-item bias."""
+        vectors = ops.cast(user_vectors, "float32")
+        return ops.matmul(vectors, ops.transpose(ops.cast(self.item_embedding.embeddings, "float32"))) + self.item_bias
 
     def call(self, inputs, training=False):
         user_vectors, _ = self.encode(inputs, training=training)
@@ -132,6 +153,7 @@ class NextItemModel(keras.Model):
             "hidden_dim": self.hidden_dim,
             "lstm_layers": self.lstm_layers,
             "dropout": self.dropout_rate,
+            "event_type_head": self.event_type_head,
         }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_lib.schemas import PAD_INDEX
+from model_lib.schemas import PAD_INDEX, UNKNOWN_ITEM_INDEX
 
 MIN_EVENTS_FOR_HOLDOUT = 3
 
@@ -64,6 +64,30 @@ class Sequences:
         """The model's input dict; `item_lookup` (old index -> new index) re-indexes the items if given."""
         items = self.items if item_lookup is None else item_lookup[self.items]
         return {"items": items, "event_types": self.event_types, "gaps": self.gaps}
+
+    def without_item(self, index: int) -> Sequences:
+        """The same users with every event of item `index` removed and the rest re-padded on the left.
+
+        The accuracy protocol drops rare items (mapped to the unknown index) once, before splitting.
+        """
+        removed = self.items == index
+        if not removed.any():
+            return self
+        # A stable sort moves removed events to the left (in front of the padding), keeping the others' order.
+        order = np.argsort(~removed, axis=1, kind="stable")
+        blank = np.arange(self.items.shape[1])[None, :] < removed.sum(axis=1)[:, None]
+
+        def compact(array: np.ndarray) -> np.ndarray:
+            return np.where(blank, 0, np.take_along_axis(array, order, axis=1)).astype(array.dtype)
+
+        return Sequences(
+            self.user_ids,
+            compact(self.items),
+            compact(self.event_types),
+            compact(self.gaps),
+            [older[older != index] for older in self.older_items],
+            None if self.times is None else compact(self.times),
+        )
 
     def drop_last(self, count: int | np.ndarray) -> Sequences:
         """The same users with their newest `count` events (one count, or one per user) removed, re-padded."""
@@ -110,6 +134,12 @@ def leave_one_out(sequences: Sequences) -> Split:
     )
 
 
+def protocol_split(sequences: Sequences) -> Split:
+    """The accuracy protocol used by training, evaluation and the benchmark: items below the vocabulary's minimum
+    count (the unknown index) are dropped once, then leave-one-out."""
+    return leave_one_out(sequences.without_item(UNKNOWN_ITEM_INDEX))
+
+
 def _holdout_after(sequences: Sequences, cutoff: int, until: int | None) -> HoldOut:
     """Input = events <= cutoff; target = the first event after cutoff (and <= until when given)."""
     is_event = sequences.items != PAD_INDEX
@@ -141,11 +171,13 @@ def time_split(sequences: Sequences, validation_cutoff: int, test_cutoff: int) -
     )
 
 
-def next_item_pairs(train: Sequences) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Training inputs (steps 1..L-1) and next-item targets (steps 2..L); targets 0 (padding) are masked out."""
+def next_item_pairs(train: Sequences) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Training inputs (steps 1..L-1), next-item targets and next-event-type targets (steps 2..L).
+
+    Targets 0 (padding) are masked out of the loss."""
     inputs = {
         "items": train.items[:, :-1],
         "event_types": train.event_types[:, :-1],
         "gaps": train.gaps[:, :-1],
     }
-    return inputs, train.items[:, 1:]
+    return inputs, train.items[:, 1:], train.event_types[:, 1:]

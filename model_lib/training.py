@@ -1,18 +1,47 @@
-"""Training the next-item model: masked full-softmax cross-entropy at every position, a seeded custom loop
-with Keras progress bars, validation NDCG@K after every epoch and early stopping that keeps the best weights."""
+"""Training the next-item model: a custom loop over tf.distribute, checkpoints, early stopping, two losses.
+
+Strategy (`distribution_strategy`): MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks,
+MirroredStrategy over the local GPUs when there are several, otherwise the default one-device strategy. On GPUs
+the layers compute in mixed float16 (with loss scaling). The loop is our own because Keras 3 `fit` fails under
+MultiWorkerMirroredStrategy; `settings.batch_size` is per replica.
+
+Input: the sequence Parquet files are dealt out to the workers (file i to input pipeline i mod n); each worker
+reads only its files, applies the accuracy protocol (`splits.protocol_split`) and trains on the training part.
+Every worker evaluates the whole validation hold-out, so all take the same early-stopping decision. Every worker
+runs the same number of steps per epoch (from the Parquet row counts of all shards); a step's batch holds rows of
+similar length, trimmed to a multiple of `bucket_width` columns, so little time goes into padding.
+
+Loss, averaged over the positions t whose target (the item at t + 1) is a known item:
+    full     cross-entropy of the softmax over the whole catalogue
+    sampled  cross-entropy over [target, S negatives drawn from Q = unigram^0.75], every logit corrected by
+             - log(S * Q(item)) (the log-Q correction; without it popular items are over-penalised); a negative
+             equal to the target is masked out
+  + event_type_loss_weight * cross-entropy of the next event type (the optional auxiliary head)
+
+Checkpoints: after every epoch the chief saves model, optimizer and loop state (epoch, early-stopping counters,
+history) under `checkpoint_dir`; the best epoch's weights are kept in a second checkpoint. A run given the same
+folder resumes after the last saved epoch, so a killed task's retry continues instead of starting over.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from model_lib.config import Settings
 from model_lib.metrics import evaluate_holdout
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import HoldOut, Split, next_item_pairs
+from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
+from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
+
+SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 
 
 @dataclass
@@ -22,33 +51,307 @@ class TrainingResult:
     best_epoch: int = 0
     seconds: float = 0.0
     sequences_per_second: float = 0.0
+    resumed_after_epoch: int = 0
+    strategy: str = "default"
+    replicas: int = 1
+    is_chief: bool = True
 
 
-def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -> dict[str, float]:
-    """The model's metrics on a hold-out with the shared metrics module (full ranking, seen excluded)."""
-
-    def score(batch):
-        logits, _ = model.score_last({name: np.asarray(v, np.int32) for name, v in batch.items()})
-        return np.asarray(logits)
-
-    inputs = holdout.inputs.model_inputs()
-    return evaluate_holdout(score, inputs, holdout.inputs.older_items, holdout.targets, num_items, k_values)
-
-
-def train_next_item_model(
-    split: Split,
-    num_items: int,
-    settings: Settings,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    verbose: int = 1,
-) -> TrainingResult:
+# --- the distribution strategy and where this process stands in it ---
+def distribution_strategy():
+    """Create it before any other TensorFlow work in the process (see the module docstring for the choice)."""
     import keras
     import tensorflow as tf
 
+    # Physical devices only: listing logical ones starts the runtime, and collective ops must be set up before that.
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if cluster_position(tf_config())[1] > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy) -> str:
+    import tensorflow as tf
+
+    # isinstance, not type names: tf.distribute.MultiWorkerMirroredStrategy is named CollectiveAllReduceStrategy.
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "MirroredStrategy"
+    return "default"
+
+
+def cluster_position(tf_config: dict) -> tuple[int, int, bool]:
+    """(input pipeline index, number of workers, is chief) from a TF_CONFIG dict; the chief, if any, comes first.
+
+    Without a cluster this process is the only worker and the chief.
+    """
+    cluster = tf_config.get("cluster", {})
+    task = tf_config.get("task", {})
+    if task and task.get("type") not in ("chief", "worker"):
+        raise ValueError(f"TF_CONFIG task type {task.get('type')!r}: this trainer runs only chief and worker tasks")
+    count = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    if count <= 1 or not task:
+        return 0, 1, True
+    if task.get("type") == "chief":
+        return 0, count, True
+    index = int(task.get("index", 0)) + (1 if "chief" in cluster else 0)
+    return index, count, index == 0
+
+
+def tf_config() -> dict:
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
+def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
+    mine = files[index::count]
+    if not mine:
+        raise ValueError(
+            f"{len(files)} sequence file(s) for {count} workers: every worker needs at least one file "
+            "(the sessionize job writes one per shuffle partition; raise RECO_SPARK_SHUFFLE_PARTITIONS)"
+        )
+    return mine
+
+
+def parquet_rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(path).num_rows for path in files)
+
+
+# --- batches ---
+@dataclass(frozen=True)
+class TrainingRows:
+    """Next-item training pairs: inputs (N, T) per feature, item and event-type targets (N, T), real lengths (N,)."""
+
+    inputs: dict[str, np.ndarray]
+    item_targets: np.ndarray
+    type_targets: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_sequences(cls, train: Sequences) -> TrainingRows:
+        inputs, item_targets, type_targets = next_item_pairs(train)
+        # A target needs some history: the first event of a window, predicted from padding, is not trained on.
+        has_input = inputs["items"] != PAD_INDEX
+        item_targets = np.where(has_input, item_targets, PAD_INDEX)
+        type_targets = np.where(has_input, type_targets, PAD_INDEX)
+        keep = (item_targets >= FIRST_ITEM_INDEX).any(axis=1)
+        inputs = {name: values[keep].astype(np.int32) for name, values in inputs.items()}
+        return cls(
+            inputs,
+            item_targets[keep].astype(np.int32),
+            type_targets[keep].astype(np.int32),
+            (inputs["items"] != PAD_INDEX).sum(axis=1),
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_targets)
+
+
+def bucket_width(steps: int) -> int:
+    """Batches are trimmed to multiples of this many columns: at most ~8 shapes, so few XLA compilations."""
+    return max(1, -(-steps // 8))
+
+
+def epoch_batches(rows: TrainingRows, batch_size: int, batches: int, seed: int, epoch: int) -> Iterator[tuple]:
+    """Exactly `batches` full batches for one epoch, the same for the same (seed, epoch) wherever it runs.
+
+    Rows are shuffled (reshuffled again if more batches are asked for than one pass gives), sorted by length within
+    pools of 32 batches, cut into batches whose order is shuffled, and each batch keeps only its last
+    `width` columns (left padding), width = its longest row rounded up to a multiple of `bucket_width`.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    needed = batches * batch_size
+    order = np.concatenate([rng.permutation(len(rows)) for _ in range(-(-needed // max(len(rows), 1)))])[:needed]
+    pool = 32 * batch_size
+    chunks = []
+    for start in range(0, needed, pool):
+        members = order[start : start + pool]
+        members = members[np.argsort(rows.lengths[members], kind="stable")]
+        chunks.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
+    full_width = rows.item_targets.shape[1]
+    step = bucket_width(full_width)
+    for position in rng.permutation(len(chunks)):
+        members = chunks[position]
+        width = min(full_width, max(1, -(-int(rows.lengths[members].max()) // step) * step))
+        inputs = {name: values[members, -width:] for name, values in rows.inputs.items()}
+        yield inputs, rows.item_targets[members, -width:], rows.type_targets[members, -width:]
+
+
+# --- losses ---
+def masked_mean(values, weights):
+    import tensorflow as tf
+
+    return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def sampling_log_q(train_items: np.ndarray, num_items: int) -> np.ndarray:
+    """(V,) log Q of the negative sampler: training counts ^ 0.75, normalised; padding and unknown never drawn."""
+    counts = np.bincount(train_items.ravel(), minlength=num_items).astype(np.float64)
+    counts[:FIRST_ITEM_INDEX] = 0
+    weights = np.power(counts, SAMPLING_DISTORTION)
+    weights[FIRST_ITEM_INDEX:] += 1e-3  # every catalogue item, even one unseen in training, can be drawn
+    probabilities = weights / weights.sum()
+    return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
+
+
+def sampled_softmax_loss(user_vectors, targets, item_table, item_bias, log_q, num_sampled: int, seed):
+    """(N, D) user vectors, (N,) targets -> (N,) cross-entropy over [target, num_sampled shared negatives].
+
+    Negatives are drawn with replacement from Q (log_q (V,)); each logit is corrected by - log(num_sampled * Q).
+    Stateless sampling from `seed` (2,) int, so a resumed run draws the same negatives.
+    """
+    import tensorflow as tf
+
+    negatives = tf.random.stateless_categorical(log_q[None, :], num_sampled, seed=seed, dtype=tf.int32)[0]
+    correction = tf.math.log(float(num_sampled))
+    negative_logits = (
+        tf.matmul(user_vectors, tf.gather(item_table, negatives), transpose_b=True)
+        + tf.gather(item_bias, negatives)
+        - (correction + tf.gather(log_q, negatives))
+    )
+    negative_logits = tf.where(negatives[None, :] == targets[:, None], -1e9, negative_logits)
+    target_logits = (
+        tf.reduce_sum(user_vectors * tf.gather(item_table, targets), axis=-1)
+        + tf.gather(item_bias, targets)
+        - (correction + tf.gather(log_q, targets))
+    )
+    logits = tf.concat([target_logits[:, None], negative_logits], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(targets), logits=logits)
+
+
+def full_softmax_loss(logits, targets):
+    import tensorflow as tf
+
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+# --- evaluation ---
+def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -> dict[str, float]:
+    """The model's metrics on a hold-out with the shared metrics module (full ranking, seen excluded).
+
+    Users are scored shortest history first and each batch drops its all-padding columns: the model masks
+    padding, so the scores are the same, only cheaper. The metrics do not depend on the order of users.
+    """
+    sequences = holdout.inputs
+    order = np.argsort(sequences.lengths, kind="stable")
+    inputs = {name: values[order] for name, values in sequences.model_inputs().items()}
+
+    def score(batch):
+        width = max(1, int((batch["items"] != PAD_INDEX).sum(axis=1).max()))
+        logits, _ = model.score_last({name: np.asarray(v[:, -width:], np.int32) for name, v in batch.items()})
+        return np.asarray(logits)
+
+    older = [sequences.older_items[i] for i in order]
+    return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values)
+
+
+# --- checkpoints ---
+class Checkpoints:
+    """Last-epoch and best-epoch checkpoints plus a JSON of the loop state. Only the chief writes the real folder;
+    other workers write to a scratch folder they delete (every worker must take part in saving mirrored state)."""
+
+    def __init__(self, folder: Path | None, tracked: dict, model, is_chief: bool):
+        import tensorflow as tf
+
+        self.folder = folder
+        self.is_chief = is_chief
+        self.enabled = folder is not None
+        if not self.enabled:
+            return
+        self.write_folder = folder if is_chief else Path(tempfile.mkdtemp(prefix="reco-ckpt-worker-"))
+        self.last = tf.train.CheckpointManager(tf.train.Checkpoint(**tracked), self.write_folder / "last", 1)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.write_folder / "best", 1)
+        self.best_reader = tf.train.Checkpoint(model=model)
+        self.state_path = self.write_folder / "loop_state.json"
+
+    def restore(self, signature: dict) -> dict | None:
+        """The loop state of a matching earlier run (model and optimizer restored in place), else None."""
+        if not self.enabled:
+            return None
+        if not (self.folder / "loop_state.json").exists():
+            return None
+        if not resumable(self.folder, signature):
+            print(f"[reco] checkpoints in {self.folder} are from other settings; starting afresh", flush=True)
+            if self.is_chief:
+                shutil.rmtree(self.folder)
+                self.folder.mkdir(parents=True)
+            return None
+        state = json.loads((self.folder / "loop_state.json").read_text())
+        latest = self._latest(self.folder / "last")
+        if latest is None:
+            return None
+        self.last.checkpoint.restore(latest).expect_partial()
+        return state
+
+    def save(self, state: dict, improved: bool) -> None:
+        if not self.enabled:
+            return
+        self.last.save()
+        if improved:
+            self.best.save()
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(self.state_path)  # the state names an epoch only once its checkpoint is on disk
+
+    def restore_best(self) -> bool:
+        if not self.enabled:
+            return False
+        latest = self._latest(self.folder / "best")
+        if latest is None:
+            return False
+        self.best_reader.restore(latest).expect_partial()
+        return True
+
+    def close(self) -> None:
+        if self.enabled and not self.is_chief:
+            shutil.rmtree(self.write_folder, ignore_errors=True)
+
+    @staticmethod
+    def _latest(folder: Path) -> str | None:
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(str(folder)) if folder.exists() else None
+
+
+def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
+    """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
+    keys = (
+        "seq_len",
+        "embedding_dim",
+        "hidden_dim",
+        "lstm_layers",
+        "dropout",
+        "learning_rate",
+        "batch_size",
+        "seed",
+        "softmax",
+        "sampled_negatives",
+        "event_type_loss_weight",
+    )
+    return {
+        **{key: getattr(settings, key) for key in keys},
+        "num_items": num_items,
+        "files": [path.name for path in files],
+    }
+
+
+def resumable(checkpoint_dir: Path, signature: dict) -> bool:
+    """True when the folder holds at least one finished epoch of a run with this signature."""
+    state_path = checkpoint_dir / "loop_state.json"
+    return state_path.exists() and json.loads(state_path.read_text()).get("signature") == signature
+
+
+# --- the loop ---
+def build_next_item_model(num_items: int, settings: Settings):
     from model_lib.model import NextItemModel
     from model_lib.scoring import build_model
 
-    keras.utils.set_random_seed(settings.seed)
     model = NextItemModel(
         num_items=num_items,
         num_event_types=settings.num_event_types,
@@ -57,66 +360,200 @@ def train_next_item_model(
         hidden_dim=settings.hidden_dim,
         lstm_layers=settings.lstm_layers,
         dropout=settings.dropout,
+        event_type_head=settings.event_type_loss_weight > 0,
     )
     build_model(model)
-    optimizer = keras.optimizers.Adam(settings.learning_rate)
+    return model
 
-    inputs, targets = next_item_pairs(split.train)
-    trainable = (targets >= FIRST_ITEM_INDEX).any(axis=1)
-    inputs = {name: values[trainable].astype(np.int32) for name, values in inputs.items()}
-    targets = targets[trainable].astype(np.int32)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((inputs, targets))
-        .shuffle(len(targets), seed=settings.seed, reshuffle_each_iteration=True)
-        .batch(settings.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    steps_per_epoch = int(np.ceil(len(targets) / settings.batch_size))
 
-    @tf.function(reduce_retracing=True, jit_compile=settings.xla)
-    def train_step(batch_inputs, batch_targets):
+def train_next_item_model(
+    sequence_files: list[Path],
+    num_items: int,
+    settings: Settings,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    verbose: int = 1,
+    max_steps_per_epoch: int | None = None,
+) -> TrainingResult:
+    """Trains on the sequence Parquet files (see the module docstring); returns the best epoch's model."""
+    import keras
+    import tensorflow as tf
+
+    files = sorted(Path(path) for path in sequence_files)
+    strategy = distribution_strategy()  # first: a multi-worker strategy must exist before any other TF work
+    keras.utils.set_random_seed(settings.seed)
+    pipeline, workers, is_chief = cluster_position(tf_config())
+    replicas = strategy.num_replicas_in_sync
+    local_replicas = max(1, replicas // workers)
+
+    from model_lib.lake import read_sequences
+
+    train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
+    validation = protocol_split(read_sequences(files)).validation
+    rows = TrainingRows.from_sequences(train)
+    shard_sizes = [parquet_rows(shard_files(files, index, workers)) for index in range(workers)]
+    steps = -(-max(shard_sizes) // (settings.batch_size * local_replicas))
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    sampled = settings.uses_sampled_softmax(num_items)
+    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
+
+    with strategy.scope():
+        model = build_next_item_model(num_items, settings)
+        optimizer = keras.optimizers.Adam(settings.learning_rate)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
+
+    @tf.function(jit_compile=settings.xla, reduce_retracing=True)
+    def loss_and_gradients(inputs, item_targets, type_targets, sample_seed):
         with tf.GradientTape() as tape:
-            logits = model(batch_inputs, training=True)
-            # Padding and unknown-item targets carry no signal; the loss is the mean over real targets.
-            weights = tf.cast(batch_targets >= FIRST_ITEM_INDEX, tf.float32)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch_targets, logits=logits)
-            loss = tf.reduce_sum(losses * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
-        gradients = tape.gradient(loss, model.trainable_variables)
+            outputs = model.forward(inputs, training=True)
+            weights = tf.cast(item_targets >= FIRST_ITEM_INDEX, tf.float32)
+            if sampled:
+                vectors = tf.cast(outputs["user_vectors"], tf.float32)
+                flat = tf.reshape(vectors, (-1, vectors.shape[-1]))
+                table = tf.cast(model.item_embedding.embeddings, tf.float32)
+                losses = sampled_softmax_loss(
+                    flat,
+                    tf.reshape(item_targets, (-1,)),
+                    table,
+                    model.item_bias,
+                    log_q,
+                    settings.sampled_negatives,
+                    sample_seed,
+                )
+                loss = masked_mean(losses, tf.reshape(weights, (-1,)))
+            else:
+                logits = model.item_logits(outputs["user_vectors"])
+                loss = masked_mean(full_softmax_loss(logits, item_targets), weights)
+            if outputs["event_type_logits"] is not None:
+                type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
+                type_weights = tf.cast(type_targets > PAD_INDEX, tf.float32)
+                loss += settings.event_type_loss_weight * masked_mean(type_losses, type_weights)
+            # The optimizer sums gradients over replicas, so each replica contributes its share of the mean.
+            scaled = loss / replicas
+            if mixed:
+                scaled = optimizer.scale_loss(scaled)
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    def replica_step(inputs, item_targets, type_targets, sample_seed):
+        loss, gradients = loss_and_gradients(inputs, item_targets, type_targets, sample_seed)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss
 
-    result = TrainingResult(model=model)
-    best_score, best_weights, waited = -1.0, None, 0
-    started = time.perf_counter()
+    @tf.function(reduce_retracing=True)
+    def distributed_step(inputs, item_targets, type_targets, sample_seed):
+        losses = strategy.run(replica_step, args=(inputs, item_targets, type_targets, sample_seed))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+    def epoch_dataset(epoch: int):
+        signature = (
+            {name: tf.TensorSpec((None, None), tf.int32) for name in rows.inputs},
+            tf.TensorSpec((None, None), tf.int32),
+            tf.TensorSpec((None, None), tf.int32),
+        )
+
+        def make(context):
+            # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
+            return tf.data.Dataset.from_generator(
+                lambda: epoch_batches(
+                    rows, settings.batch_size, steps * local_replicas, settings.seed + 7919 * pipeline, epoch
+                ),
+                output_signature=signature,
+            ).prefetch(2)
+
+        return strategy.distribute_datasets_from_function(make)
+
+    # The dropout seed generators' states are not tracked through the model: saved explicitly, a resumed run
+    # draws the same dropout masks as an uninterrupted one.
+    random_states = {f"random_state_{i}": v.value for i, v in enumerate(model.non_trainable_variables)}
+    checkpoints = Checkpoints(
+        checkpoint_dir,
+        {"model": model, "optimizer": optimizer, "epoch": epoch_counter, **random_states},
+        model,
+        is_chief,
+    )
+    signature = run_signature(settings, num_items, files)
+    state = checkpoints.restore(signature) or {
+        "signature": signature,
+        "history": [],
+        "best_score": -1.0,
+        "best_epoch": 0,
+        "waited": 0,
+        "seconds": 0.0,
+    }
+    result = TrainingResult(
+        model=model,
+        strategy=strategy_name(strategy),
+        replicas=replicas,
+        is_chief=is_chief,
+        resumed_after_epoch=len(state["history"]),
+    )
+    if result.resumed_after_epoch:
+        print(
+            f"[reco] resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
+            f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
+            flush=True,
+        )
+    print(
+        f"[reco] training on {len(rows):,} sequences ({len(files)} files, this worker {pipeline + 1}/{workers}), "
+        f"{steps} steps/epoch of {settings.batch_size} per replica x {replicas} replica(s) [{result.strategy}], "
+        f"{'sampled' if sampled else 'full'} softmax over {num_items - FIRST_ITEM_INDEX:,} items",
+        flush=True,
+    )
     k = settings.eval_k
-    for epoch in range(1, settings.epochs + 1):
+    best_weights = None
+    stopped = state["waited"] >= settings.patience
+    for epoch in range(len(state["history"]) + 1, settings.epochs + 1):
+        if stopped:
+            break
         if verbose:
             print(f"Epoch {epoch}/{settings.epochs}", flush=True)
-        progress = keras.utils.Progbar(steps_per_epoch, verbose=verbose, stateful_metrics=["loss"])
-        losses = []
-        for step, (batch_inputs, batch_targets) in enumerate(dataset, start=1):
-            loss = float(train_step(batch_inputs, batch_targets))
-            losses.append(loss)
+        progress = keras.utils.Progbar(steps, verbose=verbose if is_chief else 0, stateful_metrics=["loss"])
+        epoch_started, losses = time.perf_counter(), []
+        for step, batch in enumerate(epoch_dataset(epoch), start=1):
+            seed = tf.constant([settings.seed, epoch * 1_000_003 + step], tf.int32)
+            losses.append(float(distributed_step(*batch, seed)))
             progress.update(step, [("loss", float(np.mean(losses)))])
-        validation = evaluate_model(model, split.validation, num_items, (k,))
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), **{f"val_{m}": v for m, v in validation.items()}}
-        result.history.append(record)
+        validation_metrics = evaluate_model(model, validation, num_items, (k,))
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "epoch_seconds": time.perf_counter() - epoch_started,
+            **{f"val_{name}": value for name, value in validation_metrics.items() if name != "users"},
+        }
+        state["history"].append(record)
         print(
-            f"[reco] epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation[f'hr_{k}']:.4f} "
-            f"val NDCG@{k}={validation[f'ndcg_{k}']:.4f} ({time.perf_counter() - started:.0f}s)",
+            f"[reco] epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation_metrics[f'hr_{k}']:.4f} "
+            f"val NDCG@{k}={validation_metrics[f'ndcg_{k}']:.4f} ({record['epoch_seconds']:.0f}s)",
             flush=True,
         )
         if on_epoch_end:
             on_epoch_end(epoch, record)
-        if validation[f"ndcg_{k}"] > best_score:
-            best_score, best_weights, waited, result.best_epoch = validation[f"ndcg_{k}"], model.get_weights(), 0, epoch
+        improved = validation_metrics[f"ndcg_{k}"] > state["best_score"]
+        if improved:
+            state.update(best_score=validation_metrics[f"ndcg_{k}"], best_epoch=epoch, waited=0)
+            best_weights = model.get_weights()
         else:
-            waited += 1
-            if waited >= settings.patience:
-                print(f"[reco] early stop: no validation NDCG@{k} gain for {waited} epochs", flush=True)
-                break
+            state["waited"] += 1
+        epoch_counter.assign(epoch)
+        state["seconds"] += record["epoch_seconds"]
+        checkpoints.save(state, improved)
+        if state["waited"] >= settings.patience:
+            print(f"[reco] early stop: no validation NDCG@{k} gain for {state['waited']} epochs", flush=True)
+            stopped = True
+    # The best epoch's weights: from memory when this process saw it, else from the best checkpoint.
     if best_weights is not None:
         model.set_weights(best_weights)
-    result.seconds = time.perf_counter() - started
-    result.sequences_per_second = len(targets) * len(result.history) / max(result.seconds, 1e-9)
+    elif state["best_epoch"]:
+        checkpoints.restore_best()
+    checkpoints.close()
+    result.history = state["history"]
+    result.best_epoch = state["best_epoch"]
+    result.seconds = state["seconds"]
+    sequences_seen = steps * settings.batch_size * replicas * len(result.history)
+    result.sequences_per_second = sequences_seen / max(result.seconds, 1e-9)
     return result

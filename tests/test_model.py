@@ -3,9 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sequence_files import cycle_sequences, write_sequence_files
 
 from model_lib.metrics import seen_mask
-from model_lib.splits import Sequences, leave_one_out
+from model_lib.splits import protocol_split
 
 keras = pytest.importorskip("keras")
 
@@ -57,21 +58,13 @@ def test_attention_is_causal_and_ignores_padding(model):
     assert np.allclose(weights[:2], 0.0)  # padded queries produce zeros, not NaN
 
 
-def test_learns_a_sequential_task_far_above_chance(settings):
+def test_learns_a_sequential_task_far_above_chance(settings, tmp_path):
     """Users walk a hidden item cycle; chance HR@5 among ~55 unseen candidates is ~0.09."""
     from model_lib.training import evaluate_model, train_next_item_model
 
-    rng = np.random.default_rng(0)
-    num_items, steps = 62, 8
-    cycle = 2 + rng.permutation(num_items - 2)
-    position = {item: k for k, item in enumerate(cycle)}
-    starts = rng.integers(0, len(cycle), 600)
-    items = np.array([[cycle[(s + k) % len(cycle)] for k in range(steps)] for s in starts], np.int32)
-    assert all(position[row[1]] == (position[row[0]] + 1) % len(cycle) for row in items)
-    seqs = Sequences(
-        np.arange(600).astype(str), items, np.ones_like(items), np.full_like(items, 3), [np.zeros(0, int)] * 600
-    )
-    split = leave_one_out(seqs)
+    num_items = 62
+    sequences = cycle_sequences(600, num_items, 8)
+    files = write_sequence_files(sequences, tmp_path / "sequences")
     tuned = settings.model_copy(
         update={
             "epochs": 12,
@@ -82,8 +75,8 @@ def test_learns_a_sequential_task_far_above_chance(settings):
             "patience": 12,
         }
     )
-    result = train_next_item_model(split, num_items, tuned, verbose=0)
-    test = evaluate_model(result.model, split.test, num_items, (5,))
+    result = train_next_item_model(files, num_items, tuned, verbose=0)
+    test = evaluate_model(result.model, protocol_split(sequences).test, num_items, (5,))
     assert test["hr_5"] > 0.8, test
     assert result.history[-1]["loss"] < result.history[0]["loss"]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model_lib.splits import Sequences, leave_one_out, next_item_pairs, shift_right, time_split
+from model_lib.splits import Sequences, leave_one_out, next_item_pairs, protocol_split, shift_right, time_split
 
 
 def make(rows, times=None):
@@ -48,8 +48,21 @@ def test_leave_one_out_never_shows_a_target_in_its_input():
     assert split.validation.inputs.items.tolist() == [[0, 0, 0, 2, 3], [0, 0, 9, 8, 7]]
     # training sees neither held-out event of held-out users, and everything of the others
     assert split.train.items.tolist() == [[0, 0, 0, 2, 3], [0, 0, 0, 6, 7], [0, 0, 9, 8, 7]]
-    inputs, targets = next_item_pairs(split.train)
+    inputs, targets, type_targets = next_item_pairs(split.train)
     assert inputs["items"].tolist()[0] == [0, 0, 0, 2] and targets.tolist()[0] == [0, 0, 2, 3]
+    assert type_targets.shape == targets.shape
+
+
+def test_protocol_split_drops_rare_items_once_then_holds_out_the_last_events():
+    seqs = make([[0, 2, 1, 3, 4], [1, 5, 1, 6, 1]])  # 1 = an item below the minimum count
+    dropped = seqs.without_item(1)
+    assert dropped.items.tolist() == [[0, 0, 2, 3, 4], [0, 0, 0, 5, 6]]
+    # every aligned column moves with its item
+    assert (dropped.event_types != 0).tolist() == (dropped.items != 0).tolist()
+    split = protocol_split(seqs)
+    assert split.test.targets.tolist() == [4]  # the second user keeps 2 events: too few to hold out
+    assert split.validation.targets.tolist() == [3]
+    assert 1 not in split.train.items
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -1,0 +1,50 @@
+"""Small sequence tables for training tests: a learnable toy task, written as the sessionize job's Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model_lib.splits import Sequences
+
+
+def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event_types: int = 1) -> Sequences:
+    """Users walk one hidden cycle over the items, so the next item is predictable from the last one.
+
+    With `event_types` > 1 the event type follows the position in the walk (1, 2, .., event_types, 1, ...), so
+    the next type is predictable too.
+    """
+    rng = np.random.default_rng(seed)
+    cycle = 2 + rng.permutation(num_items - 2)
+    starts = rng.integers(0, len(cycle), users)
+    items = np.array([[cycle[(s + k) % len(cycle)] for k in range(steps)] for s in starts], np.int32)
+    types = (np.arange(steps)[None, :] + starts[:, None]) % event_types + 1
+    return Sequences(
+        np.array([f"u{k:05d}" for k in range(users)], dtype=object),
+        items,
+        types.astype(np.int32),
+        np.full_like(items, 3),
+        [np.zeros(0, np.int64) for _ in range(users)],
+    )
+
+
+def write_sequence_files(sequences: Sequences, folder: Path, files: int = 2) -> list[Path]:
+    """The sequences as `files` Parquet files (users dealt round-robin), like lake/sequences/ds=D/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(
+        {
+            "user_id": sequences.user_ids,
+            "item_indices": list(sequences.items),
+            "event_type_indices": list(sequences.event_types),
+            "gap_buckets": list(sequences.gaps),
+            "older_item_indices": list(sequences.older_items),
+        }
+    )
+    paths = []
+    for part in range(files):
+        path = folder / f"part-{part:05d}.parquet"
+        frame.iloc[part::files].to_parquet(path, index=False)
+        paths.append(path)
+    return paths

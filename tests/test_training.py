@@ -1,0 +1,143 @@
+"""The training loop's parts with real TensorFlow: cluster roles, file shards, batches, the losses, the auxiliary
+head, and checkpoints that resume exactly where a run stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sequence_files import cycle_sequences, write_sequence_files
+
+from model_lib.splits import Sequences, protocol_split
+from model_lib.training import (
+    TrainingRows,
+    bucket_width,
+    cluster_position,
+    epoch_batches,
+    sampling_log_q,
+    shard_files,
+)
+
+TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
+
+
+def test_cluster_position_puts_the_chief_first():
+    assert cluster_position({}) == (0, 1, True)
+    workers = {"cluster": {"worker": ["a:1", "b:2"]}}
+    assert cluster_position({**workers, "task": {"type": "worker", "index": 0}}) == (0, 2, True)
+    assert cluster_position({**workers, "task": {"type": "worker", "index": 1}}) == (1, 2, False)
+    with_chief = {"cluster": {"chief": ["c:0"], "worker": ["a:1", "b:2"]}}
+    assert cluster_position({**with_chief, "task": {"type": "chief", "index": 0}}) == (0, 3, True)
+    assert cluster_position({**with_chief, "task": {"type": "worker", "index": 1}}) == (2, 3, False)
+    with pytest.raises(ValueError, match="ps"):
+        cluster_position({"cluster": {"worker": ["a:1"], "ps": ["p:1"]}, "task": {"type": "ps", "index": 0}})
+
+
+def test_every_worker_needs_its_own_file(tmp_path):
+    files = [tmp_path / f"part-{i}.parquet" for i in range(3)]
+    assert shard_files(files, 0, 2) == [files[0], files[2]] and shard_files(files, 1, 2) == [files[1]]
+    with pytest.raises(ValueError, match="3 sequence file"):
+        shard_files(files, 3, 4)
+
+
+def test_epoch_batches_are_full_trimmed_deterministic_and_cover_every_row():
+    sequences = cycle_sequences(100, 40, 16)
+    lengths = np.random.default_rng(1).integers(2, 17, 100)
+    items = np.where(np.arange(16)[None, :] >= 16 - lengths[:, None], sequences.items, 0)
+    flags = (items > 0).astype(np.int32)
+    rows = TrainingRows.from_sequences(Sequences(sequences.user_ids, items, flags, flags, []))
+    batches = list(epoch_batches(rows, 10, 10, seed=3, epoch=1))
+    assert len(batches) == 10 and all(len(targets) == 10 for _, targets, _ in batches)
+    step = bucket_width(rows.item_targets.shape[1])
+    for inputs, targets, _ in batches:
+        width = targets.shape[1]
+        assert width % step == 0 or width == rows.item_targets.shape[1]
+        assert ((inputs["items"] != 0).sum(axis=1) <= width).all()
+    # one pass over 100 rows in 10 full batches: every row exactly once, trimmed columns were only padding
+    assert sum(len(t) for _, t, _ in batches) == len(rows)
+    assert sum(int((t != 0).sum()) for _, t, _ in batches) == int((rows.item_targets != 0).sum())
+    again = list(epoch_batches(rows, 10, 10, seed=3, epoch=1))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(batches, again, strict=True))
+    other_epoch = list(epoch_batches(rows, 10, 10, seed=3, epoch=2))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(batches, other_epoch, strict=True))
+
+
+def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
+    """Averaged over draws, the sampled loss's gradient on the logits approaches the full softmax's, even though
+    the proposal Q is far from uniform (that is what the log-Q correction is for)."""
+    import tensorflow as tf
+
+    from model_lib.training import full_softmax_loss, sampled_softmax_loss
+
+    num_items, target = 50, 7
+    counts = np.r_[0, 0, np.geomspace(1000, 1, num_items - 2)]
+    log_q = tf.constant(sampling_log_q(np.repeat(np.arange(num_items), counts.astype(int)), num_items))
+    bias = tf.Variable(np.random.default_rng(0).normal(0, 1, num_items).astype(np.float32))
+    table = tf.zeros((num_items, 4))
+    user = tf.zeros((1, 4))
+    targets = tf.constant([target])
+
+    def gradient(loss_fn):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn())
+        return tf.convert_to_tensor(tape.gradient(loss, bias)).numpy()
+
+    full = gradient(lambda: full_softmax_loss(bias[None, :], targets))
+    sampled = np.mean(
+        [
+            gradient(lambda seed=seed: sampled_softmax_loss(user, targets, table, bias, log_q, 400, [seed, 1]))
+            for seed in range(30)
+        ],
+        axis=0,
+    )
+    assert np.abs(sampled - full)[2:].max() < 0.03, np.abs(sampled - full).max()
+    assert sampled[target] < 0 and np.abs(sampled[:2]).max() == 0  # padding and unknown are never drawn
+
+
+def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_path):
+    import keras
+
+    from model_lib.training import evaluate_model, train_next_item_model
+
+    num_items = 62
+    sequences = cycle_sequences(600, num_items, 8, event_types=3)
+    files = write_sequence_files(sequences, tmp_path / "sequences")
+    tuned = settings.model_copy(
+        update={
+            **TINY,
+            "epochs": 12,
+            "patience": 12,
+            "softmax": "sampled",
+            "sampled_negatives": 16,
+            "event_type_loss_weight": 0.01,
+            "event_types": ["view", "cart", "buy"],
+        }
+    )
+    result = train_next_item_model(files, num_items, tuned, verbose=0)
+    split = protocol_split(sequences)
+    assert evaluate_model(result.model, split.test, num_items, (5,))["hr_5"] > 0.8
+    inputs = {name: keras.ops.convert_to_numpy(v) for name, v in split.test.inputs.model_inputs().items()}
+    type_logits = keras.ops.convert_to_numpy(result.model.forward(inputs)["event_type_logits"])[:, -1, :]
+    next_type = sequences.event_types[np.isin(sequences.user_ids, split.test.inputs.user_ids), -1]
+    assert (type_logits.argmax(axis=1) == next_type).mean() > 0.9  # chance: 1/3
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
+    from model_lib.training import train_next_item_model
+
+    files = write_sequence_files(cycle_sequences(200, 30, 8), tmp_path / "sequences")
+    tuned = settings.model_copy(update={**TINY, "patience": 10})
+    checkpoints = tmp_path / "checkpoints"
+    first = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 2}), checkpoints, verbose=0)
+    assert first.resumed_after_epoch == 0 and (checkpoints / "loop_state.json").exists()
+    resumed = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 4}), checkpoints, verbose=0)
+    straight = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 4}), tmp_path / "other", verbose=0)
+    assert resumed.resumed_after_epoch == 2
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
+    for mine, reference in zip(resumed.model.get_weights(), straight.model.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+    # other settings never resume a checkpoint
+    fresh = train_next_item_model(
+        files, 30, tuned.model_copy(update={"epochs": 1, "hidden_dim": 8}), checkpoints, verbose=0
+    )
+    assert fresh.resumed_after_epoch == 0
