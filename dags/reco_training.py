@@ -11,6 +11,8 @@ Reads `lake/raw/events/dt=ds` and yesterday's `lake/state` (or every raw day, in
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import Param, dag, task
 
 from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task
@@ -30,7 +32,13 @@ from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_t
 def reco_training():
     sessionize = sessionize_task()
 
-    @task(doc_md="TensorFlow: train on lake/sequences/ds, log to MLflow, register a `challenger` version.")
+    # A retry resumes from the epoch checkpoints in data/checkpoints/train-ds=<ds>/ and continues the MLflow run.
+    @task(
+        retries=2,
+        retry_delay=timedelta(minutes=1),
+        doc_md="TensorFlow: train on lake/sequences/ds (resuming from its checkpoints on a retry), log to MLflow, "
+        "register a `challenger` version.",
+    )
     def train(ds: str | None = None, params: dict | None = None) -> dict:
         from jobs import train as job
         from model_lib.config import get_settings, parse_ds

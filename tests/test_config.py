@@ -31,6 +31,9 @@ def test_environment_overrides(monkeypatch, tmp_path):
         ("seq_len", 0),
         ("warehouse_url", "mysql://x"),
         ("max_quarantine_share", 1.5),
+        ("softmax", "hierarchical"),
+        ("event_type_loss_weight", -0.1),
+        ("sampled_negatives", 0),
         ("sessionize_mode", "sometimes"),
         ("max_vocab_size", 0),
     ],
@@ -53,3 +56,10 @@ def test_only_plain_identifiers_reach_sql():
     for bad in ["recs; drop", "1abc", "a-b", ""]:
         with pytest.raises(ValueError):
             check_identifier(bad)
+
+
+def test_sampled_softmax_switches_on_for_big_catalogues():
+    settings = get_settings(sampled_softmax_min_items=1000)
+    assert not settings.uses_sampled_softmax(1000) and settings.uses_sampled_softmax(1001)
+    assert get_settings(softmax="sampled").uses_sampled_softmax(10)
+    assert not get_settings(softmax="full", sampled_softmax_min_items=1).uses_sampled_softmax(10**6)
