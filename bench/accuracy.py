@@ -24,6 +24,7 @@ from pathlib import Path
 
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.progress import stage
+from model_lib.training import HYPER_PARAMETERS
 
 REFERENCE = {
     "measured_here": {"most_popular": {"hr_10": 0.037, "ndcg_10": 0.018}, "als": {"hr_10": 0.098, "ndcg_10": 0.049}},
@@ -35,19 +36,10 @@ REFERENCE = {
     "target": {"hr_10": 0.32, "ndcg_10": 0.19},
 }
 BENCH_DEFAULTS = {"seq_len": 200, "min_item_count": 5, "epochs": 40, "patience": 5}
-HYPER_PARAMETERS = (
-    "seq_len",
-    "embedding_dim",
-    "hidden_dim",
-    "lstm_layers",
-    "dropout",
-    "learning_rate",
-    "batch_size",
+REPORTED_SETTINGS = (
+    *HYPER_PARAMETERS,
     "epochs",
     "patience",
-    "seed",
-    "softmax",
-    "event_type_loss_weight",
     "min_item_count",
     "als_rank",
     "als_reg_param",
@@ -113,7 +105,7 @@ def run(settings, dataset: str | None, events: Path | None) -> dict:
         "users": int(len(split.test.targets)),
         "items": int((vocabulary["item_index"] >= FIRST_ITEM_INDEX).sum()),
         "protocol": "leave-one-out, full ranking, seen items excluded, items < min_item_count dropped once",
-        "hyper_parameters": {key: getattr(settings, key) for key in HYPER_PARAMETERS},
+        "hyper_parameters": {key: getattr(settings, key) for key in REPORTED_SETTINGS},
         "strategy": trained.strategy,
         "train_seconds": round(trained.seconds, 1),
         "epochs_run": len(trained.history),

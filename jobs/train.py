@@ -28,6 +28,7 @@ from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
 from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import protocol_split
+from model_lib.training import HYPER_PARAMETERS
 
 
 def _pyplot():
@@ -89,23 +90,7 @@ def code_version() -> str:
         return "unknown"
 
 
-TRAINING_PARAMS = (
-    "seq_len",
-    "embedding_dim",
-    "hidden_dim",
-    "lstm_layers",
-    "dropout",
-    "learning_rate",
-    "batch_size",
-    "epochs",
-    "patience",
-    "seed",
-    "min_item_count",
-    "session_gap_minutes",
-    "softmax",
-    "sampled_negatives",
-    "event_type_loss_weight",
-)
+TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "session_gap_minutes")
 
 
 def run(settings: Settings, ds: dt.date) -> dict:

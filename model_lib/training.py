@@ -41,6 +41,20 @@ from model_lib.metrics import evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
 
+# The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
+HYPER_PARAMETERS = (
+    "seq_len",
+    "embedding_dim",
+    "hidden_dim",
+    "lstm_layers",
+    "dropout",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "softmax",
+    "sampled_negatives",
+    "event_type_loss_weight",
+)
 SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 
 
@@ -321,21 +335,8 @@ class Checkpoints:
 
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
-    keys = (
-        "seq_len",
-        "embedding_dim",
-        "hidden_dim",
-        "lstm_layers",
-        "dropout",
-        "learning_rate",
-        "batch_size",
-        "seed",
-        "softmax",
-        "sampled_negatives",
-        "event_type_loss_weight",
-    )
     return {
-        **{key: getattr(settings, key) for key in keys},
+        **{key: getattr(settings, key) for key in HYPER_PARAMETERS},
         "num_items": num_items,
         "files": [path.name for path in files],
     }
