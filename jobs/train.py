@@ -168,7 +168,10 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, check
                 from model_lib.spark import spark_session
 
                 spark = spark_session(settings, f"reco-train-als-{ds}")
-                results["ALS (implicit)"] = baselines.als(spark, split.test, num_items, settings.als_params())
+                try:
+                    results["ALS (implicit)"] = baselines.als(spark, split.test, num_items, settings.als_params())
+                finally:
+                    spark.stop()
             report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
         test = results["LSTM + attention"]
 
