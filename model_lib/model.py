@@ -90,7 +90,12 @@ class NextItemModel(keras.Model):
         self.lstm_layers = lstm_layers
         self.dropout_rate = dropout
         self.event_type_head = event_type_head
-        self.item_embedding = layers.Embedding(num_items, embedding_dim, name="item_embedding")
+        self.item_embedding = layers.Embedding(
+            num_items,
+            embedding_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=embedding_dim**-0.5),
+            name="item_embedding",
+        )
         self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
         self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
         self.input_dropout = layers.Dropout(dropout)
