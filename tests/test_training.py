@@ -108,7 +108,7 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
             "patience": 12,
             "softmax": "sampled",
             "sampled_negatives": 16,
-            "event_type_loss_weight": 0.01,
+            "event_type_loss_weight": 0.3,
             "event_types": ["view", "cart", "buy"],
         }
     )
