@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import Settings
+from model_lib.lake import read_sequences
 from model_lib.metrics import evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
@@ -386,8 +387,6 @@ def train_next_item_model(
     pipeline, workers, is_chief = cluster_position(tf_config())
     replicas = strategy.num_replicas_in_sync
     local_replicas = max(1, replicas // workers)
-
-    from model_lib.lake import read_sequences
 
     train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
     validation = protocol_split(read_sequences(files)).validation
