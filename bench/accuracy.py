@@ -88,7 +88,7 @@ def run(settings, dataset: str | None, events: Path | None) -> dict:
         num_items = int(vocabulary["item_index"].max()) + 1
         split = protocol_split(read_sequences(files))
         with stage("bench: train") as report:
-            trained = train_next_item_model(files, num_items, settings, verbose=0)
+            trained = train_next_item_model(files, num_items, settings, verbose=0, validation=split.validation)
             report(epochs=len(trained.history), best_epoch=trained.best_epoch, seconds=trained.seconds)
         with stage("bench: test metrics, model and baselines") as report:
             model = evaluate_model(trained.model, split.test, num_items)

@@ -111,7 +111,9 @@ def run(settings: Settings, ds: dt.date) -> dict:
     if not is_chief:
         # Another worker of a multi-worker run: train in step with the chief, which alone logs and registers.
         with stage(f"train: worker of {workers}") as report:
-            result = training.train_next_item_model(files, num_items, settings, checkpoint_dir)
+            result = training.train_next_item_model(
+                files, num_items, settings, checkpoint_dir, validation=split.validation
+            )
             report(epochs=len(result.history), best_epoch=result.best_epoch)
         return {"ds": ds.isoformat(), "worker": True, "epochs": len(result.history)}
     return _train_and_register(settings, ds, files, vocabulary, num_items, split, checkpoint_dir)
@@ -150,7 +152,12 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, check
 
         with stage("train: fit next-item model") as report:
             result = training.train_next_item_model(
-                files, num_items, settings, checkpoint_dir=checkpoint_dir, on_epoch_end=log_epoch
+                files,
+                num_items,
+                settings,
+                checkpoint_dir=checkpoint_dir,
+                on_epoch_end=log_epoch,
+                validation=split.validation,
             )
             report(
                 epochs=len(result.history),

@@ -12,12 +12,13 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
 SOFTMAX_MODES = ("auto", "full", "sampled")
+CHOICES = {"sessionize_mode": SESSIONIZE_MODES, "softmax": SOFTMAX_MODES}
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -137,18 +138,12 @@ class Settings(BaseSettings):
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
-    @field_validator("softmax")
+    @field_validator("softmax", "sessionize_mode")
     @classmethod
-    def _softmax(cls, value: str) -> str:
-        if value not in SOFTMAX_MODES:
-            raise ValueError(f"must be one of {SOFTMAX_MODES}, got {value!r}")
-        return value
-
-    @field_validator("sessionize_mode")
-    @classmethod
-    def _mode(cls, value: str) -> str:
-        if value not in SESSIONIZE_MODES:
-            raise ValueError(f"must be one of {SESSIONIZE_MODES}, got {value!r}")
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        allowed = CHOICES[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"must be one of {allowed}, got {value!r}")
         return value
 
     @field_validator("warehouse_url")

@@ -69,7 +69,6 @@ class TrainingResult:
     resumed_after_epoch: int = 0
     strategy: str = "default"
     replicas: int = 1
-    is_chief: bool = True
 
 
 # --- the distribution strategy and where this process stands in it ---
@@ -376,8 +375,12 @@ def train_next_item_model(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     verbose: int = 1,
     max_steps_per_epoch: int | None = None,
+    validation: HoldOut | None = None,
 ) -> TrainingResult:
-    """Trains on the sequence Parquet files (see the module docstring); returns the best epoch's model."""
+    """Trains on the sequence Parquet files (see the module docstring); returns the best epoch's model.
+
+    `validation`: the protocol split's validation hold-out of all the files, when the caller has already read it.
+    """
     import keras
     import tensorflow as tf
 
@@ -389,7 +392,8 @@ def train_next_item_model(
     local_replicas = max(1, replicas // workers)
 
     train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
-    validation = protocol_split(read_sequences(files)).validation
+    if validation is None:
+        validation = protocol_split(read_sequences(files)).validation
     rows = TrainingRows.from_sequences(train)
     shard_sizes = [parquet_rows(shard_files(files, index, workers)) for index in range(workers)]
     steps = -(-max(shard_sizes) // (settings.batch_size * local_replicas))
@@ -489,7 +493,6 @@ def train_next_item_model(
         model=model,
         strategy=strategy_name(strategy),
         replicas=replicas,
-        is_chief=is_chief,
         resumed_after_epoch=len(state["history"]),
     )
     if result.resumed_after_epoch:
