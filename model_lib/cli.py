@@ -58,14 +58,10 @@ def _show(args) -> None:
 
     settings = get_settings()
     warehouse = open_warehouse(settings.warehouse_url)
-    latest = "SELECT CAST(max(ds) AS VARCHAR) AS ds FROM recommendations"
-    ds = parse_ds(args.ds or warehouse.query(latest)["ds"][0])
-    rows = warehouse.query(
-        "SELECT rank, item_id, score, source, reason_item_id, model_version FROM recommendations "
-        "WHERE ds = ? AND user_id = ? ORDER BY rank",
-        [ds, args.user],
-    )
-    print(format_recommendations(args.user, ds, rows, item_titles(settings)))
+    ds = parse_ds(args.ds) if args.ds else warehouse.latest_ds()
+    if ds is None:
+        raise SystemExit(f"no recommendations published in {settings.warehouse_url} yet: run reco_nightly first")
+    print(format_recommendations(args.user, ds, warehouse.user_recommendations(args.user, ds), item_titles(settings)))
 
 
 def _summary(args) -> None:
@@ -78,25 +74,13 @@ def _summary(args) -> None:
     ds = parse_ds(args.ds)
     warehouse = open_warehouse(settings.warehouse_url)
     titles = item_titles(settings)
-    users = warehouse.query(
-        "SELECT DISTINCT user_id FROM recommendations WHERE ds = ? ORDER BY user_id LIMIT ?", [ds, args.users]
-    )["user_id"]
-    for user in users:
-        rows = warehouse.query(
-            "SELECT rank, item_id, score, source, reason_item_id, model_version FROM recommendations "
-            "WHERE ds = ? AND user_id = ? AND rank <= 5 ORDER BY rank",
-            [ds, user],
-        )
+    for user in warehouse.some_users(ds, args.users):
+        rows = warehouse.user_recommendations(user, ds, max_rank=5)
         print(format_recommendations(user, ds, rows, titles) + "\n")
-    totals = warehouse.query(
-        "SELECT users, rows, coverage, model_version FROM recommendation_runs WHERE ds = ? ORDER BY finished_at DESC "
-        "LIMIT 1",
-        [ds],
-    )
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     tags = client.get_model_version(settings.model_name, str(champion)).tags if champion else {}
-    print(f"warehouse {settings.warehouse_url}: {totals.to_dict('records')}")
+    print(f"warehouse {settings.warehouse_url}: last run {warehouse.last_run(ds)}")
     print(
         f"champion {settings.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
         f"NDCG@10 = {tags.get('test_ndcg_10')} (full ranking, seen items excluded)"

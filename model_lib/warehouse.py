@@ -3,14 +3,24 @@
     recommendations(ds, user_id, rank, item_id, score, source, reason_item_id, model_name, model_version)
         one row per (ds, user_id, rank)
     recommendation_runs(ds, run_id, model_version, users, rows, coverage, started_at, finished_at, status)
+        one row per publish attempt; status 'success' or 'failed'
 
-A day is published atomically and idempotently: the new rows are staged first, then one transaction deletes the
-day and inserts it, so readers see the old day or the new day, never a mix, and a re-run replaces the day.
+A day is published atomically and idempotently: the day's Parquet files are bulk-loaded into a session-private
+staging table and checked, then one transaction deletes the day and inserts it, so readers see the old day or the
+new day, never a mix, and a re-run replaces the day. A failed publish rolls back, leaves the old day, and is still
+recorded in recommendation_runs.
+
+Two adapters share that logic and differ only in how they connect and bulk-load:
+    duckdb:///abs/path.duckdb                 the embedded default (read_parquet straight into the staging table)
+    postgresql://user:password@host:port/db   a server (COPY ... FROM STDIN in CSV form)
+Our SQL is written once with `?` placeholders; every value is a bound parameter, every identifier a validated
+plain identifier from configuration.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +33,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     user_id VARCHAR NOT NULL,
     rank INTEGER NOT NULL,
     item_id VARCHAR NOT NULL,
-    score DOUBLE NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
     source VARCHAR NOT NULL,
     reason_item_id VARCHAR,
     model_name VARCHAR NOT NULL,
@@ -34,32 +44,46 @@ RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
     ds DATE NOT NULL,
     run_id VARCHAR NOT NULL,
-    model_version INTEGER NOT NULL,
+    model_version INTEGER,
     users BIGINT NOT NULL,
     rows BIGINT NOT NULL,
-    coverage DOUBLE NOT NULL,
+    coverage DOUBLE PRECISION NOT NULL,
     started_at TIMESTAMP NOT NULL,
     finished_at TIMESTAMP NOT NULL,
     status VARCHAR NOT NULL
 )"""
+STAGING_DDL = "CREATE TEMP TABLE staging ({columns})"
 COLUMNS = ["ds", "user_id", "rank", "item_id", "score", "source", "reason_item_id", "model_name", "model_version"]
 
 
-class DuckDBWarehouse:
-    """The embedded default: one DuckDB file."""
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
-    def __init__(self, path: Path, recommendations: str = "recommendations", runs: str = "recommendation_runs"):
-        self.path = Path(path)
+
+class Warehouse:
+    """Publishing and reading, written once over a DB-API connection in autocommit mode (explicit BEGIN/COMMIT)."""
+
+    def __init__(self, recommendations: str = "recommendations", runs: str = "recommendation_runs"):
         self.recommendations = check_identifier(recommendations)
         self.runs = check_identifier(runs)
 
-    def connect(self):
-        import duckdb
+    # --- what an adapter provides ---
+    def _connect(self):
+        raise NotImplementedError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = duckdb.connect(str(self.path))
-        connection.execute(RECOMMENDATIONS_DDL.format(table=self.recommendations))
-        connection.execute(RUNS_DDL.format(table=self.runs))
+    def _execute(self, connection, sql: str, params: list | None = None):
+        """Runs one statement with `?` placeholders; returns a cursor."""
+        raise NotImplementedError
+
+    def _stage(self, connection, files: list[str]) -> None:
+        """Bulk-loads the Parquet files into the temporary table `staging` (COLUMNS, ds as DATE)."""
+        raise NotImplementedError
+
+    # --- shared ---
+    def connect(self):
+        connection = self._connect()
+        self._execute(connection, RECOMMENDATIONS_DDL.format(table=self.recommendations))
+        self._execute(connection, RUNS_DDL.format(table=self.runs))
         return connection
 
     def publish(
@@ -70,56 +94,151 @@ class DuckDBWarehouse:
             raise FileNotFoundError(f"no recommendation files in {parquet_dir}: run the recommend step first")
         connection = self.connect()
         try:
-            columns = ", ".join(COLUMNS)
-            connection.execute(
-                f"CREATE TEMP TABLE staging AS SELECT CAST(ds AS DATE) AS ds, {', '.join(COLUMNS[1:])} "
-                "FROM read_parquet(?)",
-                [files],
-            )
-            bad_days = connection.execute("SELECT count(*) FROM staging WHERE ds <> ?", [ds]).fetchone()[0]
-            if bad_days:
-                raise ValueError(f"{bad_days} staged rows are not for ds={ds}")
-            users, rows, versions, distinct_items = connection.execute(
-                "SELECT count(DISTINCT user_id), count(*), count(DISTINCT model_version), count(DISTINCT item_id) "
-                "FROM staging"
-            ).fetchone()
-            if versions != 1:
-                raise ValueError(f"the day mixes {versions} model versions; a run must use exactly one")
-            version = connection.execute("SELECT any_value(model_version) FROM staging").fetchone()[0]
-            coverage = distinct_items / max(catalogue_size, 1)
-            connection.execute("BEGIN TRANSACTION")
-            connection.execute(f"DELETE FROM {self.recommendations} WHERE ds = ?", [ds])
-            connection.execute(f"INSERT INTO {self.recommendations} ({columns}) SELECT {columns} FROM staging")
-            connection.execute(
-                f"INSERT INTO {self.runs} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    ds,
-                    run_id,
-                    version,
-                    users,
-                    rows,
-                    coverage,
-                    started_at,
-                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                    "success",
-                ],
-            )
-            connection.execute("COMMIT")
+            try:
+                summary = self._publish_staged(connection, ds, files, run_id, catalogue_size, started_at)
+            except Exception as error:
+                self._record_failure(connection, ds, run_id, started_at, error)
+                raise
         finally:
-            # Closing without COMMIT rolls the open transaction back: the previous day stays as it was.
+            # Closing without COMMIT rolls an open transaction back: the previous day stays as it was.
             connection.close()
+        return summary
+
+    def _publish_staged(self, connection, ds, files, run_id, catalogue_size, started_at) -> dict:
+        self._stage(connection, files)
+        bad_days = self._execute(connection, "SELECT count(*) FROM staging WHERE ds <> ?", [ds]).fetchone()[0]
+        if bad_days:
+            raise ValueError(f"{bad_days} staged rows are not for ds={ds}")
+        users, rows, versions, distinct_items, version = self._execute(
+            connection,
+            "SELECT count(DISTINCT user_id), count(*), count(DISTINCT model_version), count(DISTINCT item_id), "
+            "min(model_version) FROM staging",
+        ).fetchone()
+        if versions != 1:
+            raise ValueError(f"the day mixes {versions} model versions; a run must use exactly one")
+        coverage = distinct_items / max(catalogue_size, 1)
+        columns = ", ".join(COLUMNS)
+        self._execute(connection, "BEGIN")
+        self._execute(connection, f"DELETE FROM {self.recommendations} WHERE ds = ?", [ds])
+        self._execute(connection, f"INSERT INTO {self.recommendations} ({columns}) SELECT {columns} FROM staging")
+        self._record_run(connection, ds, run_id, version, users, rows, coverage, started_at, "success")
+        self._execute(connection, "COMMIT")
         return {"ds": ds.isoformat(), "users": users, "rows": rows, "model_version": version, "coverage": coverage}
 
+    def _record_failure(self, connection, ds, run_id, started_at, error: Exception) -> None:
+        try:
+            try:
+                self._execute(connection, "ROLLBACK")
+            except Exception:  # noqa: BLE001 - there was no open transaction to roll back
+                pass
+            self._record_run(connection, ds, run_id, None, 0, 0, 0.0, started_at, "failed")
+        except Exception as record_error:  # noqa: BLE001 - the publish error is the one to raise
+            error.add_note(f"recording the failed run in {self.runs} also failed: {record_error}")
+
+    def _record_run(self, connection, ds, run_id, version, users, rows, coverage, started_at, status) -> None:
+        self._execute(
+            connection,
+            f"INSERT INTO {self.runs} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [ds, run_id, version, users, rows, coverage, started_at, _utc_now(), status],
+        )
+
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """A read with `?` placeholders -> a DataFrame."""
         connection = self.connect()
         try:
-            return connection.execute(sql, params or []).df()
+            cursor = self._execute(connection, sql, params)
+            names = [column[0] for column in cursor.description]
+            return pd.DataFrame(cursor.fetchall(), columns=names)
         finally:
             connection.close()
 
+    # --- the reads `reco show` and the demo summary make ---
+    def latest_ds(self) -> dt.date | None:
+        return self.query(f"SELECT max(ds) AS ds FROM {self.recommendations}")["ds"][0]
 
-def open_warehouse(url: str) -> DuckDBWarehouse:
-    """duckdb:///absolute/path.duckdb -> the DuckDB adapter (PostgreSQL arrives with its own adapter)."""
+    def user_recommendations(self, user_id: str, ds: dt.date, max_rank: int | None = None) -> pd.DataFrame:
+        return self.query(
+            "SELECT rank, item_id, score, source, reason_item_id, model_version "
+            f"FROM {self.recommendations} WHERE ds = ? AND user_id = ? AND rank <= ? ORDER BY rank",
+            [ds, user_id, max_rank or 2**31 - 1],
+        )
+
+    def some_users(self, ds: dt.date, limit: int) -> list[str]:
+        users = self.query(
+            f"SELECT DISTINCT user_id FROM {self.recommendations} WHERE ds = ? ORDER BY user_id LIMIT ?", [ds, limit]
+        )
+        return users["user_id"].tolist()
+
+    def last_run(self, ds: dt.date) -> dict | None:
+        runs = self.query(
+            f"SELECT run_id, status, users, rows, coverage, model_version FROM {self.runs} "
+            "WHERE ds = ? ORDER BY finished_at DESC LIMIT 1",
+            [ds],
+        )
+        return runs.to_dict("records")[0] if len(runs) else None
+
+
+class DuckDBWarehouse(Warehouse):
+    """The embedded default: one DuckDB file."""
+
+    def __init__(self, path: Path, **tables):
+        super().__init__(**tables)
+        self.path = Path(path)
+
+    def _connect(self):
+        import duckdb
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(str(self.path))
+
+    def _execute(self, connection, sql, params=None):
+        return connection.execute(sql, params or [])
+
+    def _stage(self, connection, files):
+        connection.execute(
+            f"CREATE TEMP TABLE staging AS SELECT CAST(ds AS DATE) AS ds, {', '.join(COLUMNS[1:])} "
+            "FROM read_parquet(?)",
+            [files],
+        )
+
+
+class PostgresWarehouse(Warehouse):
+    """A PostgreSQL server, through psycopg 3; the connection string comes from configuration (or PG* variables)."""
+
+    def __init__(self, url: str, **tables):
+        super().__init__(**tables)
+        self.url = url
+
+    def _connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def _execute(self, connection, sql, params=None):
+        # psycopg binds with %s; our SQL holds no literal '?' or '%'.
+        return connection.execute(sql.replace("?", "%s"), params or None)
+
+    def _stage(self, connection, files):
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        connection.execute(
+            f"CREATE TEMP TABLE staging AS SELECT {', '.join(COLUMNS)} FROM {self.recommendations} WITH NO DATA"
+        )
+        with connection.cursor() as cursor:
+            with cursor.copy(f"COPY staging ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)") as copy:
+                for file in files:
+                    buffer = io.BytesIO()
+                    pacsv.write_csv(
+                        pq.read_table(file, columns=COLUMNS), buffer, pacsv.WriteOptions(include_header=False)
+                    )
+                    copy.write(buffer.getvalue())
+
+
+def open_warehouse(url: str) -> Warehouse:
+    """duckdb:///absolute/path.duckdb or postgresql://... -> the adapter for it."""
     if url.startswith("duckdb:///"):
         return DuckDBWarehouse(Path(url.removeprefix("duckdb://")))
-    raise ValueError(f"unsupported warehouse URL {url!r}: only duckdb:///path is implemented so far")
+    if url.startswith("postgresql://"):
+        return PostgresWarehouse(url)
+    raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///absolute/path.duckdb or postgresql://...")

@@ -1,6 +1,8 @@
-"""Publishing a day into a real DuckDB file: atomic, idempotent, and a failed publish leaves the old day."""
+"""Publishing a day into a real DuckDB file and a real PostgreSQL server: atomic, idempotent, and a failed publish
+leaves the old day (and is recorded)."""
 
 import datetime as dt
+import threading
 
 import pandas as pd
 import pytest
@@ -8,68 +10,111 @@ import pytest
 from model_lib.warehouse import open_warehouse
 
 DS = dt.date(2024, 1, 10)
+STARTED = dt.datetime(2024, 1, 11)
 
 
-def write_day(folder, users, version=1, ds=DS, k=3):
+def write_day(folder, users, version=1, ds=DS, k=3, files=1):
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {
-            "ds": ds.isoformat(),
-            "user_id": u,
-            "rank": r,
-            "item_id": f"i{r}",
-            "score": 1.0 / r,
-            "source": "model",
-            "reason_item_id": "i9",
-            "model_name": "m",
-            "model_version": version,
-        }
-        for u in users
-        for r in range(1, k + 1)
-    ]
-    pd.DataFrame(rows).to_parquet(folder / "part-0.parquet", index=False)
+    rows = pd.DataFrame(
+        [
+            {
+                "ds": ds.isoformat(),
+                "user_id": u,
+                "rank": r,
+                "item_id": f"i{r}",
+                "score": 1.0 / r,
+                "source": "model",
+                "reason_item_id": None if r == 2 else "i9",
+                "model_name": "m",
+                "model_version": version,
+            }
+            for u in users
+            for r in range(1, k + 1)
+        ]
+    )
+    for part in range(files):
+        rows.iloc[part::files].to_parquet(folder / f"part-{part}.parquet", index=False)
 
 
-def test_republishing_a_day_replaces_it(settings, tmp_path):
-    warehouse = open_warehouse(settings.warehouse_url)
-    write_day(tmp_path / "day", ["u1", "u2"])
-    now = dt.datetime(2024, 1, 11)
-    first = warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_size=10, started_at=now)
-    second = warehouse.publish(DS, tmp_path / "day", "run-2", catalogue_size=10, started_at=now)
+def test_republishing_a_day_replaces_it(warehouse_url, tmp_path):
+    warehouse = open_warehouse(warehouse_url)
+    write_day(tmp_path / "day", ["u1", "u2"], files=2)
+    first = warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_size=10, started_at=STARTED)
+    second = warehouse.publish(DS, tmp_path / "day", "run-2", catalogue_size=10, started_at=STARTED)
     assert first["rows"] == second["rows"] == 6
     counts = warehouse.query("SELECT count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations")
     assert counts["n"][0] == counts["keys"][0] == 6
-    runs = warehouse.query("SELECT run_id, users, rows, coverage FROM recommendation_runs ORDER BY run_id")
+    runs = warehouse.query("SELECT run_id, users, rows, coverage, status FROM recommendation_runs ORDER BY run_id")
     assert runs.to_dict("records") == [
-        {"run_id": "run-1", "users": 2, "rows": 6, "coverage": 0.3},
-        {"run_id": "run-2", "users": 2, "rows": 6, "coverage": 0.3},
+        {"run_id": "run-1", "users": 2, "rows": 6, "coverage": 0.3, "status": "success"},
+        {"run_id": "run-2", "users": 2, "rows": 6, "coverage": 0.3, "status": "success"},
     ]
+    # NULL reasons survive the bulk load as NULL, not as empty strings.
+    reasons = warehouse.query("SELECT count(*) AS n FROM recommendations WHERE reason_item_id IS NULL")
+    assert reasons["n"][0] == 2
 
 
-def test_a_failed_publish_leaves_the_previous_day_untouched(settings, tmp_path):
-    warehouse = open_warehouse(settings.warehouse_url)
+def test_a_failed_publish_leaves_the_previous_day_and_is_recorded(warehouse_url, tmp_path):
+    warehouse = open_warehouse(warehouse_url)
     write_day(tmp_path / "good", ["u1"])
-    warehouse.publish(DS, tmp_path / "good", "run-1", 10, dt.datetime(2024, 1, 11))
+    warehouse.publish(DS, tmp_path / "good", "run-1", 10, STARTED)
     write_day(tmp_path / "wrong_day", ["u1", "u2", "u3"], ds=DS + dt.timedelta(days=1))
     with pytest.raises(ValueError, match="not for ds"):
-        warehouse.publish(DS, tmp_path / "wrong_day", "run-2", 10, dt.datetime(2024, 1, 11))
+        warehouse.publish(DS, tmp_path / "wrong_day", "run-2", 10, STARTED)
+    write_day(tmp_path / "mixed", ["u1", "u2"], version=1)
+    write_day(tmp_path / "mixed_v2", ["u3"], version=2)
+    (tmp_path / "mixed_v2" / "part-0.parquet").rename(tmp_path / "mixed" / "part-1.parquet")
+    with pytest.raises(ValueError, match="mixes 2 model versions"):
+        warehouse.publish(DS, tmp_path / "mixed", "run-3", 10, STARTED)
     day = warehouse.query("SELECT user_id, count(*) AS n FROM recommendations GROUP BY 1")
     assert day.to_dict("records") == [{"user_id": "u1", "n": 3}]
+    runs = warehouse.query("SELECT run_id, status, model_version FROM recommendation_runs ORDER BY run_id")
+    assert runs["status"].tolist() == ["success", "failed", "failed"]
+    assert warehouse.last_run(DS)["run_id"] == "run-3"
 
 
-def test_other_days_are_not_touched(settings, tmp_path):
-    warehouse = open_warehouse(settings.warehouse_url)
+def test_other_days_are_not_touched(warehouse_url, tmp_path):
+    warehouse = open_warehouse(warehouse_url)
     write_day(tmp_path / "d1", ["u1"])
     write_day(tmp_path / "d2", ["u1", "u2"], ds=DS + dt.timedelta(days=1))
-    warehouse.publish(DS, tmp_path / "d1", "r1", 10, dt.datetime(2024, 1, 11))
-    warehouse.publish(DS + dt.timedelta(days=1), tmp_path / "d2", "r2", 10, dt.datetime(2024, 1, 12))
-    warehouse.publish(DS, tmp_path / "d1", "r3", 10, dt.datetime(2024, 1, 12))
+    warehouse.publish(DS, tmp_path / "d1", "r1", 10, STARTED)
+    warehouse.publish(DS + dt.timedelta(days=1), tmp_path / "d2", "r2", 10, STARTED)
+    warehouse.publish(DS, tmp_path / "d1", "r3", 10, STARTED)
     per_day = warehouse.query(
         "SELECT CAST(ds AS VARCHAR) AS ds, count(*) AS n FROM recommendations GROUP BY 1 ORDER BY 1"
     )
     assert per_day.to_dict("records") == [{"ds": "2024-01-10", "n": 3}, {"ds": "2024-01-11", "n": 6}]
+    assert warehouse.latest_ds() == DS + dt.timedelta(days=1)
+    assert warehouse.some_users(DS + dt.timedelta(days=1), 5) == ["u1", "u2"]
+    assert warehouse.user_recommendations("u2", DS + dt.timedelta(days=1), max_rank=2)["rank"].tolist() == [1, 2]
+
+
+def test_readers_see_the_old_day_or_the_new_day_never_a_mix(postgres_url, tmp_path):
+    from tests.postgres_server import fresh_database
+
+    warehouse = open_warehouse(fresh_database(postgres_url, "readers"))
+    write_day(tmp_path / "old", [f"u{i}" for i in range(100)], version=1, k=20)
+    warehouse.publish(DS, tmp_path / "old", "old", 10, STARTED)
+    write_day(tmp_path / "new", [f"u{i}" for i in range(5000)], version=2, k=20, files=4)
+    seen: set[tuple[int, int]] = set()
+    publishing = threading.Thread(target=warehouse.publish, args=(DS, tmp_path / "new", "new", 10, STARTED))
+    publishing.start()
+    while publishing.is_alive():
+        day = warehouse.query(
+            "SELECT count(*) AS n, min(model_version) AS lo, max(model_version) AS hi FROM recommendations "
+            "WHERE ds = ?",
+            [DS],
+        )
+        n, lo, hi = int(day["n"][0]), int(day["lo"][0]), int(day["hi"][0])
+        assert lo == hi, "a reader saw two model versions in one day"
+        seen.add((n, lo))
+    publishing.join()
+    assert seen <= {(2000, 1), (100_000, 2)}
+    assert (2000, 1) in seen, "the reader never ran during the publish"
+    final = warehouse.query("SELECT count(*) AS n FROM recommendations WHERE ds = ?", [DS])
+    assert final["n"][0] == 100_000
 
 
 def test_unknown_warehouse_scheme_is_rejected():
     with pytest.raises(ValueError, match="unsupported warehouse"):
-        open_warehouse("postgresql://127.0.0.1/x")
+        open_warehouse("mysql://127.0.0.1/x")
