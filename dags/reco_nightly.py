@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from model_lib.config import get_settings
+from model_lib.config import MAX_TOP_K, get_settings
 from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task, spark_job
 
 
@@ -27,7 +27,7 @@ from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_t
     params={
         **SESSIONIZE_PARAMS,
         "k": Param(
-            get_settings().top_k, type="integer", minimum=1, maximum=500, description="recommendations per user"
+            get_settings().top_k, type="integer", minimum=1, maximum=MAX_TOP_K, description="recommendations per user"
         ),
     },
 )

@@ -1,10 +1,12 @@
 """Step 3 — promote: the gate between `challenger` and `champion` in the MLflow registry.
 
-Reads   lake/sequences/ds=D/ (the hold-out both models are scored on) and the registry
-Writes  the `champion` alias (and tags saying why), or nothing with a message saying why not
+Reads   lake/sequences/ds=D/ (the hold-out both models are scored on), lake/vocab/ds=D/ and the registry
+Writes  the `champion` alias and, on the challenger version, tags saying what the gate decided and why
 
-The challenger becomes champion when there is no champion yet, or when its test NDCG@10 on the same hold-out beats
-the champion's by more than `promote_margin` and its scores are finite. `reco promote --version N` promotes a
+The challenger becomes champion only when it passes the sanity checks (finite scores, coverage@20 of at least
+`promote_min_coverage`, a vocabulary that knows at least `promote_min_known_share` of the hold-out's events, the
+configured event types) and either there is no champion yet or its NDCG@10 on the same hold-out beats the
+champion's by more than `promote_margin`. Otherwise it stays challenger. `reco promote --version N` promotes a
 version by hand; `reco rollback` moves champion back to the version it replaced.
 """
 
@@ -21,6 +23,7 @@ from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.lake import read_parquet_folder, read_sequences
 from model_lib.metrics import evaluate_holdout
 from model_lib.progress import stage
+from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.scoring import Recommender
 from model_lib.splits import HoldOut, protocol_split
 from model_lib.vocabulary import vocabulary_item_ids
@@ -33,47 +36,81 @@ def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -
     return holdout.inputs.model_inputs(lookup), older, lookup[holdout.targets]
 
 
-def holdout_metrics(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> dict[str, float]:
+def holdout_report(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> dict[str, float]:
+    """The hold-out metrics of one model plus what the sanity checks need: NaN score rows, known-event share."""
     inputs, older, targets = remap_to(recommender, holdout, item_ids)
-    return evaluate_holdout(recommender.score, inputs, older, targets, recommender.num_items)
+    nan_rows = 0
+
+    def checked_score(batch: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal nan_rows
+        scores = recommender.score(batch)
+        nan_rows += int(np.isnan(scores).any(axis=1).sum())
+        return scores
+
+    metrics = evaluate_holdout(checked_score, inputs, older, targets, recommender.num_items)
+    # Of the events whose item the day's vocabulary knows, the share this model knows too.
+    day_known = holdout.inputs.items >= FIRST_ITEM_INDEX
+    known = float((inputs["items"][day_known] >= FIRST_ITEM_INDEX).mean()) if day_known.any() else 1.0
+    return {**metrics, "nan_score_rows": float(nan_rows), "known_share": known}
+
+
+def sanity_problems(report: dict[str, float], recommender: Recommender, settings: Settings) -> list[str]:
+    """Why a model must not become champion whatever its NDCG; empty when it may."""
+    problems = []
+    if report["nan_score_rows"] or not np.isfinite(report["ndcg_10"]):
+        problems.append(f"{int(report['nan_score_rows'])} users got NaN scores")
+    if report["coverage_20"] < settings.promote_min_coverage:
+        problems.append(f"coverage@20 {report['coverage_20']:.4f} is below the floor {settings.promote_min_coverage}")
+    if report["known_share"] < settings.promote_min_known_share:
+        problems.append(
+            f"its vocabulary knows {report['known_share']:.1%} of the hold-out's events, below the floor "
+            f"{settings.promote_min_known_share:.0%}: it was trained on other items"
+        )
+    if recommender.event_types != list(settings.event_types):
+        problems.append(f"it was trained on event types {recommender.event_types}, not {settings.event_types}")
+    return problems
 
 
 def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict:
-    """Compares challenger and champion on the hold-out of ds and promotes when the challenger wins."""
+    """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins."""
     client = registry.configure(settings)
     challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
     if challenger is None:
         raise LookupError(f"no `{registry.CHALLENGER}` version of {settings.model_name}: run `reco train` first")
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     decision = {"ds": ds.isoformat(), "challenger": challenger, "champion_before": champion}
-    if champion is None:
-        registry.set_champion(client, settings, challenger, "first model: no champion yet")
-        return {**decision, "promoted": True, "reason": "no champion yet"}
     if champion == challenger:
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
         holdout = protocol_split(read_sequences(settings.sequences_dir(ds))).test
         item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
-        scores = {
-            "challenger": holdout_metrics(registry.load_recommender(settings, challenger), holdout, item_ids),
-            "champion": holdout_metrics(registry.load_recommender(settings, champion), holdout, item_ids),
-        }
-        report(challenger_ndcg_10=scores["challenger"]["ndcg_10"], champion_ndcg_10=scores["champion"]["ndcg_10"])
-    gain = scores["challenger"]["ndcg_10"] - scores["champion"]["ndcg_10"]
-    decision.update(challenger_ndcg_10=scores["challenger"]["ndcg_10"], champion_ndcg_10=scores["champion"]["ndcg_10"])
-    if not np.isfinite(scores["challenger"]["ndcg_10"]):
-        return {**decision, "promoted": False, "reason": "challenger scores are not finite"}
-    if gain > settings.promote_margin:
-        reason = (
-            f"NDCG@10 {scores['challenger']['ndcg_10']:.4f} beats v{champion}'s {scores['champion']['ndcg_10']:.4f}"
+        candidate = registry.load_recommender(settings, challenger)
+        scores = {"challenger": holdout_report(candidate, holdout, item_ids)}
+        if champion is not None:
+            scores["champion"] = holdout_report(registry.load_recommender(settings, champion), holdout, item_ids)
+        report(users=len(holdout.targets), **{f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
+    decision.update({f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
+    problems = sanity_problems(scores["challenger"], candidate, settings)
+    if problems:
+        promoted, reason = False, "sanity checks failed: " + "; ".join(problems)
+    elif champion is None:
+        promoted, reason = True, f"first model (NDCG@10 {scores['challenger']['ndcg_10']:.4f}): no champion yet"
+    else:
+        new, old = scores["challenger"]["ndcg_10"], scores["champion"]["ndcg_10"]
+        promoted = new - old > settings.promote_margin
+        verdict = "beats" if promoted else "does not beat"
+        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than the margin {settings.promote_margin}"
+    tags = {"gate_ds": ds.isoformat(), "gate_decision": "promoted" if promoted else "held", "gate_reason": reason}
+    if champion is not None:
+        tags["champion_comparison"] = (
+            f"v{challenger} {scores['challenger']['ndcg_10']:.5f} vs v{champion} {scores['champion']['ndcg_10']:.5f} "
+            f"(NDCG@10, ds={ds} hold-out, {len(holdout.targets)} users)"
         )
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, str(challenger), key, value)
+    if promoted:
         registry.set_champion(client, settings, challenger, reason)
-        return {**decision, "promoted": True, "reason": reason}
-    return {
-        **decision,
-        "promoted": False,
-        "reason": f"NDCG@10 gain {gain:+.4f} does not exceed the margin {settings.promote_margin}; v{champion} stays",
-    }
+    return {**decision, "promoted": promoted, "reason": reason}
 
 
 def promote_version(settings: Settings, version: int) -> dict:
@@ -92,6 +129,7 @@ def rollback(settings: Settings) -> dict:
     if previous is None:
         raise LookupError(f"champion v{current} has no previous champion recorded")
     client.set_registered_model_alias(settings.model_name, registry.CHAMPION, previous)
+    client.set_model_version_tag(settings.model_name, str(current), "rolled_back", f"champion moved back to v{previous}")
     return {"champion": int(previous), "rolled_back_from": current}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.config import MAX_TOP_K, Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, read_parquet_folder, staging_path
 from model_lib.progress import stage
 from model_lib.scoring import score_partition
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-version", type=int, help="pinned version (default: resolve champion now)")
     parser.add_argument("--k", type=int, help="recommendations per user (default: settings.top_k)")
     args = parser.parse_args(argv)
-    if args.k is not None and args.k <= 0:
-        parser.error("--k must be a positive integer")
+    if args.k is not None and not 0 < args.k <= MAX_TOP_K:
+        parser.error(f"--k must be between 1 and {MAX_TOP_K}")
     return run(get_settings(), parse_ds(args.ds), args.model_version, args.k)
 
 

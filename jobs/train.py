@@ -81,6 +81,56 @@ def metrics_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame([{"scorer": name, **metrics} for name, metrics in results.items()])
 
 
+def model_card(
+    settings: Settings, ds: dt.date, window: str, table: pd.DataFrame, split_users: int, num_items: int, path: Path
+) -> Path:
+    """The model card that travels with the registered version: what it is, what it was trained on, how it did."""
+    columns = [c for c in ("scorer", "hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if c in table]
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in table[columns].to_dict("records"):
+        rows.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in record.values()) + " |")
+    hyper = ", ".join(f"{name}={getattr(settings, name)}" for name in HYPER_PARAMETERS)
+    path.write_text(
+        f"""# Model card: {settings.model_name}
+
+**What it does.** Predicts each user's next item from their last {settings.seq_len} events (item, event type, time
+gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
+run recommends the top {settings.top_k} unseen items per user; the reason item is the history item the last step
+attended to most. Users whose history holds only unknown items get the most popular items instead.
+
+**Data.** Sequences of lake/sequences/ds={ds} ({split_users:,} users); events from {window}; vocabulary
+lake/vocab/ds={ds} (travels inside this model). Code version {code_version()}.
+
+**Hyper-parameters.** {hyper}, epochs <= {settings.epochs}, early stopping on validation NDCG@{settings.eval_k}.
+
+**Test metrics** (leave-one-out: each user's last event, after dropping items seen fewer than
+{settings.min_item_count} times; full ranking over the catalogue; seen items excluded):
+
+{chr(10).join(rows)}
+
+See test_comparison.png beside this card.
+
+**Limits.** Items that arrived after ds are unknown to the model until the next training. Trained on one machine's
+data window: check the promotion tags (champion comparison) before relying on it.
+"""
+    )
+    return path
+
+
+def data_window(files: list[str]) -> str:
+    """The first and last event time in the sequences, as ISO dates."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    times = pc.list_flatten(pq.ParquetDataset(files).read(columns=["event_times"])["event_times"])
+    times = pc.filter(times, pc.greater(times, 0))  # 0 is padding
+    if len(times) == 0:
+        return "no events"
+    bounds = pc.min_max(times).as_py()
+    first, last = (dt.datetime.fromtimestamp(bounds[key], dt.UTC).date().isoformat() for key in ("min", "max"))
+    return f"{first}..{last}"
+
+
 def code_version() -> str:
     try:
         return subprocess.run(
@@ -188,26 +238,34 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, check
             if name in results:
                 mlflow.log_metrics({f"{prefix}_test_{k}": v for k, v in results[name].items()})
         mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
-        mlflow.log_table(metrics_table(results), artifact_file="test_metrics_table.json")
-        with tempfile.TemporaryDirectory() as tmp:
+        table = metrics_table(results)
+        mlflow.log_table(table, artifact_file="test_metrics_table.json")
+        window = data_window(files)
+        recommender = Recommender(result.model, vocabulary, settings.event_types)
+        with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
             mlflow.log_artifact(
                 str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))
             )
-            mlflow.log_artifact(str(comparison_chart(results, Path(tmp) / "test_comparison.png")))
-        recommender = Recommender(result.model, vocabulary, settings.event_types)
-        with stage("train: log + register model") as report:
-            model_uri = registry.log_recommender(recommender, settings)
+            documents = {
+                "test_comparison": comparison_chart(results, Path(tmp) / "test_comparison.png"),
+                "model_card": model_card(
+                    settings, ds, window, table, len(split.train), num_items, Path(tmp) / "model_card.md"
+                ),
+            }
+            for path in documents.values():
+                mlflow.log_artifact(str(path))
+            model_uri = registry.log_recommender(recommender, settings, documents)
             version = registry.register(
                 client,
                 model_uri,
                 settings,
                 tags={
                     "ds": ds.isoformat(),
+                    "data_window": window,
                     # The vocabulary travels inside the model; this says which lake version it is.
                     "vocabulary": f"lake/vocab/ds={ds.isoformat()} ({len(vocabulary):,} items)",
                     "run_id": run.info.run_id,
-                    "test_ndcg_10": f"{test['ndcg_10']:.5f}",
-                    "test_hr_10": f"{test['hr_10']:.5f}",
+                    **{f"test_{name}": f"{test[name]:.5f}" for name in ("hr_10", "ndcg_10", "coverage_20")},
                     "code_version": code_version(),
                 },
             )

@@ -19,6 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
 SOFTMAX_MODES = ("auto", "full", "sampled")
 CHOICES = {"sessionize_mode": SESSIONIZE_MODES, "softmax": SOFTMAX_MODES}
+MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -69,7 +70,11 @@ class Settings(BaseSettings):
     patience: int = 3
     seed: int = 42
     eval_k: int = 10
+    # Promotion gate: the challenger must beat the champion's hold-out NDCG@10 by more than this margin, recommend
+    # at least this share of the catalogue (coverage@20) and know at least this share of the hold-out's events.
     promote_margin: float = 0.0
+    promote_min_coverage: float = 0.05
+    promote_min_known_share: float = 0.9
     xla: bool = True  # XLA-compiles the train step (the LSTM loop runs much faster on CPU)
     # full = softmax over the whole catalogue; sampled = `sampled_negatives` items drawn from the unigram^0.75
     # distribution with the log-Q correction; auto = sampled once the catalogue exceeds sampled_softmax_min_items.
@@ -86,7 +91,7 @@ class Settings(BaseSettings):
     event_type_loss_weight: float = 0.0
 
     # --- serving ---
-    top_k: int = 20
+    top_k: int = 20  # recommendations per user, at most MAX_TOP_K
 
     @model_validator(mode="after")
     def _fill_derived_paths(self) -> Settings:
@@ -124,7 +129,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive integer, got {value}")
         return value
 
-    @field_validator("max_quarantine_share")
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_bound(cls, value: int) -> int:
+        if value > MAX_TOP_K:
+            raise ValueError(f"top_k is at most {MAX_TOP_K}, got {value}")
+        return value
+
+    @field_validator("max_quarantine_share", "promote_min_coverage", "promote_min_known_share")
     @classmethod
     def _share(cls, value: float) -> float:
         if not 0.0 <= value <= 1.0:

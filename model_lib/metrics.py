@@ -49,13 +49,59 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) 
     return np.where(targets >= FIRST_ITEM_INDEX, ranks, np.inf)
 
 
+# Block size of the top-K pre-selection: small enough that K blocks hold few candidates, large enough that the
+# block maxima are a cheap, cache-friendly pass.
+TOP_K_BLOCK = 128
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, V) scores, -inf where an item must not be recommended -> (N, min(k, V)) item indices and their scores,
+    best first, equal scores in item order.
+
+    A row with fewer than k rankable items ends in -inf scores; callers drop those positions. Over a large catalogue
+    the K best items lie in the K blocks of TOP_K_BLOCK items with the largest maxima (every item outside them
+    scores at most the K-th largest block maximum, and those K maxima are candidates), so only K * TOP_K_BLOCK
+    candidates per row are partitioned instead of V.
+    """
+    rows, width = scores.shape
+    k = min(k, width)
+    if k == 0:
+        return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), scores.dtype)
+    starts = np.arange(0, width, TOP_K_BLOCK)
+    if len(starts) > 2 * k:
+        block_max = np.maximum.reduceat(scores, starts, axis=1)
+        best_blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]
+        columns = (starts[best_blocks][:, :, None] + np.arange(TOP_K_BLOCK)).reshape(rows, -1)
+        inside = columns < width  # the last block may be short
+        columns = np.minimum(columns, width - 1)
+        values = np.where(inside, np.take_along_axis(scores, columns, axis=1), -np.inf)
+    else:
+        columns = np.broadcast_to(np.arange(width), (rows, width))
+        values = scores
+    chosen = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    top_columns = np.take_along_axis(columns, chosen, axis=1)
+    top_values = np.take_along_axis(values, chosen, axis=1)
+    order = np.lexsort((top_columns, -top_values), axis=1)
+    return np.take_along_axis(top_columns, order, axis=1), np.take_along_axis(top_values, order, axis=1)
+
+
+def exclude_seen(scores: np.ndarray, histories: np.ndarray, older_items: list[np.ndarray]) -> np.ndarray:
+    """Sets, in place, the scores of every item in a user's history or older items to -inf; returns `scores`.
+
+    A scatter of the seen items only: unlike `seen_mask` it never builds an (N, V) array.
+    """
+    rows = np.repeat(np.arange(len(histories)), histories.shape[1])
+    scores[rows, histories.ravel()] = -np.inf
+    lengths = [len(older) for older in older_items]
+    if sum(lengths):
+        scores[np.repeat(np.arange(len(older_items)), lengths), np.concatenate(older_items)] = -np.inf
+    return scores
+
+
 def top_k_items(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
-    """(N, V) scores -> (N, k) item indices, best first, never an excluded item."""
-    masked = np.where(excluded, -np.inf, scores)
-    k = min(k, masked.shape[1])
-    part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """(N, V) scores and exclusions -> (N, min(k, V)) item indices, best first; -1 where no rankable item is left."""
+    items, values = top_k(np.where(excluded, -np.inf, scores).astype(np.float32), k)
+    return np.where(np.isneginf(values), -1, items)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
@@ -88,7 +134,7 @@ def evaluate_holdout(
         ranks.append(target_ranks(scores, targets[window], excluded))
         top = top_k_items(scores, excluded, max(ks))
         for k in ks:
-            recommended[k].update(np.unique(top[:, :k]).tolist())
+            recommended[k].update(np.unique(top[:, :k][top[:, :k] >= 0]).tolist())
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     result = metrics_from_ranks(all_ranks, ks)
     for k in ks:

@@ -67,6 +67,7 @@ class NextItemModel(keras.Model):
                           "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `score_last(inputs)` -> (logits of the last step (B, num_items), its attention row (B, T)).
+    `encode_last(inputs)` -> (user vector of the last step (B, embedding_dim), its attention row (B, T)).
     """
 
     def __init__(
@@ -143,6 +144,12 @@ class NextItemModel(keras.Model):
     def call(self, inputs, training=False):
         user_vectors, _ = self.encode(inputs, training=training)
         return self.item_logits(user_vectors)
+
+    def encode_last(self, inputs):
+        """-> (user vector after the last event (B, D), that step's attention row (B, T)); batch scoring multiplies
+        the vectors with the item table outside the model."""
+        user_vectors, weights = self.encode(inputs, training=False)
+        return user_vectors[:, -1, :], weights[:, -1, :]
 
     def score_last(self, inputs):
         user_vectors, weights = self.encode(inputs, training=False)

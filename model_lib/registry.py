@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.types.schema import ColSpec, Schema
 
 from model_lib.config import Settings
+from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.scoring import Recommender
 
 CHAMPION = "champion"
@@ -36,33 +38,40 @@ def configure(settings: Settings) -> MlflowClient:
 
 
 def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_len: int, k: int) -> pd.DataFrame:
-    """`history` (raw item ids, oldest first) and optional aligned `event_types` per row -> top-K raw ids.
+    """`history` (raw item ids, oldest first) and optional aligned `event_types` and `timestamps` (ISO-8601) per row
+    -> top-K raw item ids with scores, the reason item and the source ('model', or 'popular' for a history of
+    unknown items only)."""
 
-    Without timestamps the gap buckets are approximated (first event, then "within a second").
-    """
-    types_column = frame["event_types"] if "event_types" in frame else [None] * len(frame)
+    def column(name: str) -> list:
+        if name not in frame:
+            return [None] * len(frame)
+        return [None if value is None else list(value) for value in frame[name]]
+
     rows = [
-        recommender.encode_history(list(history), None if types is None else list(types), seq_len)
-        for history, types in zip(frame["history"], types_column, strict=True)
+        recommender.encode_history(list(history), types, stamps, seq_len)
+        for history, types, stamps in zip(frame["history"], column("event_types"), column("timestamps"), strict=True)
     ]
-    items, types, gaps = (np.stack(column) for column in zip(*rows, strict=True))
-    result = recommender.recommend(
-        {"items": items, "event_types": types, "gaps": gaps}, [np.zeros(0, int)] * len(items), k
-    )
+    items, types, gaps = (np.stack(values) for values in zip(*rows, strict=True))
+    result = recommender.recommend({"items": items, "event_types": types, "gaps": gaps}, [NO_ITEMS] * len(items), k)
     ids = recommender.item_ids
+    valid = np.isfinite(result.scores)
     return pd.DataFrame(
         {
-            "item_ids": [list(ids[row]) for row in result.items],
-            "scores": [list(map(float, row)) for row in result.scores],
+            "item_ids": [list(ids[row[keep]]) for row, keep in zip(result.items, valid, strict=True)],
+            "scores": [list(map(float, row[keep])) for row, keep in zip(result.scores, valid, strict=True)],
             "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
+            "source": result.sources,
         }
     )
 
 
+NO_ITEMS = np.zeros(0, np.int64)
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types`
-    (aligned list) -> a DataFrame with `item_ids`, `scores` (top-K, best first) and `reason_item_id`.
-    The parameter `k` overrides the number of recommendations."""
+    """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types` and
+    `timestamps` (aligned lists) -> a DataFrame with `item_ids`, `scores` (top-K unseen items, best first),
+    `reason_item_id` and `source`. The parameter `k` overrides the number of recommendations."""
 
     def __init__(self, seq_len: int = 50, top_k: int = 20):
         self.seq_len = seq_len
@@ -76,23 +85,32 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         return recommend_from_raw_ids(self.recommender, model_input, self.seq_len, k)
 
 
-def log_recommender(recommender: Recommender, settings: Settings) -> str:
-    """Logs the recommender as a pyfunc model (with signature and input example) in the active run."""
-    shown = min(5, recommender.num_items - 2)
+def log_recommender(recommender: Recommender, settings: Settings, documents: dict[str, Path] | None = None) -> str:
+    """Logs the recommender as a pyfunc model (signature, input example) in the active run; `documents` (the model
+    card and its chart) travel inside the model version's artifacts."""
+    shown = min(5, recommender.num_items - FIRST_ITEM_INDEX)
     example = pd.DataFrame(
         {
-            "history": [list(recommender.item_ids[2 : 2 + shown])],
+            "history": [list(recommender.item_ids[FIRST_ITEM_INDEX : FIRST_ITEM_INDEX + shown])],
             "event_types": [[recommender.event_types[0]] * shown],
+            "timestamps": [[f"2024-01-01T00:0{minute}:00+00:00" for minute in range(shown)]],
         }
     )
     output = recommend_from_raw_ids(recommender, example, settings.seq_len, settings.top_k)
+    inferred = mlflow.models.infer_signature(example, output, params={"k": settings.top_k})
+    signature = mlflow.models.ModelSignature(
+        # Event types and timestamps are optional.
+        inputs=Schema([ColSpec(c.type, c.name, required=c.name == "history") for c in inferred.inputs.inputs]),
+        outputs=inferred.outputs,
+        params=inferred.params,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = recommender.save(Path(tmp) / "recommender")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
-            artifacts={"recommender": str(folder)},
-            signature=mlflow.models.infer_signature(example, output, params={"k": settings.top_k}),
+            artifacts={"recommender": str(folder), **{name: str(path) for name, path in (documents or {}).items()}},
+            signature=signature,
             input_example=example,
         )
     return info.model_uri

@@ -1,7 +1,11 @@
 """A trained model together with its vocabulary: scoring, top-K with reasons, and its on-disk form.
 
+Scoring a batch of users: one forward pass gives each user's vector after the last event (B, D) and that step's
+attention row; one float32 matrix multiply against the item table (D + 1, V), with the item bias folded in as a
+last row, gives the scores; seen items are set to -inf by a scatter; `metrics.top_k` selects the top K.
+
 The folder form (`save` / `load`) is what travels inside each registered MLflow model version:
-    model_config.json   constructor arguments of NextItemModel + the event types it was trained with
+    model_config.json   format version, constructor arguments of NextItemModel, the event types it was trained with
     model.weights.h5    Keras weights
     vocabulary.parquet  item_index, item_id, count (index 0 = padding, 1 = unknown item)
 """
@@ -17,16 +21,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.metrics import seen_mask, top_k_items
+from model_lib.metrics import exclude_seen, top_k
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
 
 SOURCE_MODEL = "model"
 SOURCE_POPULAR = "popular"
+# Bumped whenever the folder form or the meaning of the model's inputs changes; a registered version written in
+# another format is refused at load time instead of scoring garbage.
+FORMAT_VERSION = 2
+# Users scored per matrix multiply: bounds the (users x catalogue) float32 score block (50k items: 50 MB).
+SCORING_BATCH = 256
 
 
 @dataclass
 class Recommendations:
-    """Per user (rows) the top-K item indices with scores, the source and the reason item index (or -1)."""
+    """Per user (rows) the top-K item indices with scores, the source and the reason item index (or -1).
+
+    A user with fewer than K rankable items left has -inf scores in the trailing positions: those are no items.
+    """
 
     items: np.ndarray  # (B, K) int
     scores: np.ndarray  # (B, K) float32
@@ -46,44 +58,68 @@ class Recommender:
         counts[vocabulary["item_index"].to_numpy()] = vocabulary["count"].to_numpy()
         self.popularity = counts
         self.index_of = dict(zip(vocabulary["item_id"], vocabulary["item_index"].astype(int), strict=True))
+        # Padding, unknown, and any index the stable vocabulary left free never rank: their bias is -inf.
+        rankable = self.item_ids != ""
+        rankable[:FIRST_ITEM_INDEX] = False
+        table = np.asarray(model.item_embedding.embeddings, dtype=np.float32)
+        bias = np.where(rankable, np.asarray(model.item_bias, dtype=np.float32), -np.inf).astype(np.float32)
+        self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :]]))
+        self.popular_scores = np.where(rankable, counts, -np.inf).astype(np.float32)
+        self._encode_last = None
 
     # --- scoring ---
-    def score(self, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
-        """(B, T) inputs -> (B, V) float32 logits of the next item after the last event."""
-        return self.score_with_attention(inputs, batch_size)[0]
+    def encode(self, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) inputs -> user vectors with a trailing 1 (B, D + 1) float32, last-step attention (B, T)."""
+        if self._encode_last is None:
+            import tensorflow as tf
 
-    def score_with_attention(self, inputs: dict[str, np.ndarray], batch_size: int = 1024):
-        scores, attention = [], []
+            # Traced once for any batch shape: eager Keras would re-dispatch every layer on every batch.
+            spec = tf.TensorSpec((None, None), tf.int32)
+            self._encode_last = tf.function(
+                self.model.encode_last, input_signature=[{"items": spec, "event_types": spec, "gaps": spec}]
+            )
+        vectors, attention = [], []
         for start in range(0, len(inputs["items"]), batch_size):
             batch = {
                 name: np.asarray(values[start : start + batch_size], dtype=np.int32) for name, values in inputs.items()
             }
-            logits, weights = self.model.score_last(batch)
-            scores.append(np.asarray(logits, dtype=np.float32))
+            user_vectors, weights = self._encode_last(batch)
+            vectors.append(np.asarray(user_vectors, dtype=np.float32))
             attention.append(np.asarray(weights, dtype=np.float32))
-        if not scores:
-            steps = inputs["items"].shape[1] if inputs["items"].ndim == 2 else 0
-            return np.zeros((0, self.num_items), np.float32), np.zeros((0, steps), np.float32)
-        return np.concatenate(scores), np.concatenate(attention)
+        if not vectors:
+            steps = inputs["items"].shape[1] if np.ndim(inputs["items"]) == 2 else 0
+            return np.zeros((0, self.item_matrix.shape[0]), np.float32), np.zeros((0, steps), np.float32)
+        user_vectors = np.concatenate(vectors)
+        ones = np.ones((len(user_vectors), 1), np.float32)
+        return np.hstack([user_vectors, ones]), np.concatenate(attention)
+
+    def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, T) inputs -> (B, V) float32 scores of the next item after the last event (-inf: never rankable)."""
+        return self.encode(inputs)[0] @ self.item_matrix
 
     def recommend(self, inputs: dict[str, np.ndarray], older_items: list[np.ndarray], k: int) -> Recommendations:
         """Top-K unseen items per user; users with no known item in their history get the most popular ones."""
         items = np.asarray(inputs["items"])
-        scores, attention = self.score_with_attention(inputs)
-        # Indices without an item (padding, unknown, and any index the stable vocabulary left free) never rank.
-        excluded = seen_mask(items, older_items, self.num_items) | (self.item_ids == "")[None, :]
+        vectors, attention = self.encode(inputs)
         known = (items >= FIRST_ITEM_INDEX).any(axis=1)
-        cold = ~known
-        if cold.any():
-            scores[cold] = self.popularity
-        top = top_k_items(scores, excluded, k)
-        top_scores = np.take_along_axis(scores, top, axis=1)
+        top_items, top_scores = [], []
+        for start in range(0, len(items), SCORING_BATCH):
+            window = slice(start, start + SCORING_BATCH)
+            scores = vectors[window] @ self.item_matrix
+            scores[~known[window]] = self.popular_scores
+            exclude_seen(scores, items[window], older_items[window])
+            chosen, values = top_k(scores, k)
+            top_items.append(chosen)
+            top_scores.append(values)
+        width = min(k, self.num_items)
+        top = np.concatenate(top_items) if top_items else np.zeros((0, width), np.int64)
+        scores = np.concatenate(top_scores) if top_scores else np.zeros((0, width), np.float32)
         # Reason: the known history item the last step attended to most.
         weights = np.where(items >= FIRST_ITEM_INDEX, attention, -1.0)
         reason_positions = weights.argmax(axis=1)
         reasons = np.where(known, items[np.arange(len(items)), reason_positions], -1)
-        sources = np.where(cold, SOURCE_POPULAR, SOURCE_MODEL)
-        return Recommendations(top, top_scores, sources, reasons)
+        sources = np.where(known, SOURCE_MODEL, SOURCE_POPULAR)
+        return Recommendations(top, scores, sources, reasons)
 
     def translation_from(self, item_ids: np.ndarray) -> np.ndarray:
         """index -> raw id of another vocabulary (e.g. the day's) -> an array mapping its indices to this model's.
@@ -96,24 +132,36 @@ class Recommender:
         return lookup
 
     # --- raw ids in and out ---
-    def encode_history(self, item_ids: list[str], event_types: list[str] | None, seq_len: int) -> tuple:
-        """Raw item ids (oldest first) -> one left-padded row of (items, event types, gap buckets)."""
+    def encode_history(
+        self, item_ids: list[str], event_types: list[str] | None, timestamps: list | None, seq_len: int
+    ) -> tuple:
+        """Raw item ids (oldest first), optional aligned event types and timestamps -> one left-padded row of
+        (items, event types, gap buckets).
+
+        Without event types every event counts as the first configured type; without timestamps the gaps are
+        approximated (the first event, then "within a second").
+        """
         recent = list(item_ids)[-seq_len:]
         types = list(event_types)[-seq_len:] if event_types is not None else [self.event_types[0]] * len(recent)
+        if timestamps is not None:
+            gaps = gap_buckets(list(timestamps)[-seq_len:], int(self.model.num_gap_buckets) - 1)
+        else:
+            gaps = np.array([1] + [2] * (len(recent) - 1), np.int32)[: len(recent)]
+        if not len(types) == len(gaps) == len(recent):
+            raise ValueError("history, event_types and timestamps must have the same length")
+        offset = seq_len - len(recent)
         row_items = np.zeros(seq_len, np.int32)
         row_types = np.zeros(seq_len, np.int32)
         row_gaps = np.zeros(seq_len, np.int32)
-        offset = seq_len - len(recent)
-        for position, (item, kind) in enumerate(zip(recent, types, strict=True)):
-            row_items[offset + position] = self.index_of.get(item, 1)
-            row_types[offset + position] = self.event_types.index(kind) + 1 if kind in self.event_types else 1
-            row_gaps[offset + position] = 1 if position == 0 else 2
+        row_items[offset:] = [self.index_of.get(item, UNKNOWN_ITEM_INDEX) for item in recent]
+        row_types[offset:] = [self.event_types.index(kind) + 1 if kind in self.event_types else 1 for kind in types]
+        row_gaps[offset:] = gaps
         return row_items, row_types, row_gaps
 
     # --- folder form ---
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"model": self.model.get_config(), "event_types": self.event_types}
+        config = {"format": FORMAT_VERSION, "model": self.model.get_config(), "event_types": self.event_types}
         config["model"].pop("name", None)
         config["model"].pop("trainable", None)
         config["model"].pop("dtype", None)
@@ -130,10 +178,28 @@ class Recommender:
         from model_lib.model import NextItemModel
 
         config = json.loads((Path(folder) / "model_config.json").read_text())
+        if config.get("format") != FORMAT_VERSION:
+            raise IncompatibleModelError(
+                f"the model in {folder} has format {config.get('format')}, this code reads format {FORMAT_VERSION}: "
+                "retrain it (reco_training) or score it with the code version in its `code_version` tag"
+            )
         model = NextItemModel(**config["model"])
         build_model(model)
         model.load_weights(Path(folder) / "model.weights.h5")
         return cls(model, pd.read_parquet(Path(folder) / "vocabulary.parquet"), config["event_types"])
+
+
+class IncompatibleModelError(RuntimeError):
+    """A registered model this code cannot score correctly."""
+
+
+def gap_buckets(timestamps: list, max_bucket: int) -> np.ndarray:
+    """Timestamps (ISO-8601 strings or datetimes, oldest first) -> gap buckets exactly as `events.gap_bucket`
+    computes them in Spark: 1 for the first event, else 2 + floor(log2(1 + gap seconds)), capped at max_bucket."""
+    seconds = pd.to_datetime(pd.Series(timestamps), utc=True, format="ISO8601").astype("int64").to_numpy() / 1e9
+    gaps = np.maximum(np.diff(seconds), 0.0)
+    buckets = np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int32) + 2, max_bucket)
+    return np.concatenate([[1], buckets]).astype(np.int32)[: len(timestamps)]
 
 
 def build_model(model) -> None:
@@ -178,17 +244,18 @@ def score_partition(
         }
         older = [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]]
         result = recommender.recommend(inputs, older, k)
-        users, width = len(batch), result.items.shape[1]
+        # A user with fewer than K unseen items gets fewer rows: trailing -inf positions hold no item.
+        users, ranks = np.nonzero(np.isfinite(result.scores))
         reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
         yield pd.DataFrame(
             {
                 "ds": ds,
-                "user_id": np.repeat(batch["user_id"].to_numpy(), width),
-                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), users),
-                "item_id": recommender.item_ids[result.items.ravel()],
-                "score": result.scores.ravel().astype(np.float64),
-                "source": np.repeat(result.sources, width),
-                "reason_item_id": np.repeat(reason_ids, width),
+                "user_id": batch["user_id"].to_numpy()[users],
+                "rank": (ranks + 1).astype(np.int32),
+                "item_id": recommender.item_ids[result.items[users, ranks]],
+                "score": result.scores[users, ranks].astype(np.float64),
+                "source": result.sources[users],
+                "reason_item_id": reason_ids[users],
                 "model_name": model_name,
                 "model_version": np.int32(version),
             }

@@ -1,4 +1,4 @@
-"""Small sequence tables for training tests: a learnable toy task, written as the sessionize job's Parquet files."""
+"""Small sequence tables for tests: a learnable toy task, written as the sessionize job's Parquet files."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def write_sequence_files(sequences: Sequences, folder: Path, files: int = 2) -> 
             "event_type_indices": list(sequences.event_types),
             "gap_buckets": list(sequences.gaps),
             "older_item_indices": list(sequences.older_items),
+            "length": (sequences.items > 0).sum(axis=1).astype(np.int32),
         }
     )
     paths = []
@@ -48,3 +49,24 @@ def write_sequence_files(sequences: Sequences, folder: Path, files: int = 2) -> 
         frame.iloc[part::files].to_parquet(path, index=False)
         paths.append(path)
     return paths
+
+
+def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents: dict | None = None):
+    """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
+    -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
+    import keras
+    import mlflow
+
+    from model_lib import registry
+    from model_lib.model import NextItemModel
+    from model_lib.scoring import Recommender, build_model
+
+    keras.utils.set_random_seed(seed)
+    model = NextItemModel(num_items, settings.num_event_types, settings.num_gap_buckets, embedding_dim=8, hidden_dim=8)
+    build_model(model)
+    indices = np.arange(2, num_items)
+    vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
+    client = registry.configure(settings)
+    with mlflow.start_run(run_name="tiny"):
+        uri = registry.log_recommender(Recommender(model, vocabulary, settings.event_types), settings, documents)
+    return registry.register(client, uri, settings, tags={"purpose": "test"}), vocabulary

@@ -1,0 +1,87 @@
+"""The registered pyfunc model in a real MLflow store: raw ids in and out, timestamps, K beyond the catalogue,
+the model card inside the version, and models of another format refused."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sequence_files import register_tiny_model
+
+from model_lib import registry
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from model_lib.config import get_settings
+
+    tmp_path = tmp_path_factory.mktemp("registry")
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
+    card = tmp_path / "model_card.md"
+    card.write_text("# Model card\n")
+    version, vocabulary = register_tiny_model(settings, documents={"model_card": card})
+    return settings, version, vocabulary, mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+
+
+def test_the_pyfunc_takes_histories_with_types_and_timestamps(served):
+    settings, version, vocabulary, model = served
+    assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types", "timestamps"}
+    history = ["i5", "i9", "i4"]
+    quick = ["2024-01-01T10:00:00+00:00", "2024-01-01T10:00:01+00:00", "2024-01-01T10:00:02+00:00"]
+    slow = ["2024-01-01T10:00:00+00:00", "2024-01-03T10:00:00+00:00", "2024-01-09T10:00:00+00:00"]
+    frame = pd.DataFrame({"history": [history, history], "event_types": [["view"] * 3] * 2, "timestamps": [quick, slow]})
+    out = model.predict(frame, params={"k": 5})
+    assert out["source"].tolist() == ["model", "model"]
+    for row in range(2):
+        items = list(out["item_ids"][row])
+        assert len(set(items)) == 5 and not set(items) & set(history)
+        assert list(out["scores"][row]) == sorted(out["scores"][row], reverse=True)
+        assert out["reason_item_id"][row] in history
+    assert out["scores"][0] != out["scores"][1], "the time gaps must reach the model"
+
+
+def test_k_beyond_the_catalogue_returns_every_unseen_item_once(served):
+    settings, version, vocabulary, model = served
+    out = model.predict(pd.DataFrame({"history": [["i5", "i9", "nope"]]}), params={"k": 500})
+    items = list(out["item_ids"][0])
+    assert len(items) == len(set(items)) == len(vocabulary) - 2
+    assert not {"i5", "i9", "nope", ""} & set(items)
+
+
+def test_a_history_of_unknown_items_gets_the_most_popular(served):
+    settings, version, vocabulary, model = served
+    out = model.predict(pd.DataFrame({"history": [["nope", "never"]]}), params={"k": 3})
+    assert list(out["item_ids"][0]) == ["i2", "i3", "i4"] and out["source"][0] == "popular"
+    assert out["reason_item_id"][0] is None
+
+
+def test_the_model_card_travels_with_the_version(served):
+    settings, version, vocabulary, model = served
+    folder = mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}")
+    assert (pd.io.common.Path(folder) / "artifacts" / "model_card.md").read_text().startswith("# Model card")
+
+
+def test_a_model_in_another_format_is_refused(served, tmp_path):
+    from model_lib.scoring import IncompatibleModelError, Recommender
+
+    settings, version, vocabulary, model = served
+    folder = model.unwrap_python_model().recommender.save(tmp_path / "saved")
+    config = json.loads((folder / "model_config.json").read_text())
+    config["format"] = 1
+    (folder / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(IncompatibleModelError, match="format 1"):
+        Recommender.load(folder)
+
+
+def test_timestamps_give_the_same_gap_buckets_as_the_spark_job(spark):
+    from pyspark.sql import functions as F
+
+    from model_lib.events import gap_bucket
+    from model_lib.scoring import gap_buckets
+
+    gaps = [0, 1, 2, 3, 7, 8, 59, 60, 3600, 86_400, 10**7, 10**9]
+    stamps = np.cumsum([0, *gaps]).astype("datetime64[s]").astype(str).tolist()
+    frame = spark.createDataFrame([(float(g),) for g in gaps], "gap double")
+    expected = [r[0] for r in frame.select(gap_bucket(F.col("gap"), 20)).collect()]
+    assert gap_buckets(stamps, 20).tolist() == [1, *expected]
