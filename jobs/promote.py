@@ -99,7 +99,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         new, old = scores["challenger"]["ndcg_10"], scores["champion"]["ndcg_10"]
         promoted = new - old > settings.promote_margin
         verdict = "beats" if promoted else "does not beat"
-        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than the margin {settings.promote_margin}"
+        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.promote_margin}"
     tags = {"gate_ds": ds.isoformat(), "gate_decision": "promoted" if promoted else "held", "gate_reason": reason}
     if champion is not None:
         tags["champion_comparison"] = (
@@ -129,7 +129,7 @@ def rollback(settings: Settings) -> dict:
     if previous is None:
         raise LookupError(f"champion v{current} has no previous champion recorded")
     client.set_registered_model_alias(settings.model_name, registry.CHAMPION, previous)
-    client.set_model_version_tag(settings.model_name, str(current), "rolled_back", f"champion moved back to v{previous}")
+    client.set_model_version_tag(settings.model_name, str(current), "rolled_back", f"champion back to v{previous}")
     return {"champion": int(previous), "rolled_back_from": current}
 
 

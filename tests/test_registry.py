@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 from sequence_files import register_tiny_model
 
-from model_lib import registry
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
@@ -30,7 +28,9 @@ def test_the_pyfunc_takes_histories_with_types_and_timestamps(served):
     history = ["i5", "i9", "i4"]
     quick = ["2024-01-01T10:00:00+00:00", "2024-01-01T10:00:01+00:00", "2024-01-01T10:00:02+00:00"]
     slow = ["2024-01-01T10:00:00+00:00", "2024-01-03T10:00:00+00:00", "2024-01-09T10:00:00+00:00"]
-    frame = pd.DataFrame({"history": [history, history], "event_types": [["view"] * 3] * 2, "timestamps": [quick, slow]})
+    frame = pd.DataFrame(
+        {"history": [history, history], "event_types": [["view"] * 3] * 2, "timestamps": [quick, slow]}
+    )
     out = model.predict(frame, params={"k": 5})
     assert out["source"].tolist() == ["model", "model"]
     for row in range(2):
