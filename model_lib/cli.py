@@ -7,7 +7,7 @@ reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
-reco bench accuracy | sessionize   the benchmarks under bench/ (one JSON line per result)
+reco bench accuracy | scoring | sessionize   the benchmarks under bench/ (one JSON line per result)
 reco settings                  the effective configuration
 """
 
@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--users", type=int, default=5)
     summary.set_defaults(handler=_summary)
 
-    bench = commands.add_parser("bench", help="benchmarks: accuracy (model vs baselines), sessionize (speed)")
+    bench = commands.add_parser(
+        "bench", help="benchmarks: accuracy (model vs baselines), scoring (users/s), sessionize (speed)"
+    )
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.set_defaults(handler=None, job=None)
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCHMARKS = {"accuracy": "bench.accuracy", "sessionize": "bench.sessionize_bench"}
+BENCHMARKS = {"accuracy": "bench.accuracy", "scoring": "bench.scoring", "sessionize": "bench.sessionize_bench"}
 
 
 def _settings_json() -> str:

@@ -91,3 +91,25 @@ def read_sequences(source: Path | list[Path]):
         older_items=[np.asarray(values, dtype=np.int64) for values in frame["older_item_indices"]],
         times=stacked("event_times", np.int64) if "event_times" in frame.columns else None,
     )
+
+
+def write_sequences(sequences, folder: Path, files: int = 2) -> list[Path]:
+    """splits.Sequences -> `files` Parquet files (users dealt round-robin) in the sequence contract's columns, as
+    lake/sequences/ds=D/ holds them. For tests and benchmarks; the pipeline's own writer is the Spark job."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(
+        {
+            "user_id": sequences.user_ids,
+            "item_indices": list(sequences.items),
+            "event_type_indices": list(sequences.event_types),
+            "gap_buckets": list(sequences.gaps),
+            "older_item_indices": list(sequences.older_items),
+            "length": sequences.lengths.astype(np.int32),
+        }
+    )
+    paths = []
+    for part in range(files):
+        path = folder / f"part-{part:05d}.parquet"
+        frame.iloc[part::files].to_parquet(path, index=False)
+        paths.append(path)
+    return paths

@@ -49,7 +49,7 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) 
     return np.where(targets >= FIRST_ITEM_INDEX, ranks, np.inf)
 
 
-# Block size of the top-K pre-selection: small enough that K blocks hold few candidates, large enough that the
+# Largest block of the top-K pre-selection: small enough that K blocks hold few candidates, large enough that the
 # block maxima are a cheap, cache-friendly pass.
 TOP_K_BLOCK = 128
 
@@ -58,20 +58,21 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, V) scores, -inf where an item must not be recommended -> (N, min(k, V)) item indices and their scores,
     best first, equal scores in item order.
 
-    A row with fewer than k rankable items ends in -inf scores; callers drop those positions. Over a large catalogue
-    the K best items lie in the K blocks of TOP_K_BLOCK items with the largest maxima (every item outside them
-    scores at most the K-th largest block maximum, and those K maxima are candidates), so only K * TOP_K_BLOCK
-    candidates per row are partitioned instead of V.
+    A row with fewer than k rankable items ends in -inf scores; callers drop those positions. The K best items lie
+    in the K blocks (of up to TOP_K_BLOCK consecutive items) with the largest maxima: every item outside them scores
+    at most the K-th largest block maximum, and those K maxima are candidates themselves. So only K blocks per row
+    are partitioned instead of all V items.
     """
     rows, width = scores.shape
     k = min(k, width)
     if k == 0:
         return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), scores.dtype)
-    starts = np.arange(0, width, TOP_K_BLOCK)
-    if len(starts) > 2 * k:
+    block = min(TOP_K_BLOCK, width // (4 * k))  # at least 4K blocks, so K of them are a small share
+    if block >= 8:
+        starts = np.arange(0, width, block)
         block_max = np.maximum.reduceat(scores, starts, axis=1)
         best_blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]
-        columns = (starts[best_blocks][:, :, None] + np.arange(TOP_K_BLOCK)).reshape(rows, -1)
+        columns = (starts[best_blocks][:, :, None] + np.arange(block)).reshape(rows, -1)
         inside = columns < width  # the last block may be short
         columns = np.minimum(columns, width - 1)
         values = np.where(inside, np.take_along_axis(scores, columns, axis=1), -np.inf)

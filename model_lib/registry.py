@@ -122,6 +122,16 @@ def register(client: MlflowClient, model_uri: str, settings: Settings, tags: dic
     return int(version.version)
 
 
+def register_recommender(
+    recommender: Recommender, settings: Settings, run_name: str, tags: dict[str, str], documents=None
+) -> int:
+    """A run of its own holding the model, registered as the new `challenger` (tests, benchmarks, imports)."""
+    client = configure(settings)
+    with mlflow.start_run(run_name=run_name):
+        uri = log_recommender(recommender, settings, documents)
+    return register(client, uri, settings, tags)
+
+
 def alias_version(client: MlflowClient, settings: Settings, alias: str) -> int | None:
     """The version an alias points to, or None when the alias (or the model) does not exist."""
     try:

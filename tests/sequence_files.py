@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -30,32 +28,10 @@ def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event
     )
 
 
-def write_sequence_files(sequences: Sequences, folder: Path, files: int = 2) -> list[Path]:
-    """The sequences as `files` Parquet files (users dealt round-robin), like lake/sequences/ds=D/."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(
-        {
-            "user_id": sequences.user_ids,
-            "item_indices": list(sequences.items),
-            "event_type_indices": list(sequences.event_types),
-            "gap_buckets": list(sequences.gaps),
-            "older_item_indices": list(sequences.older_items),
-            "length": (sequences.items > 0).sum(axis=1).astype(np.int32),
-        }
-    )
-    paths = []
-    for part in range(files):
-        path = folder / f"part-{part:05d}.parquet"
-        frame.iloc[part::files].to_parquet(path, index=False)
-        paths.append(path)
-    return paths
-
-
 def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents: dict | None = None):
     """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
     -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
     import keras
-    import mlflow
 
     from model_lib import registry
     from model_lib.model import NextItemModel
@@ -66,7 +42,5 @@ def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents:
     build_model(model)
     indices = np.arange(2, num_items)
     vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
-    client = registry.configure(settings)
-    with mlflow.start_run(run_name="tiny"):
-        uri = registry.log_recommender(Recommender(model, vocabulary, settings.event_types), settings, documents)
-    return registry.register(client, uri, settings, tags={"purpose": "test"}), vocabulary
+    recommender = Recommender(model, vocabulary, settings.event_types)
+    return registry.register_recommender(recommender, settings, "tiny", {"purpose": "test"}, documents), vocabulary

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from processes import free_port
-from sequence_files import cycle_sequences, write_sequence_files
+from sequence_files import cycle_sequences
+
+from model_lib.lake import write_sequences
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -26,7 +28,7 @@ def test_two_workers_end_with_identical_trained_weights(tmp_path):
     num_items = 30
     folder = tmp_path / "sequences"
     # Two files, so each worker trains on different users: only synchronised gradients keep them identical.
-    write_sequence_files(cycle_sequences(200, num_items, 8), folder, files=2)
+    write_sequences(cycle_sequences(200, num_items, 8), folder, files=2)
     cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     root = Path(__file__).resolve().parents[1]
     workers = []

@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import cycle_sequences, write_sequence_files
+from sequence_files import cycle_sequences
 
+from model_lib.lake import write_sequences
 from model_lib.metrics import seen_mask
 from model_lib.splits import protocol_split
 
@@ -64,7 +65,7 @@ def test_learns_a_sequential_task_far_above_chance(settings, tmp_path):
 
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8)
-    files = write_sequence_files(sequences, tmp_path / "sequences")
+    files = write_sequences(sequences, tmp_path / "sequences")
     tuned = settings.model_copy(
         update={
             "epochs": 12,

@@ -74,7 +74,7 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
     settings, env, ds, logs = pipeline
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
-    assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types"}
+    assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types", "timestamps"}
     vocabulary = pd.read_parquet(settings.vocab_dir(trained_day(ds)))
     history = vocabulary["item_id"].head(3).tolist()
     out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
@@ -145,6 +145,9 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     assert decision["promoted"] is False, decision
     assert decision["champion_ndcg_10"] > decision["challenger_ndcg_10"]
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
+    tags = client.get_model_version(settings.model_name, str(weak)).tags
+    assert tags["gate_decision"] == "held" and "does not beat v1" in tags["gate_reason"]
+    assert tags["champion_comparison"].startswith("v2 ")
 
     promote.promote_version(settings, weak)
     assert registry.alias_version(client, settings, registry.CHAMPION) == 2

@@ -8,9 +8,10 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import register_tiny_model, write_sequence_files
+from sequence_files import register_tiny_model
 
 from model_lib.config import get_settings
+from model_lib.lake import write_sequences
 from model_lib.splits import Sequences
 
 pytestmark = pytest.mark.spark
@@ -46,7 +47,7 @@ def test_batch_scoring(spark, tmp_path):
         np.where(items > 0, 3, 0).astype(np.int32),
         older,
     )
-    write_sequence_files(sequences, settings.sequences_dir(DS), files=3)
+    write_sequences(sequences, settings.sequences_dir(DS), files=3)
 
     first = recommend.run(settings, DS, version=version, k=500)
     digests = file_digests(settings.recommendations_dir(DS))

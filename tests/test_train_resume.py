@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from processes import run_ok
-from sequence_files import cycle_sequences, write_sequence_files
+from sequence_files import cycle_sequences
+
+from model_lib.lake import write_sequences
 
 DS = "2024-03-01"
 EPOCHS = 40
@@ -40,7 +42,7 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     }
     settings = get_settings(data_dir=data, seq_len=8)
     ds = parse_ds(DS)
-    write_sequence_files(cycle_sequences(300, 40, 8), settings.sequences_dir(ds))
+    write_sequences(cycle_sequences(300, 40, 8), settings.sequences_dir(ds))
     settings.vocab_dir(ds).mkdir(parents=True)
     pd.DataFrame(
         {"item_id": [f"i{k}" for k in range(2, 40)], "item_index": np.arange(2, 40, dtype=np.int32), "count": 10}

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sequence_files import cycle_sequences, write_sequence_files
+from sequence_files import cycle_sequences
 
+from model_lib.lake import write_sequences
 from model_lib.splits import Sequences, protocol_split
 from model_lib.training import (
     TrainingRows,
@@ -100,7 +101,7 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
 
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8, event_types=3)
-    files = write_sequence_files(sequences, tmp_path / "sequences")
+    files = write_sequences(sequences, tmp_path / "sequences")
     tuned = settings.model_copy(
         update={
             **TINY,
@@ -124,7 +125,7 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
 def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
     from model_lib.training import train_next_item_model
 
-    files = write_sequence_files(cycle_sequences(200, 30, 8), tmp_path / "sequences")
+    files = write_sequences(cycle_sequences(200, 30, 8), tmp_path / "sequences")
     tuned = settings.model_copy(update={**TINY, "patience": 10})
     checkpoints = tmp_path / "checkpoints"
     first = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 2}), checkpoints, verbose=0)

@@ -1,0 +1,278 @@
+"""Scoring-throughput benchmark: the nightly batch scoring against Spark ALS and the machine's own multiply rate.
+
+    reco bench scoring                               # ML-1M, then a synthetic 100,000 users x 50,000 items
+    reco bench scoring --dataset ml-1m | synthetic [--users N --items M] [--no-als]
+
+For each data set, in the same run and for the same users (top-K over the whole catalogue, K = 20):
+  job        jobs/recommend.py's transform + Parquet write on the local Spark session (mapInPandas, Arrow), users/s;
+             `cold` includes each Python worker's TensorFlow import and model load, `warm` is a second run
+  in-process the same users in one process, phase by phase (Recommender.recommend's timings): the forward pass,
+             the scoring multiply (GFLOP/s), the exclusion + top-K selection, users/s each
+  numpy      numpy float32 matmul of the same shapes (the machine's rate for this multiply), and of 2048^3
+  tf.top_k   tf.math.top_k(K) over the same score blocks, users/s
+  ALS        Spark MLlib ALS (implicit, rank 128 on ML-1M and 64 on the synthetic set; fitted for 1 iteration,
+             which does not change the recommend cost) recommendForAllUsers(K) + Parquet write, users/s. ALS does
+             not exclude seen items; the job does.
+The model has the configured sizes (embedding 64, hidden 64, sequence length RECO_SEQ_LEN, default 50) and seeded
+untrained weights: the cost of scoring does not depend on the weights. Prints one JSON line per data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model_lib.config import PROJECT_ROOT, Settings, get_settings
+from model_lib.progress import stage
+from model_lib.schemas import FIRST_ITEM_INDEX
+from model_lib.splits import Sequences
+
+DS = dt.date(2024, 1, 1)
+K = 20
+REFERENCE = {
+    "measured_on_this_kind_of_machine": {
+        "als_users_per_s": {"ml-1m": 653, "synthetic": 701},
+        "numpy_float32_gflops": [47, 62],
+        "tf_top_k_20_over_50k_users_per_s": 5779,
+    },
+    "targets": {"job_vs_als": ">= 1 (goal 3)", "multiply_vs_numpy": ">= 0.5", "top_k_vs_multiply": ">= 1"},
+}
+ALS_RANK = {"ml-1m": 128, "synthetic": 64}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+def sequences_from_interactions(users: np.ndarray, items: np.ndarray, seq_len: int) -> Sequences:
+    """(user, item index) events already in time order per user -> each user's last seq_len items, left-padded, with
+    the earlier ones as older items."""
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    counts = np.diff(np.r_[starts, len(users)])
+    rows = np.repeat(np.arange(len(starts)), counts)
+    from_end = np.repeat(starts + counts, counts) - np.arange(len(users))  # 1 for a user's last event
+    window = np.zeros((len(starts), seq_len), np.int32)
+    inside = from_end <= seq_len
+    window[rows[inside], seq_len - from_end[inside]] = items[inside]
+    older = np.split(items[~inside].astype(np.int64), np.cumsum(np.maximum(counts - seq_len, 0))[:-1])
+    return Sequences(
+        np.array([f"u{user}" for user in users[starts]], dtype=object),
+        window,
+        np.where(window > 0, 1, 0).astype(np.int32),
+        np.where(window > 0, 3, 0).astype(np.int32),
+        older,
+    )
+
+
+def movielens_inputs(seq_len: int) -> tuple[Sequences, pd.DataFrame]:
+    from model_lib.sources import movielens_folder, read_movielens_ratings
+
+    ratings = read_movielens_ratings(movielens_folder())
+    ratings = ratings.sort_values(["user_id", "timestamp"], kind="stable")
+    item_ids, item_index = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
+    user_codes = pd.factorize(ratings["user_id"])[0]
+    sequences = sequences_from_interactions(user_codes, item_index + FIRST_ITEM_INDEX, seq_len)
+    counts = np.bincount(item_index, minlength=len(item_ids))
+    vocabulary = pd.DataFrame(
+        {"item_index": np.arange(len(item_ids)) + FIRST_ITEM_INDEX, "item_id": item_ids, "count": counts}
+    )
+    return sequences, vocabulary
+
+
+def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tuple[Sequences, pd.DataFrame]:
+    """Histories of 5..2*seq_len events per user over a long-tailed catalogue (p ~ 1 / (rank + 10))."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 2 * seq_len + 1, users)
+    popularity = 1.0 / (np.arange(items) + 10.0)
+    drawn = rng.choice(items, size=int(lengths.sum()), p=popularity / popularity.sum()) + FIRST_ITEM_INDEX
+    sequences = sequences_from_interactions(np.repeat(np.arange(users), lengths), drawn, seq_len)
+    counts = np.bincount(drawn - FIRST_ITEM_INDEX, minlength=items)
+    vocabulary = pd.DataFrame(
+        {
+            "item_index": np.arange(items) + FIRST_ITEM_INDEX,
+            "item_id": [f"item{k}" for k in range(items)],
+            "count": counts,
+        }
+    )
+    return sequences, vocabulary
+
+
+def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
+    import keras
+
+    from model_lib.model import NextItemModel
+    from model_lib.scoring import Recommender, build_model
+
+    keras.utils.set_random_seed(settings.seed)
+    model = NextItemModel(
+        int(vocabulary["item_index"].max()) + 1,
+        settings.num_event_types,
+        settings.num_gap_buckets,
+        embedding_dim=settings.embedding_dim,
+        hidden_dim=settings.hidden_dim,
+    )
+    build_model(model)
+    return Recommender(model, vocabulary, settings.event_types)
+
+
+# --- measurements ---------------------------------------------------------------------------------------------
+def job_users_per_second(spark, settings: Settings, version: int, users: int) -> float:
+    from jobs import recommend
+
+    started = time.perf_counter()
+    recommend.run(settings, DS, version=version, k=K)
+    return users / (time.perf_counter() - started)
+
+
+def in_process(recommender, sequences: Sequences) -> dict:
+    timings: dict[str, float] = {}
+    inputs = sequences.model_inputs()
+    recommender.recommend({name: values[:64] for name, values in inputs.items()}, sequences.older_items[:64], K)
+    recommender.recommend(inputs, sequences.older_items, K, timings=timings)
+    users = len(sequences)
+    flops = 2.0 * users * recommender.item_matrix.shape[0] * recommender.item_matrix.shape[1]
+    return {
+        "encode_users_per_s": users / timings["encode"],
+        "multiply_users_per_s": users / timings["multiply"],
+        "multiply_gflops": flops / timings["multiply"] / 1e9,
+        "top_k_users_per_s": users / timings["top_k"],
+        "total_users_per_s": users / sum(timings.values()),
+    }
+
+
+def numpy_reference(users: int, item_matrix: np.ndarray) -> dict:
+    """The machine's float32 multiply rate for the scoring multiply's shapes, and for a square multiply."""
+    from model_lib.scoring import SCORING_BATCH
+
+    rng = np.random.default_rng(0)
+    left = rng.standard_normal((SCORING_BATCH, item_matrix.shape[0])).astype(np.float32)
+    right = rng.standard_normal(item_matrix.shape).astype(np.float32)
+    out = np.empty((SCORING_BATCH, item_matrix.shape[1]), np.float32)
+    batches = max(1, users // SCORING_BATCH)
+    np.matmul(left, right, out=out)
+    started = time.perf_counter()
+    for _ in range(batches):
+        np.matmul(left, right, out=out)
+    same_shape = 2.0 * batches * SCORING_BATCH * right.shape[0] * right.shape[1] / (time.perf_counter() - started)
+    square = rng.standard_normal((2048, 2048)).astype(np.float32)
+    square @ square
+    started = time.perf_counter()
+    square @ square
+    return {
+        "same_shape_gflops": same_shape / 1e9,
+        "square_gflops": 2.0 * 2048**3 / (time.perf_counter() - started) / 1e9,
+    }
+
+
+def tf_top_k_users_per_second(recommender, sequences: Sequences, users: int = 8192) -> float:
+    import tensorflow as tf
+
+    from model_lib.scoring import SCORING_BATCH
+
+    inputs = {name: values[:users] for name, values in sequences.model_inputs().items()}
+    vectors, _ = recommender.encode(inputs)
+    blocks = [vectors[s : s + SCORING_BATCH] @ recommender.item_matrix for s in range(0, len(vectors), SCORING_BATCH)]
+    tf.math.top_k(blocks[0], K)
+    started = time.perf_counter()
+    for block in blocks:
+        tf.math.top_k(block, K)
+    return len(vectors) / (time.perf_counter() - started)
+
+
+def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -> dict:
+    from pyspark.ml.recommendation import ALS
+
+    from model_lib.baselines import interaction_pairs
+
+    pairs = interaction_pairs(sequences)
+    started = time.perf_counter()
+    model = ALS(
+        rank=rank, maxIter=1, implicitPrefs=True, seed=1, userCol="user", itemCol="item", ratingCol="rating"
+    ).fit(spark.createDataFrame(pairs))
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    model.recommendForAllUsers(K).write.mode("overwrite").parquet(str(folder))
+    seconds = time.perf_counter() - started
+    return {"users_per_s": len(sequences) / seconds, "rank": rank, "fit_seconds_1_iteration": fit_seconds}
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------
+def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
+    from model_lib import registry
+    from model_lib.lake import write_sequences
+    from model_lib.spark import spark_session
+
+    shutil.rmtree(root, ignore_errors=True)
+    settings = get_settings(data_dir=root / "data")
+    with stage(f"bench scoring {name}: inputs") as report:
+        if name == "ml-1m":
+            sequences, vocabulary = movielens_inputs(settings.seq_len)
+        else:
+            sequences, vocabulary = synthetic_inputs(users, items, settings.seq_len)
+        write_sequences(sequences, settings.sequences_dir(DS), files=4)
+        settings.vocab_dir(DS).mkdir(parents=True)
+        vocabulary.to_parquet(settings.vocab_dir(DS) / "part-00000.parquet", index=False)
+        recommender = untrained_recommender(settings, vocabulary)
+        version = registry.register_recommender(recommender, settings, f"bench-{name}", {"purpose": "benchmark"})
+        report(users=len(sequences), items=len(vocabulary), seq_len=settings.seq_len)
+    spark = spark_session(settings, f"reco-bench-scoring-{name}")
+    result: dict = {"benchmark": "scoring", "dataset": name, "users": len(sequences), "items": len(vocabulary), "k": K}
+    with stage(f"bench scoring {name}: the recommend job (cold, then warm)") as report:
+        result["job_cold_users_per_s"] = job_users_per_second(spark, settings, version, len(sequences))
+        result["job_warm_users_per_s"] = job_users_per_second(spark, settings, version, len(sequences))
+        report(cold=round(result["job_cold_users_per_s"]), warm=round(result["job_warm_users_per_s"]))
+    if with_als:
+        with stage(f"bench scoring {name}: ALS recommendForAllUsers({K})") as report:
+            result["als"] = als_users_per_second(spark, sequences, ALS_RANK[name], root / "als")
+            report(users_per_s=round(result["als"]["users_per_s"]))
+    spark.stop()
+    with stage(f"bench scoring {name}: in-process phases, numpy and tf.top_k references") as report:
+        result["in_process"] = in_process(recommender, sequences)
+        result["numpy"] = numpy_reference(len(sequences), recommender.item_matrix)
+        result["tf_top_k_users_per_s"] = tf_top_k_users_per_second(recommender, sequences)
+        report(**{key: round(value) for key, value in result["in_process"].items()})
+    phases = result["in_process"]
+    result["ratios"] = {
+        "job_warm_vs_als": result["job_warm_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
+        "multiply_vs_numpy_same_shape": phases["multiply_gflops"] / result["numpy"]["same_shape_gflops"],
+        "multiply_vs_numpy_square": phases["multiply_gflops"] / result["numpy"]["square_gflops"],
+        "top_k_vs_multiply": phases["top_k_users_per_s"] / phases["multiply_users_per_s"],
+        "top_k_vs_tf_top_k": phases["top_k_users_per_s"] / result["tf_top_k_users_per_s"],
+    }
+    result["reference"] = REFERENCE
+    return _rounded(result)
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, float):
+        return round(value, 3) if value < 100 else round(value)
+    return value
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["ml-1m", "synthetic", "both"], default="both")
+    parser.add_argument("--users", type=int, default=100_000, help="synthetic users")
+    parser.add_argument("--items", type=int, default=50_000, help="synthetic catalogue size")
+    parser.add_argument("--no-als", action="store_true", help="skip the ALS reference")
+    parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "scoring")
+    args = parser.parse_args(argv)
+    names = ["ml-1m", "synthetic"] if args.dataset == "both" else [args.dataset]
+    results = []
+    for name in names:
+        result = run(name, args.root / name, args.users, args.items, not args.no_als)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The promotion gate's sanity checks: a model that must not become champion whatever its NDCG."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model_lib.splits import HoldOut, Sequences
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def recommender():
+    from model_lib.config import get_settings
+    from model_lib.model import NextItemModel
+    from model_lib.scoring import Recommender, build_model
+
+    settings = get_settings()
+    keras.utils.set_random_seed(2)
+    model = NextItemModel(12, settings.num_event_types, settings.num_gap_buckets, embedding_dim=4, hidden_dim=4)
+    build_model(model)
+    vocabulary = pd.DataFrame({"item_index": range(2, 12), "item_id": [f"i{k}" for k in range(2, 12)], "count": 1})
+    return Recommender(model, vocabulary, settings.event_types)
+
+
+def holdout(rows: list[list[int]]) -> HoldOut:
+    items = np.array(rows, np.int32)
+    sequences = Sequences(
+        np.array([f"u{k}" for k in range(len(rows))], dtype=object),
+        items,
+        (items > 0).astype(np.int32),
+        (items > 0).astype(np.int32) * 3,
+        [np.zeros(0, np.int64)] * len(rows),
+    )
+    return HoldOut(sequences, np.full(len(rows), 2))
+
+
+def test_a_sane_model_passes_and_each_check_names_its_problem(recommender, settings):
+    from jobs.promote import holdout_report, sanity_problems
+
+    same_ids = np.array(["", ""] + [f"i{k}" for k in range(2, 12)], dtype=object)
+    report = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), same_ids)
+    assert report["known_share"] == 1.0 and report["nan_score_rows"] == 0
+    assert sanity_problems(report, recommender, settings) == []
+
+    other_ids = np.array(["", ""] + [f"x{k}" for k in range(2, 12)], dtype=object)  # the day knows other items
+    drifted = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), other_ids)
+    assert drifted["known_share"] == 0.0
+    assert any("vocabulary knows 0.0%" in p for p in sanity_problems(drifted, recommender, settings))
+
+    broken = {**report, "nan_score_rows": 2.0, "coverage_20": 0.001}
+    problems = sanity_problems(broken, recommender, settings.model_copy(update={"event_types": ["view"]}))
+    assert [p.split()[1] for p in problems[:1]] == ["users"]
+    assert any("coverage@20 0.0010 is below" in p for p in problems)
+    assert any("event types" in p for p in problems)
