@@ -46,13 +46,18 @@ def reco_training():
         overrides = {"epochs": params["epochs"]} if params and params.get("epochs") else {}
         return job.run(get_settings(**overrides), parse_ds(ds))
 
-    @task(doc_md="Promotion gate: the challenger becomes `champion` only if it wins on the same hold-out.")
+    @task(
+        doc_md="Promotion gate: the challenger becomes `champion` only if it passes the sanity checks and wins on "
+        "the same hold-out; otherwise it stays `challenger` and the log says why."
+    )
     def promote(trained: dict, ds: str | None = None) -> dict:
         from jobs import promote as job
         from model_lib.config import get_settings, parse_ds
 
         decision = job.gate(get_settings(), parse_ds(ds), challenger=trained["version"])
-        print(f"[reco] promotion decision: {decision}")
+        outcome = "is the new champion" if decision["promoted"] else "stays challenger"
+        print(f"[reco] promotion decision: v{decision['challenger']} {outcome}: {decision['reason']}")
+        print(f"[reco] promotion decision details: {decision}")
         return decision
 
     trained = train()

@@ -76,8 +76,8 @@ class Recommender:
         if self._encode_last is None:
             import tensorflow as tf
 
-            # XLA-compiled (the LSTM loop runs ~1.5x faster on CPU), once per input shape: every batch is padded
-            # to `batch_size` rows, so a worker compiles once per sequence length.
+            # XLA-compiled (the LSTM loop runs ~1.5x faster on CPU), once per input shape: batches are padded to a
+            # power of two up to `batch_size` rows, so a worker compiles a handful of shapes per sequence length.
             spec = tf.TensorSpec((None, None), tf.int32)
             self._encode_last = tf.function(
                 self.model.encode_last,
@@ -85,6 +85,7 @@ class Recommender:
                 jit_compile=True,
             )
         users = len(inputs["items"])
+        batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
         vectors, attention = [], []
         for start in range(0, users, batch_size):
             rows = min(batch_size, users - start)

@@ -1,0 +1,30 @@
+"""`reco bench scoring` on a small synthetic catalogue: one JSON line with the job, ALS and the references."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from processes import run_ok
+
+RECO = str(Path(sys.executable).parent / "reco")
+
+
+@pytest.mark.slow
+def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
+    env = {**os.environ, "RECO_SEQ_LEN": "20", "RECO_EMBEDDING_DIM": "16", "RECO_HIDDEN_DIM": "16"}
+    command = [RECO, "bench", "scoring", "--dataset", "synthetic", "--users", "400", "--items", "3000"]
+    stdout, _ = run_ok([*command, "--root", str(tmp_path / "b")], env)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert (result["dataset"], result["users"], result["items"], result["k"]) == ("synthetic", 400, 3000, 20)
+    for rate in (result["job_cold_users_per_s"], result["job_warm_users_per_s"], result["als"]["users_per_s"]):
+        assert rate > 0
+    assert result["in_process"]["multiply_gflops"] > 0 and result["numpy"]["same_shape_gflops"] > 0
+    assert set(result["ratios"]) >= {"job_warm_vs_als", "multiply_vs_numpy_same_shape", "top_k_vs_multiply"}
+    written = tmp_path / "b" / "synthetic" / "data" / "lake" / "recommendations" / "ds=2024-01-01"
+    assert any(written.glob("*.parquet"))
