@@ -117,15 +117,21 @@ data window: check the promotion tags (champion comparison) before relying on it
     return path
 
 
-def data_window(files: list[str]) -> str:
+def data_window(files: list[Path]) -> str:
     """The first and last event time in the sequences, as ISO dates."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    times = pc.list_flatten(pq.ParquetDataset(files).read(columns=["event_times"])["event_times"])
+    columns = [
+        pc.list_flatten(pq.read_table(path, columns=["event_times"])["event_times"])
+        for path in files
+        if "event_times" in pq.read_schema(path).names
+    ]
+    times = pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.int64())
     times = pc.filter(times, pc.greater(times, 0))  # 0 is padding
     if len(times) == 0:
-        return "no events"
+        return "unknown (no event times in the sequences)"
     bounds = pc.min_max(times).as_py()
     first, last = (dt.datetime.fromtimestamp(bounds[key], dt.UTC).date().isoformat() for key in ("min", "max"))
     return f"{first}..{last}"
