@@ -27,7 +27,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_url():
     """One real PostgreSQL server (127.0.0.1, free port) for the whole test run."""
-    from tests.postgres_server import postgres_server
+    from postgres_server import postgres_server
 
     with postgres_server() as url:
         yield url
@@ -38,6 +38,6 @@ def warehouse_url(request, settings) -> str:
     """Each warehouse test runs against the embedded DuckDB file and against a fresh PostgreSQL database."""
     if request.param == "duckdb":
         return settings.warehouse_url
-    from tests.postgres_server import fresh_database
+    from postgres_server import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_url"), f"t_{abs(hash(request.node.nodeid)):x}")

@@ -90,7 +90,7 @@ def test_other_days_are_not_touched(warehouse_url, tmp_path):
 
 
 def test_readers_see_the_old_day_or_the_new_day_never_a_mix(postgres_url, tmp_path):
-    from tests.postgres_server import fresh_database
+    from postgres_server import fresh_database
 
     warehouse = open_warehouse(fresh_database(postgres_url, "readers"))
     write_day(tmp_path / "old", [f"u{i}" for i in range(100)], version=1, k=20)
