@@ -24,7 +24,7 @@ from model_lib.lake import read_parquet_folder, read_sequences
 from model_lib.metrics import evaluate_holdout
 from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.scoring import Recommender
+from model_lib.scoring import IncompatibleModelError, Recommender
 from model_lib.splits import HoldOut, protocol_split
 from model_lib.vocabulary import vocabulary_item_ids
 
@@ -86,8 +86,14 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
         candidate = registry.load_recommender(settings, challenger)
         scores = {"challenger": holdout_report(candidate, holdout, item_ids)}
+        unusable_champion = None
         if champion is not None:
-            scores["champion"] = holdout_report(registry.load_recommender(settings, champion), holdout, item_ids)
+            try:
+                incumbent = registry.load_recommender(settings, champion)
+            except IncompatibleModelError as error:
+                unusable_champion = str(error)  # written by older code: this code cannot score it at all
+            else:
+                scores["champion"] = holdout_report(incumbent, holdout, item_ids)
         report(users=len(holdout.targets), **{f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
     decision.update({f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
     problems = sanity_problems(scores["challenger"], candidate, settings)
@@ -95,13 +101,15 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         promoted, reason = False, "sanity checks failed: " + "; ".join(problems)
     elif champion is None:
         promoted, reason = True, f"first model (NDCG@10 {scores['challenger']['ndcg_10']:.4f}): no champion yet"
+    elif unusable_champion:
+        promoted, reason = True, f"champion v{champion} cannot be scored by this code ({unusable_champion})"
     else:
         new, old = scores["challenger"]["ndcg_10"], scores["champion"]["ndcg_10"]
         promoted = new - old > settings.promote_margin
         verdict = "beats" if promoted else "does not beat"
         reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.promote_margin}"
     tags = {"gate_ds": ds.isoformat(), "gate_decision": "promoted" if promoted else "held", "gate_reason": reason}
-    if champion is not None:
+    if "champion" in scores:
         tags["champion_comparison"] = (
             f"v{challenger} {scores['challenger']['ndcg_10']:.5f} vs v{champion} {scores['champion']['ndcg_10']:.5f} "
             f"(NDCG@10, ds={ds} hold-out, {len(holdout.targets)} users)"
