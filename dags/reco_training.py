@@ -34,8 +34,8 @@ def reco_training():
 
     # A retry resumes from the epoch checkpoints in data/checkpoints/train-ds=<ds>/ and continues the MLflow run.
     @task(
-        retries=2,
-        retry_delay=timedelta(minutes=1),
+        # Training a big catalogue takes hours (ML-1M at L = 200: about one hour on 2 cores).
+        execution_timeout=timedelta(hours=12),
         doc_md="TensorFlow: train on lake/sequences/ds (resuming from its checkpoints on a retry), log to MLflow, "
         "register a `challenger` version.",
     )

@@ -5,6 +5,7 @@ Imported at DAG-parse time, so it stays light: Airflow and the Spark provider on
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pendulum
@@ -19,7 +20,15 @@ COMMON_DAG_ARGS = {
     "start_date": pendulum.datetime(2000, 1, 1, tz="UTC"),
     "catchup": False,
     "max_active_runs": 1,
-    "default_args": {"owner": "ml-platform", "retries": 0},
+    # Every task is an idempotent function of ds, so retrying is safe: 1, 2, 4 ... minutes apart, at most 30.
+    "default_args": {
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=2),
+    },
 }
 
 
