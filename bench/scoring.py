@@ -122,7 +122,7 @@ def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
 
 
 # --- measurements ---------------------------------------------------------------------------------------------
-def job_users_per_second(spark, settings: Settings, version: int, users: int) -> float:
+def job_users_per_second(settings: Settings, version: int, users: int) -> float:
     from jobs import recommend
 
     started = time.perf_counter()
@@ -224,8 +224,8 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
     spark = spark_session(settings, f"reco-bench-scoring-{name}")
     result: dict = {"benchmark": "scoring", "dataset": name, "users": len(sequences), "items": len(vocabulary), "k": K}
     with stage(f"bench scoring {name}: the recommend job (cold, then warm)") as report:
-        result["job_cold_users_per_s"] = job_users_per_second(spark, settings, version, len(sequences))
-        result["job_warm_users_per_s"] = job_users_per_second(spark, settings, version, len(sequences))
+        result["job_cold_users_per_s"] = job_users_per_second(settings, version, len(sequences))
+        result["job_warm_users_per_s"] = job_users_per_second(settings, version, len(sequences))
         report(cold=round(result["job_cold_users_per_s"]), warm=round(result["job_warm_users_per_s"]))
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K})") as report:

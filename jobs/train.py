@@ -117,23 +117,12 @@ data window: check the promotion tags (champion comparison) before relying on it
     return path
 
 
-def data_window(files: list[Path]) -> str:
-    """The first and last event time in the sequences, as ISO dates."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    columns = [
-        pc.list_flatten(pq.read_table(path, columns=["event_times"])["event_times"])
-        for path in files
-        if "event_times" in pq.read_schema(path).names
-    ]
-    times = pa.chunked_array([chunk for column in columns for chunk in column.chunks], pa.int64())
-    times = pc.filter(times, pc.greater(times, 0))  # 0 is padding
+def data_window(event_times: np.ndarray | None) -> str:
+    """The first and last event time of the sequences (epoch seconds, 0 = padding), as ISO dates."""
+    times = event_times[event_times > 0] if event_times is not None else np.zeros(0)
     if len(times) == 0:
         return "unknown (no event times in the sequences)"
-    bounds = pc.min_max(times).as_py()
-    first, last = (dt.datetime.fromtimestamp(bounds[key], dt.UTC).date().isoformat() for key in ("min", "max"))
+    first, last = (dt.datetime.fromtimestamp(int(t), dt.UTC).date().isoformat() for t in (times.min(), times.max()))
     return f"{first}..{last}"
 
 
@@ -157,7 +146,8 @@ def run(settings: Settings, ds: dt.date) -> dict:
         files = parquet_files(settings.sequences_dir(ds))
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
         num_items = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
-        split = protocol_split(read_sequences(files))
+        sequences = read_sequences(files)
+        split = protocol_split(sequences)
         report(files=len(files), users=len(split.train), items=num_items - 2, held_out=len(split.test.targets))
     if len(split.test.targets) == 0:
         raise ValueError(f"no user in ds={ds} has the 3 events a leave-one-out hold-out needs")
@@ -172,10 +162,11 @@ def run(settings: Settings, ds: dt.date) -> dict:
             )
             report(epochs=len(result.history), best_epoch=result.best_epoch)
         return {"ds": ds.isoformat(), "worker": True, "epochs": len(result.history)}
-    return _train_and_register(settings, ds, files, vocabulary, num_items, split, checkpoint_dir)
+    window = data_window(sequences.times)
+    return _train_and_register(settings, ds, files, vocabulary, num_items, split, window, checkpoint_dir)
 
 
-def _train_and_register(settings, ds, files, vocabulary, num_items, split, checkpoint_dir: Path) -> dict:
+def _train_and_register(settings, ds, files, vocabulary, num_items, split, window: str, checkpoint_dir: Path) -> dict:
     import mlflow
 
     from model_lib import baselines, registry, training
@@ -246,7 +237,6 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, check
         mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
         table = metrics_table(results)
         mlflow.log_table(table, artifact_file="test_metrics_table.json")
-        window = data_window(files)
         recommender = Recommender(result.model, vocabulary, settings.event_types)
         with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
             mlflow.log_artifact(

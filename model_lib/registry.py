@@ -23,6 +23,7 @@ from model_lib.scoring import Recommender
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "reco-training"
+NO_ITEMS = np.zeros(0, np.int64)  # no older items beyond the given history
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -63,9 +64,6 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
             "source": result.sources,
         }
     )
-
-
-NO_ITEMS = np.zeros(0, np.int64)
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
