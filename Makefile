@@ -33,10 +33,10 @@ demo: setup
 	$(BIN)/reco data movielens; \
 	echo "==> [2/4] Airflow metadata database"; \
 	mkdir -p $$AIRFLOW_HOME; $(BIN)/airflow db migrate > $$AIRFLOW_HOME/db-migrate.log 2>&1; \
-	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): sessionize -> train -> promote"; \
+	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): wait for raw events -> sessionize -> train -> promote -> report"; \
 	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep --line-buffered -E "\[reco\]|^Epoch [0-9]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_training took $$(( $$(date +%s) - t ))s"; \
-	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): sessionize -> resolve champion -> recommend -> publish"; \
+	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): wait for raw events -> sessionize -> resolve champion -> recommend -> publish -> report"; \
 	$(BIN)/airflow dags test reco_nightly $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-nightly.log | grep --line-buffered -E "\[reco\]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_nightly took $$(( $$(date +%s) - t ))s"; \
 	$(BIN)/reco summary --ds $(DEMO_DS) --users 5; \
@@ -48,11 +48,17 @@ test: setup
 lint: setup
 	$(BIN)/ruff check dags jobs model_lib tests bench
 
-# The Airflow UI on http://127.0.0.1:8080 with the project's DAGs (login: admin, password file printed below).
+# The Airflow UI with this project's DAGs: `airflow standalone` (API server, scheduler, DAG processor, triggerer)
+# bound to 127.0.0.1, examples off, at most 4 tasks at once (2 per DAG; from model_lib/runtime.py). Ctrl-C stops it.
+AIRFLOW_PORT ?= 8080
 airflow: setup
-	@$(ENGINE_ENV); export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
+	@$(ENGINE_ENV); mkdir -p $$AIRFLOW_HOME; \
+	export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	  AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+	  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
 	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin; \
-	echo "Airflow UI: http://127.0.0.1:8080  (user admin; password in $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"; \
+	echo "==> Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)   DAGs: $$AIRFLOW__CORE__DAGS_FOLDER (examples off)"; \
+	echo "    login: admin / the password in $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written at first start)"; \
 	$(BIN)/airflow standalone
 
 mlflow-ui: setup

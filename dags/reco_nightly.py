@@ -1,13 +1,18 @@
 """
-### reco_nightly — sessionize -> resolve champion -> recommend -> publish
+### reco_nightly — wait for raw events -> sessionize -> resolve champion -> recommend -> publish -> report
 
-Every day: merges the day's raw events into the users' sequences (incrementally, from yesterday's state), pins
-the `champion` model version once, scores every user with history (top-K unseen items, with the reason item), and
-publishes the day into the warehouse tables `recommendations` and `recommendation_runs` in one transaction (a
-re-run replaces the day). Backfill with `sessionize_mode=full` to re-read every raw day up to ds.
+Every day: waits for the day's raw partition, merges its events into the users' sequences (incrementally, from
+yesterday's state), pins the `champion` model version once, scores every user with history (top-K unseen items,
+with the reason item), and publishes the day into the warehouse tables `recommendations` and
+`recommendation_runs` in one transaction. A re-run replaces the day, never duplicates it.
 
-Reads `lake/raw/events/dt=ds`, yesterday's `lake/state` and the MLflow registry; writes
-`lake/sequences|vocab|state|recommendations/ds=ds` and the warehouse.
+**Reads** `lake/raw/events/dt=ds`, yesterday's `lake/state`, the MLflow alias `champion`.
+**Writes** `lake/sequences|vocab|state|recommendations/ds=ds`, `lake/run_stats/*/ds=ds`, the warehouse.
+
+**Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
+date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):
+the days run oldest first, one at a time, each continuing the previous day's state. The `report` task's XCom is
+the run's summary (counts and seconds per step); a failing task logs a `[reco] FAILED` summary.
 """
 
 from __future__ import annotations
@@ -15,26 +20,46 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from model_lib.config import MAX_TOP_K, get_settings
-from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task, spark_job
+from model_lib.dag_parts import (
+    COMMON_DAG_ARGS,
+    COMMON_PARAMS,
+    DS,
+    RECOMMENDATIONS_ASSET,
+    champion_asset,
+    raw_events_sensor,
+    report_task,
+    run_ds,
+    sessionize_task,
+    spark_job,
+)
+
+settings = get_settings()
 
 
 @dag(
     dag_id="reco_nightly",
     schedule="@daily",
-    tags=["reco", "nightly"],
+    tags=["reco", "nightly", "spark", "warehouse"],
     doc_md=__doc__,
     **COMMON_DAG_ARGS,
     params={
-        **SESSIONIZE_PARAMS,
+        **COMMON_PARAMS,
         "k": Param(
-            get_settings().top_k, type="integer", minimum=1, maximum=MAX_TOP_K, description="recommendations per user"
+            settings.top_k,
+            type="integer",
+            minimum=1,
+            maximum=MAX_TOP_K,
+            title="K",
+            description=f"Recommendations per user written for the day (1 to {MAX_TOP_K}).",
         ),
     },
 )
 def reco_nightly():
-    sessionize = sessionize_task()
-
-    @task(doc_md="Resolves `champion` to a version number once; every later task uses that version.")
+    @task(
+        inlets=[champion_asset(settings)],
+        doc_md="Reads the MLflow alias `champion` once and returns its version; every later task uses that version, "
+        "so a promotion during the run cannot mix two models in one day.",
+    )
     def resolve_champion() -> int:
         from model_lib import registry
 
@@ -47,25 +72,32 @@ def reco_nightly():
 
     recommend = spark_job(
         "recommend",
-        [
-            "--ds",
-            "{{ ds }}",
-            "--model-version",
-            "{{ ti.xcom_pull(task_ids='resolve_champion') }}",
-            "--k",
-            "{{ params.k }}",
-        ],
-        "Spark mapInPandas: top-K per user with the pinned version -> lake/recommendations/ds.",
+        ["--ds", DS, "--model-version", "{{ ti.xcom_pull(task_ids='resolve_champion') }}", "--k", "{{ params.k }}"],
+        "Spark mapInPandas: reads lake/sequences/ds and the pinned model version; writes top-K per user to "
+        "lake/recommendations/ds and counts to lake/run_stats/recommend.",
     )
 
-    @task(doc_md="Warehouse: replace the day in `recommendations` in one transaction; log `recommendation_runs`.")
-    def publish(ds: str | None = None, run_id: str | None = None) -> dict:
+    @task(
+        outlets=[RECOMMENDATIONS_ASSET],
+        doc_md="Reads lake/recommendations/ds; replaces the day in the warehouse table `recommendations` in one "
+        "transaction and records it in `recommendation_runs` (with this Airflow run id).",
+    )
+    def publish(params: dict | None = None, ds: str | None = None, run_id: str | None = None, outlet_events=None):
         from jobs import publish as job
         from model_lib.config import parse_ds
 
-        return job.run(get_settings(), parse_ds(ds), run_id)
+        summary = job.run(get_settings(), parse_ds(run_ds(params, ds)), run_id)
+        outlet_events[RECOMMENDATIONS_ASSET].extra = summary
+        return summary
 
-    sessionize >> resolve_champion() >> recommend >> publish()
+    (
+        raw_events_sensor(settings)
+        >> sessionize_task()
+        >> resolve_champion()
+        >> recommend
+        >> publish()
+        >> report_task(("sessionize", "resolve_champion", "recommend", "publish"))
+    )
 
 
 reco_nightly()

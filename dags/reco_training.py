@@ -1,68 +1,92 @@
 """
-### reco_training — sessionize -> train -> promote
+### reco_training — wait for raw events -> sessionize -> train -> promote -> report
 
-Weekly (and on demand): rebuilds the sequences for the logical date, trains the LSTM + attention next-item model,
+Weekly (and whenever triggered): rebuilds the sequences for the day, trains the LSTM + attention next-item model,
 registers it in MLflow as a new version of `reco-lstm-attention` with alias `challenger`, and promotes it to
-`champion` when there is none yet or when it beats the champion on the same leave-one-out hold-out.
+`champion` when it passes the sanity checks and beats the champion on the same leave-one-out hold-out (or when
+there is no champion yet). With `auto_promote` off the gate only reports; a person promotes with
+`reco promote --version N`.
 
-Reads `lake/raw/events/dt=ds` and yesterday's `lake/state` (or every raw day, in a full rebuild); writes
-`lake/sequences|vocab|state/ds=ds`, an MLflow run and a model version.
+**Reads** `lake/raw/events/dt=ds`, yesterday's `lake/state` (or every raw day, in a full rebuild).
+**Writes** `lake/sequences|vocab|state/ds=ds`, an MLflow run (curves, charts, model card), a model version and,
+when promoted, the alias `champion`.
+
+**Operate**: *Trigger* with the form for another day, epoch count or promotion policy. Training runs in this
+worker, or as a GPU pod on Kubernetes with `RECO_TRAINING_LAUNCHER=kubernetes`. A retry resumes from the epoch
+checkpoints in `data/checkpoints/train-ds=<ds>/`. The `report` task's XCom is the run's summary.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Param, dag, task
 
-from model_lib.dag_parts import COMMON_DAG_ARGS, SESSIONIZE_PARAMS, sessionize_task
+from model_lib.config import get_settings
+from model_lib.dag_parts import (
+    COMMON_DAG_ARGS,
+    COMMON_PARAMS,
+    champion_asset,
+    raw_events_sensor,
+    report_task,
+    run_ds,
+    sessionize_task,
+    training_task,
+)
+
+settings = get_settings()
 
 
 @dag(
     dag_id="reco_training",
     schedule="@weekly",
-    tags=["reco", "training"],
+    tags=["reco", "training", "tensorflow", "mlflow"],
     doc_md=__doc__,
     **COMMON_DAG_ARGS,
     params={
-        **SESSIONIZE_PARAMS,
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="override settings.epochs"),
+        **COMMON_PARAMS,
+        "epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Epochs",
+            description=f"Maximum training epochs (early stopping may end sooner). Empty: {settings.epochs} "
+            "(RECO_EPOCHS).",
+        ),
+        "auto_promote": Param(
+            True,
+            type="boolean",
+            title="Promote automatically",
+            description="Move `champion` to the new version when it passes the gate. Off: the gate still scores "
+            "and tags the version, and the alias is left to a person.",
+        ),
     },
 )
 def reco_training():
-    sessionize = sessionize_task()
-
-    # A retry resumes from the epoch checkpoints in data/checkpoints/train-ds=<ds>/ and continues the MLflow run.
     @task(
-        # Training a big catalogue takes hours (ML-1M at L = 200: about one hour on 2 cores).
-        execution_timeout=timedelta(hours=12),
-        doc_md="TensorFlow: train on lake/sequences/ds (resuming from its checkpoints on a retry), log to MLflow, "
-        "register a `challenger` version.",
+        outlets=[champion_asset(settings)],
+        doc_md="Promotion gate: scores the challenger and the champion on the same hold-out; the challenger becomes "
+        "`champion` only if it passes the sanity checks and wins (and auto_promote is on). Tags the version with "
+        "the decision and logs the reason.",
     )
-    def train(ds: str | None = None, params: dict | None = None) -> dict:
-        from jobs import train as job
-        from model_lib.config import get_settings, parse_ds
-
-        overrides = {"epochs": params["epochs"]} if params and params.get("epochs") else {}
-        return job.run(get_settings(**overrides), parse_ds(ds))
-
-    @task(
-        doc_md="Promotion gate: the challenger becomes `champion` only if it passes the sanity checks and wins on "
-        "the same hold-out; otherwise it stays `challenger` and the log says why."
-    )
-    def promote(trained: dict, ds: str | None = None) -> dict:
+    def promote(ti=None, params: dict | None = None, ds: str | None = None, outlet_events=None) -> dict:
         from jobs import promote as job
-        from model_lib.config import get_settings, parse_ds
+        from model_lib.config import parse_ds
 
-        decision = job.gate(get_settings(), parse_ds(ds), challenger=trained["version"])
+        trained = ti.xcom_pull(task_ids="train")
+        decision = job.gate(
+            get_settings(), parse_ds(run_ds(params, ds)), trained["version"], auto_promote=params["auto_promote"]
+        )
         outcome = "is the new champion" if decision["promoted"] else "stays challenger"
         print(f"[reco] promotion decision: v{decision['challenger']} {outcome}: {decision['reason']}")
-        print(f"[reco] promotion decision details: {decision}")
+        outlet_events[champion_asset(settings)].extra = decision
         return decision
 
-    trained = train()
-    sessionize >> trained
-    promote(trained)
+    (
+        raw_events_sensor(settings)
+        >> sessionize_task()
+        >> training_task(settings)
+        >> promote()
+        >> report_task(("sessionize", "train", "promote"))
+    )
 
 
 reco_training()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 
 import numpy as np
 
@@ -71,8 +72,12 @@ def sanity_problems(report: dict[str, float], recommender: Recommender, settings
     return problems
 
 
-def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict:
-    """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins."""
+def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_promote: bool = True) -> dict:
+    """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins.
+
+    With auto_promote off the gate still scores, checks and tags the challenger, but leaves the alias to a person.
+    """
+    started = time.time()
     client = registry.configure(settings)
     challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
     if challenger is None:
@@ -108,7 +113,13 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         promoted = new - old > settings.promote_margin
         verdict = "beats" if promoted else "does not beat"
         reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.promote_margin}"
-    tags = {"gate_ds": ds.isoformat(), "gate_decision": "promoted" if promoted else "held", "gate_reason": reason}
+    decision_tag = "promoted" if promoted else "held"
+    if promoted and not auto_promote:
+        promoted, decision_tag = False, "passed, not promoted (auto_promote off)"
+        reason = (
+            f"passes the gate ({reason}), but auto_promote is off: promote with `reco promote --version {challenger}`"
+        )
+    tags = {"gate_ds": ds.isoformat(), "gate_decision": decision_tag, "gate_reason": reason}
     if "champion" in scores:
         tags["champion_comparison"] = (
             f"v{challenger} {scores['challenger']['ndcg_10']:.5f} vs v{champion} {scores['champion']['ndcg_10']:.5f} "
@@ -118,7 +129,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None) -> dict
         client.set_model_version_tag(settings.model_name, str(challenger), key, value)
     if promoted:
         registry.set_champion(client, settings, challenger, reason)
-    return {**decision, "promoted": promoted, "reason": reason}
+    return {**decision, "promoted": promoted, "reason": reason, "seconds": round(time.time() - started, 1)}
 
 
 def promote_version(settings: Settings, version: int) -> dict:

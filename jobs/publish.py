@@ -32,6 +32,7 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
             started_at,
         )
         report(**{k: v for k, v in summary.items() if k != "ds"})
+    summary["seconds"] = round((dt.datetime.now(dt.UTC).replace(tzinfo=None) - started_at).total_seconds(), 1)
     print(f"[reco] publish summary {json.dumps(summary)}", flush=True)
     return summary
 

@@ -2,6 +2,7 @@
 
 Reads   lake/sequences/ds=D/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once by the caller)
 Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K unseen items with scores, source and reason
+        lake/run_stats/recommend/ds=D/  model version, K, users, rows, seconds
 
 Each Python worker loads the model once and scores whole Arrow batches: one forward pass, one matrix multiply
 against the item table, seen items excluded, top-K. Run as `spark-submit jobs/recommend.py --ds D --model-version N`
@@ -14,13 +15,14 @@ import argparse
 import datetime as dt
 import functools
 import json
+import time
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, Settings, get_settings, parse_ds
-from model_lib.lake import commit_folder, read_parquet_folder, staging_path
+from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
 from model_lib.progress import stage
 from model_lib.scoring import score_partition
 from model_lib.spark import spark_session
@@ -78,6 +80,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
                 f"{settings.model_name} has no `champion` alias: run reco_training (or `reco promote --version N`)"
             )
     k = k or settings.top_k
+    started = time.time()
     spark = spark_session(settings, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
@@ -86,7 +89,15 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
         report(users=counts["users"], rows=counts["rows"], **by_source)
-    summary = {"ds": ds.isoformat(), "model_version": version, "users": counts["users"], "rows": counts["rows"]}
+    summary = {
+        "ds": ds.isoformat(),
+        "model_version": version,
+        "k": k,
+        "users": counts["users"],
+        "rows": counts["rows"],
+        "seconds": round(time.time() - started, 1),
+    }
+    write_run_stats(summary, settings.run_stats_dir("recommend", ds))
     print(f"[reco] recommend summary {json.dumps(summary)}", flush=True)
     return summary
 

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib import events as ev
+from model_lib import lake
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, latest_version_before, raw_partitions, staging_path
 from model_lib.progress import stage
@@ -93,7 +94,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         frame = spark.read.text(str(raw_dir)).where(F.col("dt") <= F.lit(ds))
     else:
         day = raw_dir / f"dt={ds.isoformat()}"
-        if not day.is_dir():
+        if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
             print(f"[reco] no raw events for dt={ds}: the users' sequences carry over unchanged", flush=True)
             return spark.createDataFrame([], LINE_SCHEMA)
         frame = spark.read.option("basePath", str(raw_dir)).text(str(day))
@@ -174,13 +175,9 @@ def write_state(spark_frames: dict[str, DataFrame], counts: pd.DataFrame, settin
 
 def write_run_stats(stats: dict, settings: Settings, ds: dt.date) -> None:
     """One row per ds in the run-stats table (Parquet; query it with DuckDB or Spark)."""
-    staged = staging_path(settings.sessionize_stats_dir(ds))
-    staged.mkdir()
-    # The ds is the folder's partition value, so it is not repeated inside the row.
-    row = {key: value for key, value in stats.items() if key not in ("ds", "quarantined_by_reason")}
+    row = {key: value for key, value in stats.items() if key != "quarantined_by_reason"}
     row.update({f"quarantined_{code}": stats["quarantined_by_reason"].get(code, 0) for code in REASON_CODES})
-    pd.DataFrame([row]).to_parquet(staged / "part-00000.parquet", index=False)
-    commit_folder(staged, settings.sessionize_stats_dir(ds))
+    lake.write_run_stats(row, settings.run_stats_dir("sessionize", ds))
 
 
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:

@@ -284,8 +284,16 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True)
+    parser.add_argument("--epochs", type=int, default=0, help="override settings.epochs (0: keep the setting)")
+    parser.add_argument(
+        "--result-file", type=Path, help="also write the summary here as JSON (a pod's /airflow/xcom/return.json)"
+    )
     args = parser.parse_args(argv)
-    return run(get_settings(), parse_ds(args.ds))
+    summary = run(get_settings(**({"epochs": args.epochs} if args.epochs else {})), parse_ds(args.ds))
+    if args.result_file:
+        args.result_file.parent.mkdir(parents=True, exist_ok=True)
+        args.result_file.write_text(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

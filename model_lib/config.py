@@ -18,7 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
 SOFTMAX_MODES = ("auto", "full", "sampled")
-CHOICES = {"sessionize_mode": SESSIONIZE_MODES, "softmax": SOFTMAX_MODES}
+MISSING_RAW_ACTIONS = ("skip", "fail")
+TRAINING_LAUNCHERS = ("local", "kubernetes")
+CHOICES = {
+    "sessionize_mode": SESSIONIZE_MODES,
+    "softmax": SOFTMAX_MODES,
+    "on_missing_raw": MISSING_RAW_ACTIONS,
+    "training_launcher": TRAINING_LAUNCHERS,
+}
 MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
 PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -38,6 +45,10 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
     spark_shuffle_partitions: int = 8
+    # Where the driver listens and how executors reach it: loopback on one machine; on a cluster, the address of
+    # the machine running the driver (the Airflow worker in client mode) and 0.0.0.0.
+    spark_driver_host: str = "127.0.0.1"
+    spark_bind_address: str = "127.0.0.1"
 
     # --- raw-event contract and sessionization ---
     event_types: list[str] = Field(default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "like", "rate"])
@@ -93,6 +104,21 @@ class Settings(BaseSettings):
     # --- serving ---
     top_k: int = 20  # recommendations per user, at most MAX_TOP_K
 
+    # --- orchestration (read when the DAG files are parsed) ---
+    # The DAGs wait this long for lake/raw/events/dt=ds, looking every raw_poke_seconds, then skip the run
+    # (downstream tasks skipped, yesterday's recommendations stay the latest) or fail it.
+    raw_wait_minutes: float = 360.0
+    raw_poke_seconds: float = 300.0
+    on_missing_raw: str = "fail"
+    # local = the train task runs in the Airflow worker; kubernetes = a GPU pod (KubernetesPodOperator) runs
+    # `reco train` from training_image, with its RECO_* settings from the Kubernetes secret training_env_secret.
+    training_launcher: str = "local"
+    training_image: str = "reco-platform:latest"
+    training_namespace: str = "reco"
+    training_gpus: int = 1
+    training_env_secret: str = "reco-settings"
+    training_data_claim: str = "reco-data"  # the PersistentVolumeClaim holding data_dir, mounted at the same path
+
     @model_validator(mode="after")
     def _fill_derived_paths(self) -> Settings:
         self.data_dir = self.data_dir.resolve()
@@ -143,14 +169,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be between 0 and 1, got {value}")
         return value
 
-    @field_validator("event_type_loss_weight")
+    @field_validator("event_type_loss_weight", "raw_wait_minutes", "raw_poke_seconds", "training_gpus")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
-    @field_validator("softmax", "sessionize_mode")
+    @field_validator("softmax", "sessionize_mode", "on_missing_raw", "training_launcher")
     @classmethod
     def _one_of(cls, value: str, info: ValidationInfo) -> str:
         allowed = CHOICES[info.field_name]
@@ -192,13 +218,12 @@ class Settings(BaseSettings):
         """Per-user state after ds (last L+1 events, older items), dedup keys and item counts."""
         return self.lake_dir / "state" / f"ds={ds.isoformat()}"
 
-    @property
-    def sessionize_stats_root(self) -> Path:
-        """The run-stats table of the sessionize job: one Parquet folder per ds, one row each."""
-        return self.lake_dir / "run_stats" / "sessionize"
+    def run_stats_root(self, step: str) -> Path:
+        """The run-stats table of a Spark step (sessionize, recommend): one Parquet folder per ds, one row each."""
+        return self.lake_dir / "run_stats" / step
 
-    def sessionize_stats_dir(self, ds: dt.date) -> Path:
-        return self.sessionize_stats_root / f"ds={ds.isoformat()}"
+    def run_stats_dir(self, step: str, ds: dt.date) -> Path:
+        return self.run_stats_root(step) / f"ds={ds.isoformat()}"
 
     def checkpoint_dir(self, ds: dt.date) -> Path:
         """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""

@@ -1,6 +1,8 @@
-"""Pieces both DAG files share: the common DAG arguments and the spark-submit task factory.
+"""Pieces both DAG files share: arguments, the trigger form, the raw-partition sensor, assets, task factories and
+the run summaries.
 
-Imported at DAG-parse time, so it stays light: Airflow and the Spark provider only, never TensorFlow or PySpark.
+Imported at DAG-parse time, so it stays light: Airflow, the Spark provider and the settings only; TensorFlow,
+PySpark, MLflow and pandas are imported inside the tasks (the Kubernetes provider only when it is configured).
 """
 
 from __future__ import annotations
@@ -10,14 +12,60 @@ from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import Param
+from airflow.sdk import Asset, Param, task
 
-from model_lib.config import SESSIONIZE_MODES
+from model_lib.config import Settings
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
+# Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
+DS = "{{ params.ds or ds }}"
+TRAIN_TIMEOUT = timedelta(hours=12)  # training a big catalogue takes hours (ML-1M at L = 200: ~1 h on 2 cores)
+
+
+def run_ds(params: dict | None, ds: str | None) -> str:
+    """The day a task works on, as YYYY-MM-DD (Python tasks' twin of the DS template)."""
+    from model_lib.config import parse_ds
+
+    chosen = (params or {}).get("ds") or ds
+    if not chosen:
+        raise ValueError("this run has no logical date: set the `ds` parameter in the trigger form")
+    return parse_ds(chosen).isoformat()
+
+
+def report_failure(context) -> None:
+    """on_failure_callback: step, ds, error and the run's counts so far, in a few lines of the task log."""
+    _report_error(context, "FAILED")
+
+
+def report_retry(context) -> None:
+    """on_retry_callback: the same summary for a try that Airflow will retry."""
+    _report_error(context, "FAILED, will retry:")
+
+
+def _report_error(context, verdict: str) -> None:
+    ti, dag = context["ti"], context["dag"]
+    error = context.get("exception")
+    message = str(error).strip().splitlines()[0][:500] if error and str(error).strip() else ""
+    day = (context.get("params") or {}).get("ds") or context.get("ds")
+    lines = [
+        f"{verdict} {dag.dag_id}.{ti.task_id} ds={day} (try {ti.try_number} of {ti.max_tries + 1})",
+        f"  error: {type(error).__name__}: {message}",
+    ]
+    try:
+        from model_lib.run_report import summary_lines
+
+        done = _collect(context, tuple(t.task_id for t in dag.topological_sort()))
+        lines += ["  counts so far:"] + [f"    {line}" for line in summary_lines(done)] if done else ["  no counts yet"]
+    except Exception as collect_error:  # noqa: BLE001 - the summary must never hide the task's own error
+        lines.append(f"  (counts unavailable: {collect_error})")
+    for line in lines:
+        print(f"[reco] {line}", flush=True)
+
 
 COMMON_DAG_ARGS = {
     "start_date": pendulum.datetime(2000, 1, 1, tz="UTC"),
+    # New days run on schedule; past date ranges are backfills (UI "Backfill", or `airflow backfill create`),
+    # which run every day of the range whatever catchup says, oldest first, one at a time (max_active_runs).
     "catchup": False,
     "max_active_runs": 1,
     # Every task is an idempotent function of ds, so retrying is safe: 1, 2, 4 ... minutes apart, at most 30.
@@ -28,8 +76,40 @@ COMMON_DAG_ARGS = {
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=2),
+        "on_failure_callback": report_failure,
+        "on_retry_callback": report_retry,
     },
 }
+
+COMMON_PARAMS = {
+    "ds": Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        title="Day (ds)",
+        description="The day to run, YYYY-MM-DD. Empty: the run's logical date. Set it to re-run or catch up one "
+        "day from the trigger form; a re-run replaces that day's outputs.",
+    ),
+    "full_rebuild": Param(
+        False,
+        type="boolean",
+        title="Full rebuild",
+        description="Re-read every raw day up to ds instead of continuing yesterday's state (after a changed "
+        "sequence length or validation rule, or to repair the state). Slower; the result is the same.",
+    ),
+}
+
+
+def champion_asset(settings: Settings) -> Asset:
+    """The registry alias the training DAG moves and the nightly DAG reads."""
+    return Asset(
+        name=f"{settings.model_name}@champion",
+        uri=f"x-mlflow://models/{settings.model_name}/champion",
+        group="model",
+    )
+
+
+RECOMMENDATIONS_ASSET = Asset(name="warehouse.recommendations", uri="x-warehouse://recommendations", group="table")
 
 
 def spark_job(task_id: str, args: list[str], doc_md: str) -> SparkSubmitOperator:
@@ -39,26 +119,125 @@ def spark_job(task_id: str, args: list[str], doc_md: str) -> SparkSubmitOperator
         application=str(JOBS / f"{task_id}.py"),
         application_args=args,
         conn_id="spark_default",
-        name=f"reco-{task_id}-{{{{ ds }}}}",
+        name=f"reco-{task_id}-{DS}",
         doc_md=doc_md,
     )
 
 
-SESSIONIZE_PARAMS = {
-    "sessionize_mode": Param(
-        "auto",
-        enum=list(SESSIONIZE_MODES),
-        description="auto: incremental from yesterday's state when it exists, else a full rebuild; "
-        "full: re-read every raw day up to ds (backfills, a changed sequence length)",
+def raw_events_sensor(settings: Settings):
+    """Waits for lake/raw/events/dt=ds; after raw_wait_minutes the run is skipped or failed (on_missing_raw)."""
+    outcome = "skips the run" if settings.on_missing_raw == "skip" else "fails the run"
+
+    @task.sensor(
+        poke_interval=settings.raw_poke_seconds,
+        timeout=settings.raw_wait_minutes * 60,
+        # Frees the worker slot between looks; a producer that is hours late must not block the other DAG.
+        mode="reschedule",
+        soft_fail=settings.on_missing_raw == "skip",
+        doc_md=f"Waits for the raw partition `lake/raw/events/dt=ds`, looking every {settings.raw_poke_seconds:g} s. "
+        f"After {settings.raw_wait_minutes:g} min without it, {outcome} (RECO_RAW_WAIT_MINUTES, RECO_ON_MISSING_RAW).",
     )
-}
+    def wait_for_raw_events(params: dict | None = None, ds: str | None = None) -> bool:
+        from model_lib.config import get_settings
+
+        folder = get_settings().raw_events_dir / f"dt={run_ds(params, ds)}"
+        present = folder.is_dir()
+        print(
+            f"[reco] raw partition {folder}: "
+            + ("present" if present else f"not there yet; after {settings.raw_wait_minutes:g} min this {outcome}"),
+            flush=True,
+        )
+        return present
+
+    return wait_for_raw_events()
 
 
 def sessionize_task() -> SparkSubmitOperator:
     return spark_job(
         "sessionize",
-        ["--ds", "{{ ds }}", "--mode", "{{ params.sessionize_mode }}"],
+        ["--ds", DS, "--mode", "{{ 'full' if params.full_rebuild else 'auto' }}"],
         "Spark: the day's raw events + yesterday's state (or every raw day, in a full rebuild) -> "
         "lake/sequences, lake/vocab, lake/state for ds; rejects to lake/quarantine/events/dt=; counts to "
         "lake/run_stats/sessionize.",
     )
+
+
+def training_task(settings: Settings):
+    """`train`: in the Airflow worker (training_launcher=local) or as a GPU pod on Kubernetes (=kubernetes).
+
+    Either way it runs the same `jobs/train.py` and hands the same summary (version, metrics) to `promote`.
+    """
+    doc_md = (
+        "TensorFlow: train on lake/sequences/ds (resuming from its epoch checkpoints on a retry), log the run to "
+        "MLflow, register a `challenger` version. Launcher: "
+        + ("a Kubernetes pod with GPUs." if settings.training_launcher == "kubernetes" else "this worker.")
+    )
+    if settings.training_launcher == "kubernetes":
+        return _training_pod(settings, doc_md)
+
+    @task(execution_timeout=TRAIN_TIMEOUT, doc_md=doc_md)
+    def train(params: dict | None = None, ds: str | None = None) -> dict:
+        from jobs import train as job
+        from model_lib.config import get_settings, parse_ds
+
+        overrides = {"epochs": params["epochs"]} if params and params.get("epochs") else {}
+        return job.run(get_settings(**overrides), parse_ds(run_ds(params, ds)))
+
+    return train()
+
+
+def _training_pod(settings: Settings, doc_md: str):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    gpus = {"nvidia.com/gpu": str(settings.training_gpus)} if settings.training_gpus else {}
+    return KubernetesPodOperator(
+        task_id="train",
+        name="reco-train",
+        namespace=settings.training_namespace,
+        image=settings.training_image,
+        cmds=["reco", "train"],
+        # The summary file is what the pod's XCom sidecar hands to `promote`.
+        arguments=["--ds", DS, "--epochs", "{{ params.epochs or 0 }}", "--result-file", "/airflow/xcom/return.json"],
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.training_env_secret))],
+        container_resources=k8s.V1ResourceRequirements(requests={"cpu": "4", "memory": "16Gi"}, limits=gpus),
+        # The lake, checkpoints and MLflow artifacts are on a shared volume mounted at the same path everywhere.
+        volumes=[
+            k8s.V1Volume(
+                name="reco-data",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.training_data_claim
+                ),
+            )
+        ],
+        volume_mounts=[k8s.V1VolumeMount(name="reco-data", mount_path=str(settings.data_dir))],
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        execution_timeout=TRAIN_TIMEOUT,
+        doc_md=doc_md,
+    )
+
+
+def report_task(steps: tuple[str, ...]):
+    """The run's last task: counts and seconds per step, printed and returned (the UI shows it as XCom)."""
+
+    @task(doc_md="Summary of this run (counts and seconds per step), from lake/run_stats and the steps' XComs.")
+    def report(**context) -> dict:
+        from model_lib.run_report import summary_lines
+
+        done = _collect(context, steps)
+        for line in summary_lines(done):
+            print(f"[reco] run summary: {line}", flush=True)
+        return {"ds": run_ds(context.get("params"), context.get("ds")), **done}
+
+    return report()
+
+
+def _collect(context, steps: tuple[str, ...]) -> dict:
+    from model_lib.config import get_settings, parse_ds
+    from model_lib.run_report import collect
+
+    ti, day = context["ti"], parse_ds(run_ds(context.get("params"), context.get("ds")))
+    started = getattr(context.get("dag_run"), "start_date", None)
+    return collect(get_settings(), day, steps, lambda step: ti.xcom_pull(task_ids=step), started)

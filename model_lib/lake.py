@@ -113,3 +113,23 @@ def write_sequences(sequences, folder: Path, files: int = 2) -> list[Path]:
         frame.iloc[part::files].to_parquet(path, index=False)
         paths.append(path)
     return paths
+
+
+def write_run_stats(row: dict, final: Path) -> None:
+    """One step's counts for one ds as a one-row Parquet table, stamped with when it finished; replaces a re-run's.
+
+    The ds is the folder's partition value (`<step>/ds=D`), so it is not repeated inside the row.
+    """
+    staged = staging_path(final)
+    staged.mkdir()
+    stamped = {key: value for key, value in row.items() if key != "ds"}
+    stamped["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    pd.DataFrame([stamped]).to_parquet(staged / "part-00000.parquet", index=False)
+    commit_folder(staged, final)
+
+
+def read_run_stats(folder: Path) -> dict | None:
+    """The row `write_run_stats` wrote, or None when the step has not run for that ds."""
+    if not folder.is_dir():
+        return None
+    return pd.read_parquet(folder).iloc[0].to_dict()

@@ -67,7 +67,7 @@ def engine_environment(settings: Settings) -> dict[str, str]:
     """Variables every Spark / Airflow / MLflow process of the project runs with."""
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOCAL_IP": settings.spark_bind_address,
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,

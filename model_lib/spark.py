@@ -1,4 +1,4 @@
-"""The SparkSession every job and test uses: UTC, Arrow on, small shuffles, bound to 127.0.0.1."""
+"""The SparkSession every job and test uses: UTC, Arrow on, small shuffles, bound to 127.0.0.1 unless configured."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", settings.spark_driver_host)
+        .config("spark.driver.bindAddress", settings.spark_bind_address)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")

@@ -1,4 +1,5 @@
-"""Shared fixtures: settings pointing at a temporary data folder, and one local[2] SparkSession per test run."""
+"""Shared fixtures: settings pointing at a temporary data folder, one local[2] SparkSession, one PostgreSQL server
+and one small trained pipeline per test run."""
 
 from __future__ import annotations
 
@@ -41,3 +42,11 @@ def warehouse_url(request, settings) -> str:
     from postgres_server import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_url"), f"t_{abs(hash(request.node.nodeid)):x}")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Synthetic events, a champion trained by reco_training and one reco_nightly day (see airflow_pipeline)."""
+    from airflow_pipeline import build_pipeline
+
+    return build_pipeline(tmp_path_factory.mktemp("e2e") / "data")

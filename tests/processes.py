@@ -3,6 +3,8 @@ started here and stopped by their own PID."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -37,17 +39,24 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) ->
 
 
 def start_server(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Starts a long-running process with its output in `log`; stop it with `stop_server`."""
+    """Starts a long-running process in its own process group, output in `log`; stop it with `stop_server`."""
     handle = log.open("w")
-    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_server(process: subprocess.Popen) -> None:
-    """Stops one process by its PID: TERM, then KILL if it does not exit."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+    """Stops a server and the children it started (workers, task processes) through its PID's process group:
+    TERM, up to 30 s for a clean exit, then KILL whatever of the group is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        time.sleep(1)  # children finish their own shutdown after the leader
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)

@@ -1,41 +1,98 @@
-"""The DAG files parse, wire the steps in data-flow order and stay light at parse time."""
+"""The DAG files parse, wire the steps in data-flow order, carry their docs, form and operating policy, follow the
+configuration (missing raw day, training launcher) and stay light at parse time."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
-
-def test_dags_parse_with_expected_tasks_and_no_heavy_imports(tmp_path):
-    probe = f"""
-import sys
+PROBE = f"""
+import json, sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder={str(DAGS)!r})
 assert not bag.import_errors, bag.import_errors
-nightly, training = bag.dags["reco_nightly"], bag.dags["reco_training"]
-order = lambda dag: [t.task_id for t in dag.topological_sort()]
-print(order(nightly)); print(order(training))
-print(nightly.schedule, training.schedule)
-print(sorted(nightly.params), sorted(training.params), nightly.get_task("sessionize").application_args)
-for dag in (nightly, training):
-    for t in dag.tasks:
-        print("task", t.task_id, t.retries, t.retry_exponential_backoff, bool(t.execution_timeout), bool(t.doc_md))
-heavy = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql") if m in sys.modules]
-print("heavy", heavy)
+out = {{}}
+for dag in bag.dags.values():
+    out[dag.dag_id] = {{
+        "order": [t.task_id for t in dag.topological_sort()],
+        "schedule": dag.schedule, "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+        "tags": sorted(dag.tags), "doc": dag.doc_md,
+        "params": {{name: {{**dag.params.get_param(name).schema, "description": dag.params.get_param(name).description}}
+                   for name in dag.params}},
+        "tasks": {{t.task_id: {{
+            "type": type(t).__name__, "owner": t.owner, "retries": t.retries,
+            "backoff": t.retry_exponential_backoff, "timeout": t.execution_timeout.total_seconds(),
+            "doc": t.doc_md, "failure_callback": bool(t.on_failure_callback),
+            "outlets": [a.name for a in t.outlets], "inlets": [a.name for a in t.inlets],
+            "args": getattr(t, "application_args", None) or getattr(t, "arguments", None),
+            "soft_fail": getattr(t, "soft_fail", None), "timeout_s": getattr(t, "timeout", None),
+            "mode": getattr(t, "mode", None),
+            "gpus": getattr(getattr(t, "container_resources", None), "limits", None),
+        }} for t in dag.tasks}},
+    }}
+out["heavy"] = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
+print("PROBE" + json.dumps(out, default=str))
 """
+
+
+def parse_dags(tmp_path, **settings) -> dict:
     env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    env.update({f"RECO_{name.upper()}": str(value) for name, value in settings.items()})
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    tasks = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("task ")]
-    assert len(tasks) == 7
-    for task_id, retries, backoff, has_timeout, has_doc in tasks:
-        # Retries with exponential backoff, a time limit and a description on every task.
-        assert int(retries) >= 2 and float(backoff) >= 2 and has_timeout == has_doc == "True", task_id
-    lines = [line for line in out.stdout.strip().splitlines() if not line.startswith("task ")][-5:]
-    assert lines[0] == "['sessionize', 'resolve_champion', 'recommend', 'publish']"
-    assert lines[1] == "['sessionize', 'train', 'promote']"
-    assert lines[2] == "@daily @weekly"
-    assert lines[3].startswith("['k', 'sessionize_mode'] ['epochs', 'sessionize_mode'] ")
-    assert lines[3].endswith("['--ds', '{{ ds }}', '--mode', '{{ params.sessionize_mode }}']")
-    assert lines[4] == "heavy []"
+    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("PROBE"))[5:])
+
+
+def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
+    parsed = parse_dags(tmp_path)
+    nightly, training = parsed["reco_nightly"], parsed["reco_training"]
+    assert nightly["order"] == [
+        "wait_for_raw_events",
+        "sessionize",
+        "resolve_champion",
+        "recommend",
+        "publish",
+        "report",
+    ]
+    assert training["order"] == ["wait_for_raw_events", "sessionize", "train", "promote", "report"]
+    assert (nightly["schedule"], training["schedule"]) == ("@daily", "@weekly")
+    assert parsed["heavy"] == []
+    for dag in (nightly, training):
+        assert dag["max_active_runs"] == 1 and dag["catchup"] is False and "reco" in dag["tags"]
+        assert "**Reads**" in dag["doc"] and "**Writes**" in dag["doc"]
+        # The trigger form: every field has a title and a description.
+        assert all(schema.get("title") and schema.get("description") for schema in dag["params"].values())
+        for task_id, task in dag["tasks"].items():
+            # Retries with exponential backoff, a time limit, a description and the failure summary on every task.
+            assert task["owner"] == "ml-platform" and task["retries"] >= 2 and task["backoff"] >= 2, task_id
+            assert task["timeout"] > 0 and task["doc"] and task["failure_callback"], task_id
+    assert set(nightly["params"]) == {"ds", "full_rebuild", "k"}
+    assert set(training["params"]) == {"ds", "full_rebuild", "epochs", "auto_promote"}
+    assert nightly["params"]["ds"]["format"] == "date" and nightly["params"]["k"]["maximum"] == 500
+    assert nightly["tasks"]["sessionize"]["args"] == [
+        "--ds",
+        "{{ params.ds or ds }}",
+        "--mode",
+        "{{ 'full' if params.full_rebuild else 'auto' }}",
+    ]
+    # Lineage: training moves the champion alias, the nightly run reads it and writes the recommendations table.
+    assert training["tasks"]["promote"]["outlets"] == ["reco-lstm-attention@champion"]
+    assert nightly["tasks"]["resolve_champion"]["inlets"] == ["reco-lstm-attention@champion"]
+    assert nightly["tasks"]["publish"]["outlets"] == ["warehouse.recommendations"]
+    sensor = nightly["tasks"]["wait_for_raw_events"]
+    assert (sensor["mode"], sensor["soft_fail"], sensor["timeout_s"]) == ("reschedule", False, 6 * 3600)
+    assert training["tasks"]["train"]["type"] == "_PythonDecoratedOperator"
+
+
+def test_configuration_chooses_skip_on_a_missing_day_and_the_kubernetes_training_launcher(tmp_path):
+    parsed = parse_dags(
+        tmp_path, on_missing_raw="skip", raw_wait_minutes=30, training_launcher="kubernetes", training_gpus=2
+    )
+    sensor = parsed["reco_nightly"]["tasks"]["wait_for_raw_events"]
+    assert (sensor["soft_fail"], sensor["timeout_s"]) == (True, 1800)
+    train = parsed["reco_training"]["tasks"]["train"]
+    assert train["type"] == "KubernetesPodOperator" and train["gpus"] == {"nvidia.com/gpu": "2"}
+    assert train["args"][:2] == ["--ds", "{{ params.ds or ds }}"] and "/airflow/xcom/return.json" in train["args"]
+    assert train["timeout"] == 12 * 3600 and train["retries"] >= 2

@@ -4,78 +4,36 @@ on a small synthetic clickstream, then the warehouse is checked against the lake
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import sys
-from pathlib import Path
+import re
+import subprocess
 
 import numpy as np
 import pytest
-from processes import run_ok as run
-
-from model_lib.config import get_settings
-from model_lib.runtime import engine_environment
+from airflow_pipeline import BIN, K
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-K = 10
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("e2e") / "data"
-    overrides = {
-        "RECO_DATA_DIR": str(data_dir),
-        "RECO_MIN_ITEM_COUNT": "2",
-        "RECO_SEQ_LEN": "20",
-        "RECO_EPOCHS": "2",
-        "RECO_TOP_K": str(K),
-        "RECO_BATCH_SIZE": "64",
-    }
-    env = {**os.environ, **overrides}
-    env.update(engine_environment(get_settings(data_dir=data_dir)))
-    settings = get_settings(data_dir=data_dir, min_item_count=2, seq_len=20, top_k=K)
-    made = json.loads(
-        run([str(BIN / "reco"), "data", "synth", "--users", "150", "--items", "80", "--days", "4"], env)[0]
-        .strip()
-        .splitlines()[-1]
-    )
-    # Trained on the day before the last; the nightly run of the last day then continues that day's state
-    # incrementally and scores sequences indexed with a newer vocabulary than the model's.
-    ds = dt.date.fromisoformat(made["last_dt"])
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    run([str(BIN / "airflow"), "db", "migrate"], env)
-    logs = {
-        "training": run([str(BIN / "airflow"), "dags", "test", "reco_training", trained_day(ds).isoformat()], env)[1],
-        "nightly": run([str(BIN / "airflow"), "dags", "test", "reco_nightly", ds.isoformat()], env)[1],
-    }
-    return settings, env, ds, logs
-
-
-def trained_day(ds: dt.date) -> dt.date:
-    return ds - dt.timedelta(days=1)
 
 
 def test_training_registers_a_champion(pipeline):
     from model_lib import registry
 
-    settings, env, ds, logs = pipeline
+    settings, logs = pipeline.settings, pipeline.logs
     client = registry.configure(settings)
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
     assert registry.alias_version(client, settings, registry.CHALLENGER) == 1
     assert "[reco] promotion decision" in logs["training"]
-    assert f"incremental (continuing the state of {trained_day(ds)})" in logs["nightly"]
+    assert f"incremental (continuing the state of {pipeline.trained_day})" in logs["nightly"]
 
 
 def test_the_registered_champion_serves_raw_item_ids(pipeline):
     import mlflow
     import pandas as pd
 
-    settings, env, ds, logs = pipeline
+    settings = pipeline.settings
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
     assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types", "timestamps"}
-    vocabulary = pd.read_parquet(settings.vocab_dir(trained_day(ds)))
+    vocabulary = pd.read_parquet(settings.vocab_dir(pipeline.trained_day))
     history = vocabulary["item_id"].head(3).tolist()
     out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
     recommended = list(out["item_ids"][0])
@@ -87,7 +45,7 @@ def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
     from model_lib.lake import read_sequences
     from model_lib.warehouse import open_warehouse
 
-    settings, env, ds, logs = pipeline
+    settings, ds = pipeline.settings, pipeline.ds
     sequences = read_sequences(settings.sequences_dir(ds))
     vocabulary = __import__("pandas").read_parquet(settings.vocab_dir(ds))
     ids = dict(zip(vocabulary["item_index"], vocabulary["item_id"], strict=True))
@@ -106,12 +64,23 @@ def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
         assert not (seen & recommended), user
 
 
-def test_a_day_without_raw_events_still_publishes_from_history(pipeline):
+def test_each_run_ends_with_a_summary_of_its_steps(pipeline):
+    nightly, training = pipeline.logs["nightly"], pipeline.logs["training"]
+    assert "[reco] run summary: sessionize: status=succeeded, mode=incremental, read=" in nightly
+    assert re.search(r"\[reco\] run summary: publish: model_version=1, users=\d+, rows=\d+, coverage=", nightly)
+    assert "[reco] run summary: resolve_champion: model_version=1" in nightly
+    assert re.search(r"\[reco\] run summary: train: version=1, test.hr_10=[0-9.]+, test.ndcg_10=", training)
+    assert "[reco] run summary: promote: challenger=1, promoted=True" in training
+
+
+def test_a_quiet_day_still_publishes_from_history(pipeline):
     from model_lib.warehouse import open_warehouse
 
-    settings, env, ds, logs = pipeline
+    settings, ds = pipeline.settings, pipeline.ds
     next_day = ds + dt.timedelta(days=1)
-    log = run([str(BIN / "airflow"), "dags", "test", "reco_nightly", next_day.isoformat()], env)[1]
+    # The producer committed the day's partition, and there were no events that day.
+    (settings.raw_events_dir / f"dt={next_day}").mkdir()
+    log = pipeline.airflow("dags", "test", "reco_nightly", next_day.isoformat())
     assert f"no raw events for dt={next_day}" in log
     counts = open_warehouse(settings.warehouse_url).query(
         "SELECT CAST(ds AS VARCHAR) AS ds, count(*) AS n FROM recommendations GROUP BY 1 ORDER BY 1"
@@ -120,8 +89,36 @@ def test_a_day_without_raw_events_still_publishes_from_history(pipeline):
     assert counts["n"].iloc[0] == counts["n"].iloc[1]
 
 
+def test_a_missing_raw_partition_skips_or_fails_the_run_as_configured(pipeline):
+    """The sensor waits RECO_RAW_WAIT_MINUTES (3 s here), then skips or fails; either way nothing is published."""
+    from model_lib.warehouse import open_warehouse
+
+    skip_day, fail_day = pipeline.ds + dt.timedelta(days=2), pipeline.ds + dt.timedelta(days=3)
+    skipped = pipeline.airflow(
+        "dags", "test", "reco_nightly", skip_day.isoformat(), env={**pipeline.env, "RECO_ON_MISSING_RAW": "skip"}
+    )
+    assert f"dt={skip_day}: not there yet; after 0.05 min this skips the run" in skipped
+    assert "[reco] run summary" not in skipped and "[reco] FAILED" not in skipped
+
+    failed = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", "reco_nightly", fail_day.isoformat()],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = failed.stdout + failed.stderr
+    # The failure callback's summary: step, ds, error; sensor time-outs are not retried.
+    assert f"[reco] FAILED reco_nightly.wait_for_raw_events ds={fail_day} (try 1 of 3)" in log, log[-5000:]
+    assert "[reco]   error: AirflowSensorTimeout: Sensor has timed out" in log
+    assert "sessionize ds=" not in log
+
+    published = open_warehouse(pipeline.settings.warehouse_url).query("SELECT DISTINCT ds FROM recommendations")
+    assert {skip_day, fail_day}.isdisjoint(set(published["ds"]))
+
+
 def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipeline):
-    """Runs last: it moves the champion alias."""
+    """Runs last: it moves the champion alias (and puts it back)."""
     import mlflow
 
     from jobs import promote
@@ -129,7 +126,7 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     from model_lib.model import NextItemModel
     from model_lib.scoring import Recommender, build_model
 
-    settings, env, ds, logs = pipeline
+    settings, ds = pipeline.settings, pipeline.ds
     client = registry.configure(settings)
     vocabulary = __import__("pandas").read_parquet(settings.vocab_dir(ds))
     untrained = NextItemModel(
@@ -153,3 +150,14 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     assert registry.alias_version(client, settings, registry.CHAMPION) == 2
     assert promote.rollback(settings) == {"champion": 1, "rolled_back_from": 2}
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
+
+    # auto_promote off (the training form's switch): a challenger that passes is tagged, champion stays put.
+    with mlflow.start_run(run_name="copy-of-the-champion"):
+        uri = registry.log_recommender(registry.load_recommender(settings, 1), settings)
+    passing = registry.register(client, uri, settings, tags={"purpose": "test"})
+    lenient = settings.model_copy(update={"promote_margin": -1.0})
+    decision = promote.gate(lenient, ds, challenger=passing, auto_promote=False)
+    assert decision["promoted"] is False and "auto_promote is off" in decision["reason"], decision
+    assert registry.alias_version(client, settings, registry.CHAMPION) == 1
+    tags = client.get_model_version(settings.model_name, str(passing)).tags
+    assert tags["gate_decision"] == "passed, not promoted (auto_promote off)"

@@ -11,7 +11,7 @@ import pytest
 from sequence_files import register_tiny_model
 
 from model_lib.config import get_settings
-from model_lib.lake import write_sequences
+from model_lib.lake import read_run_stats, write_sequences
 from model_lib.splits import Sequences
 
 pytestmark = pytest.mark.spark
@@ -52,7 +52,10 @@ def test_batch_scoring(spark, tmp_path):
     first = recommend.run(settings, DS, version=version, k=500)
     digests = file_digests(settings.recommendations_dir(DS))
     second = recommend.run(settings, DS, version=version, k=500)
-    assert file_digests(settings.recommendations_dir(DS)) == digests and first == second
+    assert file_digests(settings.recommendations_dir(DS)) == digests
+    assert {**first, "seconds": None} == {**second, "seconds": None} and first["k"] == 500
+    # The run's counts are also kept for the DAG's run summary.
+    assert read_run_stats(settings.run_stats_dir("recommend", DS))["rows"] == second["rows"]
 
     rows = pd.read_parquet(settings.recommendations_dir(DS))
     model_items = set(vocabulary["item_id"])

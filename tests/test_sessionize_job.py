@@ -37,7 +37,7 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     quarantine = spark.read.parquet(str(settings.quarantine_root))
     assert quarantine.count() == stats["quarantined"]
     assert {r["dt"].isoformat() for r in quarantine.select("dt").distinct().collect()} <= set(per_day)
-    table = pd.read_parquet(settings.sessionize_stats_root)
+    table = pd.read_parquet(settings.run_stats_root("sessionize"))
     assert table["read"].tolist() == [stats["read"]] and table["status"].tolist() == ["succeeded"]
     assert table[[f"quarantined_{c}" for c in REASON_CODES]].sum(axis=1).tolist() == [stats["quarantined"]]
     frame = sequences(settings, days[-1])
@@ -81,7 +81,7 @@ def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
     with pytest.raises(ValueError, match=r"1 of 10 lines \(10.0%\) were quarantined"):
         sessionize.run(settings, day, spark=spark)
     assert pd.read_parquet(settings.quarantine_dir(day))["reason"].tolist() == ["not_json"]
-    assert pd.read_parquet(settings.sessionize_stats_dir(day))["status"].tolist() == ["failed"]
+    assert pd.read_parquet(settings.run_stats_dir("sessionize", day))["status"].tolist() == ["failed"]
     assert not settings.sequences_dir(day).exists() and not settings.state_dir(day).exists()
     relaxed = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=0.2)
     assert sessionize.run(relaxed, day, spark=spark)["users"] == 9

@@ -1,0 +1,64 @@
+"""One small trained platform for the Airflow tests: synthetic raw events, then `reco_training` for the day before
+the last and `reco_nightly` for the last day, both through real `airflow dags test`.
+
+Built once per test session (the `pipeline` fixture in conftest) and shared by the `airflow dags test` suite and
+the UI-path suite, because training is the slow part.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from processes import run_ok
+
+from model_lib.config import Settings, get_settings
+from model_lib.runtime import engine_environment
+
+BIN = Path(sys.executable).parent
+K = 10
+# The DAGs read these when they are parsed: tiny data, two epochs, and a missing raw day decided in seconds.
+OVERRIDES = {
+    "RECO_MIN_ITEM_COUNT": "2",
+    "RECO_SEQ_LEN": "20",
+    "RECO_EPOCHS": "2",
+    "RECO_TOP_K": str(K),
+    "RECO_BATCH_SIZE": "64",
+    "RECO_RAW_WAIT_MINUTES": "0.05",
+    "RECO_RAW_POKE_SECONDS": "1",
+}
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    env: dict[str, str]
+    ds: dt.date  # the nightly run's day; the model was trained on the day before
+    logs: dict[str, str]
+
+    @property
+    def trained_day(self) -> dt.date:
+        return self.ds - dt.timedelta(days=1)
+
+    def airflow(self, *args: str, env: dict[str, str] | None = None) -> str:
+        return run_ok([str(BIN / "airflow"), *args], env or self.env)[1]
+
+
+def build_pipeline(data_dir: Path) -> Pipeline:
+    env = {**os.environ, "RECO_DATA_DIR": str(data_dir), **OVERRIDES}
+    env.update(engine_environment(get_settings(data_dir=data_dir)))
+    settings = get_settings(data_dir=data_dir, min_item_count=2, seq_len=20, top_k=K)
+    made = run_ok([str(BIN / "reco"), "data", "synth", "--users", "150", "--items", "80", "--days", "4"], env)[0]
+    ds = dt.date.fromisoformat(json.loads(made.strip().splitlines()[-1])["last_dt"])
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(settings, env, ds, {})
+    pipeline.airflow("db", "migrate")
+    # Trained on the day before the last; the nightly run of the last day then continues that day's state
+    # incrementally and scores sequences indexed with a newer vocabulary than the model's.
+    pipeline.logs["training"] = pipeline.airflow("dags", "test", "reco_training", pipeline.trained_day.isoformat())
+    pipeline.logs["nightly"] = pipeline.airflow("dags", "test", "reco_nightly", ds.isoformat())
+    return pipeline
