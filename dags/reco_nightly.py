@@ -90,14 +90,7 @@ def reco_nightly():
         outlet_events[RECOMMENDATIONS_ASSET].extra = summary
         return summary
 
-    (
-        raw_events_sensor(settings)
-        >> sessionize_task()
-        >> resolve_champion()
-        >> recommend
-        >> publish()
-        >> report_task(("sessionize", "resolve_champion", "recommend", "publish"))
-    )
+    (raw_events_sensor(settings) >> sessionize_task() >> resolve_champion() >> recommend >> publish() >> report_task())
 
 
 reco_nightly()

@@ -80,13 +80,7 @@ def reco_training():
         outlet_events[champion_asset(settings)].extra = decision
         return decision
 
-    (
-        raw_events_sensor(settings)
-        >> sessionize_task()
-        >> training_task(settings)
-        >> promote()
-        >> report_task(("sessionize", "train", "promote"))
-    )
+    (raw_events_sensor(settings) >> sessionize_task() >> training_task(settings) >> promote() >> report_task())
 
 
 reco_training()

@@ -54,7 +54,7 @@ def _report_error(context, verdict: str) -> None:
     try:
         from model_lib.run_report import summary_lines
 
-        done = _collect(context, tuple(t.task_id for t in dag.topological_sort()))
+        done = _collect(context)
         lines += ["  counts so far:"] + [f"    {line}" for line in summary_lines(done)] if done else ["  no counts yet"]
     except Exception as collect_error:  # noqa: BLE001 - the summary must never hide the task's own error
         lines.append(f"  (counts unavailable: {collect_error})")
@@ -219,14 +219,14 @@ def _training_pod(settings: Settings, doc_md: str):
     )
 
 
-def report_task(steps: tuple[str, ...]):
+def report_task():
     """The run's last task: counts and seconds per step, printed and returned (the UI shows it as XCom)."""
 
     @task(doc_md="Summary of this run (counts and seconds per step), from lake/run_stats and the steps' XComs.")
     def report(**context) -> dict:
         from model_lib.run_report import summary_lines
 
-        done = _collect(context, steps)
+        done = _collect(context)
         for line in summary_lines(done):
             print(f"[reco] run summary: {line}", flush=True)
         return {"ds": run_ds(context.get("params"), context.get("ds")), **done}
@@ -234,10 +234,12 @@ def report_task(steps: tuple[str, ...]):
     return report()
 
 
-def _collect(context, steps: tuple[str, ...]) -> dict:
+def _collect(context) -> dict:
+    """This run's counts so far, per step in the DAG's order (steps without a result yet are left out)."""
     from model_lib.config import get_settings, parse_ds
     from model_lib.run_report import collect
 
     ti, day = context["ti"], parse_ds(run_ds(context.get("params"), context.get("ds")))
+    steps = tuple(task.task_id for task in context["dag"].topological_sort())
     started = getattr(context.get("dag_run"), "start_date", None)
     return collect(get_settings(), day, steps, lambda step: ti.xcom_pull(task_ids=step), started)
