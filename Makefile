@@ -36,7 +36,7 @@ demo: setup
 	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): wait for raw events -> sessionize -> train -> promote -> report"; \
 	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep --line-buffered -E "\[reco\]|^Epoch [0-9]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_training took $$(( $$(date +%s) - t ))s"; \
-	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): wait for raw events -> sessionize -> resolve champion -> recommend -> publish -> report"; \
+	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): wait for raw events -> resolve champion -> sessionize -> recommend -> publish -> report"; \
 	$(BIN)/airflow dags test reco_nightly $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-nightly.log | grep --line-buffered -E "\[reco\]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_nightly took $$(( $$(date +%s) - t ))s"; \
 	$(BIN)/reco summary --ds $(DEMO_DS) --users 5; \

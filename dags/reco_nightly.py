@@ -1,8 +1,8 @@
 """
-### reco_nightly — wait for raw events -> sessionize -> resolve champion -> recommend -> publish -> report
+### reco_nightly — wait for raw events -> resolve champion -> sessionize -> recommend -> publish -> report
 
-Every day: waits for the day's raw partition, merges its events into the users' sequences (incrementally, from
-yesterday's state), pins the `champion` model version once, scores every user with history (top-K unseen items,
+Every day: waits for the day's raw partition, pins the `champion` model version once, merges the day's events into
+the users' sequences (incrementally, from yesterday's state), scores every user with history (top-K unseen items,
 with the reason item), and publishes the day into the warehouse tables `recommendations` and
 `recommendation_runs` in one transaction. A re-run replaces the day, never duplicates it.
 
@@ -58,15 +58,14 @@ def reco_nightly():
     @task(
         inlets=[champion_asset(settings)],
         doc_md="Reads the MLflow alias `champion` once and returns its version; every later task uses that version, "
-        "so a promotion during the run cannot mix two models in one day.",
+        "so a promotion during the run cannot mix two models in one day. Runs first: without a reachable registry "
+        "and a champion, the run fails before it writes anything.",
     )
     def resolve_champion() -> int:
         from model_lib import registry
 
         settings = get_settings()
-        version = registry.alias_version(registry.configure(settings), settings, registry.CHAMPION)
-        if version is None:
-            raise LookupError(f"{settings.model_name} has no `champion` alias: run reco_training first")
+        version = registry.champion_version(settings)
         print(f"[reco] this run uses {settings.model_name} v{version}")
         return version
 
@@ -90,7 +89,7 @@ def reco_nightly():
         outlet_events[RECOMMENDATIONS_ASSET].extra = summary
         return summary
 
-    (raw_events_sensor(settings) >> sessionize_task() >> resolve_champion() >> recommend >> publish() >> report_task())
+    (raw_events_sensor(settings) >> resolve_champion() >> sessionize_task() >> recommend >> publish() >> report_task())
 
 
 reco_nightly()

@@ -73,12 +73,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     if version is None:
         from model_lib import registry
 
-        client = registry.configure(settings)
-        version = registry.alias_version(client, settings, registry.CHAMPION)
-        if version is None:
-            raise LookupError(
-                f"{settings.model_name} has no `champion` alias: run reco_training (or `reco promote --version N`)"
-            )
+        version = registry.champion_version(settings)
     k = k or settings.top_k
     started = time.time()
     spark = spark_session(settings, "reco-recommend")

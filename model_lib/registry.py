@@ -6,6 +6,7 @@ candidate. A person promotes by setting the alias in the MLflow UI or with `reco
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,12 +27,33 @@ EXPERIMENT = "reco-training"
 NO_ITEMS = np.zeros(0, np.int64)  # no older items beyond the given history
 
 
+class RegistryUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached (as opposed to: it answered that something does not exist)."""
+
+
+def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
+    """Raised `from None`: MLflow's own message repeats the URI, password included, and must not reach the logs."""
+
+    def redacted(text: str) -> str:
+        return re.sub(r"//([^:/@\s]+):[^@\s]*@", r"//\1:***@", text)
+
+    return RegistryUnavailable(
+        f"the MLflow tracking store {redacted(settings.mlflow_tracking_uri)} cannot be reached "
+        f"({redacted(str(error).splitlines()[0])[:300]}). Start it, or point RECO_MLFLOW_TRACKING_URI at the running "
+        "server, then re-run; nothing was written."
+    )
+
+
 def configure(settings: Settings) -> MlflowClient:
     """Points MLflow at the configured store and makes sure the experiment keeps artifacts where we say."""
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    try:
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    except MlflowException as error:
+        raise _unavailable(settings, error) from None
+    if experiment is None:
         settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
     mlflow.set_experiment(EXPERIMENT)
@@ -134,8 +156,21 @@ def alias_version(client: MlflowClient, settings: Settings, alias: str) -> int |
     """The version an alias points to, or None when the alias (or the model) does not exist."""
     try:
         return int(client.get_model_version_by_alias(settings.model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise _unavailable(settings, error) from None
+
+
+def champion_version(settings: Settings) -> int:
+    """The version `champion` points to now; a clear error, before any work, when there is none."""
+    version = alias_version(configure(settings), settings, CHAMPION)
+    if version is None:
+        raise LookupError(
+            f"{settings.model_name} has no `{CHAMPION}` alias in {settings.mlflow_tracking_uri}: run reco_training "
+            "(or `reco promote --version N`), then re-run; nothing was written."
+        )
+    return version
 
 
 def load_recommender(settings: Settings, version: int) -> Recommender:

@@ -48,10 +48,11 @@ def parse_dags(tmp_path, **settings) -> dict:
 def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
     parsed = parse_dags(tmp_path)
     nightly, training = parsed["reco_nightly"], parsed["reco_training"]
+    # The champion is resolved before any work: without a registry or a champion nothing is written.
     assert nightly["order"] == [
         "wait_for_raw_events",
-        "sessionize",
         "resolve_champion",
+        "sessionize",
         "recommend",
         "publish",
         "report",

@@ -4,36 +4,12 @@ leaves the old day (and is recorded)."""
 import datetime as dt
 import threading
 
-import pandas as pd
 import pytest
+from recommendation_files import DS, write_day
 
 from model_lib.warehouse import open_warehouse
 
-DS = dt.date(2024, 1, 10)
 STARTED = dt.datetime(2024, 1, 11)
-
-
-def write_day(folder, users, version=1, ds=DS, k=3, files=1):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = pd.DataFrame(
-        [
-            {
-                "ds": ds.isoformat(),
-                "user_id": u,
-                "rank": r,
-                "item_id": f"i{r}",
-                "score": 1.0 / r,
-                "source": "model",
-                "reason_item_id": None if r == 2 else "i9",
-                "model_name": "m",
-                "model_version": version,
-            }
-            for u in users
-            for r in range(1, k + 1)
-        ]
-    )
-    for part in range(files):
-        rows.iloc[part::files].to_parquet(folder / f"part-{part}.parquet", index=False)
 
 
 def test_republishing_a_day_replaces_it(warehouse_url, tmp_path):

@@ -1,0 +1,150 @@
+"""Real faults: a process killed at the worst moment leaves the previous complete version, and the re-run lands
+exactly once; a missing registry or champion stops the nightly scoring before it writes anything."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from processes import free_port, run_ok, start_server, wait_for
+from recommendation_files import DS, write_day
+
+from model_lib.config import get_settings
+from model_lib.warehouse import open_warehouse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_publishes_it_once(postgres_url, tmp_path):
+    import psycopg
+    from postgres_server import fresh_database
+
+    from jobs import publish
+
+    url = fresh_database(postgres_url, "fault_publish_killed")
+    settings = get_settings(data_dir=tmp_path / "data", warehouse_url=url)
+    settings.vocab_dir(DS).mkdir(parents=True)
+    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
+    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
+    publish.run(settings, DS, "run-old")
+    shutil.rmtree(settings.recommendations_dir(DS))
+    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+
+    # Another session holds a lock the publish's DELETE needs, so the publish is caught inside its transaction.
+    blocker = psycopg.connect(url)
+    blocker.execute("LOCK TABLE recommendations IN SHARE MODE")
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_WAREHOUSE_URL": url, "PGAPPNAME": "killed"}
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--run-id", "run-killed"], env=env, cwd=ROOT
+    )
+
+    monitor = psycopg.connect(url, autocommit=True)  # pg_stat_activity is a snapshot per transaction
+
+    def backend(state_filter: str) -> bool:
+        row = monitor.execute(
+            f"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed' AND {state_filter}"
+        ).fetchone()
+        return row[0] > 0
+
+    wait_for(lambda: backend("wait_event_type = 'Lock' AND query LIKE 'DELETE FROM recommendations%'"), "the DELETE")
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    blocker.rollback()  # releases the lock: the orphaned backend finds its client gone and rolls back
+    wait_for(lambda: not backend("true"), "the killed publish's server session to end", timeout=60)
+    blocker.close()
+    monitor.close()
+
+    warehouse = open_warehouse(url)
+    day = warehouse.query("SELECT model_version, count(*) AS n FROM recommendations GROUP BY 1")
+    assert day.to_dict("records") == [{"model_version": 1, "n": 6}], "the killed publish changed the day"
+    assert warehouse.query("SELECT run_id FROM recommendation_runs")["run_id"].tolist() == ["run-old"]
+
+    again = subprocess.run(
+        [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--run-id", "run-again"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    day = warehouse.query(
+        "SELECT model_version, count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations GROUP BY 1"
+    )
+    assert day.to_dict("records") == [{"model_version": 2, "n": 9, "keys": 9}]
+    runs = warehouse.query("SELECT run_id, status FROM recommendation_runs ORDER BY run_id")
+    assert runs.to_dict("records") == [
+        {"run_id": "run-again", "status": "success"},
+        {"run_id": "run-old", "status": "success"},
+    ]
+
+
+def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_before_writing(tmp_path, monkeypatch):
+    from jobs import recommend
+    from model_lib.registry import RegistryUnavailable
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # production keeps MLflow's retries
+    down = get_settings(data_dir=tmp_path / "down", mlflow_tracking_uri=f"http://user:secret@127.0.0.1:{free_port()}")
+    with pytest.raises(RegistryUnavailable, match="cannot be reached") as unreachable:
+        recommend.run(down, DS)
+    assert "RECO_MLFLOW_TRACKING_URI" in str(unreachable.value) and "secret" not in str(unreachable.value)
+
+    empty = get_settings(data_dir=tmp_path / "empty")
+    with pytest.raises(LookupError, match="no `champion` alias .* run reco_training"):
+        recommend.run(empty, DS)
+    for settings in (down, empty):
+        assert not settings.recommendations_dir(DS).exists() and not settings.run_stats_dir("recommend", DS).exists()
+
+
+def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
+    from model_lib.lake import read_sequences
+    from model_lib.runtime import engine_environment
+
+    settings = get_settings(data_dir=tmp_path / "data", min_item_count=1)
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_MIN_ITEM_COUNT": "1"}
+    env.update(engine_environment(settings))
+    made = run_ok([str(Path(sys.executable).parent / "reco"), "data", "synth", "--users", "400", "--days", "3"], env)
+    ds = dt.date.fromisoformat(json.loads(made[0].strip().splitlines()[-1])["last_dt"])
+    sessionize = [sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", "full"]
+    run_ok(sessionize, env)
+    committed = [settings.sequences_dir(ds), settings.vocab_dir(ds), settings.state_dir(ds)]
+    before = {folder: folder_digest(folder) for folder in committed}
+    first = read_sequences(settings.sequences_dir(ds))
+
+    # The same day again, killed (job and its JVM) while Spark writes the day's sequences into their staging folder.
+    job = start_server(sessionize, env, tmp_path / "killed.log")
+    staging = settings.sequences_dir(ds).parent
+    deadline = time.time() + 300
+    while not any(staging.glob(".tmp-*")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.02)
+    assert job.poll() is None, "the job ended before it wrote anything: nothing was killed"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=30)
+    assert {folder: folder_digest(folder) for folder in committed} == before, "a killed run changed a committed day"
+    print("left behind by the killed run:", [p.name for p in staging.glob(".tmp-*")])
+
+    # The re-run succeeds and rebuilds the same day (Spark's file names differ, the content does not).
+    run_ok(sessionize, env)
+    assert pd.read_parquet(settings.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]
+    again = read_sequences(settings.sequences_dir(ds))
+    assert np.array_equal(again.user_ids, first.user_ids) and np.array_equal(again.items, first.items)
+
+
+def folder_digest(folder: Path) -> str:
+    """Content hash of a committed folder (file names and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
