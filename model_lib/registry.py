@@ -167,8 +167,9 @@ def champion_version(settings: Settings) -> int:
     version = alias_version(configure(settings), settings, CHAMPION)
     if version is None:
         raise LookupError(
-            f"{settings.model_name} has no `{CHAMPION}` alias in {settings.mlflow_tracking_uri}: run reco_training "
-            "(or `reco promote --version N`), then re-run; nothing was written."
+            # The URI is not repeated here: it may hold a password.
+            f"{settings.model_name} has no `{CHAMPION}` alias in the registry at RECO_MLFLOW_TRACKING_URI: run "
+            "reco_training (or `reco promote --version N`), then re-run; nothing was written."
         )
     return version
 
