@@ -2,7 +2,11 @@
 
 Reads   lake/sequences/ds=D/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once by the caller)
 Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K unseen items with scores, source and reason
-        lake/run_stats/recommend/ds=D/  model version, K, users, rows, seconds
+        lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
+
+Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
+`recommend_min_known_share` of the day's events) or on other event types is refused with an error, not silently
+turned into popular-items lists for everybody.
 
 Each Python worker loads the model once and scores whole Arrow batches: one forward pass, one matrix multiply
 against the item table, seen items excluded, top-K. Run as `spark-submit jobs/recommend.py --ds D --model-version N`
@@ -18,15 +22,16 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
 from model_lib.progress import stage
-from model_lib.scoring import score_partition
+from model_lib.scoring import IncompatibleModelError, score_partition
 from model_lib.spark import spark_session
-from model_lib.vocabulary import vocabulary_item_ids
+from model_lib.vocabulary import known_share, vocabulary_item_ids
 
 RECOMMENDATION_SCHEMA = (
     "ds string, user_id string, rank int, item_id string, score double, source string, "
@@ -39,9 +44,33 @@ def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> D
     return spark.read.parquet(str(settings.sequences_dir(ds)))
 
 
-def extract_day_item_ids(settings: Settings, ds: dt.date) -> np.ndarray:
-    """index -> raw item id of the vocabulary the day's sequences were indexed with."""
-    return vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
+def extract_day_vocabulary(settings: Settings, ds: dt.date) -> pd.DataFrame:
+    """The vocabulary the day's sequences were indexed with (item_id, item_index, count)."""
+    return read_parquet_folder(settings.vocab_dir(ds))
+
+
+def check_model_fits_day(settings: Settings, version: int, day_vocabulary: pd.DataFrame) -> float:
+    """The share of the day's events the model knows; raises IncompatibleModelError when the model cannot score
+    the day meaningfully."""
+    from model_lib import registry
+
+    model_vocabulary, model_event_types = registry.trained_on(settings, version)
+    share = known_share(model_vocabulary, day_vocabulary)
+    problems = []
+    if share < settings.recommend_min_known_share:
+        problems.append(
+            f"it knows {share:.1%} of the day's events, below RECO_RECOMMEND_MIN_KNOWN_SHARE "
+            f"{settings.recommend_min_known_share:.0%}: it was trained on other items"
+        )
+    if model_event_types != list(settings.event_types):
+        problems.append(f"it was trained on event types {model_event_types}, the day has {settings.event_types}")
+    if problems:
+        raise IncompatibleModelError(
+            f"{settings.model_name} v{version} does not fit the sequences of this day: {'; '.join(problems)}. "
+            "Promote a version trained on this catalogue (reco_training, or `reco promote --version N`), then re-run; "
+            "nothing was written."
+        )
+    return share
 
 
 def recommend(
@@ -76,10 +105,12 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         version = registry.champion_version(settings)
     k = k or settings.top_k
     started = time.time()
+    day_vocabulary = extract_day_vocabulary(settings, ds)
+    known = check_model_fits_day(settings, version, day_vocabulary)
     spark = spark_session(settings, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        load(recommend(sequences, extract_day_item_ids(settings, ds), settings, version, k, ds), settings, ds)
+        load(recommend(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds), settings, ds)
         written = spark.read.parquet(str(settings.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
@@ -90,6 +121,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "k": k,
         "users": counts["users"],
         "rows": counts["rows"],
+        "known_share": round(known, 4),
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.run_stats_dir("recommend", ds))

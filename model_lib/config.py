@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     promote_margin: float = 0.0
     promote_min_coverage: float = 0.05
     promote_min_known_share: float = 0.9
+    # The nightly run refuses a champion that knows less than this share of the day's events: a model trained on
+    # another catalogue would give everybody the popular fallback. Lower than the gate's floor, because a champion
+    # ages between trainings while new items arrive.
+    recommend_min_known_share: float = 0.5
     xla: bool = True  # XLA-compiles the train step (the LSTM loop runs much faster on CPU)
     # full = softmax over the whole catalogue; sampled = `sampled_negatives` items drawn from the unigram^0.75
     # distribution with the log-Q correction; auto = sampled once the catalogue exceeds sampled_softmax_min_items.
@@ -162,7 +166,9 @@ class Settings(BaseSettings):
             raise ValueError(f"top_k is at most {MAX_TOP_K}, got {value}")
         return value
 
-    @field_validator("max_quarantine_share", "promote_min_coverage", "promote_min_known_share")
+    @field_validator(
+        "max_quarantine_share", "promote_min_coverage", "promote_min_known_share", "recommend_min_known_share"
+    )
     @classmethod
     def _share(cls, value: float) -> float:
         if not 0.0 <= value <= 1.0:

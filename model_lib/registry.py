@@ -6,6 +6,7 @@ candidate. A person promotes by setting the alias in the MLflow UI or with `reco
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -179,6 +180,27 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
     return pyfunc.unwrap_python_model().recommender
+
+
+def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str]]:
+    """The vocabulary and event types a registered version was trained with, read from its artifacts without
+    loading the network (so the nightly run can check them before any scoring)."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    folder = f"models:/{settings.model_name}/{version}/artifacts/recommender"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            vocabulary = pd.read_parquet(
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/vocabulary.parquet", dst_path=tmp)
+            )
+            config = json.loads(
+                Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/model_config.json", dst_path=tmp))
+                .read_text()
+            )
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise LookupError(f"{settings.model_name} has no version {version} in the registry") from None
+            raise _unavailable(settings, error) from None
+    return vocabulary, config["event_types"]
 
 
 def set_champion(client: MlflowClient, settings: Settings, version: int, reason: str) -> None:

@@ -61,3 +61,15 @@ def vocabulary_item_ids(vocabulary: pd.DataFrame) -> np.ndarray:
     item_ids = np.full(max(size, FIRST_ITEM_INDEX), "", dtype=object)
     item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
     return item_ids
+
+
+def known_share(model_vocabulary: pd.DataFrame, day_vocabulary: pd.DataFrame) -> float:
+    """Of the day's events (the day vocabulary's counts), the share whose item the model's vocabulary holds.
+
+    1.0 for a day without events: there is nothing the model could fail to know.
+    """
+    events = day_vocabulary["count"].sum()
+    if events == 0:
+        return 1.0
+    known = day_vocabulary["item_id"].isin(set(model_vocabulary["item_id"]))
+    return float(day_vocabulary.loc[known, "count"].sum() / events)

@@ -72,3 +72,35 @@ def test_batch_scoring(spark, tmp_path):
     assert cold["item_id"].head(3).tolist() == ["i2", "i3", "i4"]
     warm = rows[rows["user_id"] != "u001"]
     assert set(warm["source"]) == {"model"} and warm["reason_item_id"].notna().all()
+
+
+def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written(tmp_path):
+    """A champion trained on another catalogue (or other event types) would hand everybody the popular fallback
+    under its own name; the job refuses it instead, before Spark starts."""
+    from jobs import recommend
+    from model_lib.scoring import IncompatibleModelError
+
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
+    version, vocabulary = register_tiny_model(settings)
+    # The same indices, but other items: 30% of the day's events fall on items the model knows.
+    foreign = vocabulary.assign(item_id=[f"x{i}" for i in vocabulary["item_index"]], count=7)
+    day_vocabulary = pd.concat([foreign.iloc[:19], vocabulary.iloc[19:].assign(count=7)], ignore_index=True)
+    settings.vocab_dir(DS).mkdir(parents=True)
+    day_vocabulary.to_parquet(settings.vocab_dir(DS) / "part-0.parquet", index=False)
+
+    with pytest.raises(IncompatibleModelError, match=r"knows 32\.1% of the day's events, below .* 50%") as refused:
+        recommend.run(settings, DS, version=version)
+    assert "nothing was written" in str(refused.value)
+    assert not settings.recommendations_dir(DS).exists()
+    assert read_run_stats(settings.run_stats_dir("recommend", DS)) is None
+
+    # The catalogue fits, but the model reads event types in another order.
+    day_vocabulary.assign(item_id=vocabulary["item_id"]).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
+    reordered = get_settings(data_dir=settings.data_dir, seq_len=8, event_types=list(reversed(settings.event_types)))
+    with pytest.raises(IncompatibleModelError, match="trained on event types") as refused:
+        recommend.run(reordered, DS, version=version)
+    assert "knows" not in str(refused.value)
+    assert not settings.recommendations_dir(DS).exists()
+
+    with pytest.raises(LookupError, match=f"has no version {version + 1} in the registry"):
+        recommend.run(settings, DS, version=version + 1)
