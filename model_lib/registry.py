@@ -45,9 +45,16 @@ def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
     )
 
 
+def use_configured_store(settings: Settings) -> None:
+    """Tracking and registry both at RECO_MLFLOW_TRACKING_URI. Setting the registry too matters: MLflow would
+    otherwise take it from an ambient MLFLOW_REGISTRY_URI and load `models:/` from some other registry."""
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
 def configure(settings: Settings) -> MlflowClient:
     """Points MLflow at the configured store and makes sure the experiment keeps artifacts where we say."""
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_configured_store(settings)
     if settings.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -177,7 +184,7 @@ def champion_version(settings: Settings) -> int:
 
 def load_recommender(settings: Settings, version: int) -> Recommender:
     """The Recommender inside a registered version, loaded only from the configured registry."""
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_configured_store(settings)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
     return pyfunc.unwrap_python_model().recommender
 
@@ -185,7 +192,7 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
 def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str]]:
     """The vocabulary and event types a registered version was trained with, read from its artifacts without
     loading the network (so the nightly run can check them before any scoring)."""
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    use_configured_store(settings)
     folder = f"models:/{settings.model_name}/{version}/artifacts/recommender"
     with tempfile.TemporaryDirectory() as tmp:
         try:
