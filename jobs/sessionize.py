@@ -32,9 +32,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib import events as ev
-from model_lib import lake
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
-from model_lib.lake import commit_folder, latest_version_before, raw_partitions, staging_path
+from model_lib.lake import (
+    commit_folder,
+    latest_version_before,
+    raw_partitions,
+    remove_dead_leftovers,
+    staging_path,
+    write_run_stats,
+)
 from model_lib.progress import stage
 from model_lib.schemas import REASON_CODES
 from model_lib.spark import spark_session
@@ -93,7 +99,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
         frame = spark.read.text(str(raw_dir)).where(F.col("dt") <= F.lit(ds))
     else:
-        day = raw_dir / f"dt={ds.isoformat()}"
+        day = settings.raw_events_day_dir(ds)
         if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
             print(f"[reco] no raw events for dt={ds}: the users' sequences carry over unchanged", flush=True)
             return spark.createDataFrame([], LINE_SCHEMA)
@@ -154,6 +160,7 @@ def write_quarantine(quarantine: DataFrame, settings: Settings, days: list[str])
         elif final.exists():
             commit_folder(_empty_folder(final), final)
     shutil.rmtree(staged, ignore_errors=True)
+    remove_dead_leftovers(settings.quarantine_root / "batch")
 
 
 def _empty_folder(final: Path) -> Path:
@@ -173,11 +180,11 @@ def write_state(spark_frames: dict[str, DataFrame], counts: pd.DataFrame, settin
     commit_folder(staged, settings.state_dir(ds))
 
 
-def write_run_stats(stats: dict, settings: Settings, ds: dt.date) -> None:
+def write_sessionize_stats(stats: dict, settings: Settings, ds: dt.date) -> None:
     """One row per ds in the run-stats table (Parquet; query it with DuckDB or Spark)."""
     row = {key: value for key, value in stats.items() if key != "quarantined_by_reason"}
     row.update({f"quarantined_{code}": stats["quarantined_by_reason"].get(code, 0) for code in REASON_CODES})
-    lake.write_run_stats(row, settings.run_stats_dir("sessionize", ds))
+    write_run_stats(row, settings.run_stats_dir("sessionize", ds))
 
 
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
@@ -236,7 +243,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         write_quarantine(ev.quarantine_rows(validated), settings, days_read)
         report(rows=stats["quarantined"], days=len(days_read), path=str(settings.quarantine_root))
     if stats["quarantined_share"] > settings.max_quarantine_share:
-        write_run_stats(
+        write_sessionize_stats(
             {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
         )
         raise ValueError(
@@ -274,7 +281,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         stats["users"] = histories.count()
         report(users=stats["users"], path=str(settings.sequences_dir(ds)))
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
-    write_run_stats(stats, settings, ds)
+    write_sessionize_stats(stats, settings, ds)
     print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)
     for frame in (validated, events, histories):
         frame.unpersist()

@@ -202,6 +202,10 @@ class Settings(BaseSettings):
     def raw_events_dir(self) -> Path:
         return self.lake_dir / "raw" / "events"
 
+    def raw_events_day_dir(self, day: dt.date) -> Path:
+        """One arrival day of raw events; a producer commits it whole, so once it exists it has landed."""
+        return self.raw_events_dir / f"dt={day.isoformat()}"
+
     @property
     def items_dir(self) -> Path:
         return self.lake_dir / "items"

@@ -138,9 +138,9 @@ def raw_events_sensor(settings: Settings):
         f"After {settings.raw_wait_minutes:g} min without it, {outcome} (RECO_RAW_WAIT_MINUTES, RECO_ON_MISSING_RAW).",
     )
     def wait_for_raw_events(params: dict | None = None, ds: str | None = None) -> bool:
-        from model_lib.config import get_settings
+        from model_lib.config import get_settings, parse_ds
 
-        folder = get_settings().raw_events_dir / f"dt={run_ds(params, ds)}"
+        folder = get_settings().raw_events_day_dir(parse_ds(run_ds(params, ds)))
         present = folder.is_dir()
         print(
             f"[reco] raw partition {folder}: "

@@ -1,13 +1,17 @@
 """Lake layout I/O: listing raw partitions, atomic folder commits, and reading the small tables back.
 
-A folder is written under a temporary sibling name and then swapped in with renames, so a reader (or a crash)
-sees the old complete version or the new complete one, never a partial folder.
+A folder is written under a temporary sibling name and then swapped in, so a reader (or a crash) sees the old
+complete version or the new complete one, never a partial folder.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import errno
+import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -42,18 +46,71 @@ def latest_version_before(root: Path, ds: dt.date) -> Path | None:
 
 
 def staging_path(final: Path) -> Path:
-    """A unique temporary sibling of `final`, on the same file system so the commit is a rename."""
+    """A unique temporary sibling of `final`, on the same file system so the commit is a rename.
+
+    The name carries the host and process that writes it, so a later commit can tell a killed run's leftover
+    (its process is gone) from a folder another live run is still writing.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    return final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    return final.parent / f".tmp-{final.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
 def commit_folder(staged: Path, final: Path) -> None:
-    """Swaps a fully written folder into place; the previous version is removed only after the swap."""
-    retired = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        final.rename(retired)
-    staged.rename(final)
-    shutil.rmtree(retired, ignore_errors=True)
+    """Swaps a fully written folder into place, then removes the previous version and dead runs' leftovers.
+
+    On Linux the two names are exchanged in one step, so a reader finds the old complete version or the new one at
+    every instant. Where the file system cannot exchange, two renames leave a moment without `final` (its previous
+    version is then `.old-…`).
+    """
+    if final.exists() and _exchange(staged, final):
+        shutil.rmtree(staged)  # it now holds the previous version
+    else:
+        retired = final.parent / staging_path(final).name.replace(".tmp-", ".old-", 1)
+        if final.exists():
+            final.rename(retired)
+        staged.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+    remove_dead_leftovers(final)
+
+
+def remove_dead_leftovers(final: Path) -> list[Path]:
+    """Removes the staging (`.tmp-`) and retired (`.old-`) siblings of `final` that processes on this host left
+    when they were killed; folders of live processes, and of other hosts, stay. Returns what was removed."""
+    host, removed = socket.gethostname(), []
+    for prefix in (".tmp-", ".old-"):
+        for leftover in final.parent.glob(f"{prefix}{final.name}.*"):
+            owner = leftover.name.removeprefix(f"{prefix}{final.name}.").rsplit(".", 2)  # host, pid, random tag
+            if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _process_alive(int(owner[1])):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Exchanges two existing names atomically (Linux renameat2 with RENAME_EXCHANGE); False where the C library
+    or the file system cannot, so the caller falls back to renames."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(second))
 
 
 def parquet_files(folder: Path) -> list[Path]:

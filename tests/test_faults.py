@@ -132,10 +132,13 @@ def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rer
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
     assert {folder: folder_digest(folder) for folder in committed} == before, "a killed run changed a committed day"
-    print("left behind by the killed run:", [p.name for p in staging.glob(".tmp-*")])
+    left_behind = [path.name for path in staging.glob(".tmp-*")]
+    print("left behind by the killed run:", left_behind)
 
-    # The re-run succeeds and rebuilds the same day (Spark's file names differ, the content does not).
+    # The re-run succeeds, rebuilds the same day (Spark's file names differ, the content does not) and removes the
+    # killed run's staging folder.
     run_ok(sessionize, env)
+    assert left_behind and not any(staging.glob(".tmp-*")) and not any(staging.glob(".old-*"))
     assert pd.read_parquet(settings.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]
     again = read_sequences(settings.sequences_dir(ds))
     assert np.array_equal(again.user_ids, first.user_ids) and np.array_equal(again.items, first.items)

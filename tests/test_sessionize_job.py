@@ -73,7 +73,7 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
 
 def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
     day = dt.date(2024, 3, 1)
-    folder = settings.raw_events_dir / f"dt={day}"
+    folder = settings.raw_events_day_dir(day)
     folder.mkdir(parents=True)
     good = [f'{{"user_id":"u{i}","item_id":"i1","event_type":"view","ts":"{day}T10:00:0{i}Z"}}' for i in range(9)]
     with gzip.open(folder / "part-00000.jsonl.gz", "wt") as handle:

@@ -1,0 +1,123 @@
+"""model_lib/lake.py commits: a reader in another process never finds a committed folder missing or partial while
+it is replaced over and over, and a commit clears what killed runs left behind, but not a live run's folder."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+from model_lib import lake
+
+FILES = 20
+
+
+def write_version(folder, version: int) -> None:
+    folder.mkdir()
+    for part in range(FILES):
+        (folder / f"part-{part:05d}").write_text(str(version))
+
+
+def watch(final, stop, report) -> None:
+    """Opens `final` and reads the folder it opened as fast as it can; reports how often the name led nowhere or
+    to a folder without exactly one complete version.
+
+    The files are read relative to the opened folder: a reader that lists by name and then opens by name can
+    straddle a commit whatever the commit does, so that is not what this measures.
+    """
+    looks = missing = mixed = 0
+    while not stop.is_set():
+        looks += 1
+        try:
+            folder = os.open(final, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            missing += 1
+            continue
+        try:
+            names = os.listdir(folder)
+            versions = set()
+            for name in names:
+                handle = os.open(name, os.O_RDONLY, dir_fd=folder)
+                versions.add(os.read(handle, 64))
+                os.close(handle)
+            replaced = os.stat(final).st_ino != os.fstat(folder).st_ino
+        except FileNotFoundError:  # a file of the opened version vanished: it was retired and is being removed
+            continue
+        finally:
+            os.close(folder)
+        if not replaced:  # a version replaced while it was read is being removed; only the current one is judged
+            mixed += len(versions) != 1 or len(names) != FILES
+    report.put((looks, missing, mixed))
+
+
+def replace_while_watched(final, commits: int) -> tuple[int, int, int]:
+    context = multiprocessing.get_context("spawn")
+    stop, report = context.Event(), context.Queue()
+    watcher = context.Process(target=watch, args=(final, stop, report))
+    watcher.start()
+    time.sleep(1.0)  # the watcher is importing; let it start looking
+    for version in range(1, commits + 1):
+        staged = lake.staging_path(final)
+        write_version(staged, version)
+        lake.commit_folder(staged, final)
+    stop.set()
+    looks = report.get(timeout=30)
+    watcher.join(timeout=30)
+    return looks
+
+
+def test_a_reader_never_sees_a_folder_missing_or_partial_while_it_is_replaced(tmp_path):
+    final = tmp_path / "ds=2024-01-01"
+    write_version(final, 0)
+    looks, missing, mixed = replace_while_watched(final, commits=400)
+    print(f"400 commits, {looks} looks by the reader: {missing} missing, {mixed} partial")
+    assert looks > 400, "the reader did not overlap the commits"
+    assert (missing, mixed) == (0, 0)
+    assert {path.read_text() for path in final.iterdir()} == {"400"}
+    assert [path.name for path in final.parent.iterdir()] == [final.name], "a commit left a sibling behind"
+
+
+def test_where_names_cannot_be_exchanged_the_two_rename_commit_still_ends_complete(tmp_path, monkeypatch):
+    monkeypatch.setattr(lake, "_exchange", lambda first, second: False)
+    final = tmp_path / "ds=2024-01-01"
+    write_version(final, 0)
+    for version in (1, 2):
+        staged = lake.staging_path(final)
+        write_version(staged, version)
+        lake.commit_folder(staged, final)
+    assert {path.read_text() for path in final.iterdir()} == {"2"}
+    assert [path.name for path in tmp_path.iterdir()] == [final.name]
+
+
+def finished_pid() -> int:
+    """The PID of a process that has ended: what a killed run's folder names."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def named_for(final, pid: int):
+    """The staging folder a process with that PID on this host would write for `final`."""
+    return final.parent / lake.staging_path(final).name.replace(f".{os.getpid()}.", f".{pid}.")
+
+
+def test_a_commit_removes_what_killed_runs_left_but_not_a_live_runs_folder(tmp_path):
+    final = tmp_path / "ds=2024-01-02"
+    dead, live = finished_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        killed_staging = named_for(final, dead)
+        killed_retired = tmp_path / killed_staging.name.replace(".tmp-", ".old-")
+        live_staging = named_for(final, live.pid)
+        other_host = tmp_path / f".tmp-{final.name}.elsewhere.{dead}.0badc0de"
+        other_day = named_for(tmp_path / "ds=2024-01-03", dead)
+        for leftover in (killed_staging, killed_retired, live_staging, other_host, other_day):
+            write_version(leftover, -1)
+        staged = lake.staging_path(final)
+        write_version(staged, 1)
+        lake.commit_folder(staged, final)
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+            [final.name, live_staging.name, other_host.name, other_day.name]
+        )
+    finally:
+        live.kill()
+        live.wait()
