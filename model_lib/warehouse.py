@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -181,6 +182,10 @@ class Warehouse:
 class DuckDBWarehouse(Warehouse):
     """The embedded default: one DuckDB file."""
 
+    # A DuckDB file has one writing process at a time; two runs that publish different days together (backfills)
+    # take turns. Waiting longer than this means something else holds the file (an open notebook, say).
+    lock_wait_seconds = 300.0
+
     def __init__(self, path: Path, **tables):
         super().__init__(**tables)
         self.path = Path(path)
@@ -189,7 +194,23 @@ class DuckDBWarehouse(Warehouse):
         import duckdb
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(str(self.path))
+        started, announced = time.monotonic(), False
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as error:
+                if "Conflicting lock" not in str(error):
+                    raise
+                held_by = str(error).partition("Conflicting lock is held in ")[2].split(". See")[0]
+                waited = time.monotonic() - started
+                if waited > self.lock_wait_seconds:
+                    raise TimeoutError(
+                        f"{self.path} has been in use by {held_by} for {waited:.0f} s: close that session, then re-run"
+                    ) from None
+                if not announced:
+                    print(f"[reco] {self.path} is in use by {held_by}; waiting for it", flush=True)
+                    announced = True
+                time.sleep(1)
 
     def _execute(self, connection, sql, params=None):
         return connection.execute(sql, params or [])

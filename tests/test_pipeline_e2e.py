@@ -4,8 +4,10 @@ on a small synthetic clickstream, then the warehouse is checked against the lake
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -79,7 +81,7 @@ def test_a_quiet_day_still_publishes_from_history(pipeline):
     settings, ds = pipeline.settings, pipeline.ds
     next_day = ds + dt.timedelta(days=1)
     # The producer committed the day's partition, and there were no events that day.
-    (settings.raw_events_dir / f"dt={next_day}").mkdir()
+    settings.raw_events_day_dir(next_day).mkdir()
     log = pipeline.airflow("dags", "test", "reco_nightly", next_day.isoformat())
     assert f"no raw events for dt={next_day}" in log
     counts = open_warehouse(settings.warehouse_url).query(
@@ -88,6 +90,65 @@ def test_a_quiet_day_still_publishes_from_history(pipeline):
     )
     assert counts["ds"].tolist() == [ds.isoformat(), next_day.isoformat()]
     assert counts["n"].iloc[0] == counts["n"].iloc[1]
+
+
+def test_a_rerun_next_to_a_backfill_of_another_day_changes_nothing_and_they_do_not_interfere(pipeline):
+    """At the same time: a re-run of the day that already succeeded, and a full-rebuild run of a later day without
+    new events. The re-run's rows hash exactly as before; the later day gets the same lists (nothing happened in
+    between); neither day holds a duplicate, and both runs are recorded."""
+    from model_lib.warehouse import open_warehouse
+
+    settings, ds = pipeline.settings, pipeline.ds
+    later = ds + dt.timedelta(days=4)
+    settings.raw_events_day_dir(later).mkdir()
+    warehouse = open_warehouse(settings.warehouse_url)
+    before = day_digest(warehouse, ds)
+    successes_before = recorded_successes(warehouse, ds)
+
+    commands = {
+        ds: ["dags", "test", "reco_nightly", ds.isoformat()],
+        later: ["dags", "test", "reco_nightly", later.isoformat(), "--conf", '{"full_rebuild": true}'],
+    }
+    started = time.monotonic()
+    runs = {
+        day: subprocess.Popen(
+            [str(BIN / "airflow"), *args], env=pipeline.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for day, args in commands.items()
+    }
+    logs = {day: run.communicate(timeout=1200)[0] for day, run in runs.items()}
+    waited = [str(day) for day, log in logs.items() if "is in use by" in log]
+    print(f"two nightly runs side by side: {time.monotonic() - started:.0f} s; publish waited for the file: {waited}")
+    for day, run in runs.items():
+        assert run.returncode == 0, f"the run of {day} failed:\n{logs[day][-6000:]}"
+    assert "mode=incremental" in logs[ds] and "mode=full" in logs[later]
+
+    assert day_digest(warehouse, ds) == before, "re-running a day that had succeeded changed its rows"
+    assert day_digest(warehouse, later, ds_column=False) == day_digest(warehouse, ds, ds_column=False)
+    for day in (ds, later):
+        counts = warehouse.query(
+            "SELECT count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations WHERE ds = ?", [day]
+        )
+        assert counts["n"][0] == counts["keys"][0] > 0, day
+    assert recorded_successes(warehouse, ds) == successes_before + 1
+    assert recorded_successes(warehouse, later) == 1
+
+
+def day_digest(warehouse, day: dt.date, ds_column: bool = True) -> str:
+    """A content hash of one published day: every column of every row, in key order."""
+    rows = warehouse.query(
+        "SELECT CAST(ds AS VARCHAR) AS ds, user_id, rank, item_id, score, source, reason_item_id, model_name, "
+        "model_version FROM recommendations WHERE ds = ? ORDER BY user_id, rank",
+        [day],
+    )
+    if not ds_column:
+        rows = rows.drop(columns="ds")
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
+
+
+def recorded_successes(warehouse, day: dt.date) -> int:
+    runs = warehouse.query("SELECT count(*) AS n FROM recommendation_runs WHERE ds = ? AND status = 'success'", [day])
+    return int(runs["n"][0])
 
 
 def test_a_missing_raw_partition_skips_or_fails_the_run_as_configured(pipeline):

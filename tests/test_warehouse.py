@@ -2,7 +2,10 @@
 leaves the old day (and is recorded)."""
 
 import datetime as dt
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from recommendation_files import DS, write_day
@@ -94,3 +97,38 @@ def test_readers_see_the_old_day_or_the_new_day_never_a_mix(postgres_url, tmp_pa
 def test_unknown_warehouse_scheme_is_rejected():
     with pytest.raises(ValueError, match="unsupported warehouse"):
         open_warehouse("mysql://127.0.0.1/x")
+
+
+def test_a_duckdb_file_in_use_by_another_process_is_waited_for_then_given_up_on(tmp_path):
+    """DuckDB lets one process write a file at a time: two backfill runs publishing different days take turns
+    instead of failing, and a file held for longer than the wait gives a message that says what to do."""
+    path = tmp_path / "warehouse.duckdb"
+    warehouse = open_warehouse(f"duckdb:///{path}")
+    write_day(tmp_path / "day", ["u1", "u2"])
+    warehouse.publish(DS, tmp_path / "day", "run-0", catalogue_size=10, started_at=STARTED)
+    write_day(tmp_path / "next", ["u1", "u2"], ds=DS + dt.timedelta(days=1))
+    hold = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+        "time.sleep(float(sys.argv[2]))"
+    )
+
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path), "4"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    published = warehouse.publish(DS + dt.timedelta(days=1), tmp_path / "next", "run-1", 10, STARTED)
+    waited = time.monotonic() - started
+    holder.wait(timeout=30)
+    assert published["rows"] == 6 and waited > 1, waited
+    days = warehouse.query("SELECT CAST(ds AS VARCHAR) AS ds, count(*) AS n FROM recommendations GROUP BY 1 ORDER BY 1")
+    assert days.to_dict("records") == [{"ds": "2024-01-10", "n": 6}, {"ds": "2024-01-11", "n": 6}]
+
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        warehouse.lock_wait_seconds = 2
+        with pytest.raises(TimeoutError, match=rf"in use by .*\(PID {holder.pid}\) for \d+ s: close that session"):
+            warehouse.publish(DS, tmp_path / "day", "run-2", 10, STARTED)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert warehouse.query("SELECT count(*) AS n FROM recommendations")["n"][0] == 12
