@@ -48,18 +48,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check dags jobs model_lib tests bench
 
-# The Airflow UI with this project's DAGs: `airflow standalone` (API server, scheduler, DAG processor, triggerer)
-# bound to 127.0.0.1, examples off, at most 4 tasks at once (2 per DAG; from model_lib/runtime.py). Ctrl-C stops it.
+# The Airflow UI with this project's DAGs: API server, scheduler, DAG processor and triggerer, every one bound to
+# 127.0.0.1 (model_lib/airflow_local.py; not `airflow standalone`, whose log servers bind every address), examples
+# off, at most 4 tasks at once (2 per DAG; from model_lib/runtime.py). Ctrl-C stops it.
 AIRFLOW_PORT ?= 8080
 airflow: setup
-	@$(ENGINE_ENV); mkdir -p $$AIRFLOW_HOME; \
-	export AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
-	  AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
-	  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
-	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin; \
-	echo "==> Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)   DAGs: $$AIRFLOW__CORE__DAGS_FOLDER (examples off)"; \
-	echo "    login: admin / the password in $$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written at first start)"; \
-	$(BIN)/airflow standalone
+	@$(ENGINE_ENV); $(BIN)/reco airflow --port $(AIRFLOW_PORT)
 
 mlflow-ui: setup
 	@$(ENGINE_ENV); echo "MLflow UI: http://127.0.0.1:5000"; \

@@ -8,6 +8,7 @@ reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
 reco bench accuracy | scoring | sessionize   the benchmarks under bench/ (one JSON line per result)
+reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
 """
 
@@ -62,6 +63,13 @@ def _show(args) -> None:
     if ds is None:
         raise SystemExit(f"no recommendations published in {settings.warehouse_url} yet: run reco_nightly first")
     print(format_recommendations(args.user, ds, warehouse.user_recommendations(args.user, ds), item_titles(settings)))
+
+
+def _airflow(args) -> None:
+    from model_lib.airflow_local import serve
+    from model_lib.config import get_settings
+
+    sys.exit(serve(get_settings(), args.port))
 
 
 def _summary(args) -> None:
@@ -152,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.set_defaults(handler=None, job=None)
+
+    ui = commands.add_parser("airflow", help="the Airflow UI on 127.0.0.1 with every component; Ctrl-C stops it")
+    ui.add_argument("--port", type=int, default=8080)
+    ui.set_defaults(handler=_airflow)
 
     settings = commands.add_parser("settings", help="print the effective configuration")
     settings.set_defaults(handler=lambda args: print(_settings_json()))

@@ -1,12 +1,14 @@
-"""The UI path, for real: the Airflow API server, scheduler and DAG processor run on a free loopback port; the test
-logs in, reads the DAG pages' data (docs, param form), unpauses and triggers `reco_nightly` through the REST API v2
-exactly as the trigger button does (with params), polls the run to success, reads its summary and asset event, and
-checks the warehouse. Every process it starts is stopped through its own PID."""
+"""The UI path, for real: `reco airflow` (what `make airflow` runs) starts the Airflow components on a free loopback
+port. The test checks that nothing listens beyond loopback, logs in, reads the DAG pages' data (docs, param form),
+unpauses and triggers `reco_nightly` through the REST API v2 exactly as the trigger button does (with params), polls
+the run to success, reads its summary and asset event, and checks the warehouse. Every process it starts is stopped
+through its own PID."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -19,7 +21,6 @@ from airflow_pipeline import BIN
 from processes import free_port, start_server, stop_server, wait_for
 
 pytestmark = pytest.mark.slow
-SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 UI_K = 5
 
 
@@ -50,51 +51,53 @@ class AirflowApi:
 
 @pytest.fixture(scope="module")
 def airflow_servers(pipeline, tmp_path_factory):
-    """api-server + scheduler + dag-processor on one metadata DB, bound to 127.0.0.1; stopped after the module."""
+    """`reco airflow` (what `make airflow` runs: API server, scheduler, DAG processor, triggerer) on a free loopback
+    port and the shared pipeline's metadata DB; stopped through its PID's process group after the module."""
     folder = tmp_path_factory.mktemp("airflow-ui")
     port, password = free_port(), secrets.token_urlsafe(12)
     passwords = folder / "passwords.json"
     passwords.write_text(json.dumps({"admin": password}))
     env = {
         **pipeline.env,
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        # Shared by the API server and the scheduler: the tokens tasks get must verify on both sides.
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
         # Only the runs this test triggers: the daily schedule would otherwise start today's run too.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     }
-    commands = {
-        "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)],
-        # Task logs are local files the API server reads itself; no log server (which would bind every address).
-        "scheduler": ["scheduler", "--skip-serve-logs"],
-        "dag-processor": ["dag-processor"],
-    }
-    processes = {}
+    launcher = start_server([str(BIN / "reco"), "airflow", "--port", str(port)], env, folder / "reco-airflow.log")
     try:
-        for name, args in commands.items():
-            processes[name] = start_server([str(BIN / "airflow"), *args], env, folder / f"{name}.log")
         api = AirflowApi(f"http://127.0.0.1:{port}")
         wait_for(lambda: api.call("GET", "/api/v2/monitor/health") is not None, "the Airflow API server", 180)
+        wait_for(lambda: "Airflow UI: http://127.0.0.1" in (folder / "reco-airflow.log").read_text(), "the banner")
         api.login("admin", password)
-        yield api, folder
+        yield api, folder, launcher
     finally:
-        for process in processes.values():
-            stop_server(process)
-    assert all(process.poll() is not None for process in processes.values())
+        stop_server(launcher)
+    assert launcher.poll() is not None
+
+
+def test_every_component_runs_and_listens_on_loopback_only(airflow_servers):
+    """Nothing `make airflow` starts can be reached from another machine (no log servers on 0.0.0.0)."""
+    import psutil
+
+    api, folder, launcher = airflow_servers
+    tree = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+    started = dict(re.findall(r"\[reco\] ([a-z-]+): pid (\d+)", (folder / "reco-airflow.log").read_text()))
+    assert set(started) == {"api-server", "scheduler", "dag-processor", "triggerer"}, started
+    assert {int(pid) for pid in started.values()} <= {process.pid for process in tree if process.is_running()}
+    listening = {
+        (process.pid, connection.laddr.ip, connection.laddr.port)
+        for process in tree
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    }
+    print("listening:", sorted(listening))
+    assert listening, "the API server should be listening"
+    assert {ip for _, ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
 
 
 def test_dag_pages_show_docs_and_the_trigger_form(airflow_servers):
-    api, folder = airflow_servers
+    api, folder, _ = airflow_servers
     wait_for(lambda: _dag_parsed(api, "reco_training") and _dag_parsed(api, "reco_nightly"), "both DAGs parsed", 180)
     forms = {
         "reco_nightly": {"ds", "k", "full_rebuild"},
@@ -116,11 +119,11 @@ def test_dag_pages_show_docs_and_the_trigger_form(airflow_servers):
 def test_trigger_from_the_ui_runs_the_nightly_pipeline(airflow_servers, pipeline):
     from model_lib.warehouse import open_warehouse
 
-    api, folder = airflow_servers
+    api, folder, _ = airflow_servers
     wait_for(lambda: _dag_parsed(api, "reco_nightly"), "reco_nightly parsed", 180)
     # A day of its own, so the other tests' days stay as they are: the producer committed an empty partition.
     day = pipeline.ds + dt.timedelta(days=5)
-    (pipeline.settings.raw_events_dir / f"dt={day}").mkdir()
+    pipeline.settings.raw_events_day_dir(day).mkdir()
     # What the trigger dialog sends: unpause, then a run now, with the form's values as conf.
     api.call("PATCH", "/api/v2/dags/reco_nightly", {"is_paused": False})
     started = time.time()
