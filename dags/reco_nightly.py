@@ -73,7 +73,8 @@ def reco_nightly():
         "recommend",
         ["--ds", DS, "--model-version", "{{ ti.xcom_pull(task_ids='resolve_champion') }}", "--k", "{{ params.k }}"],
         "Spark mapInPandas: reads lake/sequences/ds and the pinned model version; writes top-K per user to "
-        "lake/recommendations/ds and counts to lake/run_stats/recommend.",
+        "lake/recommendations/ds and counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on "
+        "other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",
     )
 
     @task(

@@ -200,8 +200,9 @@ def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/vocabulary.parquet", dst_path=tmp)
             )
             config = json.loads(
-                Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/model_config.json", dst_path=tmp))
-                .read_text()
+                Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/model_config.json", dst_path=tmp)
+                ).read_text()
             )
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
