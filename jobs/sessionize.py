@@ -37,6 +37,7 @@ from model_lib.lake import (
     commit_folder,
     latest_version_before,
     raw_partitions,
+    read_parquet_folder,
     remove_dead_leftovers,
     staging_path,
     write_run_stats,
@@ -215,7 +216,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         events = events.select("user_id", *ev.EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
         counts = ev.item_counts(events, previous["item_counts"] if previous else None).toPandas()
-        previous_vocabulary = pd.read_parquet(plan.previous_vocabulary) if plan.previous_vocabulary else None
+        previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
         vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
         previous_items = set(previous_vocabulary["item_id"]) if previous_vocabulary is not None else set()
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))

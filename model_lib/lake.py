@@ -123,7 +123,11 @@ def parquet_files(folder: Path) -> list[Path]:
 def read_parquet_folder(folder: Path) -> pd.DataFrame:
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
-    return pd.read_parquet(folder)
+    try:
+        return pd.read_parquet(folder)
+    except FileNotFoundError:
+        # A commit swapped in a new version between listing the files and opening them; that version is complete.
+        return pd.read_parquet(folder)
 
 
 def read_sequences(source: Path | list[Path]):

@@ -23,11 +23,17 @@ def file_digests(folder) -> list[str]:
     return sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.glob("*.parquet"))
 
 
-def test_batch_scoring(spark, tmp_path):
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One tiny model in a real MLflow store, shared by the module's days -> (settings, version, vocabulary)."""
+    settings = get_settings(data_dir=tmp_path_factory.mktemp("recommend") / "data", seq_len=8)
+    return settings, *register_tiny_model(settings)
+
+
+def test_batch_scoring(spark, registered):
     from jobs import recommend
 
-    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
-    version, vocabulary = register_tiny_model(settings)
+    settings, version, vocabulary = registered
     day_vocabulary = pd.concat(
         [vocabulary, pd.DataFrame({"item_index": [NEW_ITEM], "item_id": ["new"], "count": [5]})], ignore_index=True
     )
@@ -74,33 +80,33 @@ def test_batch_scoring(spark, tmp_path):
     assert set(warm["source"]) == {"model"} and warm["reason_item_id"].notna().all()
 
 
-def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written(tmp_path):
+def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written(registered):
     """A champion trained on another catalogue (or other event types) would hand everybody the popular fallback
     under its own name; the job refuses it instead, before Spark starts."""
     from jobs import recommend
     from model_lib.scoring import IncompatibleModelError
 
-    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
-    version, vocabulary = register_tiny_model(settings)
-    # The same indices, but other items: 30% of the day's events fall on items the model knows.
+    settings, version, vocabulary = registered
+    day = DS + dt.timedelta(days=1)
+    # The same indices, but other items: 9 of the day's 28 equally frequent items are ones the model knows.
     foreign = vocabulary.assign(item_id=[f"x{i}" for i in vocabulary["item_index"]], count=7)
     day_vocabulary = pd.concat([foreign.iloc[:19], vocabulary.iloc[19:].assign(count=7)], ignore_index=True)
-    settings.vocab_dir(DS).mkdir(parents=True)
-    day_vocabulary.to_parquet(settings.vocab_dir(DS) / "part-0.parquet", index=False)
+    settings.vocab_dir(day).mkdir(parents=True)
+    day_vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
 
     with pytest.raises(IncompatibleModelError, match=r"knows 32\.1% of the day's events, below .* 50%") as refused:
-        recommend.run(settings, DS, version=version)
+        recommend.run(settings, day, version=version)
     assert "nothing was written" in str(refused.value)
-    assert not settings.recommendations_dir(DS).exists()
-    assert read_run_stats(settings.run_stats_dir("recommend", DS)) is None
+    assert not settings.recommendations_dir(day).exists()
+    assert read_run_stats(settings.run_stats_dir("recommend", day)) is None
 
     # The catalogue fits, but the model reads event types in another order.
-    day_vocabulary.assign(item_id=vocabulary["item_id"]).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
+    day_vocabulary.assign(item_id=vocabulary["item_id"]).to_parquet(settings.vocab_dir(day) / "part-0.parquet")
     reordered = get_settings(data_dir=settings.data_dir, seq_len=8, event_types=list(reversed(settings.event_types)))
     with pytest.raises(IncompatibleModelError, match="trained on event types") as refused:
-        recommend.run(reordered, DS, version=version)
+        recommend.run(reordered, day, version=version)
     assert "knows" not in str(refused.value)
-    assert not settings.recommendations_dir(DS).exists()
+    assert not settings.recommendations_dir(day).exists()
 
     with pytest.raises(LookupError, match=f"has no version {version + 1} in the registry"):
-        recommend.run(settings, DS, version=version + 1)
+        recommend.run(settings, day, version=version + 1)

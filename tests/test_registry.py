@@ -87,28 +87,28 @@ def test_timestamps_give_the_same_gap_buckets_as_the_spark_job(spark):
     assert gap_buckets(stamps, 20).tolist() == [1, *expected]
 
 
-def test_models_load_only_from_the_configured_registry(tmp_path, monkeypatch):
+def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeypatch):
     """MLflow honours MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI from the environment; a worker whose environment
     points elsewhere must still read the champion, its vocabulary and its weights from RECO_MLFLOW_TRACKING_URI."""
     from model_lib import registry
     from model_lib.config import get_settings
 
-    configured = get_settings(data_dir=tmp_path / "configured", seq_len=8)
-    elsewhere = get_settings(data_dir=tmp_path / "elsewhere", seq_len=8)
-    other_version, _ = register_tiny_model(elsewhere, num_items=40, seed=9)  # the same name, over 40 items
+    # Elsewhere: the module's store, whose model (the same name, over 30 items) is made champion there.
+    elsewhere, other_version, _, _ = served
     registry.set_champion(registry.configure(elsewhere), elsewhere, other_version, "test")
+    configured = get_settings(data_dir=tmp_path / "configured", seq_len=8)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere.mlflow_tracking_uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere.mlflow_tracking_uri)
 
     with pytest.raises(LookupError, match="no `champion` alias"):
         registry.champion_version(configured)
-    version, vocabulary = register_tiny_model(configured)
+    version, vocabulary = register_tiny_model(configured, num_items=12)
     registry.set_champion(registry.configure(configured), configured, version, "test")
 
     assert registry.champion_version(configured) == version
     trained_vocabulary, _ = registry.trained_on(configured, version)
     assert trained_vocabulary["item_id"].tolist() == vocabulary["item_id"].tolist()
     recommender = registry.load_recommender(configured, version)
-    assert recommender.num_items == 30 and set(recommender.item_ids[2:]) == set(vocabulary["item_id"])
+    assert recommender.num_items == 12 and set(recommender.item_ids[2:]) == set(vocabulary["item_id"])
     with pytest.raises(LookupError, match=f"has no version {version + 1}"):
         registry.trained_on(configured, version + 1)

@@ -63,6 +63,12 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
     # A re-run of the same night replaces its outputs and gives the same sequences again.
     sessionize.run(settings, days[-1], spark=spark, mode="incremental")
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
+    # A quiet day: the producer committed an empty partition; every user's sequence carries over unchanged.
+    quiet_day = days[-1] + dt.timedelta(days=1)
+    settings.raw_events_day_dir(quiet_day).mkdir()
+    quiet = sessionize.run(settings, quiet_day, spark=spark)
+    assert (quiet["status"], quiet["mode"], quiet["read"]) == ("succeeded", "incremental", 0)
+    pd.testing.assert_frame_equal(incremental, sequences(settings, quiet_day))
     # A different L cannot continue yesterday's state: auto mode rebuilds.
     longer = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=settings.seq_len + 2)
     with pytest.raises(RuntimeError, match="other seq_len"):
