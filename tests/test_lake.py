@@ -61,9 +61,9 @@ def replace_while_watched(final, commits: int) -> tuple[int, int, int]:
         write_version(staged, version)
         lake.commit_folder(staged, final)
     stop.set()
-    looks = report.get(timeout=30)
+    counts = report.get(timeout=30)
     watcher.join(timeout=30)
-    return looks
+    return counts
 
 
 def test_a_reader_never_sees_a_folder_missing_or_partial_while_it_is_replaced(tmp_path):
