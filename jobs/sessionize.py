@@ -98,7 +98,9 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         if not partitions:
             raise FileNotFoundError(f"no raw events at or before {ds} under {raw_dir}")
         # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
-        frame = spark.read.text(str(raw_dir)).where(F.col("dt") <= F.lit(ds))
+        # Only folders named by a date are raw days (raw_partitions): a stray `dt=garbage` is no day of events.
+        days = [folder.name.removeprefix("dt=") for folder in partitions]
+        frame = spark.read.text(str(raw_dir)).where(F.col("dt").cast("string").isin(days))
     else:
         day = settings.raw_events_day_dir(ds)
         if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):

@@ -70,11 +70,29 @@ def parse_raw_lines(lines: DataFrame) -> DataFrame:
     )
 
 
+# Accepted forms of `ts`, checked as text before Spark converts anything, so no value can overflow a conversion:
+# - epoch milliseconds: an optional minus and 1-19 digits (at most a long), then range-checked BEFORE the
+#   milliseconds are multiplied into Spark's microseconds (timestamp_millis raises on overflow under ANSI);
+# - ISO-8601: a 4-digit-year date, optionally a time (seconds and up to 9 fraction digits optional) and an offset
+#   `Z` or +-HH[:MM] (an offset beyond +-18:00 does not parse); no offset means UTC.
+# Either way the instant must lie in years 0001-9999 UTC (what Parquet, pandas and every warehouse can hold).
+EPOCH_MS_PATTERN = r"^-?[0-9]{1,19}$"
+ISO_8601_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+MIN_EPOCH_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z (ISO text may add microseconds up to .999999)
+
+
 def parse_timestamp(ts: Column) -> Column:
-    """ISO-8601 with offset, or integer epoch milliseconds -> TIMESTAMP (null when unparseable)."""
-    is_epoch_ms = ts.rlike(r"^-?\d{1,16}$")
-    epoch_ms = F.timestamp_millis(ts.try_cast("long"))
-    return F.when(is_epoch_ms, epoch_ms).otherwise(F.try_to_timestamp(ts))
+    """`ts` text -> TIMESTAMP, or null when it is not one of the accepted forms above. Total: no input raises."""
+    is_epoch_ms = ts.rlike(EPOCH_MS_PATTERN)
+    millis = F.when(is_epoch_ms, ts.try_cast("long"))  # null beyond the long range
+    # The input of timestamp_millis is null unless in range, so nothing depends on how Spark orders the branches.
+    from_epoch = F.timestamp_millis(F.when(millis.between(MIN_EPOCH_MS, MAX_EPOCH_MS), millis))
+    from_iso = F.try_to_timestamp(F.when(ts.rlike(ISO_8601_PATTERN), ts))
+    parsed = F.when(is_epoch_ms, from_epoch).otherwise(from_iso)
+    # An offset can move a valid local year-9999 or year-1 time out of range.
+    earliest, latest = F.timestamp_micros(F.lit(MIN_EPOCH_MS * 1000)), F.timestamp_micros(F.lit(MAX_EPOCH_MS * 1000 + 999))
+    return F.when(parsed.between(earliest, latest), parsed)
 
 
 def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
@@ -84,7 +102,7 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
     the day until `future_tolerance_minutes` after its end.
     """
     ts = parse_timestamp(F.col("ts"))
-    day_start = F.to_timestamp(F.col("dt"))
+    day_start = F.try_to_timestamp(F.col("dt"))  # the extract keeps only dt folders that are dates
     accepted_from = day_start - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
     accepted_until = day_start + F.make_dt_interval(days=F.lit(1), mins=F.lit(settings.future_tolerance_minutes))
     missing = F.lit(False)

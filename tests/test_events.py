@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -162,3 +163,42 @@ def test_histories_take_one_shuffle_by_user(spark, rules):
     plan = ev.user_histories(events, vocabulary, rules)._jdf.queryExecution().executedPlan().toString()
     # the window and the aggregation share one exchange; the vocabulary join is broadcast
     assert plan.count("Exchange hashpartitioning(user_id") == 1 and "BroadcastHashJoin" in plan
+
+
+def test_every_timestamp_at_its_limits_parses_as_the_contract_says_and_nothing_raises(spark, rules):
+    """Digit counts 1..25, signs, exponents, fractions, leading zeros, years 0 / 1 / 9999 / 10000+, offsets around
+    +-18:00, and the limits of the long range before and after the millis -> micros multiplication: as JSON strings
+    and, where JSON allows it, as JSON numbers. Spark's result must equal the Python oracle for every one."""
+    from timestamp_cases import boundary_values, expected_micros
+
+    texts = boundary_values()
+    raw = [line(ts=text) for text in texts]
+    as_numbers = [text for text in texts if re.fullmatch(r"-?(0|[1-9][0-9]*)", text)]
+    raw += [line(ts=int(text)) for text in as_numbers]
+    expected = [expected_micros(text) for text in texts + as_numbers]
+    rows = (
+        validated(spark, raw, rules)
+        .select("arrival.line", F.unix_micros("event_ts").alias("micros"), "reason")
+        .orderBy("line")
+        .collect()
+    )
+    assert [row["micros"] for row in rows] == expected
+    reasons = [row["reason"] for row in rows]
+    # An unparseable ts is bad_ts; a blank one is no ts at all (missing_field); a parsed one may still be outside
+    # the day's window (too_late / future_ts), which is a different rule.
+    blank = [not text.strip(" ") for text in texts + as_numbers]
+    wanted = ["missing_field" if empty else "bad_ts" for empty in blank]
+    for reason, micros, want in zip(reasons, expected, wanted, strict=True):
+        assert reason == want if micros is None else reason in (None, "too_late", "future_ts")
+    assert reasons.count("bad_ts") > 200 and sum(m is not None for m in expected) > 100  # both sides of each limit
+
+
+def test_folders_that_are_not_dates_are_not_raw_days(spark, rules, tmp_path):
+    """A stray `dt=` folder whose name is no date would otherwise reach the day-window conversion."""
+    from jobs.sessionize import Plan, extract_raw_lines
+
+    for folder in ("dt=2023-11-14", "dt=0000-00-00", "dt=garbage"):
+        (rules.raw_events_dir / folder).mkdir(parents=True)
+        (rules.raw_events_dir / folder / "part-0.jsonl").write_text(line() + "\n")
+    lines = extract_raw_lines(spark, rules, dt.date(2023, 11, 14), Plan("full", "test"))
+    assert [row["dt"] for row in lines.collect()] == ["2023-11-14"]

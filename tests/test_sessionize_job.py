@@ -3,6 +3,7 @@ threshold, and incremental nightly runs that agree exactly with a full rebuild."
 
 import datetime as dt
 import gzip
+import re
 
 import pandas as pd
 import pytest
@@ -91,3 +92,30 @@ def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
     assert not settings.sequences_dir(day).exists() and not settings.state_dir(day).exists()
     relaxed = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=0.2)
     assert sessionize.run(relaxed, day, spark=spark)["users"] == 9
+
+
+def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
+    """Every boundary `ts` (tests/timestamp_cases.py), as text and as a JSON number, in one raw day beside valid
+    events: the real job succeeds, the unparseable ones are quarantined as bad_ts, and the counts reconcile."""
+    import json
+
+    from timestamp_cases import boundary_values, expected_micros
+
+    day = dt.date(2024, 1, 10)
+    texts = [text for text in boundary_values() if text.strip(" ")]
+    poison = [{"ts": text} for text in texts] + [{"ts": int(text)} for text in texts if re.fullmatch(r"-?(0|[1-9][0-9]*)", text)]
+    good = [{"ts": f"{day}T10:00:{second:02d}Z"} for second in range(60)]
+    lines = [json.dumps({"user_id": f"u{n % 7}", "item_id": f"i{n % 5}", "event_type": "view", **event})
+             for n, event in enumerate(poison + good)]
+    folder = settings.raw_events_day_dir(day)
+    folder.mkdir(parents=True)
+    (folder / "part-00000.jsonl").write_text("\n".join(lines) + "\n")
+    relaxed = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=1.0)
+
+    stats = sessionize.run(relaxed, day, spark=spark)
+
+    unparseable = sum(expected_micros(str(event["ts"])) is None for event in poison)
+    assert stats["status"] == "succeeded" and stats["read"] == len(lines)
+    assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
+    assert stats["quarantined_by_reason"]["bad_ts"] == unparseable > 250
+    assert stats["valid"] >= len(good) and stats["users"] == 7

@@ -1,0 +1,44 @@
+"""One masking function for every URL, URI and connection string the product prints, logs or records.
+
+Credentials reach this code inside configuration values: `postgresql://reco:PASSWORD@db/reco`,
+`http://user:TOKEN@mlflow:5000`, `spark://user:PASSWORD@master:7077`, a libpq string `host=db password=PASSWORD`,
+an Airflow connection in JSON (`{"password": "..."}`) or a URI query (`?password=...&token=...`). Anything printed
+(stage lines, run summaries, `reco settings`, error messages, MLflow params and tags, run stats, XCom) goes through
+`redact` first, so a task log never shows what only the process needed.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+# Key names whose values are secrets in key=value strings, URL queries and JSON objects.
+_SECRET_KEYS = r"(?:password|passwd|pwd|secret|token|access_token|api_key|apikey|private_key|client_secret)"
+
+_PATTERNS = [
+    # scheme://user:secret@host  ->  scheme://user:***@host (the user name stays: it says which role connected)
+    (re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s\"']*:)(?P<secret>[^@\s\"'/]*)(?=@)"), r"\g<head>"),
+    # "password": "secret" (JSON, Python reprs)
+    (
+        re.compile(rf"(?P<head>[\"']{_SECRET_KEYS}[\"']\s*:\s*[\"'])(?P<secret>[^\"']*)(?=[\"'])", re.IGNORECASE),
+        r"\g<head>",
+    ),
+    # password=secret in libpq strings and URL queries (up to the next separator)
+    (re.compile(rf"(?P<head>(?<![A-Za-z0-9_]){_SECRET_KEYS}=)(?P<secret>[^\s&;,\"']*)", re.IGNORECASE), r"\g<head>"),
+]
+
+
+def redact(text: object) -> str:
+    """`text` with every credential it holds replaced by ***; any other character unchanged."""
+    masked = str(text)
+    for pattern, head in _PATTERNS:
+        masked = pattern.sub(lambda match, head=head: match.expand(head) + (MASK if match["secret"] else ""), masked)
+    return masked
+
+
+def secrets_in(text: str) -> list[str]:
+    """The credential values `redact` would hide in `text` (to hand to a log masker such as Airflow's)."""
+    found = []
+    for pattern, _ in _PATTERNS:
+        found.extend(match["secret"] for match in pattern.finditer(str(text)) if match["secret"])
+    return found
