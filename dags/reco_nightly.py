@@ -6,8 +6,8 @@ the users' sequences (incrementally, from yesterday's state), scores every user 
 with the reason item), and publishes the day into the warehouse tables `recommendations` and
 `recommendation_runs` in one transaction. A re-run replaces the day, never duplicates it.
 
-**Reads** `lake/raw/events/dt=ds`, yesterday's `lake/state`, the MLflow alias `champion`.
-**Writes** `lake/sequences|vocab|state|recommendations/ds=ds`, `lake/run_stats/*/ds=ds`, the warehouse.
+**Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
+**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`, `lake/run_stats/*/ds=ds`, the warehouse.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
 date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):
@@ -72,7 +72,7 @@ def reco_nightly():
     recommend = spark_job(
         "recommend",
         ["--ds", DS, "--model-version", "{{ ti.xcom_pull(task_ids='resolve_champion') }}", "--k", "{{ params.k }}"],
-        "Spark mapInPandas: reads lake/sequences/ds and the pinned model version; writes top-K per user to "
+        "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes top-K per user to "
         "lake/recommendations/ds and counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on "
         "other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",
     )

@@ -1,6 +1,6 @@
 """Step 3 — promote: the gate between `challenger` and `champion` in the MLflow registry.
 
-Reads   lake/sequences/ds=D/ (the hold-out both models are scored on), lake/vocab/ds=D/ and the registry
+Reads   lake/sessionized/ds=D/sequences/ (the hold-out both models are scored on), its vocab/ and the registry
 Writes  the `champion` alias and, on the challenger version, tags saying what the gate decided and why
 
 The challenger becomes champion only when it passes the sanity checks (finite scores, coverage@20 of at least

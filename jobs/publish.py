@@ -1,6 +1,6 @@
 """Step 5 — publish: one day of recommendations into the warehouse, atomically and idempotently.
 
-Reads   lake/recommendations/ds=D/, lake/vocab/ds=D/ (catalogue size for coverage)
+Reads   lake/recommendations/ds=D/, lake/sessionized/ds=D/vocab/ (catalogue size for coverage)
 Writes  warehouse tables `recommendations` (the day replaced in one transaction) and `recommendation_runs`
 
 Run as `python -m jobs.publish --ds D` or `reco publish --ds D`.

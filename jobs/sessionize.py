@@ -5,13 +5,15 @@ Two modes, same result (a test checks that they agree exactly):
 - full rebuild (a backfill, the first run, or a changed L / validation rule): reads every raw day up to D.
 `--mode auto` (the default) runs incrementally when D-1's state exists and was built with the same settings.
 
-Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/state/ds=D-1/ and lake/vocab/ds=D-1/
-Writes  lake/sequences/ds=D/   one row per user: last L events (left-padded) — see README "Data contracts"
-        lake/vocab/ds=D/       item_id <-> item_index, stable across days
-        lake/state/ds=D/       users (last L+1 events, older items), dedup_keys, item_counts, manifest.json
+Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/sessionized/ds=D-1/ (state and vocabulary)
+Writes  lake/sessionized/ds=D/, one unit committed by one atomic swap:
+          sequences/     one row per user: last L events (left-padded) — see README "Data contracts"
+          vocab/         item_id <-> item_index, stable across days
+          state/         users (last L+1 events, older items), dedup_keys, item_counts
+          manifest.json  written last: ds, mode, the settings the state was built with, row counts
         lake/quarantine/events/dt=X/   every rejected line with its raw text and a reason code
         lake/run_stats/sessionize/ds=D/  read = valid + duplicates + quarantined, per run
-Each folder is committed atomically; the state is committed last, so a crash leaves the previous complete day.
+A crash at any moment leaves the previous complete day (sequences, vocabulary and state of one run, never mixed).
 
 Run as `spark-submit jobs/sessionize.py --ds 2003-02-28`, `python -m jobs.sessionize --ds ...` or `reco sessionize`.
 """
@@ -48,6 +50,7 @@ from model_lib.spark import spark_session
 from model_lib.vocabulary import VOCABULARY_COLUMNS, ranked_candidates, stable_vocabulary
 
 log = logging.getLogger("reco.sessionize")
+MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
 
 
@@ -64,6 +67,9 @@ def state_shape(settings: Settings) -> dict:
     return {
         "seq_len": settings.seq_len,
         "event_types": list(settings.event_types),
+        # Carried-over users keep their encoded sequences, so anything that changes an encoding forces a rebuild.
+        "max_gap_bucket": settings.max_gap_bucket,
+        "session_gap_minutes": settings.session_gap_minutes,
         "allowed_lateness_hours": settings.allowed_lateness_hours,
         "future_tolerance_minutes": settings.future_tolerance_minutes,
         "max_line_chars": settings.max_line_chars,
@@ -73,20 +79,22 @@ def state_shape(settings: Settings) -> dict:
 
 def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
     yesterday = ds - dt.timedelta(days=1)
-    state, vocabulary = settings.state_dir(yesterday), settings.vocab_dir(yesterday)
+    manifest = settings.sessionized_dir(yesterday) / MANIFEST
     if requested == "full":
         why = "full rebuild requested"
-    elif not (state / "manifest.json").exists() or not vocabulary.exists():
+    elif not manifest.exists():
         why = f"no state for {yesterday}"
     else:
-        built_with = json.loads((state / "manifest.json").read_text())["shape"]
+        state, vocabulary = settings.state_dir(yesterday), settings.vocab_dir(yesterday)
+        built_with = json.loads(manifest.read_text())["shape"]
         changed = sorted(key for key, value in state_shape(settings).items() if built_with.get(key) != value)
         if not changed:
             return Plan("incremental", f"continuing the state of {yesterday}", state, vocabulary)
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
     if requested == "incremental":
         raise RuntimeError(f"cannot sessionize {ds} incrementally: {why}; run with --mode full")
-    return Plan("full", why, None, latest_version_before(settings.vocab_dir(ds).parent, ds))
+    earlier = latest_version_before(settings.sessionized_root, ds)
+    return Plan("full", why, None, earlier / "vocab" if earlier else None)
 
 
 # --- extract ---------------------------------------------------------------------------------------------
@@ -146,10 +154,25 @@ def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
 
 
 # --- load ------------------------------------------------------------------------------------------------
-def write_folder(frame: DataFrame, final: Path, partitions: int | None = None) -> None:
+def write_day(
+    frames: dict[str, DataFrame], counts: pd.DataFrame, settings: Settings, ds: dt.date, plan: Plan
+) -> dict[str, int]:
+    """Writes sequences, vocabulary and state into one staging folder, the manifest last, then commits the day
+    with one swap (lake.commit_folder). Returns the rows written per output."""
+    final = settings.sessionized_dir(ds)
     staged = staging_path(final)
-    (frame.coalesce(partitions) if partitions else frame).write.mode("overwrite").parquet(str(staged))
+    partitions = {"sequences": 2, "vocab": 1}
+    for name in ("sequences", "vocab"):
+        frames[name].coalesce(partitions[name]).write.parquet(str(staged / name))
+    for name in ("users", "dedup_keys"):
+        frames[name].write.parquet(str(staged / "state" / name))
+    (staged / "state" / "item_counts").mkdir(parents=True)
+    counts.to_parquet(staged / "state" / "item_counts" / "part-00000.parquet", index=False)
+    rows = {"users": len(pd.read_parquet(staged / "sequences", columns=["user_id"])), "items": len(counts)}
+    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings), "rows": rows}
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
+    return rows
 
 
 def write_quarantine(quarantine: DataFrame, settings: Settings, days: list[str]) -> None:
@@ -170,17 +193,6 @@ def _empty_folder(final: Path) -> Path:
     empty = staging_path(final)
     empty.mkdir()
     return empty
-
-
-def write_state(spark_frames: dict[str, DataFrame], counts: pd.DataFrame, settings: Settings, ds: dt.date, plan: Plan):
-    staged = staging_path(settings.state_dir(ds))
-    for name, frame in spark_frames.items():
-        frame.write.mode("overwrite").parquet(str(staged / name))
-    (staged / "item_counts").mkdir(parents=True)
-    counts.to_parquet(staged / "item_counts" / "part-00000.parquet", index=False)
-    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings)}
-    (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    commit_folder(staged, settings.state_dir(ds))
 
 
 def write_sessionize_stats(stats: dict, settings: Settings, ds: dt.date) -> None:
@@ -269,10 +281,10 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])
-        write_folder(histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"), settings.sequences_dir(ds), 2)
-        write_folder(vocabulary_frame.orderBy("item_index"), settings.vocab_dir(ds), 1)
-        write_state(
+        written = write_day(
             {
+                "sequences": histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"),
+                "vocab": vocabulary_frame.orderBy("item_index"),
                 "users": histories.select(ev.STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
             },
@@ -281,8 +293,8 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
             ds,
             plan,
         )
-        stats["users"] = histories.count()
-        report(users=stats["users"], path=str(settings.sequences_dir(ds)))
+        stats["users"] = written["users"]
+        report(users=stats["users"], path=str(settings.sessionized_dir(ds)))
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
     print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)

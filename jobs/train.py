@@ -1,6 +1,6 @@
 """Step 2 — train: the LSTM + attention next-item model on one day's sequences (TensorFlow), tracked in MLflow.
 
-Reads   lake/sequences/ds=D/, lake/vocab/ds=D/
+Reads   lake/sessionized/ds=D/sequences/ and vocab/
 Writes  an MLflow run (params, per-epoch loss and validation metrics, training-curve picture, the test metrics of
         the model, most-popular and ALS on the same split as a table and a chart) and a new version of the
         registered model with alias `challenger`. Checkpoints go to data/checkpoints/train-ds=D/ while it runs: a
@@ -98,8 +98,8 @@ gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIR
 run recommends the top {settings.top_k} unseen items per user; the reason item is the history item the last step
 attended to most. Users whose history holds only unknown items get the most popular items instead.
 
-**Data.** Sequences of lake/sequences/ds={ds} ({split_users:,} users); events from {window}; vocabulary
-lake/vocab/ds={ds} (travels inside this model). Code version {code_version()}.
+**Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
+lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.
 
 **Hyper-parameters.** {hyper}, epochs <= {settings.epochs}, early stopping on validation NDCG@{settings.eval_k}.
 
@@ -259,7 +259,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
                     "ds": ds.isoformat(),
                     "data_window": window,
                     # The vocabulary travels inside the model; this says which lake version it is.
-                    "vocabulary": f"lake/vocab/ds={ds.isoformat()} ({len(vocabulary):,} items)",
+                    "vocabulary": f"lake/sessionized/ds={ds.isoformat()}/vocab ({len(vocabulary):,} items)",
                     "run_id": run.info.run_id,
                     **{f"test_{name}": f"{test[name]:.5f}" for name in ("hr_10", "ndcg_10", "coverage_20")},
                     "code_version": code_version(),

@@ -210,11 +210,23 @@ class Settings(BaseSettings):
     def items_dir(self) -> Path:
         return self.lake_dir / "items"
 
+    @property
+    def sessionized_root(self) -> Path:
+        return self.lake_dir / "sessionized"
+
+    def sessionized_dir(self, ds: dt.date) -> Path:
+        """What sessionize made of a day, committed as ONE unit: sequences/, vocab/, state/ and manifest.json.
+
+        A crash can therefore never leave a day's new sequences beside its old vocabulary: readers find the
+        previous complete day or the new complete one.
+        """
+        return self.sessionized_root / f"ds={ds.isoformat()}"
+
     def sequences_dir(self, ds: dt.date) -> Path:
-        return self.lake_dir / "sequences" / f"ds={ds.isoformat()}"
+        return self.sessionized_dir(ds) / "sequences"
 
     def vocab_dir(self, ds: dt.date) -> Path:
-        return self.lake_dir / "vocab" / f"ds={ds.isoformat()}"
+        return self.sessionized_dir(ds) / "vocab"
 
     @property
     def quarantine_root(self) -> Path:
@@ -226,7 +238,7 @@ class Settings(BaseSettings):
 
     def state_dir(self, ds: dt.date) -> Path:
         """Per-user state after ds (last L+1 events, older items), dedup keys and item counts."""
-        return self.lake_dir / "state" / f"ds={ds.isoformat()}"
+        return self.sessionized_dir(ds) / "state"
 
     def run_stats_root(self, step: str) -> Path:
         """The run-stats table of a Spark step (sessionize, recommend): one Parquet folder per ds, one row each."""

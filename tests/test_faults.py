@@ -107,7 +107,14 @@ def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_be
         assert not settings.recommendations_dir(DS).exists() and not settings.run_stats_dir("recommend", DS).exists()
 
 
-def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        "sequences",  # Spark is writing the vocabulary and the state; the old job had committed the sequences here
+        "state/users",  # sequences, vocabulary and state users written; the old job had committed two of three
+    ],
+)
+def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path, kill_after):
     from model_lib.lake import read_sequences
     from model_lib.runtime import engine_environment
 
@@ -118,27 +125,32 @@ def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rer
     ds = dt.date.fromisoformat(json.loads(made[0].strip().splitlines()[-1])["last_dt"])
     sessionize = [sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", "full"]
     run_ok(sessionize, env)
-    committed = [settings.sequences_dir(ds), settings.vocab_dir(ds), settings.state_dir(ds)]
-    before = {folder: folder_digest(folder) for folder in committed}
+    day = settings.sessionized_dir(ds)
+    before = folder_digest(day)
     first = read_sequences(settings.sequences_dir(ds))
 
-    # The same day again, killed (job and its JVM) while Spark writes the day's sequences into their staging folder.
+    # The same day again, killed (job and its JVM) between two of the day's outputs: once the named one is
+    # completely written (Spark's _SUCCESS marker) inside the run's staging folder.
     job = start_server(sessionize, env, tmp_path / "killed.log")
-    staging = settings.sequences_dir(ds).parent
     deadline = time.time() + 300
-    while not any(staging.glob(".tmp-*")) and time.time() < deadline and job.poll() is None:
-        time.sleep(0.02)
-    assert job.poll() is None, "the job ended before it wrote anything: nothing was killed"
+    while not list(day.parent.glob(f".tmp-{day.name}.*/{kill_after}/_SUCCESS")) and time.time() < deadline:
+        if job.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert job.poll() is None, "the job ended before the kill point: nothing was killed"
     os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
-    assert {folder: folder_digest(folder) for folder in committed} == before, "a killed run changed a committed day"
-    left_behind = [path.name for path in staging.glob(".tmp-*")]
-    print("left behind by the killed run:", left_behind)
+    staged = [path for path in day.parent.glob(f".tmp-{day.name}.*")]
+    written = sorted(str(path.relative_to(staged[0])) for path in staged[0].glob("*/**/_SUCCESS")) if staged else []
+    print(f"killed after {kill_after}; the staging folder held {written}")
+    assert staged and not (staged[0] / "manifest.json").exists()
+    assert folder_digest(day) == before, "a killed run changed the committed day"
+    assert (day / "manifest.json").exists() and read_sequences(settings.sequences_dir(ds)).items.shape == first.items.shape
 
     # The re-run succeeds, rebuilds the same day (Spark's file names differ, the content does not) and removes the
     # killed run's staging folder.
     run_ok(sessionize, env)
-    assert left_behind and not any(staging.glob(".tmp-*")) and not any(staging.glob(".old-*"))
+    assert not any(day.parent.glob(".tmp-*")) and not any(day.parent.glob(".old-*"))
     assert pd.read_parquet(settings.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]
     again = read_sequences(settings.sequences_dir(ds))
     assert np.array_equal(again.user_ids, first.user_ids) and np.array_equal(again.items, first.items)

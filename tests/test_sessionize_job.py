@@ -119,3 +119,21 @@ def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
     assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
     assert stats["quarantined_by_reason"]["bad_ts"] == unparseable > 250
     assert stats["valid"] >= len(good) and stats["users"] == 7
+
+
+@pytest.mark.parametrize("changed", [{"max_gap_bucket": 12}, {"session_gap_minutes": 45}, {"seq_len": 9}])
+def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, changed):
+    """Carried-over users keep yesterday's encoded gap buckets and sessions, so continuing a state built with other
+    encodings would mix two encodings in one day's sequences."""
+    import json
+
+    yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
+    day = settings.sessionized_dir(yesterday)
+    day.mkdir(parents=True)
+    (day / sessionize.MANIFEST).write_text(json.dumps({"shape": sessionize.state_shape(settings)}))
+    assert sessionize.plan_run(settings, today, "auto").mode == "incremental"
+    other = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, **changed)
+    plan = sessionize.plan_run(other, today, "auto")
+    assert plan.mode == "full" and next(iter(changed)) in plan.why
+    with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):
+        sessionize.plan_run(other, today, "incremental")
