@@ -2,12 +2,20 @@
 
 Aliases, never the deprecated stages: `champion` is what the nightly run reads, `challenger` the newest
 candidate. A person promotes by setting the alias in the MLflow UI or with `reco promote --version N`.
+
+The pipeline never unpickles registry content. A version's recommender is plain files (`model_config.json`,
+`model.weights.h5`, `vocabulary.parquet`, see scoring.py); registration records their SHA-256 in the version tag
+`recommender_sha256`, and `load_recommender` downloads just those files, checks them against it and builds the
+network from the JSON config. The pyfunc wrapper (cloudpickled by MLflow) stays in each version for people who
+want `mlflow.pyfunc.load_model`; the gate and the nightly Spark workers never call it, so whoever can register a
+version cannot run code in the scheduler or the executors through its pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,13 +27,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.types.schema import ColSpec, Schema
 
 from model_lib.config import Settings
+from model_lib.redaction import redact
 from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.scoring import Recommender
+from model_lib.scoring import RECOMMENDER_FILES, IncompatibleModelError, Recommender
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "reco-training"
 NO_ITEMS = np.zeros(0, np.int64)  # no older items beyond the given history
+CHECKSUM_TAG = "recommender_sha256"
+RECOMMENDER_ARTIFACT = "recommender"  # the folder inside each version's artifacts
 
 
 class RegistryUnavailable(RuntimeError):
@@ -33,15 +44,23 @@ class RegistryUnavailable(RuntimeError):
 
 
 def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
-    """Raised `from None`: MLflow's own message repeats the URI, password included, and must not reach the logs."""
+    """Raised `from None`: MLflow's own message repeats the URI, password included, and must not reach the logs.
 
-    def redacted(text: str) -> str:
-        return re.sub(r"//([^:/@\s]+):[^@\s]*@", r"//\1:***@", text)
-
+    A store that answered but refused (PERMISSION_DENIED, UNAUTHENTICATED) is reported as that, not as unreachable.
+    """
+    first_line = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)[:300]
+    store = redact(settings.mlflow_tracking_uri)
+    code = getattr(error, "error_code", None)
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return RegistryUnavailable(
+            f"the MLflow tracking store {store} refused the request ({code}: {first_line}). The credentials this "
+            "process uses (MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN) lack the permission on "
+            f"{settings.model_name} or its experiment: grant it, or use an account that has it, then re-run; "
+            "nothing was written."
+        )
     return RegistryUnavailable(
-        f"the MLflow tracking store {redacted(settings.mlflow_tracking_uri)} cannot be reached "
-        f"({redacted(str(error).splitlines()[0])[:300]}). Start it, or point RECO_MLFLOW_TRACKING_URI at the running "
-        "server, then re-run; nothing was written."
+        f"the MLflow tracking store {store} cannot be reached ({first_line}). Start it, or point "
+        "RECO_MLFLOW_TRACKING_URI at the running server, then re-run; nothing was written."
     )
 
 
@@ -106,7 +125,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         self.top_k = top_k
 
     def load_context(self, context):
-        self.recommender = Recommender.load(Path(context.artifacts["recommender"]))
+        self.recommender = Recommender.load(Path(context.artifacts[RECOMMENDER_ARTIFACT]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", self.top_k))
@@ -133,19 +152,46 @@ def log_recommender(recommender: Recommender, settings: Settings, documents: dic
         params=inferred.params,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        folder = recommender.save(Path(tmp) / "recommender")
+        folder = recommender.save(Path(tmp) / RECOMMENDER_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
-            artifacts={"recommender": str(folder), **{name: str(path) for name, path in (documents or {}).items()}},
+            artifacts={RECOMMENDER_ARTIFACT: str(folder), **{name: str(path) for name, path in (documents or {}).items()}},
             signature=signature,
             input_example=example,
         )
     return info.model_uri
 
 
+def recommender_checksum(folder: Path) -> str:
+    """SHA-256 over the recommender's files, names and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    for name in RECOMMENDER_FILES:
+        digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _download_recommender(model_uri: str, destination: Path) -> Path:
+    """Only the recommender's plain files (never the pickle) of a registered version (`models:/NAME/N`) or of a
+    just-logged model (`models:/m-<id>`, read from the logged model's artifact location)."""
+    base = model_uri
+    if model_uri.startswith("models:/m-"):
+        base = mlflow.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+    folder = destination / RECOMMENDER_ARTIFACT
+    folder.mkdir(parents=True)
+    for name in RECOMMENDER_FILES:
+        downloaded = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{base}/artifacts/{RECOMMENDER_ARTIFACT}/{name}", dst_path=str(destination / "download")
+        )
+        shutil.move(downloaded, folder / name)
+    return folder
+
+
 def register(client: MlflowClient, model_uri: str, settings: Settings, tags: dict[str, str]) -> int:
-    version = mlflow.register_model(model_uri, settings.model_name, tags=tags)
+    """Registers a logged model as the new `challenger`, with the checksum of its recommender files as stored."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checksum = recommender_checksum(_download_recommender(model_uri, Path(tmp)))
+    version = mlflow.register_model(model_uri, settings.model_name, tags={**tags, CHECKSUM_TAG: checksum})
     client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
     return int(version.version)
 
@@ -183,17 +229,38 @@ def champion_version(settings: Settings) -> int:
 
 
 def load_recommender(settings: Settings, version: int) -> Recommender:
-    """The Recommender inside a registered version, loaded only from the configured registry."""
+    """The Recommender of a registered version, from its plain files only, checked against the checksum recorded
+    at registration; loaded only from the configured registry. Nothing is unpickled."""
     use_configured_store(settings)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
-    return pyfunc.unwrap_python_model().recommender
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    try:
+        recorded = client.get_model_version(settings.model_name, str(version)).tags.get(CHECKSUM_TAG)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise LookupError(f"{settings.model_name} has no version {version} in the registry") from None
+        raise _unavailable(settings, error) from None
+    if not recorded:
+        raise IncompatibleModelError(
+            f"{settings.model_name} v{version} has no `{CHECKSUM_TAG}` tag, so its files cannot be verified; "
+            "register it with this code (reco_training) before the pipeline loads it"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _download_recommender(f"models:/{settings.model_name}/{version}", Path(tmp))
+        actual = recommender_checksum(folder)
+        if actual != recorded:
+            raise IncompatibleModelError(
+                f"the files of {settings.model_name} v{version} do not match the checksum recorded when it was "
+                f"registered ({CHECKSUM_TAG} {recorded[:12]}…, files {actual[:12]}…): they changed since; "
+                "refusing to load them"
+            )
+        return Recommender.load(folder)
 
 
 def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str]]:
     """The vocabulary and event types a registered version was trained with, read from its artifacts without
     loading the network (so the nightly run can check them before any scoring)."""
     use_configured_store(settings)
-    folder = f"models:/{settings.model_name}/{version}/artifacts/recommender"
+    folder = f"models:/{settings.model_name}/{version}/artifacts/{RECOMMENDER_ARTIFACT}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
             vocabulary = pd.read_parquet(

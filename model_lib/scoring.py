@@ -34,6 +34,8 @@ FORMAT_VERSION = 2
 SCORING_BATCH = 256
 # Users per forward pass.
 ENCODE_BATCH = 512
+# The folder form: every file a Recommender is made of (the registry checksums exactly these).
+RECOMMENDER_FILES = ("model_config.json", "model.weights.h5", "vocabulary.parquet")
 
 
 @dataclass

@@ -4,6 +4,7 @@ row, and the same inputs give the same files, byte for byte."""
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,3 +111,92 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
 
     with pytest.raises(LookupError, match=f"has no version {version + 1} in the registry"):
         recommend.run(settings, day, version=version + 1)
+
+
+class _PickleThatRunsCode:
+    """Stands for a malicious pyfunc: unpickling it runs `code` (here: creates a marker file)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return (exec, (self.code,))
+
+
+def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_path):
+    """A version whose pickle runs code when loaded: the nightly Spark workers, the promotion gate and the registry
+    loader all score it from its plain files, and the code never runs. As a control, MLflow's pyfunc loader runs it."""
+    import mlflow
+    from mlflow.pyfunc import PythonModel
+
+    from jobs import promote, recommend
+    from model_lib import registry
+
+    settings, version, vocabulary = registered
+    marker = tmp_path / "pickle-ran"
+
+    class Malicious(PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+        def __reduce__(self):
+            return _PickleThatRunsCode(f"import pathlib; pathlib.Path({str(marker)!r}).touch()").__reduce__()
+
+    honest = registry.load_recommender(settings, version)
+    client = registry.configure(settings)
+    with mlflow.start_run(run_name="malicious"):
+        folder = honest.save(tmp_path / "files" / registry.RECOMMENDER_ARTIFACT)
+        info = mlflow.pyfunc.log_model(name="model", python_model=Malicious(), artifacts={"recommender": str(folder)})
+    malicious = registry.register(client, info.model_uri, settings, tags={"purpose": "test"})
+    # MLflow's log_model loads the pickle back to validate it: the code ran in the registering process (the
+    # attacker's own); from here on no process of the pipeline may run it.
+    assert marker.exists()
+    marker.unlink()
+
+    day = DS + dt.timedelta(days=5)
+    settings.vocab_dir(day).mkdir(parents=True)
+    vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
+    rng = np.random.default_rng(5)
+    items = rng.integers(2, 30, size=(40, 8)).astype(np.int32)
+    sequences = Sequences(
+        np.array([f"u{u:03d}" for u in range(40)], dtype=object),
+        items,
+        np.ones_like(items),
+        np.full_like(items, 3),
+        [np.zeros(0, np.int64)] * 40,
+    )
+    write_sequences(sequences, settings.sequences_dir(day), files=2)
+
+    scored = recommend.run(settings, day, version=malicious, k=5)  # Spark Python workers load the version
+    gated = promote.gate(settings, day, challenger=malicious, auto_promote=False)  # the gate loads it too
+    loaded = registry.load_recommender(settings, malicious)
+    assert scored["users"] == 40 and scored["rows"] == 200
+    assert gated["challenger"] == malicious and "challenger_ndcg_10" in gated  # scored on the hold-out
+    assert np.array_equal(loaded.item_matrix, honest.item_matrix)
+    assert not marker.exists(), "the pipeline unpickled registry content"
+
+    with pytest.raises(Exception):  # noqa: B017 - the control: MLflow's own loader runs the pickle's code
+        mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{malicious}")
+    assert marker.exists()
+
+
+def test_files_changed_after_registration_are_refused(registered, tmp_path):
+    """The checksum recorded at registration is checked on every load."""
+    import mlflow
+
+    from model_lib import registry
+    from model_lib.scoring import IncompatibleModelError
+
+    settings, version, _ = registered
+    client = registry.configure(settings)
+    model_id = client.get_model_version(settings.model_name, str(version)).source.removeprefix("models:/")
+    location = mlflow.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    stored = Path(location) / "artifacts" / "recommender" / "model.weights.h5"
+    original = stored.read_bytes()
+    try:
+        stored.write_bytes(original[:-8] + b"tampered")
+        with pytest.raises(IncompatibleModelError, match="do not match the checksum recorded"):
+            registry.load_recommender(settings, version)
+    finally:
+        stored.write_bytes(original)
+    assert registry.load_recommender(settings, version).num_items == 30
