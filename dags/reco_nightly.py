@@ -7,7 +7,8 @@ with the reason item), and publishes the day into the warehouse tables `recommen
 `recommendation_runs` in one transaction. A re-run replaces the day, never duplicates it.
 
 **Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
-**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`, `lake/run_stats/*/ds=ds`, the warehouse.
+**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`,
+`lake/run_stats/*/ds=ds`, the warehouse.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
 date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):

@@ -7,9 +7,10 @@ registers it in MLflow as a new version of `reco-lstm-attention` with alias `cha
 there is no champion yet). With `auto_promote` off the gate only reports; a person promotes with
 `reco promote --version N`.
 
-**Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state) (or every raw day, in a full rebuild).
-**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), an MLflow run (curves, charts, model card), a model version and,
-when promoted, the alias `champion`.
+**Reads** `lake/raw/events/dt=ds` and yesterday's state in `lake/sessionized/ds=ds-1` (or every raw day, in a full
+rebuild).
+**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), an MLflow run (curves, charts, model card),
+a model version and, when promoted, the alias `champion`.
 
 **Operate**: *Trigger* with the form for another day, epoch count or promotion policy. Training runs in this
 worker, or as a GPU pod on Kubernetes with `RECO_TRAINING_LAUNCHER=kubernetes`. A retry resumes from the epoch

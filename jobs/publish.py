@@ -16,6 +16,7 @@ import uuid
 from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.lake import read_parquet_folder
 from model_lib.progress import stage
+from model_lib.redaction import redact
 from model_lib.warehouse import open_warehouse
 
 
@@ -23,7 +24,7 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     warehouse = open_warehouse(settings.warehouse_url)
     catalogue_size = len(read_parquet_folder(settings.vocab_dir(ds)))
-    with stage(f"publish ds={ds} into {settings.warehouse_url}") as report:
+    with stage(f"publish ds={ds} into {redact(settings.warehouse_url)}") as report:
         summary = warehouse.publish(
             ds,
             settings.recommendations_dir(ds),

@@ -1,6 +1,7 @@
 """Step 4 — recommend: score every user with history with one pinned model version (Spark, mapInPandas).
 
-Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once by the caller)
+Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once
+        by the caller)
 Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K unseen items with scores, source and reason
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 

@@ -19,6 +19,8 @@ import datetime as dt
 import json
 import sys
 
+from model_lib.redaction import redact
+
 
 def _data(args) -> None:
     from model_lib.config import get_settings
@@ -61,7 +63,9 @@ def _show(args) -> None:
     warehouse = open_warehouse(settings.warehouse_url)
     ds = parse_ds(args.ds) if args.ds else warehouse.latest_ds()
     if ds is None:
-        raise SystemExit(f"no recommendations published in {settings.warehouse_url} yet: run reco_nightly first")
+        raise SystemExit(
+            f"no recommendations published in {redact(settings.warehouse_url)} yet: run reco_nightly first"
+        )
     print(format_recommendations(args.user, ds, warehouse.user_recommendations(args.user, ds), item_titles(settings)))
 
 
@@ -88,7 +92,7 @@ def _summary(args) -> None:
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     tags = client.get_model_version(settings.model_name, str(champion)).tags if champion else {}
-    print(f"warehouse {settings.warehouse_url}: last run {warehouse.last_run(ds)}")
+    print(f"warehouse {redact(settings.warehouse_url)}: last run {warehouse.last_run(ds)}")
     print(
         f"champion {settings.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
         f"NDCG@10 = {tags.get('test_ndcg_10')} (full ranking, seen items excluded)"
@@ -175,8 +179,9 @@ BENCHMARKS = {"accuracy": "bench.accuracy", "scoring": "bench.scoring", "session
 
 def _settings_json() -> str:
     from model_lib.config import get_settings
+    from model_lib.redaction import redact
 
-    return get_settings().model_dump_json(indent=2)
+    return redact(get_settings().model_dump_json(indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

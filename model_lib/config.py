@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_lib.redaction import redact
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
 SOFTMAX_MODES = ("auto", "full", "sampled")
@@ -194,7 +196,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_warehouse(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("duckdb://", "postgresql://")):
-            raise ValueError(f"unknown warehouse URL scheme in {value!r}: use duckdb:///path or postgresql://")
+            raise ValueError(f"unknown warehouse URL scheme in {redact(value)!r}: use duckdb:///path or postgresql://")
         return value
 
     # --- lake layout: one place that names every folder ---

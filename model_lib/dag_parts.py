@@ -157,7 +157,8 @@ def sessionize_task() -> SparkSubmitOperator:
         "sessionize",
         ["--ds", DS, "--mode", "{{ 'full' if params.full_rebuild else 'auto' }}"],
         "Spark: the day's raw events + yesterday's state (or every raw day, in a full rebuild) -> "
-        "lake/sessionized/ds (sequences, vocabulary and state, committed as one unit); rejects to lake/quarantine/events/dt=; counts to "
+        "lake/sessionized/ds (sequences, vocabulary and state, committed as one unit); rejects to "
+        "lake/quarantine/events/dt=; counts to "
         "lake/run_stats/sessionize.",
     )
 

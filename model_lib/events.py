@@ -77,7 +77,9 @@ def parse_raw_lines(lines: DataFrame) -> DataFrame:
 #   `Z` or +-HH[:MM] (an offset beyond +-18:00 does not parse); no offset means UTC.
 # Either way the instant must lie in years 0001-9999 UTC (what Parquet, pandas and every warehouse can hold).
 EPOCH_MS_PATTERN = r"^-?[0-9]{1,19}$"
-ISO_8601_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+ISO_8601_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+)
 MIN_EPOCH_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z (ISO text may add microseconds up to .999999)
 
@@ -91,7 +93,10 @@ def parse_timestamp(ts: Column) -> Column:
     from_iso = F.try_to_timestamp(F.when(ts.rlike(ISO_8601_PATTERN), ts))
     parsed = F.when(is_epoch_ms, from_epoch).otherwise(from_iso)
     # An offset can move a valid local year-9999 or year-1 time out of range.
-    earliest, latest = F.timestamp_micros(F.lit(MIN_EPOCH_MS * 1000)), F.timestamp_micros(F.lit(MAX_EPOCH_MS * 1000 + 999))
+    earliest, latest = (
+        F.timestamp_micros(F.lit(MIN_EPOCH_MS * 1000)),
+        F.timestamp_micros(F.lit(MAX_EPOCH_MS * 1000 + 999)),
+    )
     return F.when(parsed.between(earliest, latest), parsed)
 
 

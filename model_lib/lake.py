@@ -156,7 +156,8 @@ def read_sequences(source: Path | list[Path]):
 
 def write_sequences(sequences, folder: Path, files: int = 2) -> list[Path]:
     """splits.Sequences -> `files` Parquet files (users dealt round-robin) in the sequence contract's columns, as
-    lake/sessionized/ds=D/sequences/ holds them. For tests and benchmarks; the pipeline's own writer is the Spark job."""
+    lake/sessionized/ds=D/sequences/ holds them. For tests and benchmarks; the pipeline's own writer is the Spark
+    job."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(
         {

@@ -156,7 +156,10 @@ def log_recommender(recommender: Recommender, settings: Settings, documents: dic
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
-            artifacts={RECOMMENDER_ARTIFACT: str(folder), **{name: str(path) for name, path in (documents or {}).items()}},
+            artifacts={
+                RECOMMENDER_ARTIFACT: str(folder),
+                **{name: str(path) for name, path in (documents or {}).items()},
+            },
             signature=signature,
             input_example=example,
         )

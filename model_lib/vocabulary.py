@@ -5,8 +5,8 @@ Items are ranked by interaction count (ties by item_id); those with at least `mi
 models keep meaning the same items; an index freed by an item that dropped out is given to the next newcomer, so the
 index space stays bounded by max_size. Index 0 pads sequences and 1 stands for every item outside the vocabulary.
 
-Each day's vocabulary is written to lake/sessionized/ds=D/vocab (versioned with the data) and is saved inside every registered
-model, so scores always map back to real ids.
+Each day's vocabulary is written to lake/sessionized/ds=D/vocab (versioned with the data) and is saved inside every
+registered model, so scores always map back to real ids.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from model_lib.config import check_identifier
+from model_lib.redaction import redact
 
 RECOMMENDATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -262,4 +263,6 @@ def open_warehouse(url: str) -> Warehouse:
         return DuckDBWarehouse(Path(url.removeprefix("duckdb://")))
     if url.startswith("postgresql://"):
         return PostgresWarehouse(url)
-    raise ValueError(f"unsupported warehouse URL {url!r}: use duckdb:///absolute/path.duckdb or postgresql://...")
+    raise ValueError(
+        f"unsupported warehouse URL {redact(url)!r}: use duckdb:///absolute/path.duckdb or postgresql://..."
+    )

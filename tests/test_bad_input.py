@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
+from timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 
 from model_lib import events as ev
 from model_lib.config import get_settings
 from model_lib.schemas import REASON_CODES
-from timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 
 pytestmark = pytest.mark.spark
 DAY = "2024-01-10"

@@ -11,7 +11,9 @@ def test_defaults_live_under_one_data_folder(tmp_path):
     assert settings.lake_dir == tmp_path / "lake"
     assert settings.warehouse_url == f"duckdb:///{tmp_path / 'warehouse' / 'reco.duckdb'}"
     assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    assert settings.sequences_dir(dt.date(2024, 1, 2)) == tmp_path / "lake" / "sessionized" / "ds=2024-01-02" / "sequences"
+    assert (
+        settings.sequences_dir(dt.date(2024, 1, 2)) == tmp_path / "lake" / "sessionized" / "ds=2024-01-02" / "sequences"
+    )
 
 
 def test_environment_overrides(monkeypatch, tmp_path):

@@ -145,7 +145,9 @@ def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rer
     print(f"killed after {kill_after}; the staging folder held {written}")
     assert staged and not (staged[0] / "manifest.json").exists()
     assert folder_digest(day) == before, "a killed run changed the committed day"
-    assert (day / "manifest.json").exists() and read_sequences(settings.sequences_dir(ds)).items.shape == first.items.shape
+    assert (day / "manifest.json").exists() and read_sequences(
+        settings.sequences_dir(ds)
+    ).items.shape == first.items.shape
 
     # The re-run succeeds, rebuilds the same day (Spark's file names differ, the content does not) and removes the
     # killed run's staging folder.

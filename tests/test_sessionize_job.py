@@ -103,10 +103,14 @@ def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
 
     day = dt.date(2024, 1, 10)
     texts = [text for text in boundary_values() if text.strip(" ")]
-    poison = [{"ts": text} for text in texts] + [{"ts": int(text)} for text in texts if re.fullmatch(r"-?(0|[1-9][0-9]*)", text)]
+    poison = [{"ts": text} for text in texts] + [
+        {"ts": int(text)} for text in texts if re.fullmatch(r"-?(0|[1-9][0-9]*)", text)
+    ]
     good = [{"ts": f"{day}T10:00:{second:02d}Z"} for second in range(60)]
-    lines = [json.dumps({"user_id": f"u{n % 7}", "item_id": f"i{n % 5}", "event_type": "view", **event})
-             for n, event in enumerate(poison + good)]
+    lines = [
+        json.dumps({"user_id": f"u{n % 7}", "item_id": f"i{n % 5}", "event_type": "view", **event})
+        for n, event in enumerate(poison + good)
+    ]
     folder = settings.raw_events_day_dir(day)
     folder.mkdir(parents=True)
     (folder / "part-00000.jsonl").write_text("\n".join(lines) + "\n")

@@ -1,9 +1,10 @@
 """Raw `ts` values at and around every limit of the timestamp conversion, and the contract's expected result for
 each, computed in plain Python (an oracle independent of Spark).
 
-The contract (model_lib/events.py), after surrounding spaces are trimmed: epoch milliseconds are an optional minus and 1-19 digits; ISO-8601 is a
-4-digit-year date, an optional time with optional seconds and 1-9 fraction digits, and an optional offset `Z` or
-+-HH[:MM] up to +-18:00 (none = UTC). Either way the instant lies in 0001-01-01 .. 9999-12-31T23:59:59.999999 UTC.
+The contract (model_lib/events.py), after surrounding spaces are trimmed: epoch milliseconds are an optional minus
+and 1-19 digits; ISO-8601 is a 4-digit-year date, an optional time with optional seconds and 1-9 fraction digits,
+and an optional offset `Z` or +-HH[:MM] up to +-18:00 (none = UTC). Either way the instant lies in
+0001-01-01 .. 9999-12-31T23:59:59.999999 UTC.
 """
 
 from __future__ import annotations
@@ -31,15 +32,59 @@ def boundary_values() -> list[str]:
     for year in ("0000", "0001", "0002", "9998", "9999", "10000", "+10000", "-0001", "99999", "294247"):
         for rest in ("-01-01", "-12-31T23:59:59.999999", "-01-01T00:00:00+01:00", "-12-31T23:59:59-01:00"):
             values.add(year + rest)
-    for offset in ("Z", "z", "+00:00", "+18:00", "-18:00", "+18:01", "-18:01", "+19:00", "+24:00", "+99:99",
-                   "+05:30", "-05:30", "+0530", "+05", "+5:30", "+05:60", "UTC", " +01:00", "+01:00:00"):
+    for offset in (
+        "Z",
+        "z",
+        "+00:00",
+        "+18:00",
+        "-18:00",
+        "+18:01",
+        "-18:01",
+        "+19:00",
+        "+24:00",
+        "+99:99",
+        "+05:30",
+        "-05:30",
+        "+0530",
+        "+05",
+        "+5:30",
+        "+05:60",
+        "UTC",
+        " +01:00",
+        "+01:00:00",
+    ):
         values.add("2024-01-10T12:00:00" + offset)
     for fraction_digits in range(1, 12):
         values.add("2024-01-10T12:00:00." + "9" * fraction_digits + "Z")
-    values.update(["2024-02-29", "2023-02-29", "2024-02-30", "2024-13-01", "2024-00-10", "2024-01-32",
-                   "2024-01-10T24:00", "2024-01-10T23:60", "2024-01-10T23:59:60Z", "2024-01-10T12", "2024-01-10T1:00",
-                   "2024-01-10 12:00:00", "2024-01-10T12:00", "T12:00", "12:00", "2024", "2024-01", "20240110",
-                   "", "-", "+", "--1", "NaN", "Infinity", "null"])
+    values.update(
+        [
+            "2024-02-29",
+            "2023-02-29",
+            "2024-02-30",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-01-32",
+            "2024-01-10T24:00",
+            "2024-01-10T23:60",
+            "2024-01-10T23:59:60Z",
+            "2024-01-10T12",
+            "2024-01-10T1:00",
+            "2024-01-10 12:00:00",
+            "2024-01-10T12:00",
+            "T12:00",
+            "12:00",
+            "2024",
+            "2024-01",
+            "20240110",
+            "",
+            "-",
+            "+",
+            "--1",
+            "NaN",
+            "Infinity",
+            "null",
+        ]
+    )
     return sorted(values)
 
 
@@ -68,8 +113,13 @@ def expected_micros(text: str) -> int | None:
     shift = CYCLE_MICROS if year == 0 else 0  # a local year 0 can still be year 1 in UTC after a negative offset
     try:
         local = dt.datetime(
-            year + (400 if shift else 0), month, day, int(match["hour"] or 0), int(match["minute"] or 0),
-            int(match["second"] or 0), int((match["fraction"] or "0").ljust(6, "0")[:6]),
+            year + (400 if shift else 0),
+            month,
+            day,
+            int(match["hour"] or 0),
+            int(match["minute"] or 0),
+            int(match["second"] or 0),
+            int((match["fraction"] or "0").ljust(6, "0")[:6]),
         )
     except ValueError:
         return None
