@@ -50,17 +50,28 @@ def extract_day_vocabulary(settings: Settings, ds: dt.date) -> pd.DataFrame:
     return read_parquet_folder(settings.vocab_dir(ds))
 
 
-def check_model_fits_day(settings: Settings, version: int, day_vocabulary: pd.DataFrame) -> float:
-    """The share of the day's events the model knows; raises IncompatibleModelError when the model cannot score
-    the day meaningfully."""
+def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Events per item_id to weigh the model-fit check by, and what they are: the day's own new events (items
+    outside the vocabulary included); on a day without any, every event so far (the vocabulary's counts)."""
+    folder = settings.day_item_counts_dir(ds)
+    if folder.exists():
+        day = read_parquet_folder(folder)
+        if day["count"].sum() > 0:
+            return day, "the day's events"
+    return day_vocabulary, "the events so far (the day brought none)"
+
+
+def check_model_fits_day(settings: Settings, version: int, event_counts: pd.DataFrame, basis: str) -> float:
+    """The share of `event_counts` (described by `basis`) the model knows; raises IncompatibleModelError when the
+    model cannot score the day meaningfully."""
     from model_lib import registry
 
     model_vocabulary, model_event_types = registry.trained_on(settings, version)
-    share = known_share(model_vocabulary, day_vocabulary)
+    share = known_share(model_vocabulary, event_counts)
     problems = []
     if share < settings.recommend_min_known_share:
         problems.append(
-            f"it knows {share:.1%} of the day's events, below RECO_RECOMMEND_MIN_KNOWN_SHARE "
+            f"it knows {share:.1%} of {basis}, below RECO_RECOMMEND_MIN_KNOWN_SHARE "
             f"{settings.recommend_min_known_share:.0%}: it was trained on other items"
         )
     if model_event_types != list(settings.event_types):
@@ -107,7 +118,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     k = k or settings.top_k
     started = time.time()
     day_vocabulary = extract_day_vocabulary(settings, ds)
-    known = check_model_fits_day(settings, version, day_vocabulary)
+    known = check_model_fits_day(settings, version, *extract_day_events(settings, ds, day_vocabulary))
     spark = spark_session(settings, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)

@@ -9,6 +9,7 @@ Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/sessionized/d
 Writes  lake/sessionized/ds=D/, one unit committed by one atomic swap:
           sequences/     one row per user: last L events (left-padded) — see README "Data contracts"
           vocab/         item_id <-> item_index, stable across days
+          day_item_counts/  the day's own valid new events per item_id (what the nightly model-fit check weighs)
           state/         users (last L+1 events, older items), dedup_keys, item_counts
           manifest.json  written last: ds, mode, the settings the state was built with, row counts
         lake/quarantine/events/dt=X/   every rejected line with its raw text and a reason code
@@ -161,8 +162,8 @@ def write_day(
     with one swap (lake.commit_folder). Returns the rows written per output."""
     final = settings.sessionized_dir(ds)
     staged = staging_path(final)
-    partitions = {"sequences": 2, "vocab": 1}
-    for name in ("sequences", "vocab"):
+    partitions = {"sequences": 2, "vocab": 1, "day_item_counts": 1}
+    for name in ("sequences", "vocab", "day_item_counts"):
         frames[name].coalesce(partitions[name]).write.parquet(str(staged / name))
     for name in ("users", "dedup_keys"):
         frames[name].write.parquet(str(staged / "state" / name))
@@ -285,6 +286,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
             {
                 "sequences": histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"),
                 "vocab": vocabulary_frame.orderBy("item_index"),
+                "day_item_counts": ev.item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
                 "users": histories.select(ev.STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
             },

@@ -230,6 +230,10 @@ class Settings(BaseSettings):
     def vocab_dir(self, ds: dt.date) -> Path:
         return self.sessionized_dir(ds) / "vocab"
 
+    def day_item_counts_dir(self, ds: dt.date) -> Path:
+        """Valid new events per item_id that arrived in raw dt=ds (every item, in the vocabulary or not)."""
+        return self.sessionized_dir(ds) / "day_item_counts"
+
     @property
     def quarantine_root(self) -> Path:
         """Rejected raw lines, partitioned like the raw events: quarantine/events/dt=D/."""

@@ -63,13 +63,13 @@ def vocabulary_item_ids(vocabulary: pd.DataFrame) -> np.ndarray:
     return item_ids
 
 
-def known_share(model_vocabulary: pd.DataFrame, day_vocabulary: pd.DataFrame) -> float:
-    """Of the day's events (the day vocabulary's counts), the share whose item the model's vocabulary holds.
+def known_share(model_vocabulary: pd.DataFrame, event_counts: pd.DataFrame) -> float:
+    """Of the events counted in `event_counts` (item_id, count), the share whose item the model's vocabulary holds.
 
-    1.0 for a day without events: there is nothing the model could fail to know.
+    1.0 when there are no events: there is nothing the model could fail to know.
     """
-    events = day_vocabulary["count"].sum()
+    events = event_counts["count"].sum()
     if events == 0:
         return 1.0
-    known = day_vocabulary["item_id"].isin(set(model_vocabulary["item_id"]))
-    return float(day_vocabulary.loc[known, "count"].sum() / events)
+    known = event_counts["item_id"].isin(set(model_vocabulary["item_id"]))
+    return float(event_counts.loc[known, "count"].sum() / events)

@@ -15,6 +15,11 @@ Two adapters share that logic and differ only in how they connect and bulk-load:
     postgresql://user:password@host:port/db   a server (COPY ... FROM STDIN in CSV form)
 Our SQL is written once with `?` placeholders; every value is a bound parameter, every identifier a validated
 plain identifier from configuration.
+
+Readers (`reco show`, the demo summary, `query`) open the warehouse read-only and never run DDL, so they work with
+a read-only PostgreSQL role and beside a DuckDB file another process reads. Publishes of the same day serialise: on
+PostgreSQL the transaction first takes an advisory lock on (table, day), so a second publish waits for the first to
+commit and then replaces its rows; every lock wait is bounded (`lock_timeout`) and a timeout says what waited.
 """
 
 from __future__ import annotations
@@ -69,9 +74,18 @@ class Warehouse:
         self.recommendations = check_identifier(recommendations)
         self.runs = check_identifier(runs)
 
+    # Longest wait for another session's lock (a DuckDB file, a PostgreSQL row or advisory lock) before giving up.
+    lock_wait_seconds = 300.0
+
     # --- what an adapter provides ---
-    def _connect(self):
+    def _connect(self, read_only: bool):
         raise NotImplementedError
+
+    def _lock_day(self, connection, ds: dt.date) -> None:
+        """Inside the publish transaction: waits until no other publish of this day is in flight."""
+
+    def _missing_table_errors(self) -> tuple[type[Exception], ...]:
+        return ()
 
     def _execute(self, connection, sql: str, params: list | None = None):
         """Runs one statement with `?` placeholders; returns a cursor."""
@@ -83,7 +97,8 @@ class Warehouse:
 
     # --- shared ---
     def connect(self):
-        connection = self._connect()
+        """A writing connection; creates the tables on first use."""
+        connection = self._connect(read_only=False)
         self._execute(connection, RECOMMENDATIONS_DDL.format(table=self.recommendations))
         self._execute(connection, RUNS_DDL.format(table=self.runs))
         return connection
@@ -121,6 +136,7 @@ class Warehouse:
         coverage = distinct_items / max(catalogue_size, 1)
         columns = ", ".join(COLUMNS)
         self._execute(connection, "BEGIN")
+        self._lock_day(connection, ds)
         self._execute(connection, f"DELETE FROM {self.recommendations} WHERE ds = ?", [ds])
         self._execute(connection, f"INSERT INTO {self.recommendations} ({columns}) SELECT {columns} FROM staging")
         self._record_run(connection, ds, run_id, version, users, rows, coverage, started_at, "success")
@@ -145,12 +161,17 @@ class Warehouse:
         )
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
-        """A read with `?` placeholders -> a DataFrame."""
-        connection = self.connect()
+        """A read with `?` placeholders -> a DataFrame, on a read-only connection (no DDL)."""
+        connection = self._connect(read_only=True)
         try:
             cursor = self._execute(connection, sql, params)
             names = [column[0] for column in cursor.description]
             return pd.DataFrame(cursor.fetchall(), columns=names)
+        except self._missing_table_errors() as error:
+            raise LookupError(
+                f"the warehouse has no table {self.recommendations} / {self.runs} yet: run reco_nightly (its publish "
+                f"step) first ({str(error).splitlines()[0]})"
+            ) from None
         finally:
             connection.close()
 
@@ -183,22 +204,29 @@ class Warehouse:
 class DuckDBWarehouse(Warehouse):
     """The embedded default: one DuckDB file."""
 
-    # A DuckDB file has one writing process at a time; two runs that publish different days together (backfills)
-    # take turns. Waiting longer than this means something else holds the file (an open notebook, say).
-    lock_wait_seconds = 300.0
+    # A DuckDB file has one writing process at a time (and readers only beside other readers); two runs that
+    # publish different days together (backfills) take turns. Waiting longer than lock_wait_seconds means something
+    # else holds the file (an open notebook, say).
 
     def __init__(self, path: Path, **tables):
         super().__init__(**tables)
         self.path = Path(path)
 
-    def _connect(self):
+    def _missing_table_errors(self):
         import duckdb
 
+        return (duckdb.CatalogException,)
+
+    def _connect(self, read_only: bool):
+        import duckdb
+
+        if read_only and not self.path.exists():
+            raise LookupError(f"no warehouse file {self.path} yet: run reco_nightly (its publish step) first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         started, announced = time.monotonic(), False
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as error:
                 if "Conflicting lock" not in str(error):
                     raise
@@ -231,10 +259,33 @@ class PostgresWarehouse(Warehouse):
         super().__init__(**tables)
         self.url = url
 
-    def _connect(self):
+    def _connect(self, read_only: bool):
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True)
+        # Readers run in read-only transactions (a read-only role suffices); writers bound every lock wait.
+        options = (
+            "-c default_transaction_read_only=on" if read_only else f"-c lock_timeout={self.lock_wait_seconds:.0f}s"
+        )
+        return psycopg.connect(self.url, autocommit=True, options=options)
+
+    def _missing_table_errors(self):
+        import psycopg
+
+        return (psycopg.errors.UndefinedTable,)
+
+    def _lock_day(self, connection, ds: dt.date) -> None:
+        import psycopg
+
+        try:
+            # Released at COMMIT or ROLLBACK; the key is (table, day), so other days publish in parallel.
+            self._execute(
+                connection, "SELECT pg_advisory_xact_lock(hashtext(?), ?)", [self.recommendations, ds.toordinal()]
+            )
+        except psycopg.errors.LockNotAvailable:
+            raise TimeoutError(
+                f"another publish of ds={ds} held the day for more than {self.lock_wait_seconds:.0f} s (lock_timeout); "
+                "see pg_stat_activity for the session, then re-run"
+            ) from None
 
     def _execute(self, connection, sql, params=None):
         # psycopg binds with %s; our SQL holds no literal '?' or '%'.

@@ -48,10 +48,18 @@ class Pipeline:
         return run_ok([str(BIN / "airflow"), *args], env or self.env)[1]
 
 
-def build_pipeline(data_dir: Path) -> Pipeline:
+def build_pipeline(data_dir: Path, extra_env: dict[str, str] | None = None) -> Pipeline:
+    """`extra_env` (RECO_WAREHOUSE_URL, RECO_MLFLOW_TRACKING_URI, AIRFLOW_CONN_*, ...) applies to every process."""
+    extra_env = extra_env or {}
     env = {**os.environ, "RECO_DATA_DIR": str(data_dir), **OVERRIDES}
-    env.update(engine_environment(get_settings(data_dir=data_dir)))
-    settings = get_settings(data_dir=data_dir, min_item_count=2, seq_len=20, top_k=K)
+    urls = {
+        key: extra_env[f"RECO_{key.upper()}"]
+        for key in ("warehouse_url", "mlflow_tracking_uri")
+        if f"RECO_{key.upper()}" in extra_env
+    }
+    env.update(engine_environment(get_settings(data_dir=data_dir, **urls)))
+    env.update(extra_env)
+    settings = get_settings(data_dir=data_dir, min_item_count=2, seq_len=20, top_k=K, **urls)
     made = run_ok([str(BIN / "reco"), "data", "synth", "--users", "150", "--items", "80", "--days", "4"], env)[0]
     ds = dt.date.fromisoformat(json.loads(made.strip().splitlines()[-1])["last_dt"])
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,9 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
     day_vocabulary = pd.concat([foreign.iloc[:19], vocabulary.iloc[19:].assign(count=7)], ignore_index=True)
     settings.vocab_dir(day).mkdir(parents=True)
     day_vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
+    settings.day_item_counts_dir(day).mkdir(parents=True)
+    day_events = settings.day_item_counts_dir(day) / "part-0.parquet"
+    day_vocabulary[["item_id", "count"]].to_parquet(day_events, index=False)
 
     with pytest.raises(IncompatibleModelError, match=r"knows 32\.1% of the day's events, below .* 50%") as refused:
         recommend.run(settings, day, version=version)
@@ -111,6 +114,17 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
 
     with pytest.raises(LookupError, match=f"has no version {version + 1} in the registry"):
         recommend.run(settings, day, version=version + 1)
+
+    # The check weighs the day's own events, not all history: the vocabulary (all-time counts) is the model's own,
+    # but 80% of today's events fall on items that arrived since training.
+    vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
+    today = pd.DataFrame({"item_id": ["i2", "new-1", "new-2"], "count": [20, 40, 40]})
+    today.to_parquet(day_events, index=False)
+    with pytest.raises(IncompatibleModelError, match=r"knows 20\.0% of the day's events"):
+        recommend.run(settings, day, version=version)
+    # A day that brought no events is weighed by every event so far, and says so.
+    today.assign(count=0).to_parquet(day_events, index=False)
+    assert recommend.extract_day_events(settings, day, vocabulary)[1].startswith("the events so far")
 
 
 class _PickleThatRunsCode:

@@ -132,3 +132,97 @@ def test_a_duckdb_file_in_use_by_another_process_is_waited_for_then_given_up_on(
         holder.kill()
         holder.wait()
     assert warehouse.query("SELECT count(*) AS n FROM recommendations")["n"][0] == 12
+
+
+def test_readers_open_read_only_and_never_run_ddl(warehouse_url, tmp_path, postgres_url):
+    """`reco show` and the summary read: nothing published yet is a clear message (and creates nothing); a
+    read-only PostgreSQL role can read; a DuckDB reader works beside another process's read-only session."""
+    warehouse = open_warehouse(warehouse_url)
+    with pytest.raises(LookupError, match="run reco_nightly"):
+        warehouse.latest_ds()
+    if warehouse_url.startswith("duckdb"):
+        assert not warehouse.path.exists(), "a reader created the warehouse file"
+    write_day(tmp_path / "day", ["u1", "u2"])
+    warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_size=10, started_at=STARTED)
+
+    if warehouse_url.startswith("postgresql"):
+        import psycopg
+
+        role = f"reader_{abs(hash(warehouse_url)) % 10**8}"
+        with psycopg.connect(warehouse_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            admin.execute(f"GRANT SELECT ON recommendations, recommendation_runs TO {role}")
+        reader = open_warehouse(warehouse_url.replace("postgresql://reco@", f"postgresql://{role}@", 1))
+        assert reader.latest_ds() == DS
+        assert reader.user_recommendations("u1", DS)["rank"].tolist() == [1, 2, 3]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # readers cannot write, even by mistake
+            open_warehouse(warehouse_url).query("DELETE FROM recommendations")
+        return
+
+    hold = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(warehouse.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        warehouse.lock_wait_seconds = 3
+        started = time.monotonic()
+        assert warehouse.latest_ds() == DS and warehouse.last_run(DS)["rows"] == 6
+        assert time.monotonic() - started < 2, "the reader waited for another reader"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_publishes_of_the_same_day_on_postgresql_serialise_and_the_second_replaces(postgres_url, tmp_path):
+    """Both are held at the start of their transactions until a blocking session lets go; the second then waits
+    for the first (an advisory lock on the day) and replaces its rows instead of failing on the primary key."""
+    import psycopg
+    from postgres_server import fresh_database
+
+    url = fresh_database(postgres_url, "serialised_publishes")
+    warehouse = open_warehouse(url)
+    write_day(tmp_path / "old", ["u0"])
+    warehouse.publish(DS, tmp_path / "old", "run-0", 10, STARTED)
+    write_day(tmp_path / "first", ["u1", "u2"], version=1)
+    write_day(tmp_path / "second", ["u1", "u2", "u3"], version=2)
+
+    # Another session holds the day's rows (as a long reader with FOR UPDATE would): both publishes start and wait.
+    blocker = psycopg.connect(url)
+    blocker.execute("SELECT 1 FROM recommendations WHERE ds = %s FOR UPDATE", [DS])
+    results, errors = {}, {}
+
+    def publish(name: str) -> None:
+        try:
+            results[name] = open_warehouse(url).publish(DS, tmp_path / name, f"run-{name}", 10, STARTED)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors[name] = error
+
+    monitor = psycopg.connect(url, autocommit=True)
+
+    def waits() -> list[str]:
+        rows = monitor.execute("SELECT wait_event FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchall()
+        return sorted(row[0] for row in rows)
+
+    deadline = time.time() + 60
+    first = threading.Thread(target=publish, args=("first",))
+    first.start()
+    while len(waits()) < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    second = threading.Thread(target=publish, args=("second",))
+    second.start()
+    while len(waits()) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    overlapped = waits()
+    blocker.rollback()
+    blocker.close()
+    first.join(60)
+    second.join(60)
+    monitor.close()
+
+    assert len(overlapped) == 2, f"the two publishes did not overlap: {overlapped}"
+    assert not errors, errors  # without the day lock the second fails: duplicate key (ds, user_id, rank)
+    assert "advisory" in overlapped, f"the second publish should wait on the day's advisory lock: {overlapped}"
+    day = warehouse.query("SELECT model_version, count(*) AS n FROM recommendations GROUP BY 1")
+    assert day.to_dict("records") == [{"model_version": 2, "n": 9}]
+    runs = warehouse.query("SELECT run_id, status FROM recommendation_runs ORDER BY finished_at")
+    assert runs["run_id"].tolist() == ["run-0", "run-first", "run-second"] and set(runs["status"]) == {"success"}

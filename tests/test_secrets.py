@@ -1,0 +1,125 @@
+"""No credential the product is configured with reaches anything a user of the Airflow UI, of MLflow or of the lake
+can read. The whole pipeline (reco_training, then reco_nightly, through real `airflow dags test`) runs with a
+password in every URL: the PostgreSQL warehouse, the MLflow tracking server and the Airflow Spark connection."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from processes import free_port, start_server, stop_server, wait_for
+
+from model_lib.redaction import redact, secrets_in
+
+BIN = Path(sys.executable).parent
+WAREHOUSE_PASSWORD = "pw-warehouse-Q7x2"
+MLFLOW_PASSWORD = "pw-mlflow-K9d4"
+SPARK_PASSWORD = "pw-spark-conn-M3v8"
+SECRETS = (WAREHOUSE_PASSWORD, MLFLOW_PASSWORD, SPARK_PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("postgresql://reco:s3cr%40t@db:5432/reco", "postgresql://reco:***@db:5432/reco"),
+        ("http://user:tok@mlflow:5000/path", "http://user:***@mlflow:5000/path"),
+        ("spark://admin:pw@master:7077", "spark://admin:***@master:7077"),
+        ("host=db user=reco password=s3cret dbname=reco", "host=db user=reco password=*** dbname=reco"),
+        ("https://h/x?user=a&password=s3cret&token=t0k", "https://h/x?user=a&password=***&token=***"),
+        (
+            '{"conn_type": "spark", "password": "s3cret", "login": "x"}',
+            '{"conn_type": "spark", "password": "***", "login": "x"}',
+        ),
+        ("duckdb:///data/warehouse/reco.duckdb and postgresql://reco@db/reco", None),  # nothing secret: unchanged
+    ],
+)
+def test_redact_masks_every_form_of_credential(text, masked):
+    assert redact(text) == (masked or text)
+    assert redact(redact(text)) == redact(text)
+    assert (secrets_in(text) != []) == (masked is not None)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback; clients reach it with a password in the URL."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    server = start_server(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+        ],
+        {**__import__("os").environ},
+        folder / "server.log",
+    )
+    import urllib.request
+
+    wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200, "MLflow")
+    yield f"http://reco:{MLFLOW_PASSWORD}@127.0.0.1:{port}"
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def pipeline_with_passwords(tmp_path_factory, postgres_url, mlflow_server):
+    from airflow_pipeline import build_pipeline
+    from postgres_server import fresh_database
+
+    database = fresh_database(postgres_url, "secrets_pipeline")  # trust auth: the password is sent, then ignored
+    warehouse = database.replace("postgresql://reco@", f"postgresql://reco:{WAREHOUSE_PASSWORD}@", 1)
+    assert WAREHOUSE_PASSWORD in warehouse
+    spark_connection = {"conn_type": "spark", "host": "local[2]", "login": "reco", "password": SPARK_PASSWORD}
+    extra = {
+        "RECO_WAREHOUSE_URL": warehouse,
+        "RECO_MLFLOW_TRACKING_URI": mlflow_server,
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
+    }
+    return build_pipeline(tmp_path_factory.mktemp("secrets") / "data", extra)
+
+
+def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline_with_passwords):
+    from mlflow import MlflowClient
+
+    pipeline, settings = pipeline_with_passwords, pipeline_with_passwords.settings
+    captured: dict[str, str] = {f"airflow dags test {name}": log for name, log in pipeline.logs.items()}
+    for path in Path(pipeline.env["AIRFLOW_HOME"]).rglob("*.log"):
+        captured[f"task log {path.name}"] = path.read_text(errors="replace")
+    for command in (["settings"], ["show", "--user", "u0001"], ["summary", "--ds", pipeline.ds.isoformat()]):
+        done = subprocess.run([str(BIN / "reco"), *command], env=pipeline.env, capture_output=True, text=True)
+        captured[f"reco {command[0]}"] = done.stdout + done.stderr
+
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    experiments = client.search_experiments()
+    runs = client.search_runs([experiment.experiment_id for experiment in experiments])
+    for run in runs:
+        captured[f"mlflow run {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
+    for version in client.search_model_versions(f"name = '{settings.model_name}'"):
+        captured[f"model version {version.version}"] = json.dumps([version.tags, version.source, version.description])
+    for path in settings.mlflow_artifact_root.rglob("*"):
+        if path.is_file() and path.suffix in ("", ".md", ".json", ".yaml", ".txt", ".html"):
+            captured[f"artifact {path.name}"] = path.read_text(errors="replace")
+    for path in settings.lake_dir.glob("run_stats/*/*/*.parquet"):
+        captured[f"run stats {path.parent.parent.name}"] = pd.read_parquet(path).to_json()
+    with sqlite3.connect(Path(pipeline.env["AIRFLOW_HOME"]) / "airflow.db") as metadata:
+        xcoms = metadata.execute("SELECT task_id, value FROM xcom").fetchall()
+    for task_id, value in xcoms:
+        captured[f"xcom {task_id}"] = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    leaks = {where: secret for where, text in captured.items() for secret in SECRETS if secret in text}
+    assert not leaks, f"passwords found in: {leaks}"
+    # The checks looked at real content: the run trained, registered and published with these URLs.
+    assert len(runs) >= 1 and any(run.data.params for run in runs) and len(xcoms) >= 4
+    assert "postgresql://reco:***@127.0.0.1" in captured["airflow dags test nightly"]  # printed, masked
+    assert "ds" in captured["reco summary"] or "last run" in captured["reco summary"]
