@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -48,7 +49,7 @@ from model_lib.lake import (
 from model_lib.progress import stage
 from model_lib.schemas import REASON_CODES
 from model_lib.spark import spark_session
-from model_lib.vocabulary import VOCABULARY_COLUMNS, ranked_candidates, stable_vocabulary
+from model_lib.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
 
 log = logging.getLogger("reco.sessionize")
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
@@ -141,8 +142,9 @@ def dedup_horizon(settings: Settings, ds: dt.date):
     return next_day - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
 
 
-def new_vocabulary(counts: pd.DataFrame, settings: Settings, previous: pd.DataFrame | None) -> pd.DataFrame:
-    candidates = ranked_candidates(counts, settings.min_item_count, settings.max_vocab_size)
+def new_vocabulary(counts: DataFrame, settings: Settings, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """Only the vocabulary-sized candidate list reaches the driver (at most max_vocab_size rows)."""
+    candidates = ev.vocabulary_candidates(counts, settings.min_item_count, settings.max_vocab_size).toPandas()
     return stable_vocabulary(candidates, previous)
 
 
@@ -155,9 +157,7 @@ def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
 
 
 # --- load ------------------------------------------------------------------------------------------------
-def write_day(
-    frames: dict[str, DataFrame], counts: pd.DataFrame, settings: Settings, ds: dt.date, plan: Plan
-) -> dict[str, int]:
+def write_day(frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan) -> dict[str, int]:
     """Writes sequences, vocabulary and state into one staging folder, the manifest last, then commits the day
     with one swap (lake.commit_folder). Returns the rows written per output."""
     final = settings.sessionized_dir(ds)
@@ -165,11 +165,9 @@ def write_day(
     partitions = {"sequences": 2, "vocab": 1, "day_item_counts": 1}
     for name in ("sequences", "vocab", "day_item_counts"):
         frames[name].coalesce(partitions[name]).write.parquet(str(staged / name))
-    for name in ("users", "dedup_keys"):
+    for name in ("users", "dedup_keys", "item_counts"):
         frames[name].write.parquet(str(staged / "state" / name))
-    (staged / "state" / "item_counts").mkdir(parents=True)
-    counts.to_parquet(staged / "state" / "item_counts" / "part-00000.parquet", index=False)
-    rows = {"users": len(pd.read_parquet(staged / "sequences", columns=["user_id"])), "items": len(counts)}
+    rows = {"users": pq.ParquetDataset(staged / "sequences").read(columns=["user_id"]).num_rows}
     manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
@@ -230,7 +228,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
             events = ev.drop_seen(events, previous["dedup_keys"])
         events = events.select("user_id", *ev.EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
-        counts = ev.item_counts(events, previous["item_counts"] if previous else None).toPandas()
+        counts = ev.item_counts(events, previous["item_counts"] if previous else None).cache()
         previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
         vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
         previous_items = set(previous_vocabulary["item_id"]) if previous_vocabulary is not None else set()
@@ -277,7 +275,8 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
             histories = ev.user_histories(events, vocabulary_frame, settings)
         else:
             changed = changed_items(previous_vocabulary, vocabulary)
-            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed, settings)
+            changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
+            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, settings)
         histories = histories.select(ev.STATE_COLUMNS).cache()
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
@@ -289,8 +288,8 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
                 "day_item_counts": ev.item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
                 "users": histories.select(ev.STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
+                "item_counts": counts,
             },
-            counts,
             settings,
             ds,
             plan,
@@ -300,7 +299,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
     print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)
-    for frame in (validated, events, histories):
+    for frame in (validated, events, counts, histories):
         frame.unpersist()
     return stats
 

@@ -45,7 +45,10 @@ class Settings(BaseSettings):
 
     # --- engines ---
     spark_master: str = "local[2]"
+    # Heap of the driver JVM and of each executor. Under spark-submit (the DAGs) they are passed on its command
+    # line: a running JVM cannot be given more heap from inside the session.
     spark_driver_memory: str = "4g"
+    spark_executor_memory: str = "2g"
     spark_shuffle_partitions: int = 8
     # Where the driver listens and how executors reach it: loopback on one machine; on a cluster, the address of
     # the machine running the driver (the Airflow worker in client mode) and 0.0.0.0.

@@ -14,7 +14,7 @@ import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, Param, task
 
-from model_lib.config import Settings
+from model_lib.config import Settings, get_settings
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
@@ -113,13 +113,24 @@ RECOMMENDATIONS_ASSET = Asset(name="warehouse.recommendations", uri="x-warehouse
 
 
 def spark_job(task_id: str, args: list[str], doc_md: str) -> SparkSubmitOperator:
-    """`spark-submit jobs/<task_id>.py ARGS` on the `spark_default` connection (local[2] unless configured)."""
+    """`spark-submit jobs/<task_id>.py ARGS` on the `spark_default` connection (local[2] unless configured).
+
+    Driver and executor memory and the driver's addresses go on the spark-submit command line: set inside the job
+    they would come too late for the JVM spark-submit has already started."""
+    settings = get_settings()
     return SparkSubmitOperator(
         task_id=task_id,
         application=str(JOBS / f"{task_id}.py"),
         application_args=args,
         conn_id="spark_default",
         name=f"reco-{task_id}-{DS}",
+        driver_memory=settings.spark_driver_memory,
+        executor_memory=settings.spark_executor_memory,
+        conf={
+            "spark.driver.host": settings.spark_driver_host,
+            "spark.driver.bindAddress": settings.spark_bind_address,
+            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        },
         doc_md=doc_md,
     )
 

@@ -175,6 +175,14 @@ def item_counts(events: DataFrame, previous_counts: DataFrame | None = None) -> 
     return counts.unionByName(previous_counts).groupBy("item_id").agg(F.sum("count").cast("long").alias("count"))
 
 
+def vocabulary_candidates(counts: DataFrame, min_count: int, max_size: int) -> DataFrame:
+    """The items that belong in the vocabulary, most frequent first (ties by id): item_id, count. At most max_size
+    rows, so only a vocabulary-sized table ever reaches the driver, however long the history
+    (vocabulary.ranked_candidates is the same rule in pandas)."""
+    eligible = counts.where(F.col("count") >= min_count)
+    return eligible.orderBy(F.col("count").desc(), F.col("item_id")).limit(max_size).select("item_id", "count")
+
+
 def gap_bucket(gap_seconds: Column, max_bucket: int) -> Column:
     """1 for a user's first event, else 2 + floor(log2(1 + gap seconds)), capped at max_bucket (0 = padding)."""
     log_bucket = F.floor(F.log2(F.greatest(gap_seconds, F.lit(0)) + 1)).cast("int") + 2
@@ -292,19 +300,32 @@ def user_histories(
 
 
 def merge_day(
-    previous_users: DataFrame, events: DataFrame, vocabulary: DataFrame, changed_items: list[str], settings: Settings
+    previous_users: DataFrame,
+    events: DataFrame,
+    vocabulary: DataFrame,
+    changed_items: DataFrame | None,
+    settings: Settings,
 ) -> DataFrame:
     """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
     the day touched: those with new events, and those whose stored items changed index in today's vocabulary
-    (`changed_items`: entered, left or moved). Every other row is carried over as it is, with no shuffle.
-    The result equals `user_histories` over all history (tests/test_sessionize_job.py checks it)."""
-    active = F.broadcast(events.select("user_id").distinct().withColumn("_active", F.lit(True)))
-    flagged = previous_users.join(active, "user_id", "left")
-    touched = F.col("_active").isNotNull()
-    if changed_items:
+    (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
+    as it is. The result equals `user_histories` over all history (tests/test_sessionize_job.py checks it).
+
+    Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
+    and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
+    touched_users = events.select("user_id")
+    if changed_items is not None:
         stored_items = F.concat(F.transform("events", lambda event: event["item_id"]), F.col("older_item_ids"))
-        touched = touched | F.arrays_overlap(stored_items, F.array(*[F.lit(item) for item in changed_items]))
-    flagged = flagged.withColumn("_touched", touched)
+        holding_changed = (
+            previous_users.select("user_id", F.explode(stored_items).alias("item_id"))
+            .join(changed_items.select("item_id"), "item_id", "left_semi")
+            .select("user_id")
+        )
+        touched_users = touched_users.unionByName(holding_changed)
+    touched = touched_users.distinct().withColumn("_touched", F.lit(True))
+    flagged = previous_users.join(touched, "user_id", "left").withColumn(
+        "_touched", F.coalesce(F.col("_touched"), F.lit(False))
+    )
     carried = flagged.where(~F.col("_touched")).select(STATE_COLUMNS)
     recomputed = user_histories(events, vocabulary, settings, flagged.where(F.col("_touched")))
     return carried.unionByName(recomputed.select(STATE_COLUMNS))

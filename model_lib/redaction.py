@@ -10,6 +10,7 @@ an Airflow connection in JSON (`{"password": "..."}`) or a URI query (`?password
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # Key names whose values are secrets in key=value strings, URL queries and JSON objects.
@@ -42,3 +43,15 @@ def secrets_in(text: str) -> list[str]:
     for pattern, _ in _PATTERNS:
         found.extend(match["secret"] for match in pattern.finditer(str(text)) if match["secret"])
     return found
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """`scheme://user:password@host/...` -> (`scheme://host/...`, user, password), URL-decoded; other URLs
+    unchanged with (None, None). For clients that take credentials separately and print the URL they use (MLflow
+    prints `View run ... at: <tracking URI>` after every run)."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url, None, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, unquote(parts.username or "") or None, unquote(parts.password or "") or None

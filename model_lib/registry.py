@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.types.schema import ColSpec, Schema
 
 from model_lib.config import Settings
-from model_lib.redaction import redact
+from model_lib.redaction import redact, split_credentials
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.scoring import RECOMMENDER_FILES, IncompatibleModelError, Recommender
 
@@ -64,11 +65,23 @@ def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
     )
 
 
+def store_uri(settings: Settings) -> str:
+    """RECO_MLFLOW_TRACKING_URI without credentials. A user and password in it go to MLflow's own variables
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD), because MLflow prints the tracking URI it uses after every run."""
+    uri, user, password = split_credentials(settings.mlflow_tracking_uri)
+    if user:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return uri
+
+
 def use_configured_store(settings: Settings) -> None:
     """Tracking and registry both at RECO_MLFLOW_TRACKING_URI. Setting the registry too matters: MLflow would
     otherwise take it from an ambient MLFLOW_REGISTRY_URI and load `models:/` from some other registry."""
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    uri = store_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def configure(settings: Settings) -> MlflowClient:
@@ -235,7 +248,7 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
     """The Recommender of a registered version, from its plain files only, checked against the checksum recorded
     at registration; loaded only from the configured registry. Nothing is unpickled."""
     use_configured_store(settings)
-    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    client = MlflowClient(store_uri(settings), store_uri(settings))
     try:
         recorded = client.get_model_version(settings.model_name, str(version)).tags.get(CHECKSUM_TAG)
     except MlflowException as error:

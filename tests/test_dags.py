@@ -30,6 +30,8 @@ for dag in bag.dags.values():
             "soft_fail": getattr(t, "soft_fail", None), "timeout_s": getattr(t, "timeout", None),
             "mode": getattr(t, "mode", None),
             "gpus": getattr(getattr(t, "container_resources", None), "limits", None),
+            "spark_submit": t._get_hook()._build_spark_submit_command(t.application)
+                            if type(t).__name__ == "SparkSubmitOperator" else None,
         }} for t in dag.tasks}},
     }}
 out["heavy"] = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
@@ -39,6 +41,8 @@ print("PROBE" + json.dumps(out, default=str))
 
 def parse_dags(tmp_path, **settings) -> dict:
     env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
+    env["AIRFLOW_CONN_SPARK_DEFAULT"] = '{"conn_type": "spark", "host": "local[2]"}'
+
     env.update({f"RECO_{name.upper()}": str(value) for name, value in settings.items()})
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -97,3 +101,17 @@ def test_configuration_chooses_skip_on_a_missing_day_and_the_kubernetes_training
     assert train["type"] == "KubernetesPodOperator" and train["gpus"] == {"nvidia.com/gpu": "2"}
     assert train["args"][:2] == ["--ds", "{{ params.ds or ds }}"] and "/airflow/xcom/return.json" in train["args"]
     assert train["timeout"] == 12 * 3600 and train["retries"] >= 2
+
+
+def test_spark_jobs_get_driver_and_executor_memory_on_the_spark_submit_command_line(tmp_path):
+    """Set in the session builder, spark.driver.memory comes too late: spark-submit has started the JVM already."""
+    parsed = parse_dags(tmp_path, spark_driver_memory="3g", spark_executor_memory="1500m", spark_shuffle_partitions=6)
+    for dag_id, task_id in (
+        ("reco_nightly", "sessionize"),
+        ("reco_nightly", "recommend"),
+        ("reco_training", "sessionize"),
+    ):
+        command = parsed[dag_id]["tasks"][task_id]["spark_submit"]
+        pairs = dict(zip(command, command[1:], strict=False))
+        assert pairs["--driver-memory"] == "3g" and pairs["--executor-memory"] == "1500m", command
+        assert "spark.sql.shuffle.partitions=6" in command and "spark.driver.bindAddress=127.0.0.1" in command

@@ -105,7 +105,9 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
     assert read_run_stats(settings.run_stats_dir("recommend", day)) is None
 
     # The catalogue fits, but the model reads event types in another order.
-    day_vocabulary.assign(item_id=vocabulary["item_id"]).to_parquet(settings.vocab_dir(day) / "part-0.parquet")
+    fitting = day_vocabulary.assign(item_id=vocabulary["item_id"])
+    fitting.to_parquet(settings.vocab_dir(day) / "part-0.parquet")
+    fitting[["item_id", "count"]].to_parquet(day_events, index=False)
     reordered = get_settings(data_dir=settings.data_dir, seq_len=8, event_types=list(reversed(settings.event_types)))
     with pytest.raises(IncompatibleModelError, match="trained on event types") as refused:
         recommend.run(reordered, day, version=version)

@@ -136,7 +136,7 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
     day.mkdir(parents=True)
     (day / sessionize.MANIFEST).write_text(json.dumps({"shape": sessionize.state_shape(settings)}))
     assert sessionize.plan_run(settings, today, "auto").mode == "incremental"
-    other = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, **changed)
+    other = get_settings(**{"data_dir": settings.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
     plan = sessionize.plan_run(other, today, "auto")
     assert plan.mode == "full" and next(iter(changed)) in plan.why
     with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):

@@ -160,7 +160,10 @@ def test_readers_open_read_only_and_never_run_ddl(warehouse_url, tmp_path, postg
             open_warehouse(warehouse_url).query("DELETE FROM recommendations")
         return
 
-    hold = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); time.sleep(60)"
+    hold = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('held', flush=True); "
+        "time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(warehouse.path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
