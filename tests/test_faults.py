@@ -165,3 +165,64 @@ def folder_digest(folder: Path) -> str:
         if path.is_file():
             digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
     return digest.hexdigest()
+
+
+# Runs a real publish in its own process, stopped after the day's DELETE and INSERT (and the run record) have
+# executed inside the transaction, just before COMMIT: it says so, then waits to be killed.
+PAUSED_PUBLISH = """
+import sys, time
+from pathlib import Path
+from model_lib import warehouse
+from model_lib.config import get_settings, parse_ds
+
+original = warehouse.Warehouse._record_run
+
+def record_then_wait(self, connection, ds, run_id, version, users, rows, coverage, started_at, status):
+    original(self, connection, ds, run_id, version, users, rows, coverage, started_at, status)
+    if status == "success":
+        inserted = self._execute(connection, f"SELECT count(*) FROM {self.recommendations} WHERE ds = ?", [ds])
+        print(f"inserted {inserted.fetchone()[0]}, not committed", flush=True)
+        time.sleep(600)
+
+warehouse.Warehouse._record_run = record_then_wait
+from jobs import publish
+publish.run(get_settings(), parse_ds(sys.argv[1]), "run-killed")
+"""
+
+
+def test_a_publish_killed_after_its_insert_before_commit_leaves_the_old_day(warehouse_url, tmp_path):
+    from jobs import publish
+
+    settings = get_settings(data_dir=tmp_path / "data", warehouse_url=warehouse_url)
+    settings.vocab_dir(DS).mkdir(parents=True)
+    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
+    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
+    publish.run(settings, DS, "run-old")
+    shutil.rmtree(settings.recommendations_dir(DS))
+    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_WAREHOUSE_URL": warehouse_url}
+    job = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_PUBLISH, DS.isoformat()], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    line = job.stdout.readline().strip()
+    assert line == "inserted 9, not committed", line  # the new day's rows were in, inside the transaction
+    job.send_signal(signal.SIGKILL)
+    assert job.wait(timeout=30) == -signal.SIGKILL
+
+    warehouse = open_warehouse(warehouse_url)
+    deadline = time.time() + 60  # PostgreSQL ends the orphaned backend's transaction once it notices the client gone
+    while time.time() < deadline:
+        try:
+            day = warehouse.query("SELECT model_version, count(*) AS n FROM recommendations GROUP BY 1")
+            break
+        except TimeoutError:
+            time.sleep(1)
+    assert day.to_dict("records") == [{"model_version": 1, "n": 6}], "the killed publish changed the day"
+    assert warehouse.query("SELECT run_id FROM recommendation_runs")["run_id"].tolist() == ["run-old"]
+
+    publish.run(settings, DS, "run-again")
+    day = warehouse.query(
+        "SELECT model_version, count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations GROUP BY 1"
+    )
+    assert day.to_dict("records") == [{"model_version": 2, "n": 9, "keys": 9}]

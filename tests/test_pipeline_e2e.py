@@ -8,6 +8,7 @@ import hashlib
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,11 @@ def test_a_rerun_next_to_a_backfill_of_another_day_changes_nothing_and_they_do_n
     for day, run in runs.items():
         assert run.returncode == 0, f"the run of {day} failed:\n{logs[day][-6000:]}"
     assert "mode=incremental" in logs[ds] and "mode=full" in logs[later]
+    # They really ran at the same time: their task instances' [start, end] windows in the metadata DB overlap.
+    windows = task_windows(pipeline, [ds, later])
+    overlap = min(end for _, end in windows.values()) - max(start for start, _ in windows.values())
+    print(f"the two runs overlapped for {overlap.total_seconds():.0f} s: {windows}")
+    assert overlap.total_seconds() > 10, windows
 
     assert day_digest(warehouse, ds) == before, "re-running a day that had succeeded changed its rows"
     assert day_digest(warehouse, later, ds_column=False) == day_digest(warehouse, ds, ds_column=False)
@@ -115,6 +121,24 @@ def test_a_rerun_next_to_a_backfill_of_another_day_changes_nothing_and_they_do_n
         assert counts["n"][0] == counts["keys"][0] > 0, day
     assert recorded_successes(warehouse, ds) == successes_before + 1
     assert recorded_successes(warehouse, later) == 1
+
+
+def task_windows(pipeline, days: list[dt.date]) -> dict[dt.date, tuple]:
+    """Per day, (first task start, last task end) of its newest reco_nightly run, from the Airflow metadata DB."""
+    import sqlite3
+
+    import pandas as pd
+
+    with sqlite3.connect(Path(pipeline.env["AIRFLOW_HOME"]) / "airflow.db") as metadata:
+        runs = pd.read_sql(
+            "SELECT r.logical_date, r.run_id, min(t.start_date) AS started, max(t.end_date) AS ended "
+            "FROM dag_run r JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id "
+            "WHERE r.dag_id = 'reco_nightly' GROUP BY r.logical_date, r.run_id",
+            metadata,
+        )
+    runs["day"] = pd.to_datetime(runs["logical_date"], utc=True, format="ISO8601").dt.date
+    newest = runs.sort_values("started").groupby("day").tail(1).set_index("day")
+    return {day: (pd.Timestamp(newest.loc[day, "started"]), pd.Timestamp(newest.loc[day, "ended"])) for day in days}
 
 
 def day_digest(warehouse, day: dt.date, ds_column: bool = True) -> str:
