@@ -30,16 +30,9 @@ def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_pu
     import psycopg
     from postgres_server import fresh_database
 
-    from jobs import publish
-
     url = fresh_database(postgres_url, "fault_publish_killed")
     settings = get_settings(data_dir=tmp_path / "data", warehouse_url=url)
-    settings.vocab_dir(DS).mkdir(parents=True)
-    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
-    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
-    publish.run(settings, DS, "run-old")
-    shutil.rmtree(settings.recommendations_dir(DS))
-    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+    published_v1_then_v2_in_the_lake(settings)
 
     # Another session holds a lock the publish's DELETE needs, so the publish is caught inside its transaction.
     blocker = psycopg.connect(url)
@@ -158,6 +151,18 @@ def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rer
     assert np.array_equal(again.user_ids, first.user_ids) and np.array_equal(again.items, first.items)
 
 
+def published_v1_then_v2_in_the_lake(settings) -> None:
+    """The day published from model v1 (2 users, 6 rows); the lake then holds v2's lists (3 users, 9 rows)."""
+    from jobs import publish
+
+    settings.vocab_dir(DS).mkdir(parents=True)
+    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
+    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
+    publish.run(settings, DS, "run-old")
+    shutil.rmtree(settings.recommendations_dir(DS))
+    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+
+
 def folder_digest(folder: Path) -> str:
     """Content hash of a committed folder (file names and bytes)."""
     digest = hashlib.sha256()
@@ -194,12 +199,7 @@ def test_a_publish_killed_after_its_insert_before_commit_leaves_the_old_day(ware
     from jobs import publish
 
     settings = get_settings(data_dir=tmp_path / "data", warehouse_url=warehouse_url)
-    settings.vocab_dir(DS).mkdir(parents=True)
-    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
-    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
-    publish.run(settings, DS, "run-old")
-    shutil.rmtree(settings.recommendations_dir(DS))
-    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+    published_v1_then_v2_in_the_lake(settings)
 
     env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_WAREHOUSE_URL": warehouse_url}
     job = subprocess.Popen(

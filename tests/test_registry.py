@@ -112,3 +112,22 @@ def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeyp
     assert recommender.num_items == 12 and set(recommender.item_ids[2:]) == set(vocabulary["item_id"])
     with pytest.raises(LookupError, match=f"has no version {version + 1}"):
         registry.trained_on(configured, version + 1)
+
+
+@pytest.mark.parametrize(
+    "code, said",
+    [("PERMISSION_DENIED", "refused the request (PERMISSION_DENIED"), ("TEMPORARILY_UNAVAILABLE", "cannot be reached")],
+)
+def test_a_registry_that_refuses_is_not_reported_as_unreachable(tmp_path, code, said):
+    """An MLflow server that answered "permission denied" is up: telling the operator to start it would mislead."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    from model_lib.config import get_settings
+    from model_lib.registry import _unavailable
+
+    settings = get_settings(data_dir=tmp_path, mlflow_tracking_uri="https://ops:hunter2@mlflow.internal")
+    error = MlflowException("API request failed for user ops", error_code=getattr(databricks_pb2, code))
+    message = str(_unavailable(settings, error))
+    assert said in message and "hunter2" not in message and "https://ops:***@mlflow.internal" in message
+    assert ("Start it" in message) == (code != "PERMISSION_DENIED")
