@@ -33,6 +33,25 @@ OVERRIDES = {
 }
 
 
+# Passwords the shared pipeline runs with (trust auth and an open MLflow server accept them and ignore them).
+WAREHOUSE_PASSWORD = "pw-warehouse-Q7x2"
+MLFLOW_PASSWORD = "pw-mlflow-K9d4"
+SPARK_PASSWORD = "pw-spark-conn-M3v8"
+SECRETS = (WAREHOUSE_PASSWORD, MLFLOW_PASSWORD, SPARK_PASSWORD)
+
+
+def with_passwords(warehouse_url: str, mlflow_url: str) -> dict[str, str]:
+    """The environment that puts a password into every URL the pipeline uses."""
+    spark_connection = {"conn_type": "spark", "host": "local[2]", "login": "reco", "password": SPARK_PASSWORD}
+    return {
+        "RECO_WAREHOUSE_URL": warehouse_url.replace(
+            "postgresql://reco@", f"postgresql://reco:{WAREHOUSE_PASSWORD}@", 1
+        ),
+        "RECO_MLFLOW_TRACKING_URI": mlflow_url.replace("http://", f"http://reco:{MLFLOW_PASSWORD}@", 1),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
+    }
+
+
 @dataclass
 class Pipeline:
     settings: Settings

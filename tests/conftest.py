@@ -45,8 +45,32 @@ def warehouse_url(request, settings) -> str:
 
 
 @pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
-    """Synthetic events, a champion trained by reco_training and one reco_nightly day (see airflow_pipeline)."""
-    from airflow_pipeline import build_pipeline
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 for the whole test run -> its URL (no credentials)."""
+    import sys
+    import urllib.request
+    from pathlib import Path
 
-    return build_pipeline(tmp_path_factory.mktemp("e2e") / "data")
+    from processes import free_port, start_server, stop_server, wait_for
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    server = start_server(command, dict(os.environ), folder / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: urllib.request.urlopen(f"{url}/health", timeout=5).status == 200, "the MLflow server")
+    yield url
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, postgres_url, mlflow_server):
+    """Synthetic events, a champion trained by reco_training and one reco_nightly day (see airflow_pipeline), on
+    the deployed shape: a PostgreSQL warehouse and an MLflow server, each reached with a password in its URL, and
+    a password in the Airflow Spark connection (tests/test_secrets.py checks that none of them leaks)."""
+    from airflow_pipeline import build_pipeline, with_passwords
+    from postgres_server import fresh_database
+
+    extra = with_passwords(fresh_database(postgres_url, "e2e_pipeline"), mlflow_server)
+    return build_pipeline(tmp_path_factory.mktemp("e2e") / "data", extra)

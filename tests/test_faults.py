@@ -100,14 +100,12 @@ def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_be
         assert not settings.recommendations_dir(DS).exists() and not settings.run_stats_dir("recommend", DS).exists()
 
 
-@pytest.mark.parametrize(
-    "kill_after",
-    [
-        "sequences",  # Spark is writing the vocabulary and the state; the old job had committed the sequences here
-        "state/users",  # sequences, vocabulary and state users written; the old job had committed two of three
-    ],
-)
-def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path, kill_after):
+# Where the same day's re-run is killed: once its sequences are completely written (the old job had committed them
+# by then), and once sequences, vocabulary and state users are (the old job had committed two of three).
+KILL_POINTS = ("sequences", "state/users")
+
+
+def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
     from model_lib.lake import read_sequences
     from model_lib.runtime import engine_environment
 
@@ -122,28 +120,27 @@ def test_a_sessionize_killed_while_it_writes_leaves_the_complete_day_and_the_rer
     before = folder_digest(day)
     first = read_sequences(settings.sequences_dir(ds))
 
-    # The same day again, killed (job and its JVM) between two of the day's outputs: once the named one is
-    # completely written (Spark's _SUCCESS marker) inside the run's staging folder.
-    job = start_server(sessionize, env, tmp_path / "killed.log")
-    deadline = time.time() + 300
-    while not list(day.parent.glob(f".tmp-{day.name}.*/{kill_after}/_SUCCESS")) and time.time() < deadline:
-        if job.poll() is not None:
-            break
-        time.sleep(0.01)
-    assert job.poll() is None, "the job ended before the kill point: nothing was killed"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(timeout=30)
-    staged = [path for path in day.parent.glob(f".tmp-{day.name}.*")]
-    written = sorted(str(path.relative_to(staged[0])) for path in staged[0].glob("*/**/_SUCCESS")) if staged else []
-    print(f"killed after {kill_after}; the staging folder held {written}")
-    assert staged and not (staged[0] / "manifest.json").exists()
-    assert folder_digest(day) == before, "a killed run changed the committed day"
-    assert (day / "manifest.json").exists() and read_sequences(
-        settings.sequences_dir(ds)
-    ).items.shape == first.items.shape
+    for kill_after in KILL_POINTS:
+        # The job and its JVM, SIGKILLed once the named output is complete (Spark's _SUCCESS marker) inside the
+        # run's staging folder.
+        job = start_server(sessionize, env, tmp_path / f"killed-{kill_after.replace('/', '-')}.log")
+        deadline = time.time() + 300
+        while not list(day.parent.glob(f".tmp-{day.name}.*/{kill_after}/_SUCCESS")) and time.time() < deadline:
+            if job.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert job.poll() is None, f"the job ended before {kill_after} was written: nothing was killed"
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+        staged = sorted(day.parent.glob(f".tmp-{day.name}.*"), key=lambda path: path.stat().st_mtime)[-1]
+        written = sorted(str(path.relative_to(staged)) for path in staged.glob("*/**/_SUCCESS"))
+        print(f"killed after {kill_after}; the staging folder held {written}")
+        assert not (staged / "manifest.json").exists()
+        assert folder_digest(day) == before, f"a run killed after {kill_after} changed the committed day"
+        assert read_sequences(settings.sequences_dir(ds)).items.shape == first.items.shape
 
     # The re-run succeeds, rebuilds the same day (Spark's file names differ, the content does not) and removes the
-    # killed run's staging folder.
+    # killed runs' staging folders.
     run_ok(sessionize, env)
     assert not any(day.parent.glob(".tmp-*")) and not any(day.parent.glob(".old-*"))
     assert pd.read_parquet(settings.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]

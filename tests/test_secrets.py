@@ -1,6 +1,7 @@
 """No credential the product is configured with reaches anything a user of the Airflow UI, of MLflow or of the lake
-can read. The whole pipeline (reco_training, then reco_nightly, through real `airflow dags test`) runs with a
-password in every URL: the PostgreSQL warehouse, the MLflow tracking server and the Airflow Spark connection."""
+can read. The shared pipeline (reco_training, then reco_nightly, through real `airflow dags test`; see conftest)
+runs with a password in every URL: the PostgreSQL warehouse, the MLflow tracking server and the Airflow Spark
+connection."""
 
 from __future__ import annotations
 
@@ -12,15 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from processes import free_port, start_server, stop_server, wait_for
+from airflow_pipeline import SECRETS
 
 from model_lib.redaction import redact, secrets_in
 
 BIN = Path(sys.executable).parent
-WAREHOUSE_PASSWORD = "pw-warehouse-Q7x2"
-MLFLOW_PASSWORD = "pw-mlflow-K9d4"
-SPARK_PASSWORD = "pw-spark-conn-M3v8"
-SECRETS = (WAREHOUSE_PASSWORD, MLFLOW_PASSWORD, SPARK_PASSWORD)
 
 
 @pytest.mark.parametrize(
@@ -44,55 +41,11 @@ def test_redact_masks_every_form_of_credential(text, masked):
     assert (secrets_in(text) != []) == (masked is not None)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on loopback; clients reach it with a password in the URL."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    server = start_server(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
-        ],
-        {**__import__("os").environ},
-        folder / "server.log",
-    )
-    import urllib.request
-
-    wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200, "MLflow")
-    yield f"http://reco:{MLFLOW_PASSWORD}@127.0.0.1:{port}"
-    stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def pipeline_with_passwords(tmp_path_factory, postgres_url, mlflow_server):
-    from airflow_pipeline import build_pipeline
-    from postgres_server import fresh_database
-
-    database = fresh_database(postgres_url, "secrets_pipeline")  # trust auth: the password is sent, then ignored
-    warehouse = database.replace("postgresql://reco@", f"postgresql://reco:{WAREHOUSE_PASSWORD}@", 1)
-    assert WAREHOUSE_PASSWORD in warehouse
-    spark_connection = {"conn_type": "spark", "host": "local[2]", "login": "reco", "password": SPARK_PASSWORD}
-    extra = {
-        "RECO_WAREHOUSE_URL": warehouse,
-        "RECO_MLFLOW_TRACKING_URI": mlflow_server,
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(spark_connection),
-    }
-    return build_pipeline(tmp_path_factory.mktemp("secrets") / "data", extra)
-
-
-def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline_with_passwords):
+def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline):
     from mlflow import MlflowClient
 
-    pipeline, settings = pipeline_with_passwords, pipeline_with_passwords.settings
+    settings = pipeline.settings
+    assert all(secret in json.dumps(pipeline.env) for secret in SECRETS)  # the URLs really carry them
     captured: dict[str, str] = {f"airflow dags test {name}": log for name, log in pipeline.logs.items()}
     for path in Path(pipeline.env["AIRFLOW_HOME"]).rglob("*.log"):
         captured[f"task log {path.name}"] = path.read_text(errors="replace")
