@@ -16,33 +16,23 @@ MASK = "***"
 # Key names whose values are secrets in key=value strings, URL queries and JSON objects.
 _SECRET_KEYS = r"(?:password|passwd|pwd|secret|token|access_token|api_key|apikey|private_key|client_secret)"
 
+# Each pattern's `head` is kept, its `secret` replaced.
 _PATTERNS = [
     # scheme://user:secret@host  ->  scheme://user:***@host (the user name stays: it says which role connected)
-    (re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s\"']*:)(?P<secret>[^@\s\"'/]*)(?=@)"), r"\g<head>"),
+    re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s\"']*:)(?P<secret>[^@\s\"'/]*)(?=@)"),
     # "password": "secret" (JSON, Python reprs)
-    (
-        re.compile(rf"(?P<head>[\"']{_SECRET_KEYS}[\"']\s*:\s*[\"'])(?P<secret>[^\"']*)(?=[\"'])", re.IGNORECASE),
-        r"\g<head>",
-    ),
+    re.compile(rf"(?P<head>[\"']{_SECRET_KEYS}[\"']\s*:\s*[\"'])(?P<secret>[^\"']*)(?=[\"'])", re.IGNORECASE),
     # password=secret in libpq strings and URL queries (up to the next separator)
-    (re.compile(rf"(?P<head>(?<![A-Za-z0-9_]){_SECRET_KEYS}=)(?P<secret>[^\s&;,\"']*)", re.IGNORECASE), r"\g<head>"),
+    re.compile(rf"(?P<head>(?<![A-Za-z0-9_]){_SECRET_KEYS}=)(?P<secret>[^\s&;,\"']*)", re.IGNORECASE),
 ]
 
 
 def redact(text: object) -> str:
     """`text` with every credential it holds replaced by ***; any other character unchanged."""
     masked = str(text)
-    for pattern, head in _PATTERNS:
-        masked = pattern.sub(lambda match, head=head: match.expand(head) + (MASK if match["secret"] else ""), masked)
+    for pattern in _PATTERNS:
+        masked = pattern.sub(lambda match: match["head"] + (MASK if match["secret"] else ""), masked)
     return masked
-
-
-def secrets_in(text: str) -> list[str]:
-    """The credential values `redact` would hide in `text` (to hand to a log masker such as Airflow's)."""
-    found = []
-    for pattern, _ in _PATTERNS:
-        found.extend(match["secret"] for match in pattern.finditer(str(text)) if match["secret"])
-    return found
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:

@@ -248,7 +248,8 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
     """The Recommender of a registered version, from its plain files only, checked against the checksum recorded
     at registration; loaded only from the configured registry. Nothing is unpickled."""
     use_configured_store(settings)
-    client = MlflowClient(store_uri(settings), store_uri(settings))
+    uri = store_uri(settings)
+    client = MlflowClient(uri, uri)
     try:
         recorded = client.get_model_version(settings.model_name, str(version)).tags.get(CHECKSUM_TAG)
     except MlflowException as error:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from airflow_pipeline import SECRETS
 
-from model_lib.redaction import redact, secrets_in
+from model_lib.redaction import redact
 
 BIN = Path(sys.executable).parent
 
@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 def test_redact_masks_every_form_of_credential(text, masked):
     assert redact(text) == (masked or text)
     assert redact(redact(text)) == redact(text)
-    assert (secrets_in(text) != []) == (masked is not None)
+    assert (redact(text) != text) == (masked is not None)
 
 
 def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline):
