@@ -72,7 +72,16 @@ def reco_nightly():
 
     recommend = spark_job(
         "recommend",
-        ["--ds", DS, "--model-version", "{{ ti.xcom_pull(task_ids='resolve_champion') }}", "--k", "{{ params.k }}"],
+        [
+            "--ds",
+            DS,
+            "--model-version",
+            "{{ ti.xcom_pull(task_ids='resolve_champion') }}",
+            "--k",
+            "{{ params.k }}",
+            "--repeat-policy",
+            "{{ params.repeat_policy or 'default' }}",
+        ],
         "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes top-K per user to "
         "lake/recommendations/ds and counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on "
         "other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",

@@ -30,6 +30,7 @@ from model_lib.dag_parts import (
     report_task,
     run_ds,
     sessionize_task,
+    settings_overrides,
     training_task,
 )
 
@@ -74,7 +75,10 @@ def reco_training():
 
         trained = ti.xcom_pull(task_ids="train")
         decision = job.gate(
-            get_settings(), parse_ds(run_ds(params, ds)), trained["version"], auto_promote=params["auto_promote"]
+            get_settings(**settings_overrides(params)),
+            parse_ds(run_ds(params, ds)),
+            trained["version"],
+            auto_promote=params["auto_promote"],
         )
         outcome = "is the new champion" if decision["promoted"] else "stays challenger"
         print(f"[reco] promotion decision: v{decision['challenger']} {outcome}: {decision['reason']}")

@@ -37,7 +37,9 @@ def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -
     return holdout.inputs.model_inputs(lookup), older, lookup[holdout.targets]
 
 
-def holdout_report(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> dict[str, float]:
+def holdout_report(
+    recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray, settings: Settings
+) -> dict[str, float]:
     """The hold-out metrics of one model plus what the sanity checks need: NaN score rows, known-event share."""
     inputs, older, targets = remap_to(recommender, holdout, item_ids)
     nan_rows = 0
@@ -48,7 +50,9 @@ def holdout_report(recommender: Recommender, holdout: HoldOut, item_ids: np.ndar
         nan_rows += int(np.isnan(scores).any(axis=1).sum())
         return scores
 
-    metrics = evaluate_holdout(checked_score, inputs, older, targets, recommender.num_items)
+    metrics = evaluate_holdout(
+        checked_score, inputs, older, targets, recommender.num_items, policy=settings.repeat_rule()
+    )
     # Of the events whose item the day's vocabulary knows, the share this model knows too.
     day_known = holdout.inputs.items >= FIRST_ITEM_INDEX
     known = float((inputs["items"][day_known] >= FIRST_ITEM_INDEX).mean()) if day_known.any() else 1.0
@@ -87,10 +91,10 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
     if champion == challenger:
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
-        holdout = protocol_split(read_sequences(settings.sequences_dir(ds))).test
+        holdout = protocol_split(read_sequences(settings.sequences_dir(ds)), settings.seq_len).test
         item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
         candidate = registry.load_recommender(settings, challenger)
-        scores = {"challenger": holdout_report(candidate, holdout, item_ids)}
+        scores = {"challenger": holdout_report(candidate, holdout, item_ids, settings)}
         unusable_champion = None
         if champion is not None:
             try:
@@ -98,7 +102,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
             except IncompatibleModelError as error:
                 unusable_champion = str(error)  # written by older code: this code cannot score it at all
             else:
-                scores["champion"] = holdout_report(incumbent, holdout, item_ids)
+                scores["champion"] = holdout_report(incumbent, holdout, item_ids, settings)
         report(users=len(holdout.targets), **{f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
     decision.update({f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
     problems = sanity_problems(scores["challenger"], candidate, settings)

@@ -27,7 +27,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model_lib.config import MAX_TOP_K, Settings, get_settings, parse_ds
+from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
 from model_lib.progress import stage
 from model_lib.scoring import IncompatibleModelError, score_partition
@@ -97,6 +97,8 @@ def recommend(
         k=k,
         ds=ds.isoformat(),
         day_item_ids=day_item_ids,
+        policy=settings.repeat_rule(),
+        window=settings.seq_len,
     )
     return has_history.mapInPandas(body, RECOMMENDATION_SCHEMA)
 
@@ -134,6 +136,8 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "users": counts["users"],
         "rows": counts["rows"],
         "known_share": round(known, 4),
+        "repeat_policy": settings.repeat_rule().describe(),
+        "repeat_rows": int(by_source.get("repeat", 0)),
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.run_stats_dir("recommend", ds))
@@ -146,10 +150,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ds", required=True)
     parser.add_argument("--model-version", type=int, help="pinned version (default: resolve champion now)")
     parser.add_argument("--k", type=int, help="recommendations per user (default: settings.top_k)")
+    parser.add_argument(
+        "--repeat-policy",
+        choices=("default", *REPEAT_POLICIES),
+        default="default",
+        help="what may be recommended (default: settings.repeat_policy)",
+    )
     args = parser.parse_args(argv)
     if args.k is not None and not 0 < args.k <= MAX_TOP_K:
         parser.error(f"--k must be between 1 and {MAX_TOP_K}")
-    return run(get_settings(), parse_ds(args.ds), args.model_version, args.k)
+    overrides = {"repeat_policy": args.repeat_policy} if args.repeat_policy != "default" else {}
+    return run(get_settings(**overrides), parse_ds(args.ds), args.model_version, args.k)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class Plan:
 def state_shape(settings: Settings) -> dict:
     """The settings a stored state depends on; a state built with others cannot be continued."""
     return {
-        "seq_len": settings.seq_len,
+        "seq_len": settings.stored_events,
         "event_types": list(settings.event_types),
         # Carried-over users keep their encoded sequences, so anything that changes an encoding forces a rebuild.
         "max_gap_bucket": settings.max_gap_bucket,

@@ -46,10 +46,10 @@ def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path
     epochs = [h["epoch"] for h in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["loss"] for h in history], marker="o")
-    left.set(title="training loss (masked cross-entropy)", xlabel="epoch")
+    left.set(title="training loss (masked cross-entropy)", xlabel="validation round")
     right.plot(epochs, [h[f"val_hr_{k}"] for h in history], marker="o", label=f"HR@{k}")
     right.plot(epochs, [h[f"val_ndcg_{k}"] for h in history], marker="o", label=f"NDCG@{k}")
-    right.set(title="validation (full ranking, seen excluded)", xlabel="epoch")
+    right.set(title="validation (full ranking, the served candidates)", xlabel="validation round")
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -68,7 +68,7 @@ def comparison_chart(results: dict[str, dict[str, float]], path: Path) -> Path:
     for offset, (label, metrics) in enumerate(results.items()):
         axes.bar(positions + (offset - (len(results) - 1) / 2) * width, [metrics[n] for n in names], width, label=label)
     axes.set_xticks(positions, [n.replace("_", "@") for n in names])
-    axes.set(title="test metrics, leave-one-out, full ranking, seen items excluded")
+    axes.set(title="test metrics, leave-one-out, full ranking, the served candidates (repeat policy)")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -95,16 +95,18 @@ def model_card(
 
 **What it does.** Predicts each user's next item from their last {settings.seq_len} events (item, event type, time
 gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
-run recommends the top {settings.top_k} unseen items per user; the reason item is the history item the last step
+run recommends the top {settings.top_k} items per user under the repeat policy {settings.repeat_rule().describe()}
+(with the repeat mechanism when seen items may come back); the reason item is the history item the last step
 attended to most. Users whose history holds only unknown items get the most popular items instead.
 
 **Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
 lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.
 
-**Hyper-parameters.** {hyper}, epochs <= {settings.epochs}, early stopping on validation NDCG@{settings.eval_k}.
+**Hyper-parameters.** {hyper}, early stopping on validation NDCG@{settings.eval_k}.
 
 **Test metrics** (leave-one-out: each user's last event, after dropping items seen fewer than
-{settings.min_item_count} times; full ranking over the catalogue; seen items excluded):
+{settings.min_item_count} times; full ranking over the candidates the served list ranks, policy
+{settings.repeat_rule().describe()}):
 
 {chr(10).join(rows)}
 
@@ -147,7 +149,7 @@ def run(settings: Settings, ds: dt.date) -> dict:
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
         num_items = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
         sequences = read_sequences(files)
-        split = protocol_split(sequences)
+        split = protocol_split(sequences, settings.seq_len)
         report(files=len(files), users=len(split.train), items=num_items - 2, held_out=len(split.test.targets))
     if len(split.test.targets) == 0:
         raise ValueError(f"no user in ds={ds} has the 3 events a leave-one-out hold-out needs")
@@ -216,28 +218,30 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
             )
         mlflow.set_tags({"strategy": result.strategy, "replicas": str(result.replicas)})
         with stage("train: test metrics and baselines") as report:
-            results = {"LSTM + attention": training.evaluate_model(result.model, split.test, num_items)}
-            results["most popular"] = baselines.most_popular(split.train, split.test, num_items)
+            policy = settings.repeat_rule()
+            results = {"LSTM + attention": training.evaluate_model(result.model, split.test, num_items, policy=policy)}
+            spark = None
             if settings.als_baseline:
                 from model_lib.spark import spark_session
 
                 spark = spark_session(settings, f"reco-train-als-{ds}")
-                try:
-                    results["ALS (implicit)"] = baselines.als(spark, split.test, num_items, settings.als_params())
-                finally:
+            try:
+                results.update(baselines.all_baselines(spark, split, num_items, settings))
+            finally:
+                if spark is not None:
                     spark.stop()
             report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
         test = results["LSTM + attention"]
 
         # --- load: metrics, pictures, the model, the registry ---
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-        for name, prefix in (("most popular", "popular"), ("ALS (implicit)", "als")):
+        for name, prefix in baselines.METRIC_PREFIXES.items():
             if name in results:
                 mlflow.log_metrics({f"{prefix}_test_{k}": v for k, v in results[name].items()})
         mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
         table = metrics_table(results)
         mlflow.log_table(table, artifact_file="test_metrics_table.json")
-        recommender = Recommender(result.model, vocabulary, settings.event_types)
+        recommender = Recommender(result.model, vocabulary, settings.event_types, settings.repeat_rule())
         with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
             mlflow.log_artifact(
                 str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))

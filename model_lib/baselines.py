@@ -1,6 +1,14 @@
-"""Baselines, scored on the same hold-out with the same metrics module as the model.
+"""Baselines, scored on the same hold-out with the same metrics module and repeat policy as the model.
 
 most popular   every user gets the item counts of the training inputs
+personal popularity
+               the user's own items first, by how often they occur in the user's window (ties: the most recent
+               first), then every other item by global popularity: the standard strongest baseline for
+               re-purchase data (under exclude_seen the own items are excluded, so it equals most popular)
+item-kNN       item-to-item co-occurrence over the training windows: two items co-occur when they are at most
+               `knn_window` events apart in a user's history; similarity = co-occurrences / sqrt(count_a count_b)
+               (cosine); a user's score for an item = sum over their last `knn_last` items of similarity x
+               recency weight (1 for the last item, 1/2 for the one before, ...), popularity breaking ties
 ALS (implicit) Spark MLlib ALS on the (user, item) pairs of the hold-out's inputs (every event but the target,
                seen once = confidence 1 + alpha); a user's scores are user factors . item factors. Fitting on the
                inputs is what the LSTM sees at scoring time too; the target is never among them.
@@ -14,9 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from model_lib.metrics import evaluate_holdout, popularity_scores
+from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout, popularity_scores
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import HoldOut, Sequences
+
+# The baselines' display names (all_baselines) and the prefix of their MLflow metrics.
+METRIC_PREFIXES = {
+    "most popular": "popular",
+    "personal popularity": "personal_popular",
+    "item-kNN": "item_knn",
+    "ALS (implicit)": "als",
+}
+# Personal counts dominate: global popularity (scaled to below 1) only orders the items a user never had.
+_TIE_BREAK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -28,14 +46,95 @@ class AlsParams:
     seed: int = 42
 
 
-def most_popular(train: Sequences, holdout: HoldOut, num_items: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class KnnParams:
+    window: int = 3  # co-occurring items are at most this many events apart
+    last: int = 5  # a user's score sums the similarities of their last this many items
+
+
+def _evaluate(score, holdout: HoldOut, num_items: int, policy: RepeatPolicy, extra: dict | None = None):
+    inputs = {**holdout.inputs.model_inputs(), **(extra or {})}
+    return evaluate_holdout(score, inputs, holdout.inputs.older_items, holdout.targets, num_items, policy=policy)
+
+
+def most_popular(
+    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+) -> dict[str, float]:
     popular = popularity_scores(train.items, num_items)
-    return evaluate_holdout(
-        lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)),
-        holdout.inputs.model_inputs(),
-        holdout.inputs.older_items,
-        holdout.targets,
-        num_items,
+    return _evaluate(
+        lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)), holdout, num_items, policy
+    )
+
+
+def personal_popularity_scores(items: np.ndarray, popular: np.ndarray) -> np.ndarray:
+    """(B, T) window items, (V,) global counts -> (B, V): own count + recency / T + scaled global popularity."""
+    rows, steps = items.shape
+    scores = np.broadcast_to(_TIE_BREAK * popular / max(float(popular.max()), 1.0), (rows, len(popular))).copy()
+    row_index = np.repeat(np.arange(rows), steps)
+    flat = items.ravel()
+    real = flat >= FIRST_ITEM_INDEX
+    np.add.at(scores, (row_index[real], flat[real]), 1.0)
+    # The most recent position of each own item, as a fraction below 1: a later item wins a count tie.
+    recency = np.zeros_like(scores)
+    positions = np.tile(np.arange(1, steps + 1), rows) / (steps + 1.0)
+    np.maximum.at(recency, (row_index[real], flat[real]), positions[real])
+    return (scores + 0.5 * recency).astype(np.float32)
+
+
+def personal_popularity(
+    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+) -> dict[str, float]:
+    popular = popularity_scores(train.items, num_items)
+    return _evaluate(lambda batch: personal_popularity_scores(batch["items"], popular), holdout, num_items, policy)
+
+
+def co_occurrence_similarity(train: Sequences, num_items: int, params: KnnParams):
+    """(V, V) sparse cosine similarity of items co-occurring within `params.window` events (scipy CSR)."""
+    from scipy import sparse
+
+    items = train.items
+    pairs_a, pairs_b = [], []
+    for offset in range(1, params.window + 1):
+        left, right = items[:, :-offset].ravel(), items[:, offset:].ravel()
+        real = (left >= FIRST_ITEM_INDEX) & (right >= FIRST_ITEM_INDEX) & (left != right)
+        pairs_a.append(left[real])
+        pairs_b.append(right[real])
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    ones = np.ones(2 * len(a), np.float32)
+    counts = sparse.coo_matrix((ones, (np.concatenate([a, b]), np.concatenate([b, a]))), (num_items, num_items))
+    counts = counts.tocsr()
+    occurrences = np.maximum(np.bincount(items.ravel(), minlength=num_items).astype(np.float32), 1.0)
+    norm = sparse.diags(1.0 / np.sqrt(occurrences))
+    return (norm @ counts @ norm).tocsr()
+
+
+def item_knn_scores(items: np.ndarray, similarity, popular: np.ndarray, last: int) -> np.ndarray:
+    """(B, T) window items -> (B, V): recency-weighted similarity to the user's last `last` items."""
+    from scipy import sparse
+
+    rows, steps = items.shape
+    recent = items[:, -last:]
+    weights = 1.0 / np.arange(recent.shape[1], 0, -1)  # the last item weighs 1, the one before 1/2, ...
+    real = recent >= FIRST_ITEM_INDEX
+    row_index = np.repeat(np.arange(rows), recent.shape[1]).reshape(recent.shape)
+    profile = sparse.coo_matrix(
+        (np.broadcast_to(weights, recent.shape)[real], (row_index[real], recent[real])), (rows, similarity.shape[0])
+    ).tocsr()
+    scores = np.asarray((profile @ similarity).todense(), dtype=np.float32)
+    return scores + _TIE_BREAK * popular / max(float(popular.max()), 1.0)
+
+
+def item_knn(
+    train: Sequences,
+    holdout: HoldOut,
+    num_items: int,
+    policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
+    params: KnnParams = KnnParams(),
+) -> dict[str, float]:
+    popular = popularity_scores(train.items, num_items)
+    similarity = co_occurrence_similarity(train, num_items, params)
+    return _evaluate(
+        lambda batch: item_knn_scores(batch["items"], similarity, popular, params.last), holdout, num_items, policy
     )
 
 
@@ -80,7 +179,9 @@ def als_factors(spark, pairs: pd.DataFrame, users: int, num_items: int, params: 
     return dense(model.userFactors, users), dense(model.itemFactors, num_items)
 
 
-def als(spark, holdout: HoldOut, num_items: int, params: AlsParams) -> dict[str, float]:
+def als(
+    spark, holdout: HoldOut, num_items: int, params: AlsParams, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+) -> dict[str, float]:
     """ALS's metrics on the hold-out, plus its fit seconds."""
     started = time.perf_counter()
     user_factors, item_factors = als_factors(
@@ -88,12 +189,25 @@ def als(spark, holdout: HoldOut, num_items: int, params: AlsParams) -> dict[str,
     )
     seconds = time.perf_counter() - started
     # The row numbers travel with the batches, so each batch picks its own users' factors.
-    inputs = {**holdout.inputs.model_inputs(), "row": np.arange(len(holdout.targets))}
-    metrics = evaluate_holdout(
+    metrics = _evaluate(
         lambda batch: user_factors[batch["row"]] @ item_factors.T,
-        inputs,
-        holdout.inputs.older_items,
-        holdout.targets,
+        holdout,
         num_items,
+        policy,
+        extra={"row": np.arange(len(holdout.targets))},
     )
     return {**metrics, "fit_seconds": seconds}
+
+
+def all_baselines(spark, split, num_items: int, settings) -> dict[str, dict[str, float]]:
+    """Every baseline on the split's test hold-out under the settings' repeat policy, by display name
+    (ALS only with a Spark session and `als_baseline` on)."""
+    policy = settings.repeat_rule()
+    results = {
+        "most popular": most_popular(split.train, split.test, num_items, policy),
+        "personal popularity": personal_popularity(split.train, split.test, num_items, policy),
+        "item-kNN": item_knn(split.train, split.test, num_items, policy),
+    }
+    if spark is not None and settings.als_baseline:
+        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.als_params(), policy)
+    return results

@@ -21,8 +21,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SESSIONIZE_MODES = ("auto", "full", "incremental")
 SOFTMAX_MODES = ("auto", "full", "sampled")
 MISSING_RAW_ACTIONS = ("skip", "fail")
+LR_SCHEDULES = ("cosine", "constant")
 TRAINING_LAUNCHERS = ("local", "kubernetes")
+REPEAT_POLICIES = ("exclude_seen", "allow_repeats")  # the same names as model_lib.metrics (kept import-free here)
 CHOICES = {
+    "repeat_policy": REPEAT_POLICIES,
+    "lr_schedule": LR_SCHEDULES,
     "sessionize_mode": SESSIONIZE_MODES,
     "softmax": SOFTMAX_MODES,
     "on_missing_raw": MISSING_RAW_ACTIONS,
@@ -58,7 +62,10 @@ class Settings(BaseSettings):
     # --- raw-event contract and sessionization ---
     event_types: list[str] = Field(default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "like", "rate"])
     session_gap_minutes: int = 30
-    seq_len: int = 50
+    seq_len: int = 50  # events the model reads per user (its window L)
+    # Events kept per user in the sequences (0 = seq_len): a longer history lets training cut several windows of
+    # seq_len from one long user (window_stride apart) while scoring still reads the last seq_len.
+    history_len: int = 0
     min_item_count: int = 5
     max_vocab_size: int = 100_000
     max_gap_bucket: int = 20
@@ -82,8 +89,21 @@ class Settings(BaseSettings):
     learning_rate: float = 2e-3
     # Small batches: on ML-1M the model needs many updates to leave the most-popular plateau (~4 epochs).
     batch_size: int = 64
+    # Training budget. max_updates > 0: that many optimizer updates, validated every eval_every_updates (0: once per
+    # pass over the data), whatever the data's size; max_updates = 0: `epochs` passes over the data.
     epochs: int = 10
+    max_updates: int = 0
+    eval_every_updates: int = 0
+    # Learning rate: linear warm-up over warmup_share of the budget, then cosine decay to min_lr_ratio x
+    # learning_rate at its end (lr_schedule=cosine), or constant.
+    lr_schedule: str = "cosine"
+    warmup_share: float = 0.05
+    min_lr_ratio: float = 0.1
+    # Early stopping after `patience` validations without a gain of more than early_stop_stderr standard errors
+    # of the validation NDCG (a small validation set is noisy); the best validation's weights are kept.
     patience: int = 3
+    early_stop_stderr: float = 0.5
+    window_stride: int = 0  # training windows over a long history start this many events apart (0: seq_len)
     seed: int = 42
     eval_k: int = 10
     # Promotion gate: the challenger must beat the champion's hold-out NDCG@10 by more than this margin, recommend
@@ -110,8 +130,13 @@ class Settings(BaseSettings):
     # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...); 0 = no auxiliary head.
     event_type_loss_weight: float = 0.0
 
-    # --- serving ---
+    # --- serving (and every metric: evaluation ranks exactly what would be served) ---
     top_k: int = 20  # recommendations per user, at most MAX_TOP_K
+    # exclude_seen: never recommend an item the user has an event on (movies, books); allow_repeats: seen items stay
+    # candidates (grocery, music, re-orders) and the model learns when people repeat. Under exclude_seen, items with
+    # an event of a type in repeatable_event_types (e.g. ["purchase"]) stay candidates. See model_lib/metrics.py.
+    repeat_policy: str = "exclude_seen"
+    repeatable_event_types: list[str] = Field(default_factory=list)
 
     # --- orchestration (read when the DAG files are parsed) ---
     # The DAGs wait this long for lake/raw/events/dt=ds, looking every raw_poke_seconds, then skip the run
@@ -172,7 +197,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "max_quarantine_share", "promote_min_coverage", "promote_min_known_share", "recommend_min_known_share"
+        "max_quarantine_share",
+        "promote_min_coverage",
+        "promote_min_known_share",
+        "recommend_min_known_share",
+        "warmup_share",
+        "min_lr_ratio",
     )
     @classmethod
     def _share(cls, value: float) -> float:
@@ -180,14 +210,33 @@ class Settings(BaseSettings):
             raise ValueError(f"must be between 0 and 1, got {value}")
         return value
 
-    @field_validator("event_type_loss_weight", "raw_wait_minutes", "raw_poke_seconds", "training_gpus")
+    @field_validator(
+        "event_type_loss_weight",
+        "raw_wait_minutes",
+        "raw_poke_seconds",
+        "training_gpus",
+        "history_len",
+        "window_stride",
+        "max_updates",
+        "eval_every_updates",
+        "early_stop_stderr",
+    )
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
-    @field_validator("softmax", "sessionize_mode", "on_missing_raw", "training_launcher")
+    @model_validator(mode="after")
+    def _repeatable_types_known(self) -> Settings:
+        unknown = sorted(set(self.repeatable_event_types) - set(self.event_types))
+        if unknown:
+            raise ValueError(f"repeatable_event_types {unknown} are not among the event types {self.event_types}")
+        return self
+
+    @field_validator(
+        "softmax", "sessionize_mode", "on_missing_raw", "training_launcher", "repeat_policy", "lr_schedule"
+    )
     @classmethod
     def _one_of(cls, value: str, info: ValidationInfo) -> str:
         allowed = CHOICES[info.field_name]
@@ -272,6 +321,22 @@ class Settings(BaseSettings):
         from model_lib.baselines import AlsParams
 
         return AlsParams(self.als_rank, self.als_reg_param, self.als_alpha, self.als_max_iter, self.seed)
+
+    @property
+    def stored_events(self) -> int:
+        """Events per user in the sequence files and the sessionize state: the history, at least the model's window."""
+        return max(self.seq_len, self.history_len)
+
+    @property
+    def stride(self) -> int:
+        return self.window_stride or self.seq_len
+
+    def repeat_rule(self):
+        """The repeat policy as the metrics module and the recommender apply it (event types as 1-based indices)."""
+        from model_lib.metrics import RepeatPolicy
+
+        types = tuple(self.event_types.index(kind) + 1 for kind in self.repeatable_event_types)
+        return RepeatPolicy(self.repeat_policy, types)
 
     def uses_sampled_softmax(self, num_items: int) -> bool:
         return self.softmax == "sampled" or (self.softmax == "auto" and num_items > self.sampled_softmax_min_items)

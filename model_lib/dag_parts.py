@@ -14,7 +14,7 @@ import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, Param, task
 
-from model_lib.config import Settings, get_settings
+from model_lib.config import REPEAT_POLICIES, Settings, get_settings
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
@@ -97,7 +97,22 @@ COMMON_PARAMS = {
         description="Re-read every raw day up to ds instead of continuing yesterday's state (after a changed "
         "sequence length or validation rule, or to repair the state). Slower; the result is the same.",
     ),
+    "repeat_policy": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *REPEAT_POLICIES],
+        title="Repeat policy",
+        description="What may be recommended: exclude_seen (never an item the user has an event on: movies, books) "
+        "or allow_repeats (seen items stay candidates: grocery, music, re-orders). Training, the gate's metrics "
+        "and the nightly lists all use it. Empty: RECO_REPEAT_POLICY.",
+    ),
 }
+
+
+def settings_overrides(params: dict | None) -> dict:
+    """The trigger form's fields that override settings in the Python tasks (empty fields keep the settings)."""
+    params = params or {}
+    return {key: params[key] for key in ("epochs", "repeat_policy") if params.get(key)}
 
 
 def champion_asset(settings: Settings) -> Asset:
@@ -192,8 +207,7 @@ def training_task(settings: Settings):
         from jobs import train as job
         from model_lib.config import get_settings, parse_ds
 
-        overrides = {"epochs": params["epochs"]} if params and params.get("epochs") else {}
-        return job.run(get_settings(**overrides), parse_ds(run_ds(params, ds)))
+        return job.run(get_settings(**settings_overrides(params)), parse_ds(run_ds(params, ds)))
 
     return train()
 
@@ -211,6 +225,8 @@ def _training_pod(settings: Settings, doc_md: str):
         cmds=["reco", "train"],
         # The summary file is what the pod's XCom sidecar hands to `promote`.
         arguments=["--ds", DS, "--epochs", "{{ params.epochs or 0 }}", "--result-file", "/airflow/xcom/return.json"],
+        # The pod's settings come from its secret; a repeat policy chosen in the form goes in as a variable.
+        env_vars={"RECO_REPEAT_POLICY": "{{ params.repeat_policy or '' }}"},
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.training_env_secret))],
         container_resources=k8s.V1ResourceRequirements(requests={"cpu": "4", "memory": "16Gi"}, limits=gpus),
         # The lake, checkpoints and MLflow artifacts are on a shared volume mounted at the same path everywhere.

@@ -223,8 +223,9 @@ def user_histories(
       event_times (epoch seconds); plus length, older_item_indices (items of events before the window, to exclude
       from recommendations) and last_event_ts.
     State columns: events (array of the last L+1 events' EVENT_FIELDS), older_item_ids.
+    L is settings.stored_events: the model's window, or the longer history_len kept for training windows.
     """
-    seq_len = settings.seq_len
+    seq_len = settings.stored_events
     rows = _history_rows(events, previous_state)
     type_index = F.array_position(F.array(*[F.lit(t) for t in settings.event_types]), F.col("event_type")).cast("int")
     indexed = (

@@ -1,20 +1,35 @@
-"""Ranking metrics, the one definition used by training, evaluation, promotion and benchmarks.
+"""Ranking metrics and the repeat policy: the one definition used by training, evaluation, promotion, serving and
+benchmarks.
 
-Protocol: full ranking over the whole catalogue (item indices 2..V-1; 0 = padding and 1 = unknown are never
-candidates). Items the user has already seen (the input history and its older items) are excluded from the
-candidates, except the target itself. For one held-out target per user:
+Repeat policy (`RepeatPolicy`, from the settings `repeat_policy` and `repeatable_event_types`): which items a user
+may be recommended, the same rule for the served list and for every metric.
+    exclude_seen    an item the user has an event on (in the sequence window or among the older items) is never
+                    recommended (movies, books); with `repeatable_event_types`, an item that has an event of one
+                    of those types in the window stays a candidate (re-purchase allowed, re-view not). Older items
+                    beyond the window carry no event type, so they stay excluded.
+    allow_repeats   every catalogue item is a candidate, seen or not (grocery, music, re-orders).
+Padding (0) and the unknown index (1) are never candidates.
 
-    rank       = 1 + number of candidate items whose score is strictly greater than the target's score
-                 (a target outside the catalogue, index < 2, is a miss: rank = infinity)
+Protocol: full ranking over exactly the candidates the served list would rank. For one held-out target per user:
+
+    rank       = 1 + (candidates scoring strictly above the target) + (other candidates tied with it) / 2, the
+                 expected position when ties are ordered at random (a constant scorer ranks the target mid-list,
+                 never first); a target that is not a candidate is a miss (rank = infinity): a target outside the
+                 catalogue
+                 (index < 2), or, under exclude_seen, an item the user has seen (no "except the target": the served
+                 list could never contain it)
     HR@K       = mean over users of [rank <= K]
     NDCG@K     = mean over users of [rank <= K] / log2(rank + 1)      (one relevant item, so IDCG = 1)
     MRR@K      = mean over users of [rank <= K] / rank
     coverage@K = |union of all users' top-K lists| / (V - 2)
+    repeat_target_share = share of targets the user has an event on already (whatever the policy): near 0 for
+                 movies, large for re-purchase data, where exclude_seen caps HR@K at 1 - this share
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,30 +38,107 @@ from model_lib.schemas import FIRST_ITEM_INDEX
 ScoreFunction = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def seen_mask(histories: np.ndarray, older_items: list[np.ndarray], num_items: int) -> np.ndarray:
-    """(N, T) item histories + older items -> (N, V) bool, true where an item must not be recommended.
+EXCLUDE_SEEN = "exclude_seen"
+ALLOW_REPEATS = "allow_repeats"
+REPEAT_POLICIES = (EXCLUDE_SEEN, ALLOW_REPEATS)
 
-    Padding and the unknown index are always excluded.
-    """
-    mask = np.zeros((len(histories), num_items), dtype=bool)
-    rows = np.repeat(np.arange(len(histories)), histories.shape[1])
-    mask[rows, histories.ravel()] = True
-    for row, older in enumerate(older_items):
-        if len(older):
-            mask[row, older] = True
-    mask[:, :FIRST_ITEM_INDEX] = True
-    return mask
+
+@dataclass(frozen=True)
+class RepeatPolicy:
+    """Which seen items stay candidates (see the module docstring). `repeatable_types`: event-type indices (1-based,
+    as in the sequences) whose items stay candidates under exclude_seen."""
+
+    name: str = EXCLUDE_SEEN
+    repeatable_types: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.name not in REPEAT_POLICIES:
+            raise ValueError(f"repeat policy must be one of {REPEAT_POLICIES}, got {self.name!r}")
+
+    @property
+    def allows_repeats(self) -> bool:
+        """True when some seen item may be recommended again (the model's repeat mechanism is worth having)."""
+        return self.name == ALLOW_REPEATS or bool(self.repeatable_types)
+
+    def describe(self) -> str:
+        if self.name == EXCLUDE_SEEN and self.repeatable_types:
+            return f"{EXCLUDE_SEEN} except event types {list(self.repeatable_types)}"
+        return self.name
+
+    def excluded_pairs(
+        self, items: np.ndarray, event_types: np.ndarray, older_items: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, T) window items and event types, older items per row -> (rows, items) that must not be recommended
+        (padding and unknown excepted: callers exclude those always)."""
+        if self.name == ALLOW_REPEATS:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(len(items)), items.shape[1])
+        flat = items.ravel().astype(np.int64)
+        lengths = [len(older) for older in older_items]
+        older_rows = np.repeat(np.arange(len(older_items)), lengths)
+        older_flat = np.concatenate(older_items).astype(np.int64) if sum(lengths) else np.zeros(0, np.int64)
+        all_rows, all_items = np.concatenate([rows, older_rows]), np.concatenate([flat, older_flat])
+        if not self.repeatable_types:
+            return all_rows, all_items
+        repeatable = np.isin(event_types.ravel(), self.repeatable_types)
+        width = int(max(all_items.max(initial=0), 1)) + 1
+        allowed = np.unique(rows[repeatable] * width + flat[repeatable])
+        keep = ~np.isin(all_rows * width + all_items, allowed)
+        return all_rows[keep], all_items[keep]
+
+    def mask(
+        self, items: np.ndarray, event_types: np.ndarray, older_items: list[np.ndarray], num_items: int
+    ) -> np.ndarray:
+        """-> (N, V) bool, true where an item must not be recommended (always padding and unknown)."""
+        excluded = np.zeros((len(items), num_items), dtype=bool)
+        excluded[self.excluded_pairs(items, event_types, older_items)] = True
+        excluded[:, :FIRST_ITEM_INDEX] = True
+        return excluded
+
+    def exclude(
+        self, scores: np.ndarray, items: np.ndarray, event_types: np.ndarray, older_items: list[np.ndarray]
+    ) -> np.ndarray:
+        """Sets, in place, the scores of the excluded items to -inf; returns `scores`. A scatter of the excluded
+        items only: unlike `mask` it never builds an (N, V) bool array."""
+        scores[self.excluded_pairs(items, event_types, older_items)] = -np.inf
+        scores[:, :FIRST_ITEM_INDEX] = -np.inf
+        return scores
+
+
+EXCLUDE_SEEN_POLICY = RepeatPolicy()
+
+
+def seen_items(items: np.ndarray, older_items: list[np.ndarray], num_items: int) -> np.ndarray:
+    """(N, T) window items + older items -> (N, V) bool, true for every item the user has an event on."""
+    return RepeatPolicy().mask(items, np.zeros_like(items), older_items, num_items)
+
+
+def repeat_targets(items: np.ndarray, older_items: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """(N,) bool: the target is an item the user already has an event on (in the window or among older items)."""
+    in_window = (items == targets[:, None]).any(axis=1)
+    in_older = np.array(
+        [bool(np.isin(target, older).any()) for target, older in zip(targets, older_items, strict=True)], bool
+    )
+    return (in_window | in_older) & (targets >= FIRST_ITEM_INDEX)
+
+
+def suggest_policy(repeat_target_share: float, threshold: float = 0.05) -> str:
+    """allow_repeats when more than `threshold` of the held-out next events are items the user had already seen:
+    above that, exclude_seen makes those targets unreachable for every model."""
+    return ALLOW_REPEATS if repeat_target_share > threshold else EXCLUDE_SEEN
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """(N, V) scores, (N,) targets, (N, V) exclusions -> (N,) 1-based ranks (inf for unknown targets)."""
+    """(N, V) scores, (N,) targets, (N, V) exclusions -> (N,) 1-based ranks among the candidates; inf for a target
+    that is not a candidate (excluded, or outside the catalogue)."""
     rows = np.arange(len(targets))
     candidates = ~excluded
-    candidates[rows, targets] = True  # the target is never excluded
     candidates[:, :FIRST_ITEM_INDEX] = False
     target_scores = scores[rows, targets][:, None]
-    ranks = 1.0 + ((scores > target_scores) & candidates).sum(axis=1)
-    return np.where(targets >= FIRST_ITEM_INDEX, ranks, np.inf)
+    above = ((scores > target_scores) & candidates).sum(axis=1)
+    tied = ((scores == target_scores) & candidates).sum(axis=1) - 1  # the target ties with itself
+    ranks = 1.0 + above + np.maximum(tied, 0) / 2.0
+    return np.where(candidates[rows, targets], ranks, np.inf)
 
 
 # Largest block of the top-K pre-selection: small enough that K blocks hold few candidates, large enough that the
@@ -86,19 +178,6 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(top_columns, order, axis=1), np.take_along_axis(top_values, order, axis=1)
 
 
-def exclude_seen(scores: np.ndarray, histories: np.ndarray, older_items: list[np.ndarray]) -> np.ndarray:
-    """Sets, in place, the scores of every item in a user's history or older items to -inf; returns `scores`.
-
-    A scatter of the seen items only: unlike `seen_mask` it never builds an (N, V) array.
-    """
-    rows = np.repeat(np.arange(len(histories)), histories.shape[1])
-    scores[rows, histories.ravel()] = -np.inf
-    lengths = [len(older) for older in older_items]
-    if sum(lengths):
-        scores[np.repeat(np.arange(len(older_items)), lengths), np.concatenate(older_items)] = -np.inf
-    return scores
-
-
 def top_k_items(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
     """(N, V) scores and exclusions -> (N, min(k, V)) item indices, best first; -1 where no rankable item is left."""
     items, values = top_k(np.where(excluded, -np.inf, scores).astype(np.float32), k)
@@ -106,12 +185,15 @@ def top_k_items(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    """hr_K, ndcg_K, mrr_K and ndcg_K_stderr (the standard error of the NDCG mean: how noisy the estimate is)."""
     result = {}
     for k in ks:
         hit = ranks <= k
+        gains = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
         result[f"hr_{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        result[f"ndcg_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean()) if len(ranks) else 0.0
+        result[f"ndcg_{k}"] = float(gains.mean()) if len(ranks) else 0.0
         result[f"mrr_{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean()) if len(ranks) else 0.0
+        result[f"ndcg_{k}_stderr"] = float(gains.std(ddof=1) / np.sqrt(len(ranks))) if len(ranks) > 1 else 0.0
     return result
 
 
@@ -123,15 +205,17 @@ def evaluate_holdout(
     num_items: int,
     ks: Iterable[int] = (10, 20),
     batch_size: int = 512,
+    policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
 ) -> dict[str, float]:
-    """Full-ranking metrics of a scorer on a hold-out, in batches; returns hr_K, ndcg_K, mrr_K, coverage_K."""
+    """Full-ranking metrics of a scorer on a hold-out under a repeat policy, in batches; returns hr_K, ndcg_K,
+    mrr_K, coverage_K, users and repeat_target_share. `inputs` holds at least "items" and "event_types"."""
     ks = tuple(ks)
     ranks, recommended = [], {k: set() for k in ks}
     for start in range(0, len(targets), batch_size):
         window = slice(start, start + batch_size)
         batch = {name: values[window] for name, values in inputs.items()}
         scores = np.asarray(score(batch), dtype=np.float32)
-        excluded = seen_mask(batch["items"], older_items[window], num_items)
+        excluded = policy.mask(batch["items"], batch["event_types"], older_items[window], num_items)
         ranks.append(target_ranks(scores, targets[window], excluded))
         top = top_k_items(scores, excluded, max(ks))
         for k in ks:
@@ -141,6 +225,8 @@ def evaluate_holdout(
     for k in ks:
         result[f"coverage_{k}"] = len(recommended[k]) / max(1, num_items - FIRST_ITEM_INDEX)
     result["users"] = float(len(all_ranks))
+    repeats = repeat_targets(inputs["items"], older_items, targets)
+    result["repeat_target_share"] = float(repeats.mean()) if len(repeats) else 0.0
     return result
 
 

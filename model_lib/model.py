@@ -7,6 +7,10 @@
       -> combine tanh(W [h_t ; context_t]) (B, T, H) -> linear projection (B, T, D)
       -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
       -> optional auxiliary head: next event type logits from the combined state (B, T, event types)
+      -> optional repeat/explore mechanism (RepeatNet-style, `repeat_mechanism`): a gate g (B, T) in (0, 1) from the
+         combined state and a repeat attention (B, T, T) over the real history steps up to t; the next-item
+         probability is  P(v) = g * sum_j repeat[t, j] [item_j = v]  +  (1 - g) * softmax(logits)(v),
+         so the model learns when people re-buy (a history item) and when they explore (the catalogue)
 
 Trained to predict the next item at every position (model_lib/training.py holds the losses). At inference only
 the last position is scored and its attention row says which history item drove the recommendation.
@@ -44,12 +48,56 @@ class CausalAttention(layers.Layer):
         logits = ops.cast(ops.matmul(queries, ops.transpose(keys, (0, 2, 1))), "float32") / ops.sqrt(
             ops.cast(self.units, "float32")
         )
-        steps = ops.shape(states)[1]
-        causal = ops.tril(ops.ones((steps, steps), dtype="bool"))
-        allowed = ops.logical_and(causal[None, :, :], ops.cast(valid, "bool")[:, None, :])
-        logits = ops.where(allowed, logits, ops.full_like(logits, -1e9))
-        weights = ops.softmax(logits, axis=-1) * ops.cast(allowed, logits.dtype)
+        weights = masked_softmax(logits, causal_validity(valid))
         return ops.matmul(ops.cast(weights, states.dtype), states), weights
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def causal_validity(valid):
+    """(B, T) bool real-event flags -> (B, T, T) bool: step t may look at step j when j <= t and j is real."""
+    steps = ops.shape(valid)[1]
+    causal = ops.tril(ops.ones((steps, steps), dtype="bool"))
+    return ops.logical_and(causal[None, :, :], ops.cast(valid, "bool")[:, None, :])
+
+
+def masked_softmax(logits, allowed):
+    """Softmax over the last axis of the allowed entries only (float32); a row with none allowed is all zeros."""
+    logits = ops.where(allowed, ops.cast(logits, "float32"), ops.full_like(ops.cast(logits, "float32"), -1e9))
+    return ops.softmax(logits, axis=-1) * ops.cast(allowed, "float32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RepeatExplore(layers.Layer):
+    """The repeat/explore mechanism: how much of the next-item probability goes to the user's own history items,
+    and to which of them.
+
+    Inputs: `combined` (B, T, H) the per-step state, `states` (B, T, H) the LSTM states the repeat attention points
+    at, `valid` (B, T) bool. Returns `gate` (B, T) float32 in (0, 1) (the repeat share) and `weights` (B, T, T)
+    float32, rows summing to 1 over the real steps j <= t (all zeros for a padded row).
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True
+        self.query_projection = layers.Dense(units, use_bias=False, name="repeat_query")
+        self.key_projection = layers.Dense(units, use_bias=False, name="repeat_key")
+        # Starts at g = sigmoid(-2) ~ 0.12: explore first, and let the data teach the repeat share.
+        self.gate = layers.Dense(1, bias_initializer=keras.initializers.Constant(-2.0), name="repeat_gate")
+
+    def call(self, combined, states, valid, mask=None):
+        queries = self.query_projection(combined)
+        keys = self.key_projection(states)
+        scale = ops.sqrt(ops.cast(self.units, "float32"))
+        logits = ops.cast(ops.matmul(queries, ops.transpose(keys, (0, 2, 1))), "float32") / scale
+        weights = masked_softmax(logits, causal_validity(valid))
+        gate = ops.sigmoid(ops.cast(self.gate(combined), "float32"))[..., 0]
+        return gate, weights
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -64,10 +112,12 @@ class NextItemModel(keras.Model):
 
     `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
     `forward(inputs)` -> {"user_vectors": (B, T, D), "attention": (B, T, T),
-                          "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None}.
+                          "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None,
+                          "repeat_gate": (B, T) and "repeat_weights": (B, T, T) when `repeat_mechanism`, else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
-    `score_last(inputs)` -> (logits of the last step (B, num_items), its attention row (B, T)).
-    `encode_last(inputs)` -> (user vector of the last step (B, embedding_dim), its attention row (B, T)).
+    `encode_last(inputs)` -> the last step's (user vector (B, D), attention row (B, T), repeat gate (B,),
+                             repeat row (B, T)); gate and repeat row are zeros without the repeat mechanism.
+    Scores of the next item from those: model_lib.scoring.ModelScorer (the one scoring path).
     """
 
     def __init__(
@@ -80,6 +130,7 @@ class NextItemModel(keras.Model):
         lstm_layers: int = 1,
         dropout: float = 0.2,
         event_type_head: bool = False,
+        repeat_mechanism: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +142,7 @@ class NextItemModel(keras.Model):
         self.lstm_layers = lstm_layers
         self.dropout_rate = dropout
         self.event_type_head = event_type_head
+        self.repeat_mechanism = repeat_mechanism
         self.item_embedding = layers.Embedding(
             num_items,
             embedding_dim,
@@ -110,6 +162,7 @@ class NextItemModel(keras.Model):
         self.next_event_type = (
             layers.Dense(num_event_types, dtype="float32", name="next_event_type") if event_type_head else None
         )
+        self.repeat_explore = RepeatExplore(hidden_dim, name="repeat_explore") if repeat_mechanism else None
 
     def forward(self, inputs, training=False) -> dict:
         items = ops.cast(inputs["items"], "int32")
@@ -126,10 +179,15 @@ class NextItemModel(keras.Model):
             states = lstm(states, mask=valid, training=training)
         context, weights = self.attention(states, valid)
         combined = self.output_dropout(self.combine(ops.concatenate([states, context], axis=-1)), training=training)
+        gate, repeat_weights = (
+            self.repeat_explore(combined, states, valid) if self.repeat_explore is not None else (None, None)
+        )
         return {
             "user_vectors": self.projection(combined),
             "attention": weights,
             "event_type_logits": self.next_event_type(combined) if self.next_event_type is not None else None,
+            "repeat_gate": gate,
+            "repeat_weights": repeat_weights,
         }
 
     def encode(self, inputs, training=False):
@@ -146,14 +204,23 @@ class NextItemModel(keras.Model):
         return self.item_logits(user_vectors)
 
     def encode_last(self, inputs):
-        """-> (user vector after the last event (B, D), that step's attention row (B, T)); batch scoring multiplies
-        the vectors with the item table outside the model."""
-        user_vectors, weights = self.encode(inputs, training=False)
-        return user_vectors[:, -1, :], weights[:, -1, :]
-
-    def score_last(self, inputs):
-        user_vectors, weights = self.encode(inputs, training=False)
-        return self.item_logits(user_vectors[:, -1, :]), weights[:, -1, :]
+        """-> (user vector after the last event (B, D), that step's attention row (B, T), repeat gate (B,), repeat
+        row (B, T)); batch scoring multiplies the vectors with the item table outside the model."""
+        outputs = self.forward(inputs, training=False)
+        attention = outputs["attention"][:, -1, :]
+        if outputs["repeat_gate"] is None:
+            return (
+                outputs["user_vectors"][:, -1, :],
+                attention,
+                ops.zeros_like(attention[:, 0]),
+                ops.zeros_like(attention),
+            )
+        return (
+            outputs["user_vectors"][:, -1, :],
+            attention,
+            outputs["repeat_gate"][:, -1],
+            outputs["repeat_weights"][:, -1, :],
+        )
 
     def get_config(self):
         return {
@@ -166,6 +233,7 @@ class NextItemModel(keras.Model):
             "lstm_layers": self.lstm_layers,
             "dropout": self.dropout_rate,
             "event_type_head": self.event_type_head,
+            "repeat_mechanism": self.repeat_mechanism,
         }
 
 

@@ -102,8 +102,8 @@ def configure(settings: Settings) -> MlflowClient:
 
 def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_len: int, k: int) -> pd.DataFrame:
     """`history` (raw item ids, oldest first) and optional aligned `event_types` and `timestamps` (ISO-8601) per row
-    -> top-K raw item ids with scores, the reason item and the source ('model', or 'popular' for a history of
-    unknown items only)."""
+    -> top-K raw item ids with scores, whether each is a repeat (an item of the history), the reason item and the
+    source ('model', or 'popular' for a history of unknown items only), under the model's repeat policy."""
 
     def column(name: str) -> list:
         if name not in frame:
@@ -122,6 +122,7 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
         {
             "item_ids": [list(ids[row[keep]]) for row, keep in zip(result.items, valid, strict=True)],
             "scores": [list(map(float, row[keep])) for row, keep in zip(result.scores, valid, strict=True)],
+            "is_repeat": [list(map(bool, row[keep])) for row, keep in zip(result.repeats, valid, strict=True)],
             "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
             "source": result.sources,
         }
@@ -130,8 +131,9 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types` and
-    `timestamps` (aligned lists) -> a DataFrame with `item_ids`, `scores` (top-K unseen items, best first),
-    `reason_item_id` and `source`. The parameter `k` overrides the number of recommendations."""
+    `timestamps` (aligned lists) -> a DataFrame with `item_ids`, `scores` (top-K items under the model's repeat
+    policy, best first), `is_repeat`, `reason_item_id` and `source`. The parameter `k` overrides the number of
+    recommendations."""
 
     def __init__(self, seq_len: int = 50, top_k: int = 20):
         self.seq_len = seq_len

@@ -19,7 +19,7 @@ SPARK_STEPS = ("sessionize", "recommend")
 HEADLINE = {
     "sessionize": ("status", "mode", "read", "valid", "duplicates", "quarantined", "users", "seconds"),
     "resolve_champion": ("model_version",),
-    "recommend": ("model_version", "k", "users", "rows", "known_share", "seconds"),
+    "recommend": ("model_version", "k", "users", "rows", "known_share", "repeat_policy", "repeat_rows", "seconds"),
     "publish": ("model_version", "users", "rows", "coverage", "seconds"),
     "train": ("version", "test.hr_10", "test.ndcg_10", "test.coverage_20", "train_seconds", "resumed_after_epoch"),
     "promote": ("challenger", "champion_before", "promoted", "reason", "seconds"),

@@ -1,11 +1,15 @@
 """A trained model together with its vocabulary: scoring, top-K with reasons, and its on-disk form.
 
-Scoring a batch of users: one forward pass gives each user's vector after the last event (B, D) and that step's
-attention row; one float32 matrix multiply against the item table (D + 1, V), with the item bias folded in as a
-last row, gives the scores; seen items are set to -inf by a scatter; `metrics.top_k` selects the top K.
+Scoring a batch of users (`ModelScorer`, the one path used by serving, the gate, the pyfunc and every metric): one
+XLA-compiled forward pass gives each user's vector after the last event (B, D), that step's attention row and, with
+the repeat mechanism, its repeat gate and repeat row; one float32 matrix multiply against the item table (D + 1, V),
+with the item bias folded in as a last row, gives the logits. Without the repeat mechanism the scores are those
+logits; with it they are log P(v) = log(g * repeat(v) + (1 - g) * softmax(logits)(v)) (model_lib/model.py).
+The repeat policy (model_lib/metrics.py) then sets the excluded items to -inf and `metrics.top_k` selects the top K.
 
 The folder form (`save` / `load`) is what travels inside each registered MLflow model version:
-    model_config.json   format version, constructor arguments of NextItemModel, the event types it was trained with
+    model_config.json   format version, constructor arguments of NextItemModel, the event types it was trained
+                        with, the repeat policy it was trained under
     model.weights.h5    Keras weights
     vocabulary.parquet  item_index, item_id, count (index 0 = padding, 1 = unknown item)
 """
@@ -22,14 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.metrics import exclude_seen, top_k
+from model_lib.metrics import RepeatPolicy, top_k
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
 
 SOURCE_MODEL = "model"
+SOURCE_REPEAT = "repeat"  # an item the user already has an event on (allowed by the repeat policy)
 SOURCE_POPULAR = "popular"
 # Bumped whenever the folder form or the meaning of the model's inputs changes; a registered version written in
-# another format is refused at load time instead of scoring garbage.
-FORMAT_VERSION = 2
+# another format is refused at load time instead of scoring garbage. Format 3 added the repeat mechanism and the
+# repeat policy; format 2 folders read as "no repeat mechanism, exclude_seen".
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 # Users scored per matrix multiply: bounds the (users x catalogue) float32 score block (50k items: 50 MB).
 SCORING_BATCH = 256
 # Users per forward pass.
@@ -40,41 +47,49 @@ RECOMMENDER_FILES = ("model_config.json", "model.weights.h5", "vocabulary.parque
 
 @dataclass
 class Recommendations:
-    """Per user (rows) the top-K item indices with scores, the source and the reason item index (or -1).
+    """Per user (rows) the top-K item indices with scores, whether each is a repeat, the source and the reason.
 
     A user with fewer than K rankable items left has -inf scores in the trailing positions: those are no items.
     """
 
     items: np.ndarray  # (B, K) int
     scores: np.ndarray  # (B, K) float32
-    sources: np.ndarray  # (B,) str
+    repeats: np.ndarray  # (B, K) bool: the user already has an event on the item
+    sources: np.ndarray  # (B,) str: model, or popular for a user with no known item
     reasons: np.ndarray  # (B,) int item index, -1 when there is no reason (popular fallback)
 
 
-class Recommender:
-    def __init__(self, model, vocabulary: pd.DataFrame, event_types: list[str]):
-        self.model = model
-        self.event_types = list(event_types)
-        vocabulary = vocabulary.sort_values("item_index")
-        self.num_items = int(model.num_items)
-        self.item_ids = np.full(self.num_items, "", dtype=object)
-        self.item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
-        counts = np.zeros(self.num_items, dtype=np.float32)
-        counts[vocabulary["item_index"].to_numpy()] = vocabulary["count"].to_numpy()
-        self.popularity = counts
-        self.index_of = dict(zip(vocabulary["item_id"], vocabulary["item_index"].astype(int), strict=True))
-        # Padding, unknown, and any index the stable vocabulary left free never rank: their bias is -inf.
-        rankable = self.item_ids != ""
-        rankable[:FIRST_ITEM_INDEX] = False
-        table = np.asarray(model.item_embedding.embeddings, dtype=np.float32)
-        bias = np.where(rankable, np.asarray(model.item_bias, dtype=np.float32), -np.inf).astype(np.float32)
-        self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :]]))
-        self.popular_scores = np.where(rankable, counts, -np.inf).astype(np.float32)
-        self._encode_last = None
+@dataclass
+class LastStep:
+    """What the model says after each user's last event: vectors with a trailing 1 (B, D + 1), attention row
+    (B, T), repeat gate (B,) and repeat row (B, T) (zeros without the repeat mechanism)."""
 
-    # --- scoring ---
-    def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> tuple[np.ndarray, np.ndarray]:
-        """(B, T) inputs -> user vectors with a trailing 1 (B, D + 1) float32, last-step attention (B, T)."""
+    vectors: np.ndarray
+    attention: np.ndarray
+    gate: np.ndarray
+    repeat: np.ndarray
+
+
+class ModelScorer:
+    """Next-item scores of a NextItemModel after the last event. `rankable` (V,) bool marks the items that may
+    rank at all (default: every index from FIRST_ITEM_INDEX); the others get -inf."""
+
+    def __init__(self, model, rankable: np.ndarray | None = None):
+        self.model = model
+        self.num_items = int(model.num_items)
+        self.repeat_mechanism = bool(getattr(model, "repeat_mechanism", False))
+        self.rankable = np.arange(self.num_items) >= FIRST_ITEM_INDEX if rankable is None else rankable
+        self._encode_last = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-reads the item table from the model's weights (training changes them between validations)."""
+        table = np.asarray(self.model.item_embedding.embeddings, dtype=np.float32)
+        bias = np.where(self.rankable, np.asarray(self.model.item_bias, dtype=np.float32), -np.inf)
+        self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :].astype(np.float32)]))
+
+    def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> LastStep:
+        """(B, T) inputs -> LastStep, in batches of at most `batch_size` users."""
         if self._encode_last is None:
             import tensorflow as tf
 
@@ -88,38 +103,103 @@ class Recommender:
             )
         users = len(inputs["items"])
         batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
-        vectors, attention = [], []
+        parts = []
         for start in range(0, users, batch_size):
             rows = min(batch_size, users - start)
             batch = {}
-            for name, values in inputs.items():
-                padded = np.zeros((batch_size, values.shape[1]), np.int32)
-                padded[:rows] = values[start : start + rows]
+            for name in ("items", "event_types", "gaps"):
+                padded = np.zeros((batch_size, inputs[name].shape[1]), np.int32)
+                padded[:rows] = inputs[name][start : start + rows]
                 batch[name] = padded
-            user_vectors, weights = self._encode_last(batch)
-            vectors.append(np.asarray(user_vectors, dtype=np.float32)[:rows])
-            attention.append(np.asarray(weights, dtype=np.float32)[:rows])
-        if not vectors:
-            steps = inputs["items"].shape[1] if np.ndim(inputs["items"]) == 2 else 0
-            return np.zeros((0, self.item_matrix.shape[0]), np.float32), np.zeros((0, steps), np.float32)
-        user_vectors = np.concatenate(vectors)
-        ones = np.ones((len(user_vectors), 1), np.float32)
-        return np.hstack([user_vectors, ones]), np.concatenate(attention)
+            parts.append([np.asarray(output, dtype=np.float32)[:rows] for output in self._encode_last(batch)])
+        steps = inputs["items"].shape[1] if np.ndim(inputs["items"]) == 2 else 0
+        if not parts:
+            width = self.item_matrix.shape[0]
+            empty_rows = np.zeros((0, steps), np.float32)
+            return LastStep(np.zeros((0, width), np.float32), empty_rows, np.zeros(0, np.float32), empty_rows)
+        vectors, attention, gate, repeat = (np.concatenate(column) for column in zip(*parts, strict=True))
+        ones = np.ones((len(vectors), 1), np.float32)
+        return LastStep(np.hstack([vectors, ones]), attention, gate, repeat)
+
+    def scores_into(self, last: LastStep, rows: slice, items: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The (b, V) float32 next-item scores of the users `rows` of `last`, whose window items are `items` (b, T);
+        written into `out` when given (a reused block)."""
+        scores = np.matmul(last.vectors[rows], self.item_matrix, out=out)
+        if self.repeat_mechanism:
+            mix_repeats(scores, last.gate[rows], last.repeat[rows], items)
+        return scores
 
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, T) inputs -> (B, V) float32 scores of the next item after the last event (-inf: never rankable)."""
-        return self.encode(inputs)[0] @ self.item_matrix
+        return self.scores_into(self.encode(inputs), slice(None), np.asarray(inputs["items"]))
+
+
+def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """In place: (b, V) logits -> log(g * repeat(v) + (1 - g) * softmax(logits)(v)), with repeat(v) the repeat row's
+    weights (b, T) summed over the positions holding item v (items (b, T)). Returns `logits`."""
+    peak = logits.max(axis=1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    np.subtract(logits, peak, out=logits)
+    np.exp(logits, out=logits)
+    logits *= ((1.0 - gate) / np.maximum(logits.sum(axis=1), 1e-30))[:, None]
+    rows = np.repeat(np.arange(len(items)), items.shape[1])
+    np.add.at(logits, (rows, items.ravel()), (gate[:, None] * repeat).ravel())
+    with np.errstate(divide="ignore"):
+        np.log(logits, out=logits)
+    return logits
+
+
+def repeat_flags(chosen: np.ndarray, items: np.ndarray, older_items: list[np.ndarray]) -> np.ndarray:
+    """(B, K) chosen item indices -> (B, K) bool: the user already has an event on the item (window or older)."""
+    flags = (chosen[:, :, None] == items[:, None, :]).any(axis=2)
+    for row, older in enumerate(older_items):
+        if len(older):
+            flags[row] |= np.isin(chosen[row], older)
+    return flags & (chosen >= FIRST_ITEM_INDEX)
+
+
+class Recommender:
+    def __init__(self, model, vocabulary: pd.DataFrame, event_types: list[str], policy: RepeatPolicy | None = None):
+        self.model = model
+        self.event_types = list(event_types)
+        self.policy = policy or RepeatPolicy()
+        vocabulary = vocabulary.sort_values("item_index")
+        self.num_items = int(model.num_items)
+        self.item_ids = np.full(self.num_items, "", dtype=object)
+        self.item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
+        counts = np.zeros(self.num_items, dtype=np.float32)
+        counts[vocabulary["item_index"].to_numpy()] = vocabulary["count"].to_numpy()
+        self.popularity = counts
+        self.index_of = dict(zip(vocabulary["item_id"], vocabulary["item_index"].astype(int), strict=True))
+        # Padding, unknown, and any index the stable vocabulary left free never rank: their bias is -inf.
+        rankable = self.item_ids != ""
+        rankable[:FIRST_ITEM_INDEX] = False
+        self.scorer = ModelScorer(model, rankable)
+        self.popular_scores = np.where(rankable, counts, -np.inf).astype(np.float32)
+
+    # --- scoring ---
+    def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, T) inputs -> (B, V) float32 scores of the next item after the last event (-inf: never rankable)."""
+        return self.scorer.score(inputs)
 
     def recommend(
-        self, inputs: dict[str, np.ndarray], older_items: list[np.ndarray], k: int, timings: dict | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        older_items: list[np.ndarray],
+        k: int,
+        timings: dict | None = None,
+        policy: RepeatPolicy | None = None,
     ) -> Recommendations:
-        """Top-K unseen items per user; users with no known item in their history get the most popular ones.
+        """Top-K items per user under the repeat policy (default: the one the model was trained under); users with
+        no known item in their history get the most popular ones.
 
         `timings`, when given, accumulates the seconds of each phase: encode, multiply, top_k (benchmarks).
         """
+        policy = policy or self.policy
         clock = _PhaseClock(timings)
         items = np.asarray(inputs["items"])
-        vectors, attention = self.encode(inputs)
+        types = np.asarray(inputs["event_types"])
+        last = self.scorer.encode(inputs)
         clock.lap("encode")
         known = (items >= FIRST_ITEM_INDEX).any(axis=1)
         top_items, top_scores = [], []
@@ -127,10 +207,11 @@ class Recommender:
         block = np.empty((SCORING_BATCH, self.num_items), np.float32)
         for start in range(0, len(items), SCORING_BATCH):
             window = slice(start, start + SCORING_BATCH)
-            scores = np.matmul(vectors[window], self.item_matrix, out=block[: len(vectors[window])])
+            size = len(items[window])
+            scores = self.scorer.scores_into(last, window, items[window], out=block[:size])
             clock.lap("multiply")
             scores[~known[window]] = self.popular_scores
-            exclude_seen(scores, items[window], older_items[window])
+            policy.exclude(scores, items[window], types[window], older_items[window])
             chosen, values = top_k(scores, k)
             top_items.append(chosen)
             top_scores.append(values)
@@ -139,11 +220,12 @@ class Recommender:
         top = np.concatenate(top_items) if top_items else np.zeros((0, width), np.int64)
         scores = np.concatenate(top_scores) if top_scores else np.zeros((0, width), np.float32)
         # Reason: the known history item the last step attended to most.
-        weights = np.where(items >= FIRST_ITEM_INDEX, attention, -1.0)
+        weights = np.where(items >= FIRST_ITEM_INDEX, last.attention, -1.0)
         reason_positions = weights.argmax(axis=1)
         reasons = np.where(known, items[np.arange(len(items)), reason_positions], -1)
         sources = np.where(known, SOURCE_MODEL, SOURCE_POPULAR)
-        return Recommendations(top, scores, sources, reasons)
+        repeats = repeat_flags(top, items, older_items) & np.isfinite(scores)
+        return Recommendations(top, scores, repeats, sources, reasons)
 
     def translation_from(self, item_ids: np.ndarray) -> np.ndarray:
         """index -> raw id of another vocabulary (e.g. the day's) -> an array mapping its indices to this model's.
@@ -185,7 +267,12 @@ class Recommender:
     # --- folder form ---
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"format": FORMAT_VERSION, "model": self.model.get_config(), "event_types": self.event_types}
+        config = {
+            "format": FORMAT_VERSION,
+            "model": self.model.get_config(),
+            "event_types": self.event_types,
+            "repeat_policy": {"name": self.policy.name, "repeatable_types": list(self.policy.repeatable_types)},
+        }
         config["model"].pop("name", None)
         config["model"].pop("trainable", None)
         config["model"].pop("dtype", None)
@@ -202,15 +289,21 @@ class Recommender:
         from model_lib.model import NextItemModel
 
         config = json.loads((Path(folder) / "model_config.json").read_text())
-        if config.get("format") != FORMAT_VERSION:
+        if config.get("format") not in READABLE_FORMATS:
             raise IncompatibleModelError(
-                f"the model in {folder} has format {config.get('format')}, this code reads format {FORMAT_VERSION}: "
+                f"the model in {folder} has format {config.get('format')}, this code reads formats {READABLE_FORMATS}: "
                 "retrain it (reco_training) or score it with the code version in its `code_version` tag"
             )
         model = NextItemModel(**config["model"])
         build_model(model)
         model.load_weights(Path(folder) / "model.weights.h5")
-        return cls(model, pd.read_parquet(Path(folder) / "vocabulary.parquet"), config["event_types"])
+        policy = config.get("repeat_policy", {})
+        return cls(
+            model,
+            pd.read_parquet(Path(folder) / "vocabulary.parquet"),
+            config["event_types"],
+            RepeatPolicy(policy.get("name", RepeatPolicy.name), tuple(policy.get("repeatable_types", ()))),
+        )
 
 
 class _PhaseClock:
@@ -265,23 +358,30 @@ def score_partition(
     k: int,
     ds: str,
     day_item_ids: np.ndarray,
+    policy: RepeatPolicy,
+    window: int,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> recommendation rows (K per user).
+    """mapInPandas body: sequence rows -> recommendation rows (K per user) under the repeat policy.
 
     `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
+    A row's source is `repeat` for an item the user already has an event on, else the user's source. The model
+    reads the last `window` events (seq_len) of the stored history.
     """
+    from model_lib.splits import Sequences
+
     recommender = _cached_recommender(tracking_uri, model_name, version)
     to_model = recommender.translation_from(day_item_ids)
     for batch in batches:
         if batch.empty:
             continue
-        inputs = {
-            "items": to_model[np.stack(batch["item_indices"].to_numpy())],
-            "event_types": np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
-            "gaps": np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
-        }
-        older = [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]]
-        result = recommender.recommend(inputs, older, k)
+        sequences = Sequences(
+            batch["user_id"].to_numpy(),
+            to_model[np.stack(batch["item_indices"].to_numpy())],
+            np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
+            np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
+            [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]],
+        ).last_events(window)
+        result = recommender.recommend(sequences.model_inputs(), sequences.older_items, k, policy=policy)
         # A user with fewer than K unseen items gets fewer rows: trailing -inf positions hold no item.
         users, ranks = np.nonzero(np.isfinite(result.scores))
         reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
@@ -292,7 +392,7 @@ def score_partition(
                 "rank": (ranks + 1).astype(np.int32),
                 "item_id": recommender.item_ids[result.items[users, ranks]],
                 "score": result.scores[users, ranks].astype(np.float64),
-                "source": result.sources[users],
+                "source": np.where(result.repeats[users, ranks], SOURCE_REPEAT, result.sources[users]),
                 "reason_item_id": reason_ids[users],
                 "model_name": model_name,
                 "model_version": np.int32(version),

@@ -89,6 +89,25 @@ class Sequences:
             None if self.times is None else compact(self.times),
         )
 
+    def last_events(self, steps: int) -> Sequences:
+        """The newest `steps` columns (the model's window); the items of the events cut off join the older items,
+        so what may not be recommended stays the same."""
+        if self.items.shape[1] <= steps:
+            return self
+        cut = self.items[:, :-steps]
+        older = [
+            np.union1d(older, row[row != PAD_INDEX]).astype(np.int64)
+            for older, row in zip(self.older_items, cut, strict=True)
+        ]
+        return Sequences(
+            self.user_ids,
+            self.items[:, -steps:],
+            self.event_types[:, -steps:],
+            self.gaps[:, -steps:],
+            older,
+            None if self.times is None else self.times[:, -steps:],
+        )
+
     def drop_last(self, count: int | np.ndarray) -> Sequences:
         """The same users with their newest `count` events (one count, or one per user) removed, re-padded."""
         if np.all(np.asarray(count) == 0):
@@ -107,6 +126,10 @@ class HoldOut:
 
     inputs: Sequences
     targets: np.ndarray
+
+    def last_events(self, steps: int) -> HoldOut:
+        """The same hold-out with inputs cut to the model's window (Sequences.last_events)."""
+        return HoldOut(self.inputs.last_events(steps), self.targets)
 
 
 @dataclass(frozen=True)
@@ -134,10 +157,15 @@ def leave_one_out(sequences: Sequences) -> Split:
     )
 
 
-def protocol_split(sequences: Sequences) -> Split:
+def protocol_split(sequences: Sequences, window: int | None = None) -> Split:
     """The accuracy protocol used by training, evaluation and the benchmark: items below the vocabulary's minimum
-    count (the unknown index) are dropped once, then leave-one-out."""
-    return leave_one_out(sequences.without_item(UNKNOWN_ITEM_INDEX))
+    count (the unknown index) are dropped once, then leave-one-out. With `window` (the model's seq_len) the
+    hold-outs' inputs are cut to the last `window` events, as scoring reads them; training keeps the whole stored
+    history (it is cut into windows)."""
+    split = leave_one_out(sequences.without_item(UNKNOWN_ITEM_INDEX))
+    if window is None:
+        return split
+    return Split(split.train, split.validation.last_events(window), split.test.last_events(window))
 
 
 def _holdout_after(sequences: Sequences, cutoff: int, until: int | None) -> HoldOut:

@@ -11,11 +11,22 @@ Every worker evaluates the whole validation hold-out, so all take the same early
 runs the same number of steps per epoch (from the Parquet row counts of all shards); a step's batch holds rows of
 similar length, trimmed to a multiple of `bucket_width` columns, so little time goes into padding.
 
+Examples: every window of `seq_len` events of a user's stored history (`history_len`), the newest first and
+`window_stride` apart, so a user with 2,000 events teaches more than one window.
+
+Budget: `max_updates` optimizer updates (or `epochs` passes over the data when it is 0), validated every
+`eval_every_updates` (or once per pass); the learning rate warms up linearly over `warmup_share` of the budget,
+then decays along a cosine to `min_lr_ratio` of itself. Early stopping: after `patience` validations whose NDCG@K
+did not exceed the last reference by `early_stop_stderr` standard errors (a small validation set is noisy); the
+weights of the best validation are kept. The validation pass is the XLA-compiled scoring path (scoring.ModelScorer).
+
 Loss, averaged over the positions t whose target (the item at t + 1) is a known item:
     full     cross-entropy of the softmax over the whole catalogue
     sampled  cross-entropy over [target, S negatives drawn from Q = unigram^0.75], every logit corrected by
              - log(S * Q(item)) (the log-Q correction; without it popular items are over-penalised); a negative
              equal to the target is masked out
+  with the repeat mechanism (on when the repeat policy lets seen items be recommended): - log of the mixture
+             g * repeat(target) + (1 - g) * P_explore(target), P_explore from the full or sampled softmax above
   + event_type_loss_weight * cross-entropy of the next event type (the optional auxiliary head)
 
 Checkpoints: after every epoch the chief saves model, optimizer and loop state (epoch, early-stopping counters,
@@ -38,7 +49,7 @@ import numpy as np
 
 from model_lib.config import Settings
 from model_lib.lake import read_sequences
-from model_lib.metrics import evaluate_holdout
+from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
 
@@ -55,6 +66,15 @@ HYPER_PARAMETERS = (
     "softmax",
     "sampled_negatives",
     "event_type_loss_weight",
+    "history_len",
+    "window_stride",
+    "max_updates",
+    "eval_every_updates",
+    "lr_schedule",
+    "warmup_share",
+    "min_lr_ratio",
+    "repeat_policy",
+    "repeatable_event_types",
 )
 SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 
@@ -131,10 +151,14 @@ def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
     return mine
 
 
-def parquet_rows(files: list[Path]) -> int:
+def training_examples(files: list[Path], settings: Settings) -> int:
+    """About how many training windows these sequence files give (from their `length` column only): what every
+    worker's step count is computed from, so all run the same number of steps."""
     import pyarrow.parquet as pq
 
-    return sum(pq.read_metadata(path).num_rows for path in files)
+    lengths = np.concatenate([pq.read_table(path, columns=["length"])["length"].to_numpy() for path in files])
+    inputs = np.maximum(lengths - 3, 0)  # two held-out events, and the last input has no next item
+    return int((1 + np.maximum(0, -(-(inputs - settings.seq_len) // settings.stride))).sum())
 
 
 # --- batches ---
@@ -148,8 +172,22 @@ class TrainingRows:
     lengths: np.ndarray
 
     @classmethod
-    def from_sequences(cls, train: Sequences) -> TrainingRows:
+    def from_sequences(cls, train: Sequences, steps: int | None = None, stride: int | None = None) -> TrainingRows:
+        """Next-item pairs of every window of `steps` inputs (default: the whole width), newest first and `stride`
+        apart (default: `steps`), over each user's stored history."""
         inputs, item_targets, type_targets = next_item_pairs(train)
+        if steps is not None and inputs["items"].shape[1] > steps:
+            columns = window_columns(
+                (inputs["items"] != PAD_INDEX).sum(axis=1), inputs["items"].shape[1], steps, stride or steps
+            )
+            rows, columns = columns
+            inside = columns >= 0
+
+            def windows(values):
+                return np.where(inside, values[rows[:, None], np.maximum(columns, 0)], PAD_INDEX)
+
+            inputs = {name: windows(values) for name, values in inputs.items()}
+            item_targets, type_targets = windows(item_targets), windows(type_targets)
         # A target needs some history: the first event of a window, predicted from padding, is not trained on.
         has_input = inputs["items"] != PAD_INDEX
         item_targets = np.where(has_input, item_targets, PAD_INDEX)
@@ -165,6 +203,17 @@ class TrainingRows:
 
     def __len__(self) -> int:
         return len(self.item_targets)
+
+
+def window_columns(lengths: np.ndarray, width: int, steps: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `width` columns, left-padded, with `lengths` real columns -> (window rows (W,), columns (W, steps)):
+    windows ending at the last column, then `stride` earlier, until a window reaches the oldest real column.
+    Columns < 0 lie before the row's start (padding)."""
+    counts = 1 + np.maximum(0, -(-(lengths - steps) // stride))
+    rows = np.repeat(np.arange(len(lengths)), counts)
+    nth = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    ends = width - nth * stride
+    return rows, ends[:, None] - steps + np.arange(steps)[None, :]
 
 
 def bucket_width(steps: int) -> int:
@@ -239,6 +288,22 @@ def sampled_softmax_loss(user_vectors, targets, item_table, item_bias, log_q, nu
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(targets), logits=logits)
 
 
+def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targets):
+    """log(g * repeat(target) + (1 - g) * exp(log_explore)) per position (B, T).
+
+    log_explore (B, T): log P_explore(target); gate (B, T); repeat_weights (B, T, T) over the input positions;
+    items (B, T) the inputs; targets (B, T) the next items. repeat(target) sums the weights of the positions
+    holding the target.
+    """
+    import tensorflow as tf
+
+    hits = tf.cast(tf.equal(items[:, None, :], targets[:, :, None]), tf.float32)
+    repeat = tf.reduce_sum(repeat_weights * hits, axis=-1)
+    gate = tf.clip_by_value(gate, 1e-6, 1.0 - 1e-6)
+    log_repeat = tf.math.log(gate) + tf.math.log(tf.maximum(repeat, 1e-12))
+    return tf.reduce_logsumexp(tf.stack([log_repeat, tf.math.log(1.0 - gate) + log_explore], axis=-1), axis=-1)
+
+
 def full_softmax_loss(logits, targets):
     import tensorflow as tf
 
@@ -246,23 +311,39 @@ def full_softmax_loss(logits, targets):
 
 
 # --- evaluation ---
-def evaluate_model(model, holdout: HoldOut, num_items: int, k_values=(10, 20)) -> dict[str, float]:
-    """The model's metrics on a hold-out with the shared metrics module (full ranking, seen excluded).
+def evaluate_model(
+    model,
+    holdout: HoldOut,
+    num_items: int,
+    k_values=(10, 20),
+    policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
+    scorer=None,
+) -> dict[str, float]:
+    """The model's metrics on a hold-out with the shared metrics module (full ranking, the repeat policy's
+    candidates), scored by the one scoring path (scoring.ModelScorer, XLA-compiled; pass one to reuse its
+    compilations across validations).
 
-    Users are scored shortest history first and each batch drops its all-padding columns: the model masks
-    padding, so the scores are the same, only cheaper. The metrics do not depend on the order of users.
+    Users are scored shortest history first and each batch drops its all-padding columns (rounded up to a
+    multiple of bucket_width, so few shapes compile): the model masks padding, so the scores are the same, only
+    cheaper. The metrics do not depend on the order of users.
     """
+    from model_lib.scoring import ModelScorer
+
+    scorer = scorer or ModelScorer(model)
+    scorer.refresh()
     sequences = holdout.inputs
     order = np.argsort(sequences.lengths, kind="stable")
     inputs = {name: values[order] for name, values in sequences.model_inputs().items()}
+    full_width = sequences.items.shape[1]
+    step = bucket_width(full_width)
 
     def score(batch):
-        width = max(1, int((batch["items"] != PAD_INDEX).sum(axis=1).max()))
-        logits, _ = model.score_last({name: np.asarray(v[:, -width:], np.int32) for name, v in batch.items()})
-        return np.asarray(logits)
+        longest = int((batch["items"] != PAD_INDEX).sum(axis=1).max())
+        width = min(full_width, max(1, -(-longest // step) * step))
+        return scorer.score({name: np.asarray(v[:, -width:], np.int32) for name, v in batch.items()})
 
     older = [sequences.older_items[i] for i in order]
-    return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values)
+    return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values, policy=policy)
 
 
 # --- checkpoints ---
@@ -348,6 +429,67 @@ def resumable(checkpoint_dir: Path, signature: dict) -> bool:
     return state_path.exists() and json.loads(state_path.read_text()).get("signature") == signature
 
 
+# --- budget, learning rate and early stopping ---
+@dataclass(frozen=True)
+class TrainingBudget:
+    """`rounds` validation rounds of `steps_per_round` optimizer updates each."""
+
+    rounds: int
+    steps_per_round: int
+    steps_per_pass: int
+
+    @classmethod
+    def of(cls, settings: Settings, steps_per_pass: int, max_steps_per_round: int | None = None) -> TrainingBudget:
+        per_round = settings.eval_every_updates or steps_per_pass
+        if max_steps_per_round:
+            per_round = min(per_round, max_steps_per_round)
+        rounds = -(-settings.max_updates // per_round) if settings.max_updates else settings.epochs
+        return cls(rounds, per_round, steps_per_pass)
+
+    @property
+    def total_updates(self) -> int:
+        return self.rounds * self.steps_per_round
+
+    def describe(self) -> str:
+        return (
+            f"{self.total_updates:,} updates ({self.total_updates / max(self.steps_per_pass, 1):.1f} passes over "
+            f"the data) validated every {self.steps_per_round}"
+        )
+
+
+def learning_rate_schedule(settings: Settings, total_updates: int):
+    """Linear warm-up, then cosine decay to min_lr_ratio x learning_rate at the end of the budget (or constant)."""
+    import keras
+
+    if settings.lr_schedule == "constant":
+        return settings.learning_rate
+    warmup = int(settings.warmup_share * total_updates)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=settings.learning_rate * settings.min_lr_ratio,
+        decay_steps=max(1, total_updates - warmup),
+        alpha=settings.min_lr_ratio,
+        warmup_target=settings.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, settings: Settings) -> bool:
+    """Updates the loop state with one validation; True when it is the best so far (its weights are kept).
+
+    The patience counter restarts only when the score beats the reference (the score at the last restart) by
+    more than early_stop_stderr standard errors: noise on a small validation set does not keep a run alive, and
+    slow real gains add up until they count.
+    """
+    improved = score > state["best_score"]
+    if improved:
+        state.update(best_score=score, best_epoch=epoch)
+    if score > state.get("reference_score", -1.0) + settings.early_stop_stderr * stderr:
+        state.update(reference_score=score, waited=0)
+    else:
+        state["waited"] += 1
+    return improved
+
+
 # --- the loop ---
 def build_next_item_model(num_items: int, settings: Settings):
     from model_lib.model import NextItemModel
@@ -362,6 +504,7 @@ def build_next_item_model(num_items: int, settings: Settings):
         lstm_layers=settings.lstm_layers,
         dropout=settings.dropout,
         event_type_head=settings.event_type_loss_weight > 0,
+        repeat_mechanism=settings.repeat_rule().allows_repeats,
     )
     build_model(model)
     return model
@@ -384,6 +527,8 @@ def train_next_item_model(
     import keras
     import tensorflow as tf
 
+    from model_lib.scoring import ModelScorer
+
     files = sorted(Path(path) for path in sequence_files)
     strategy = distribution_strategy()  # first: a multi-worker strategy must exist before any other TF work
     keras.utils.set_random_seed(settings.seed)
@@ -393,18 +538,23 @@ def train_next_item_model(
 
     train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
     if validation is None:
-        validation = protocol_split(read_sequences(files)).validation
-    rows = TrainingRows.from_sequences(train)
-    shard_sizes = [parquet_rows(shard_files(files, index, workers)) for index in range(workers)]
-    steps = -(-max(shard_sizes) // (settings.batch_size * local_replicas))
-    if max_steps_per_epoch:
-        steps = min(steps, max_steps_per_epoch)
+        validation = protocol_split(read_sequences(files), settings.seq_len).validation
+    rows = TrainingRows.from_sequences(train, settings.seq_len, settings.stride)
+    # Every worker runs the same number of steps: from the largest shard's window count.
+    shard_sizes = [
+        training_examples(shard_files(files, index, workers), settings) if workers > 1 else len(rows)
+        for index in range(workers)
+    ]
+    steps_per_pass = -(-max(shard_sizes) // (settings.batch_size * local_replicas))
+    budget = TrainingBudget.of(settings, steps_per_pass, max_steps_per_epoch)
+    steps = budget.steps_per_round
     sampled = settings.uses_sampled_softmax(num_items)
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
+    policy = settings.repeat_rule()
 
     with strategy.scope():
         model = build_next_item_model(num_items, settings)
-        optimizer = keras.optimizers.Adam(settings.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, budget.total_updates))
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -429,10 +579,14 @@ def train_next_item_model(
                     settings.sampled_negatives,
                     sample_seed,
                 )
-                loss = masked_mean(losses, tf.reshape(weights, (-1,)))
+                losses = tf.reshape(losses, tf.shape(item_targets))
             else:
-                logits = model.item_logits(outputs["user_vectors"])
-                loss = masked_mean(full_softmax_loss(logits, item_targets), weights)
+                losses = full_softmax_loss(model.item_logits(outputs["user_vectors"]), item_targets)
+            if outputs["repeat_gate"] is not None:
+                losses = -repeat_mixture_log_likelihood(
+                    -losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
+                )
+            loss = masked_mean(losses, weights)
             if outputs["event_type_logits"] is not None:
                 type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
                 type_weights = tf.cast(type_targets > PAD_INDEX, tf.float32)
@@ -486,6 +640,7 @@ def train_next_item_model(
         "history": [],
         "best_score": -1.0,
         "best_epoch": 0,
+        "reference_score": -1.0,
         "waited": 0,
         "seconds": 0.0,
     }
@@ -502,28 +657,33 @@ def train_next_item_model(
             flush=True,
         )
     print(
-        f"[reco] training on {len(rows):,} sequences ({len(files)} files, this worker {pipeline + 1}/{workers}), "
-        f"{steps} steps/epoch of {settings.batch_size} per replica x {replicas} replica(s) [{result.strategy}], "
-        f"{'sampled' if sampled else 'full'} softmax over {num_items - FIRST_ITEM_INDEX:,} items",
+        f"[reco] training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
+        f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.batch_size} per replica x "
+        f"{replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
+        f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {policy.describe()}"
+        + (" with the repeat mechanism" if model.repeat_mechanism else ""),
         flush=True,
     )
     k = settings.eval_k
     best_weights = None
+    scorer = ModelScorer(model)
     stopped = state["waited"] >= settings.patience
-    for epoch in range(len(state["history"]) + 1, settings.epochs + 1):
+    for epoch in range(len(state["history"]) + 1, budget.rounds + 1):
         if stopped:
             break
         if verbose:
-            print(f"Epoch {epoch}/{settings.epochs}", flush=True)
+            print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
         progress = keras.utils.Progbar(steps, verbose=verbose if is_chief else 0, stateful_metrics=["loss"])
         epoch_started, losses = time.perf_counter(), []
         for step, batch in enumerate(epoch_dataset(epoch), start=1):
             seed = tf.constant([settings.seed, epoch * 1_000_003 + step], tf.int32)
             losses.append(float(distributed_step(*batch, seed)))
             progress.update(step, [("loss", float(np.mean(losses)))])
-        validation_metrics = evaluate_model(model, validation, num_items, (k,))
+        validation_metrics = evaluate_model(model, validation, num_items, (k,), policy, scorer)
         record = {
             "epoch": epoch,
+            "updates": epoch * steps,
+            "learning_rate": float(optimizer.learning_rate),
             "loss": float(np.mean(losses)),
             "epoch_seconds": time.perf_counter() - epoch_started,
             **{f"val_{name}": value for name, value in validation_metrics.items() if name != "users"},
@@ -536,17 +696,20 @@ def train_next_item_model(
         )
         if on_epoch_end:
             on_epoch_end(epoch, record)
-        improved = validation_metrics[f"ndcg_{k}"] > state["best_score"]
+        improved = track_early_stopping(
+            state, epoch, validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"], settings
+        )
         if improved:
-            state.update(best_score=validation_metrics[f"ndcg_{k}"], best_epoch=epoch, waited=0)
             best_weights = model.get_weights()
-        else:
-            state["waited"] += 1
         epoch_counter.assign(epoch)
         state["seconds"] += record["epoch_seconds"]
         checkpoints.save(state, improved)
         if state["waited"] >= settings.patience:
-            print(f"[reco] early stop: no validation NDCG@{k} gain for {state['waited']} epochs", flush=True)
+            print(
+                f"[reco] early stop: {state['waited']} validations without a NDCG@{k} gain of more than "
+                f"{settings.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
+                flush=True,
+            )
             stopped = True
     # The best epoch's weights: from memory when this process saw it, else from the best checkpoint.
     if best_weights is not None:
@@ -557,6 +720,6 @@ def train_next_item_model(
     result.history = state["history"]
     result.best_epoch = state["best_epoch"]
     result.seconds = state["seconds"]
-    sequences_seen = steps * settings.batch_size * replicas * len(result.history)
+    sequences_seen = steps * settings.batch_size * replicas * (len(result.history) - result.resumed_after_epoch)
     result.sequences_per_second = sequences_seen / max(result.seconds, 1e-9)
     return result

@@ -4,14 +4,20 @@ import numpy as np
 import pytest
 
 from model_lib.metrics import (
+    ALLOW_REPEATS,
+    RepeatPolicy,
     evaluate_holdout,
-    exclude_seen,
     metrics_from_ranks,
-    seen_mask,
+    seen_items,
+    suggest_policy,
     target_ranks,
     top_k,
     top_k_items,
 )
+
+
+def seen_mask(items, older, num_items):
+    return seen_items(np.asarray(items), older, num_items)
 
 
 def test_rank_counts_only_unseen_candidates_above_the_target():
@@ -20,10 +26,51 @@ def test_rank_counts_only_unseen_candidates_above_the_target():
     assert target_ranks(scores, np.array([3]), excluded)[0] == 2.0  # only item 2 (5.0) beats 4.0; 5 is seen
 
 
-def test_the_target_is_never_excluded_even_if_seen():
+def test_a_seen_target_is_a_miss_under_exclude_seen_and_ranked_under_allow_repeats():
     scores = np.array([[0.0, 0.0, 1.0, 2.0]])
-    excluded = seen_mask(np.array([[3, 2]]), [np.array([], int)], 4)
-    assert target_ranks(scores, np.array([2]), excluded)[0] == 1.0
+    history = np.array([[3, 2]])
+    excluded = RepeatPolicy().mask(history, np.ones_like(history), [np.array([], int)], 4)
+    assert math.isinf(target_ranks(scores, np.array([2]), excluded)[0])  # the served list could never hold it
+    candidates = RepeatPolicy(ALLOW_REPEATS).mask(history, np.ones_like(history), [np.array([], int)], 4)
+    assert target_ranks(scores, np.array([2]), candidates)[0] == 2.0  # item 3 (2.0) is a candidate above it
+
+
+def test_the_repurchase_leak_is_gone():
+    """The old protocol excluded seen items except the target: on re-purchase data the target was then the only
+    seen item left, so a scorer that favours the user's own items looked perfect while the served list (which
+    excludes every seen item) could never contain it."""
+    history = np.array([[2, 3, 4], [5, 6, 7]])
+    targets = np.array([3, 6])  # both re-purchases
+    inputs = {"items": history, "event_types": np.ones_like(history)}
+    older = [np.array([], int)] * 2
+
+    def own_items_first(batch):
+        scores = np.zeros((len(batch["items"]), 10))
+        np.put_along_axis(scores, batch["items"], 1.0, axis=1)
+        return scores
+
+    excluded = evaluate_holdout(own_items_first, inputs, older, targets, 10, ks=(1, 3))
+    assert excluded["hr_3"] == 0.0 and excluded["repeat_target_share"] == 1.0
+    allowed = evaluate_holdout(
+        own_items_first, inputs, older, targets, 10, ks=(1, 3), policy=RepeatPolicy(ALLOW_REPEATS)
+    )
+    assert allowed["hr_3"] == 1.0  # three own items tie at the top: expected rank 2
+    assert allowed["hr_1"] == 0.0 and allowed["mrr_3"] == 0.5
+    assert suggest_policy(excluded["repeat_target_share"]) == ALLOW_REPEATS
+
+
+def test_repeatable_event_types_keep_only_those_items_candidates():
+    history = np.array([[2, 3, 4]])
+    types = np.array([[1, 4, 1]])  # item 3 was purchased (type 4), items 2 and 4 only viewed
+    policy = RepeatPolicy("exclude_seen", (4,))
+    mask = policy.mask(history, types, [np.array([5])], 7)
+    assert mask[0].tolist() == [True, True, True, False, True, True, False]
+    assert policy.allows_repeats and not RepeatPolicy().allows_repeats
+
+
+def test_ties_count_half_so_a_constant_scorer_ranks_mid_list():
+    ranks = target_ranks(np.zeros((1, 12)), np.array([5]), np.zeros((1, 12), bool))
+    assert ranks[0] == 1 + 9 / 2  # 10 candidates (2..11): 9 others tie with the target
 
 
 def test_unknown_target_is_a_miss():
@@ -53,7 +100,7 @@ def test_older_items_are_excluded_too():
 
 def test_evaluate_holdout_with_a_perfect_scorer_and_coverage():
     targets = np.array([2, 3, 4])
-    inputs = {"items": np.array([[0, 5], [0, 5], [0, 5]])}
+    inputs = {"items": np.array([[0, 5], [0, 5], [0, 5]]), "event_types": np.array([[0, 1], [0, 1], [0, 1]])}
 
     def oracle(batch):
         scores = np.zeros((len(batch["items"]), 6))
@@ -93,8 +140,9 @@ def test_top_k_items_marks_missing_positions_when_k_exceeds_the_rankable_items()
 
 def test_exclude_seen_scatters_minus_infinity():
     scores = np.zeros((2, 6), np.float32)
-    exclude_seen(scores, np.array([[0, 3], [2, 2]]), [np.array([5]), np.zeros(0, int)])
+    items = np.array([[0, 3], [2, 2]])
+    RepeatPolicy().exclude(scores, items, np.ones_like(items), [np.array([5]), np.zeros(0, int)])
     assert np.isneginf(scores).tolist() == [
-        [True, False, False, True, False, True],
-        [False, False, True, False, False, False],
+        [True, True, False, True, False, True],
+        [True, True, True, False, False, False],
     ]

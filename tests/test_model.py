@@ -6,7 +6,7 @@ import pytest
 from sequence_files import cycle_sequences
 
 from model_lib.lake import write_sequences
-from model_lib.metrics import seen_mask
+from model_lib.metrics import seen_items as seen_mask
 from model_lib.splits import protocol_split
 
 keras = pytest.importorskip("keras")
@@ -35,8 +35,10 @@ def batch(items, types=None, gaps=None):
 def test_output_shapes(model):
     inputs = batch([[0, 0, 5, 6, 7], [2, 3, 4, 5, 6]])
     assert tuple(model(inputs).shape) == (2, 5, 30)
-    scores, attention = model.score_last(inputs)
-    assert tuple(scores.shape) == (2, 30) and tuple(attention.shape) == (2, 5)
+    vectors, attention, gate, repeat = model.encode_last(inputs)
+    assert tuple(vectors.shape) == (2, 8) and tuple(attention.shape) == (2, 5)
+    assert tuple(gate.shape) == (2,) and tuple(repeat.shape) == (2, 5)
+    assert np.allclose(gate, 0.0) and np.allclose(repeat, 0.0)  # no repeat mechanism in this model
 
 
 def test_padded_positions_never_change_the_scores(model):
@@ -45,9 +47,12 @@ def test_padded_positions_never_change_the_scores(model):
     junk_in_padding = batch(
         [[0, 0, 0, 0, 0, 5, 6, 7]], types=[[3, 2, 1, 3, 2, 1, 1, 1]], gaps=[[5, 4, 3, 2, 1, 3, 3, 3]]
     )
-    reference = np.asarray(model.score_last(short)[0])
+    from model_lib.scoring import ModelScorer
+
+    scorer = ModelScorer(model)
+    reference = scorer.score(short)
     for other in (long_padding, junk_in_padding):
-        np.testing.assert_allclose(np.asarray(model.score_last(other)[0]), reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scorer.score(other), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_is_causal_and_ignores_padding(model):
