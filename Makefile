@@ -34,7 +34,7 @@ demo: setup
 	echo "==> [2/4] Airflow metadata database"; \
 	mkdir -p $$AIRFLOW_HOME; $(BIN)/airflow db migrate > $$AIRFLOW_HOME/db-migrate.log 2>&1; \
 	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): wait for raw events -> sessionize -> train -> promote -> report"; \
-	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep --line-buffered -E "\[reco\]|^Epoch [0-9]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
+	$(BIN)/airflow dags test reco_training $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-training.log | grep --line-buffered -E "\[reco\]|^Validation round [0-9]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \
 	echo "    reco_training took $$(( $$(date +%s) - t ))s"; \
 	t=$$(date +%s); echo "==> [4/4] reco_nightly for $(DEMO_DS): wait for raw events -> resolve champion -> sessionize -> recommend -> publish -> report"; \
 	$(BIN)/airflow dags test reco_nightly $(DEMO_DS) 2>&1 | tee $$AIRFLOW_HOME/demo-nightly.log | grep --line-buffered -E "\[reco\]" | sed -u 's/ *\[airflow\.[^]]*\] loc=.*$$//'; \

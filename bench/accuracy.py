@@ -1,17 +1,23 @@
-"""Accuracy benchmark: the LSTM + attention model against most-popular and Spark ALS, one JSON line.
+"""Accuracy benchmark: the LSTM + attention model against every baseline under one repeat policy, one JSON line.
 
     reco bench accuracy --dataset ml-1m          # MovieLens-1M (installed at set-up), converted to raw events
+    reco bench accuracy --dataset ml-100k        # MovieLens-100k from the recbole package, installed --no-deps
+                                                 # into data/bench/scratch (never into the project's runtime)
+    reco bench accuracy --dataset synthetic      # the seeded clickstream (views, carts, purchases: many repeats)
     reco bench accuracy --events DIR             # any raw-event folder (dt=YYYY-MM-DD/*.jsonl[.gz])
+    ... --policy exclude_seen | allow_repeats | suggest   (default: suggest)
 
 Protocol (the published one for ML-1M): every event is an interaction; the real sessionize job (Spark, full
 rebuild up to the last day) builds each user's history ordered by time, ties kept in input order; items with
 fewer than `min_item_count` (5) interactions are dropped once (splits.protocol_split); leave-one-out; full ranking
-over all items with the user's seen items excluded (model_lib/metrics.py). Early stopping and every choice of
-hyper-parameters use the validation target only; the test target is scored once at the end. ML-1M gives 6,040
-users and 3,416 items.
+over exactly the candidates the served list would rank under the repeat policy (model_lib/metrics.py). `suggest`
+picks the policy from the share of repeat targets in the VALIDATION hold-out (metrics.suggest_policy). Early
+stopping and every choice of hyper-parameters use the validation target only; the test target is scored once at
+the end. ML-1M gives 6,040 users and 3,416 items.
 
 Everything is written under --root (default data/bench/accuracy/<name>); RECO_* variables set the model's
-hyper-parameters (the defaults below are the benchmark's: sequence length 200, as in SASRec's ML-1M setup).
+hyper-parameters (the defaults below are the benchmark's: window 200 as in SASRec's ML-1M setup, histories of up
+to 1,000 events cut into windows, a budget of optimizer updates).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,31 +35,42 @@ from model_lib.progress import stage
 from model_lib.training import HYPER_PARAMETERS
 
 REFERENCE = {
-    "measured_here": {"most_popular": {"hr_10": 0.037, "ndcg_10": 0.018}, "als": {"hr_10": 0.098, "ndcg_10": 0.049}},
-    "published": {
-        "SASRec_full_ce": {"hr_10": 0.315, "ndcg_10": 0.182},
-        "GRU4Rec_recbole": {"hr_10": 0.278, "ndcg_10": 0.155},
-        "NARM_recbole": {"hr_10": 0.266, "ndcg_10": 0.147},
+    "published_ml_1m": {
+        "LRURec": {"hr_10": 0.3264, "ndcg_10": 0.1930},
+        "SASRec_full_ce": {"hr_10": 0.3181, "ndcg_10": 0.1902},
+        "SASRec_plus": {"hr_10": 0.3152, "ndcg_10": 0.1821},
+        "GRU4Rec": {"hr_10": 0.2962, "ndcg_10": 0.1693},
+        "NARM": {"hr_10": 0.2864, "ndcg_10": 0.1665},
     },
-    "target": {"hr_10": 0.32, "ndcg_10": 0.19},
+    "target_ml_1m": {"hr_10": 0.335, "ndcg_10": 0.198},
 }
-BENCH_DEFAULTS = {"seq_len": 200, "min_item_count": 5, "epochs": 40, "patience": 5}
+BENCH_DEFAULTS = {
+    "seq_len": 200,
+    "history_len": 1000,
+    "min_item_count": 5,
+    "max_updates": 5000,
+    "eval_every_updates": 250,
+    "patience": 6,
+    "dropout": 0.2,
+}
 REPORTED_SETTINGS = (
     *HYPER_PARAMETERS,
-    "epochs",
     "patience",
+    "early_stop_stderr",
     "min_item_count",
     "als_rank",
     "als_reg_param",
     "als_alpha",
     "als_max_iter",
 )
+RECBOLE = "recbole==1.2.1"  # ships ml-100k; its dependencies (torch, ...) are not needed to read one file
+SYNTHETIC_SPEC = {"users": 2000, "items": 1000, "days": 30}
 
 
 def prepare_raw_events(settings, dataset: str | None, events: Path | None) -> dt.date:
-    """Puts the raw events under the bench root (ML-1M converted once, a given folder linked) -> the last dt."""
+    """Puts the raw events under the bench root (a dataset converted once, a given folder linked) -> the last dt."""
     from model_lib.lake import dated_folders
-    from model_lib.sources import convert_movielens
+    from model_lib.sources import SynthSpec, convert_movielens, convert_ratings, write_synth
 
     raw = settings.raw_events_dir
     if events is not None:
@@ -64,12 +83,38 @@ def prepare_raw_events(settings, dataset: str | None, events: Path | None) -> dt
                 raise FileExistsError(f"{raw} already holds other raw events; use another --root")
         else:
             raw.symlink_to(events, target_is_directory=True)
-    elif dataset == "ml-1m" and not raw.exists():
-        convert_movielens(raw, settings.items_dir)
+    elif not raw.exists():
+        if dataset == "ml-1m":
+            convert_movielens(raw, settings.items_dir)
+        elif dataset == "ml-100k":
+            convert_ratings(ml_100k_folder(), "ml-100k", raw)
+        elif dataset == "synthetic":
+            write_synth(SynthSpec(**SYNTHETIC_SPEC), raw)
     return dated_folders(raw, "dt", dt.date.max)[-1][0]
 
 
-def run(settings, dataset: str | None, events: Path | None) -> dict:
+def ml_100k_folder() -> Path:
+    """recbole's ml-100k files, from `pip install --no-deps --target data/bench/scratch/recbole` (done once)."""
+    scratch = PROJECT_ROOT / "data" / "bench" / "scratch" / "recbole"
+    folder = scratch / "recbole" / "dataset_example" / "ml-100k"
+    if not (folder / "ml-100k.inter").exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(scratch), RECBOLE], check=True
+        )
+    return folder
+
+
+def choose_policy(settings, requested: str, validation) -> tuple[object, float]:
+    """The settings under the requested policy (or the one `suggest` picks from the validation hold-out's repeat
+    share; the test target is never looked at) -> (settings, that share)."""
+    from model_lib.metrics import repeat_targets, suggest_policy
+
+    share = float(repeat_targets(validation.inputs.items, validation.inputs.older_items, validation.targets).mean())
+    policy = suggest_policy(share) if requested == "suggest" else requested
+    return settings.model_copy(update={"repeat_policy": policy}), share
+
+
+def run(settings, dataset: str | None, events: Path | None, requested_policy: str = "suggest") -> dict:
     from jobs import sessionize
     from model_lib import baselines
     from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
@@ -86,15 +131,17 @@ def run(settings, dataset: str | None, events: Path | None) -> dict:
         files = parquet_files(settings.sequences_dir(ds))
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
         num_items = int(vocabulary["item_index"].max()) + 1
-        split = protocol_split(read_sequences(files))
-        with stage("bench: train") as report:
+        split = protocol_split(read_sequences(files), settings.seq_len)
+        settings, validation_repeat_share = choose_policy(settings, requested_policy, split.validation)
+        policy = settings.repeat_rule()
+        with stage(f"bench: train under {policy.describe()}") as report:
             trained = train_next_item_model(files, num_items, settings, verbose=0, validation=split.validation)
-            report(epochs=len(trained.history), best_epoch=trained.best_epoch, seconds=trained.seconds)
+            report(rounds=len(trained.history), best_round=trained.best_epoch, seconds=trained.seconds)
         with stage("bench: test metrics, model and baselines") as report:
-            model = evaluate_model(trained.model, split.test, num_items)
-            popular = baselines.most_popular(split.train, split.test, num_items)
-            als = baselines.als(spark, split.test, num_items, settings.als_params())
-            report(model_ndcg_10=model["ndcg_10"], popular_ndcg_10=popular["ndcg_10"], als_ndcg_10=als["ndcg_10"])
+            scorers = {"model": evaluate_model(trained.model, split.test, num_items, policy=policy)}
+            found = baselines.all_baselines(spark, split, num_items, settings)
+            scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
+            report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
     finally:
         spark.stop()
     return {
@@ -104,16 +151,23 @@ def run(settings, dataset: str | None, events: Path | None) -> dict:
         "events": stats["valid"],
         "users": int(len(split.test.targets)),
         "items": int((vocabulary["item_index"] >= FIRST_ITEM_INDEX).sum()),
-        "protocol": "leave-one-out, full ranking, seen items excluded, items < min_item_count dropped once",
+        "policy": policy.describe(),
+        "policy_requested": requested_policy,
+        "validation_repeat_share": round(validation_repeat_share, 4),
+        "test_repeat_share": round(scorers["model"]["repeat_target_share"], 4),
+        "protocol": "leave-one-out, full ranking over the served candidates, items < min_item_count dropped once",
         "hyper_parameters": {key: getattr(settings, key) for key in REPORTED_SETTINGS},
         "strategy": trained.strategy,
+        "repeat_mechanism": bool(trained.model.repeat_mechanism),
         "train_seconds": round(trained.seconds, 1),
-        "epochs_run": len(trained.history),
-        "best_epoch": trained.best_epoch,
-        "validation_ndcg_10_per_epoch": [round(h["val_ndcg_10"], 4) for h in trained.history],
-        "model": _rounded(model),
-        "most_popular": _rounded(popular),
-        "als": _rounded(als),
+        "validation_rounds": len(trained.history),
+        "best_round": trained.best_epoch,
+        "updates": trained.history[-1]["updates"] if trained.history else 0,
+        "validation_ndcg_10_per_round": [round(h["val_ndcg_10"], 4) for h in trained.history],
+        "round_seconds": [round(h["epoch_seconds"], 1) for h in trained.history],
+        **{name: _rounded(metrics) for name, metrics in scorers.items()},
+        "summary_ndcg_10": {name: round(metrics["ndcg_10"], 4) for name, metrics in scorers.items()},
+        "summary_hr_10": {name: round(metrics["hr_10"], 4) for name, metrics in scorers.items()},
         "reference": REFERENCE,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -126,9 +180,15 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="reco bench accuracy", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=["ml-1m"])
+    source.add_argument("--dataset", choices=["ml-1m", "ml-100k", "synthetic"])
     source.add_argument("--events", type=Path, help="a raw-event folder with dt=YYYY-MM-DD sub-folders")
     parser.add_argument("--root", type=Path, help="working folder (default data/bench/accuracy/<name>)")
+    parser.add_argument(
+        "--policy",
+        choices=["suggest", "exclude_seen", "allow_repeats"],
+        default="suggest",
+        help="repeat policy; suggest = from the validation hold-out's share of repeat targets",
+    )
     args = parser.parse_args(argv)
     name = args.dataset or args.events.resolve().name
     root = args.root or PROJECT_ROOT / "data" / "bench" / "accuracy" / name
@@ -137,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     explicit = {key for key in BENCH_DEFAULTS if key in probe.model_fields_set}
     defaults = {key: value for key, value in BENCH_DEFAULTS.items() if key not in explicit}
     settings = get_settings(data_dir=root, **defaults)
-    result = run(settings, args.dataset, args.events)
+    result = run(settings, args.dataset, args.events, args.policy)
     print(json.dumps(result), flush=True)
     return result
 

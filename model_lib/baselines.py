@@ -129,8 +129,9 @@ def item_knn(
     holdout: HoldOut,
     num_items: int,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
-    params: KnnParams = KnnParams(),
+    params: KnnParams | None = None,
 ) -> dict[str, float]:
+    params = params or KnnParams()
     popular = popularity_scores(train.items, num_items)
     similarity = co_occurrence_similarity(train, num_items, params)
     return _evaluate(

@@ -35,9 +35,10 @@ def movielens_folder() -> Path:
     return folder
 
 
-def read_movielens_ratings(folder: Path) -> pd.DataFrame:
-    """ml-1m.inter -> user_id, item_id, rating, timestamp (seconds), in file order."""
-    frame = pd.read_csv(folder / "ml-1m.inter", sep="\t", dtype=str, keep_default_na=False)
+def read_movielens_ratings(folder: Path, name: str = "ml-1m") -> pd.DataFrame:
+    """<name>.inter (RecBole's atomic file: ml-1m, ml-100k) -> user_id, item_id, rating, timestamp (seconds), in
+    file order."""
+    frame = pd.read_csv(folder / f"{name}.inter", sep="\t", dtype=str, keep_default_na=False)
     frame.columns = [column.split(":")[0] for column in frame.columns]
     return pd.DataFrame(
         {
@@ -116,6 +117,17 @@ def convert_movielens(raw_dir: Path, items_dir: Path) -> dict[str, int]:
         per_day = write_raw_events(ratings_to_raw_events(ratings), raw_dir)
         report(days=len(per_day), events=sum(per_day.values()), first=min(per_day), last=max(per_day))
     write_items(items, items_dir)
+    return per_day
+
+
+def convert_ratings(inter_folder: Path, name: str, raw_dir: Path) -> dict[str, int]:
+    """Any RecBole ratings file (<inter_folder>/<name>.inter) -> raw `rate` events, one dt per day of the data."""
+    with stage(f"read {name}") as report:
+        ratings = read_movielens_ratings(inter_folder, name)
+        report(ratings=len(ratings), users=ratings["user_id"].nunique(), items=ratings["item_id"].nunique())
+    with stage("write raw events") as report:
+        per_day = write_raw_events(ratings_to_raw_events(ratings), raw_dir)
+        report(days=len(per_day), events=sum(per_day.values()), first=min(per_day), last=max(per_day))
     return per_day
 
 
