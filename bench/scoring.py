@@ -136,7 +136,7 @@ def in_process(recommender, sequences: Sequences) -> dict:
     recommender.recommend({name: values[:64] for name, values in inputs.items()}, sequences.older_items[:64], K)
     recommender.recommend(inputs, sequences.older_items, K, timings=timings)
     users = len(sequences)
-    flops = 2.0 * users * recommender.item_matrix.shape[0] * recommender.item_matrix.shape[1]
+    flops = 2.0 * users * recommender.scorer.item_matrix.shape[0] * recommender.scorer.item_matrix.shape[1]
     return {
         "encode_users_per_s": users / timings["encode"],
         "multiply_users_per_s": users / timings["multiply"],
@@ -176,8 +176,9 @@ def tf_top_k_users_per_second(recommender, sequences: Sequences, users: int = 81
     from model_lib.scoring import SCORING_BATCH
 
     inputs = {name: values[:users] for name, values in sequences.model_inputs().items()}
-    vectors, _ = recommender.encode(inputs)
-    blocks = [vectors[s : s + SCORING_BATCH] @ recommender.item_matrix for s in range(0, len(vectors), SCORING_BATCH)]
+    vectors = recommender.scorer.encode(inputs).vectors
+    matrix = recommender.scorer.item_matrix
+    blocks = [vectors[s : s + SCORING_BATCH] @ matrix for s in range(0, len(vectors), SCORING_BATCH)]
     tf.math.top_k(blocks[0], K)
     started = time.perf_counter()
     for block in blocks:
@@ -234,7 +235,7 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
     spark.stop()
     with stage(f"bench scoring {name}: in-process phases, numpy and tf.top_k references") as report:
         result["in_process"] = in_process(recommender, sequences)
-        result["numpy"] = numpy_reference(len(sequences), recommender.item_matrix)
+        result["numpy"] = numpy_reference(len(sequences), recommender.scorer.item_matrix)
         result["tf_top_k_users_per_s"] = tf_top_k_users_per_second(recommender, sequences)
         report(**{key: round(value) for key, value in result["in_process"].items()})
     phases = result["in_process"]

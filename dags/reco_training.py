@@ -53,6 +53,14 @@ settings = get_settings()
             description=f"Maximum training epochs (early stopping may end sooner). Empty: {settings.epochs} "
             "(RECO_EPOCHS).",
         ),
+        "tuned": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[A-Za-z_][A-Za-z0-9_]*$",
+            title="Tuned settings",
+            description="Train with the hyper-parameters `reco tune --name NAME` stored for a data set "
+            "(data_dir/tuned/NAME.json). Empty: RECO_TUNED, else the settings as they are.",
+        ),
         "auto_promote": Param(
             True,
             type="boolean",

@@ -137,11 +137,13 @@ def code_version() -> str:
         return "unknown"
 
 
-TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "session_gap_minutes")
+TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "session_gap_minutes", "tuned")
 
 
 def run(settings: Settings, ds: dt.date) -> dict:
-    from model_lib import training
+    from model_lib import training, tuning
+
+    settings = tuning.with_tuned(settings)  # the hyper-parameters `reco tune` stored under settings.tuned, if named
 
     # --- extract ---
     with stage(f"train ds={ds}: read sequences") as report:

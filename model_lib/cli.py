@@ -3,6 +3,7 @@
 reco data movielens | synth    raw events into lake/raw/events
 reco sessionize --ds D         Spark: sequences + vocabulary + quarantine
 reco train --ds D              TensorFlow + MLflow: a new `challenger` version
+reco tune --ds D --name N      Optuna search on the validation target; reco_training uses it with tuned=N
 reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
     data.set_defaults(handler=_data)
 
-    for name in ("sessionize", "train", "recommend", "publish"):
+    for name in ("sessionize", "train", "tune", "recommend", "publish"):
         step = commands.add_parser(name, help=f"run the {name} step", add_help=False)
         step.set_defaults(handler=None, job=name)
     promote = commands.add_parser("promote", help="promotion gate, or --version N by hand", add_help=False)

@@ -37,7 +37,8 @@ PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECO_", extra="ignore")
+    # An empty RECO_* variable (a template that rendered nothing) means "not set".
+    model_config = SettingsConfigDict(env_prefix="RECO_", extra="ignore", env_ignore_empty=True)
 
     # --- where things live (embedded defaults under one project-local folder) ---
     data_dir: Path = PROJECT_ROOT / "data"
@@ -127,6 +128,9 @@ class Settings(BaseSettings):
     als_reg_param: float = 0.01
     als_alpha: float = 1.0
     als_max_iter: int = 10
+    # The name of hyper-parameters stored by `reco tune` (data_dir/tuned/<name>.json) that training applies; empty:
+    # the settings as they are.
+    tuned: str = ""
     # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...); 0 = no auxiliary head.
     event_type_loss_weight: float = 0.0
 

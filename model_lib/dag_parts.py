@@ -112,7 +112,7 @@ COMMON_PARAMS = {
 def settings_overrides(params: dict | None) -> dict:
     """The trigger form's fields that override settings in the Python tasks (empty fields keep the settings)."""
     params = params or {}
-    return {key: params[key] for key in ("epochs", "repeat_policy") if params.get(key)}
+    return {key: params[key] for key in ("epochs", "repeat_policy", "tuned") if params.get(key)}
 
 
 def champion_asset(settings: Settings) -> Asset:
@@ -226,7 +226,10 @@ def _training_pod(settings: Settings, doc_md: str):
         # The summary file is what the pod's XCom sidecar hands to `promote`.
         arguments=["--ds", DS, "--epochs", "{{ params.epochs or 0 }}", "--result-file", "/airflow/xcom/return.json"],
         # The pod's settings come from its secret; a repeat policy chosen in the form goes in as a variable.
-        env_vars={"RECO_REPEAT_POLICY": "{{ params.repeat_policy or '' }}"},
+        env_vars={
+            "RECO_REPEAT_POLICY": "{{ params.repeat_policy or '' }}",
+            "RECO_TUNED": "{{ params.tuned or '' }}",
+        },
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.training_env_secret))],
         container_resources=k8s.V1ResourceRequirements(requests={"cpu": "4", "memory": "16Gi"}, limits=gpus),
         # The lake, checkpoints and MLflow artifacts are on a shared volume mounted at the same path everywhere.

@@ -73,8 +73,9 @@ def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
             # Retries with exponential backoff, a time limit, a description and the failure summary on every task.
             assert task["owner"] == "ml-platform" and task["retries"] >= 2 and task["backoff"] >= 2, task_id
             assert task["timeout"] > 0 and task["doc"] and task["failure_callback"], task_id
-    assert set(nightly["params"]) == {"ds", "full_rebuild", "k"}
-    assert set(training["params"]) == {"ds", "full_rebuild", "epochs", "auto_promote"}
+    assert set(nightly["params"]) == {"ds", "full_rebuild", "repeat_policy", "k"}
+    assert set(training["params"]) == {"ds", "full_rebuild", "repeat_policy", "epochs", "tuned", "auto_promote"}
+    assert nightly["params"]["repeat_policy"]["enum"] == [None, "exclude_seen", "allow_repeats"]
     assert nightly["params"]["ds"]["format"] == "date" and nightly["params"]["k"]["maximum"] == 500
     assert nightly["tasks"]["sessionize"]["args"] == [
         "--ds",
@@ -82,6 +83,8 @@ def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
         "--mode",
         "{{ 'full' if params.full_rebuild else 'auto' }}",
     ]
+    # The form's repeat policy reaches the scoring job (`default`: the settings' own).
+    assert nightly["tasks"]["recommend"]["args"][-2:] == ["--repeat-policy", "{{ params.repeat_policy or 'default' }}"]
     # Lineage: training moves the champion alias, the nightly run reads it and writes the recommendations table.
     assert training["tasks"]["promote"]["outlets"] == ["reco-lstm-attention@champion"]
     assert nightly["tasks"]["resolve_champion"]["inlets"] == ["reco-lstm-attention@champion"]

@@ -39,12 +39,12 @@ def test_a_sane_model_passes_and_each_check_names_its_problem(recommender, setti
     from jobs.promote import holdout_report, sanity_problems
 
     same_ids = np.array(["", ""] + [f"i{k}" for k in range(2, 12)], dtype=object)
-    report = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), same_ids)
+    report = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), same_ids, settings)
     assert report["known_share"] == 1.0 and report["nan_score_rows"] == 0
     assert sanity_problems(report, recommender, settings) == []
 
     other_ids = np.array(["", ""] + [f"x{k}" for k in range(2, 12)], dtype=object)  # the day knows other items
-    drifted = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), other_ids)
+    drifted = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), other_ids, settings)
     assert drifted["known_share"] == 0.0
     assert any("vocabulary knows 0.0%" in p for p in sanity_problems(drifted, recommender, settings))
 

@@ -80,6 +80,26 @@ def test_batch_scoring(spark, registered):
     warm = rows[rows["user_id"] != "u001"]
     assert set(warm["source"]) == {"model"} and warm["reason_item_id"].notna().all()
 
+    # A model window shorter than the stored history: the cut events' items still count as seen.
+    recommend.run(settings.model_copy(update={"seq_len": 5}), DS, version=version, k=500)
+    windowed = pd.read_parquet(settings.recommendations_dir(DS))
+    for user, got in windowed.groupby("user_id"):
+        row = int(user[1:])
+        seen = {f"i{i}" for i in np.concatenate([items[row], older[row]]) if 2 <= i < NEW_ITEM}
+        assert not seen & set(got["item_id"]), user
+
+    # allow_repeats: seen items come back, each marked as a repeat.
+    summary = recommend.run(settings.model_copy(update={"repeat_policy": "allow_repeats"}), DS, version, k=500)
+    repeats = pd.read_parquet(settings.recommendations_dir(DS))
+    assert (
+        summary["repeat_policy"] == "allow_repeats" and summary["repeat_rows"] == (repeats["source"] == "repeat").sum()
+    )
+    for user, got in repeats[repeats["user_id"] != "u001"].groupby("user_id"):
+        row = int(user[1:])
+        seen = {f"i{i}" for i in np.concatenate([items[row], older[row]]) if 2 <= i < NEW_ITEM}
+        assert set(got["item_id"]) == model_items, user  # every item the model knows, seen or not
+        assert set(got.loc[got["source"] == "repeat", "item_id"]) == seen, user
+
 
 def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written(registered):
     """A champion trained on another catalogue (or other event types) would hand everybody the popular fallback
@@ -188,7 +208,7 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
     loaded = registry.load_recommender(settings, malicious)
     assert scored["users"] == 40 and scored["rows"] == 200
     assert gated["challenger"] == malicious and "challenger_ndcg_10" in gated  # scored on the hold-out
-    assert np.array_equal(loaded.item_matrix, honest.item_matrix)
+    assert np.array_equal(loaded.scorer.item_matrix, honest.scorer.item_matrix)
     assert not marker.exists(), "the pipeline unpickled registry content"
 
     with pytest.raises(Exception):  # noqa: B017 - the control: MLflow's own loader runs the pickle's code
