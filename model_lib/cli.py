@@ -8,7 +8,7 @@ reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
-reco bench accuracy | scoring | sessionize   the benchmarks under bench/ (one JSON line per result)
+reco bench accuracy | scoring | sessionize | training_speed   the benchmarks under bench/ (one JSON line per result)
 reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
 """
@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BENCHMARKS = {"accuracy": "bench.accuracy", "scoring": "bench.scoring", "sessionize": "bench.sessionize_bench"}
+BENCHMARKS = {
+    "accuracy": "bench.accuracy",
+    "scoring": "bench.scoring",
+    "sessionize": "bench.sessionize_bench",
+    "training_speed": "bench.training_speed",
+}
 
 
 def _settings_json() -> str:
