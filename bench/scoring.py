@@ -106,19 +106,13 @@ def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tu
 def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
     import keras
 
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import Recommender, build_model
+    from model_lib.scoring import Recommender
+    from model_lib.training import build_next_item_model
 
     keras.utils.set_random_seed(settings.seed)
-    model = NextItemModel(
-        int(vocabulary["item_index"].max()) + 1,
-        settings.num_event_types,
-        settings.num_gap_buckets,
-        embedding_dim=settings.embedding_dim,
-        hidden_dim=settings.hidden_dim,
-    )
-    build_model(model)
-    return Recommender(model, vocabulary, settings.event_types)
+    # The configured model (with the repeat mechanism when the repeat policy allows repeats).
+    model = build_next_item_model(int(vocabulary["item_index"].max()) + 1, settings)
+    return Recommender(model, vocabulary, settings.event_types, settings.repeat_rule())
 
 
 # --- measurements ---------------------------------------------------------------------------------------------

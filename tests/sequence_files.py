@@ -28,7 +28,7 @@ def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event
     )
 
 
-def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents: dict | None = None):
+def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents: dict | None = None, policy=None):
     """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
     -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
     import keras
@@ -42,5 +42,5 @@ def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents:
     build_model(model)
     indices = np.arange(2, num_items)
     vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
-    recommender = Recommender(model, vocabulary, settings.event_types)
+    recommender = Recommender(model, vocabulary, settings.event_types, policy)
     return registry.register_recommender(recommender, settings, "tiny", {"purpose": "test"}, documents), vocabulary

@@ -36,6 +36,7 @@ def test_the_pyfunc_takes_histories_with_types_and_timestamps(served):
     for row in range(2):
         items = list(out["item_ids"][row])
         assert len(set(items)) == 5 and not set(items) & set(history)
+        assert list(out["is_repeat"][row]) == [False] * 5
         assert list(out["scores"][row]) == sorted(out["scores"][row], reverse=True)
         assert out["reason_item_id"][row] in history
     assert out["scores"][0] != out["scores"][1], "the time gaps must reach the model"
@@ -54,6 +55,18 @@ def test_a_history_of_unknown_items_gets_the_most_popular(served):
     out = model.predict(pd.DataFrame({"history": [["nope", "never"]]}), params={"k": 3})
     assert list(out["item_ids"][0]) == ["i2", "i3", "i4"] and out["source"][0] == "popular"
     assert out["reason_item_id"][0] is None
+
+
+def test_a_model_trained_to_allow_repeats_serves_seen_items_marked_as_repeats(served):
+    from model_lib.metrics import ALLOW_REPEATS, RepeatPolicy
+
+    settings = served[0]
+    version, _ = register_tiny_model(settings, policy=RepeatPolicy(ALLOW_REPEATS))
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    out = model.predict(pd.DataFrame({"history": [["i5", "i9", "i4"]]}), params={"k": 500})
+    items, repeats = list(out["item_ids"][0]), list(out["is_repeat"][0])
+    assert len(items) == len(set(items)) == 28  # every catalogue item, the three seen ones included
+    assert {item for item, repeat in zip(items, repeats, strict=True) if repeat} == {"i5", "i9", "i4"}
 
 
 def test_the_model_card_travels_with_the_version(served):
