@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE_ENV = eval "$$($(BIN)/python -m model_lib.runtime env)"
 DEMO_DS ?= 2003-02-28
 # Demo sizing: about 15 minutes on 2 cores. Override any RECO_* variable on the command line.
-DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_MAX_UPDATES=3000 RECO_EVAL_EVERY_UPDATES=300 RECO_PATIENCE=3
+DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_MAX_UPDATES=4000 RECO_EVAL_EVERY_UPDATES=400 RECO_PATIENCE=3
 
 .PHONY: setup demo test lint airflow mlflow-ui clean-data
 

@@ -100,8 +100,8 @@ def test_dag_pages_show_docs_and_the_trigger_form(airflow_servers):
     api, folder, _ = airflow_servers
     wait_for(lambda: _dag_parsed(api, "reco_training") and _dag_parsed(api, "reco_nightly"), "both DAGs parsed", 180)
     forms = {
-        "reco_nightly": {"ds", "k", "full_rebuild"},
-        "reco_training": {"ds", "epochs", "auto_promote", "full_rebuild"},
+        "reco_nightly": {"ds", "k", "full_rebuild", "repeat_policy"},
+        "reco_training": {"ds", "epochs", "auto_promote", "full_rebuild", "repeat_policy", "tuned"},
     }
     for dag_id, form in forms.items():
         details = api.call("GET", f"/api/v2/dags/{dag_id}/details")
