@@ -23,6 +23,7 @@ from model_lib.splits import protocol_split
 
 def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int) -> dict:
     import mlflow
+    import optuna
 
     from model_lib import registry, tuning
     from model_lib.training import train_next_item_model
@@ -47,8 +48,11 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
                 result = train_next_item_model(
                     files, num_items, trial_settings, on_epoch_end=log_round, verbose=0, validation=validation
                 )
-            except Exception as error:
-                mlflow.set_tag("trial_state", "pruned" if type(error).__name__ == "TrialPruned" else "failed")
+            except optuna.TrialPruned:
+                mlflow.set_tag("trial_state", "pruned")
+                raise
+            except Exception:
+                mlflow.set_tag("trial_state", "failed")
                 raise
             best = max(h[f"val_ndcg_{settings.eval_k}"] for h in result.history)
             mlflow.set_tag("trial_state", "complete")

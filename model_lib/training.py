@@ -158,7 +158,7 @@ def training_examples(files: list[Path], settings: Settings) -> int:
 
     lengths = np.concatenate([pq.read_table(path, columns=["length"])["length"].to_numpy() for path in files])
     inputs = np.maximum(lengths - 3, 0)  # two held-out events, and the last input has no next item
-    return int((1 + np.maximum(0, -(-(inputs - settings.seq_len) // settings.stride))).sum())
+    return int(window_counts(inputs, settings.seq_len, settings.stride).sum())
 
 
 # --- batches ---
@@ -177,10 +177,8 @@ class TrainingRows:
         apart (default: `steps`), over each user's stored history."""
         inputs, item_targets, type_targets = next_item_pairs(train)
         if steps is not None and inputs["items"].shape[1] > steps:
-            columns = window_columns(
-                (inputs["items"] != PAD_INDEX).sum(axis=1), inputs["items"].shape[1], steps, stride or steps
-            )
-            rows, columns = columns
+            lengths = (inputs["items"] != PAD_INDEX).sum(axis=1)
+            rows, columns = window_columns(lengths, inputs["items"].shape[1], steps, stride or steps)
             inside = columns >= 0
 
             def windows(values):
@@ -205,11 +203,16 @@ class TrainingRows:
         return len(self.item_targets)
 
 
+def window_counts(lengths: np.ndarray, steps: int, stride: int) -> np.ndarray:
+    """Training windows of `steps` per row of `lengths` real next-item pairs, `stride` apart (at least one)."""
+    return 1 + np.maximum(0, -(-(lengths - steps) // stride))
+
+
 def window_columns(lengths: np.ndarray, width: int, steps: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `width` columns, left-padded, with `lengths` real columns -> (window rows (W,), columns (W, steps)):
     windows ending at the last column, then `stride` earlier, until a window reaches the oldest real column.
     Columns < 0 lie before the row's start (padding)."""
-    counts = 1 + np.maximum(0, -(-(lengths - steps) // stride))
+    counts = window_counts(lengths, steps, stride)
     rows = np.repeat(np.arange(len(lengths)), counts)
     nth = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     ends = width - nth * stride
