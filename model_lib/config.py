@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     embedding_dim: int = 64
     hidden_dim: int = 64
     lstm_layers: int = 1
+    # 0: one NARM-style attention over the LSTM states; n > 0: n transformer blocks (causal self-attention with
+    # attention_heads heads + feed-forward, residuals, layer norm) over them. See model_lib/model.py.
+    attention_blocks: int = 0
+    attention_heads: int = 2
     dropout: float = 0.1
     learning_rate: float = 2e-3
     # Small batches: on ML-1M the model needs many updates to leave the most-popular plateau (~4 epochs).
@@ -179,6 +183,7 @@ class Settings(BaseSettings):
         "batch_size",
         "embedding_dim",
         "hidden_dim",
+        "attention_heads",
         "min_item_count",
         "max_vocab_size",
         "session_gap_minutes",
@@ -220,6 +225,7 @@ class Settings(BaseSettings):
         "raw_poke_seconds",
         "training_gpus",
         "history_len",
+        "attention_blocks",
         "window_stride",
         "max_updates",
         "eval_every_updates",
@@ -236,6 +242,12 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.repeatable_event_types) - set(self.event_types))
         if unknown:
             raise ValueError(f"repeatable_event_types {unknown} are not among the event types {self.event_types}")
+        return self
+
+    @model_validator(mode="after")
+    def _heads_split_hidden(self) -> Settings:
+        if self.attention_blocks and self.hidden_dim % self.attention_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} does not split into {self.attention_heads} attention heads")
         return self
 
     @field_validator(

@@ -3,8 +3,11 @@
     items, event types, gap buckets (B, T)  -- left-padded with 0
       -> item embedding + event-type embedding + gap embedding (B, T, D) -> dropout
       -> LSTM, return sequences (B, T, H), padded steps masked
-      -> causal attention: query h_t, keys/values h_1..h_t of real events only (B, T, H), weights (B, T, T)
-      -> combine tanh(W [h_t ; context_t]) (B, T, H) -> linear projection (B, T, D)
+      -> attention over the real events up to t, one of two kinds (`attention_blocks`):
+         0: NARM-style, query h_t, keys/values h_1..h_t (B, T, H), combined tanh(W [h_t ; context_t]) (B, T, H);
+         n > 0: n pre-norm transformer blocks over the LSTM states (multi-head causal self-attention and a
+         position-wise feed-forward layer, each with dropout and a residual) and a final layer norm (B, T, H)
+      -> linear projection (B, T, D)
       -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
       -> optional auxiliary head: next event type logits from the combined state (B, T, event types)
       -> optional repeat/explore mechanism (RepeatNet-style, `repeat_mechanism`): a gate g (B, T) in (0, 1) from the
@@ -72,6 +75,62 @@ def masked_softmax(logits, allowed):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class CausalSelfAttentionBlock(layers.Layer):
+    """A pre-norm transformer block whose attention looks only at each step's real past.
+
+    Inputs: `states` (B, T, H) and `valid` (B, T) bool. Returns the new states (B, T, H), zero at padded steps,
+    and the attention weights averaged over the heads (B, T, T), weights[b, t, j] = 0 for j > t or padded j.
+        x = states + dropout(MultiHeadCausalAttention(LayerNorm(states)))
+        x = x + dropout(W2 relu(W1 LayerNorm(x)))          W1: H -> 4H, W2: 4H -> H
+    """
+
+    def __init__(self, units: int, heads: int = 2, dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        if units % heads:
+            raise ValueError(f"{units} units do not split into {heads} attention heads")
+        self.units, self.heads, self.dropout_rate = units, heads, dropout
+        self.supports_masking = True
+        self.attention_norm = layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.query_projection = layers.Dense(units, use_bias=False, name="query")
+        self.key_projection = layers.Dense(units, use_bias=False, name="key")
+        self.value_projection = layers.Dense(units, use_bias=False, name="value")
+        self.output_projection = layers.Dense(units, name="attention_output")
+        self.feed_forward_norm = layers.LayerNormalization(epsilon=1e-6, name="feed_forward_norm")
+        self.feed_forward_in = layers.Dense(4 * units, activation="relu", name="feed_forward_in")
+        self.feed_forward_out = layers.Dense(units, name="feed_forward_out")
+        self.attention_dropout = layers.Dropout(dropout)
+        self.feed_forward_dropout = layers.Dropout(dropout)
+
+    def split_heads(self, values):
+        """(B, T, H) -> (B, heads, T, H / heads)"""
+        batch, steps = ops.shape(values)[0], ops.shape(values)[1]
+        return ops.transpose(ops.reshape(values, (batch, steps, self.heads, self.units // self.heads)), (0, 2, 1, 3))
+
+    def call(self, states, valid, training=False, mask=None):
+        normed = self.attention_norm(states)
+        queries, keys, values = (
+            self.split_heads(projection(normed))
+            for projection in (self.query_projection, self.key_projection, self.value_projection)
+        )
+        scale = ops.sqrt(ops.cast(self.units // self.heads, "float32"))
+        logits = ops.cast(ops.matmul(queries, ops.transpose(keys, (0, 1, 3, 2))), "float32") / scale
+        weights = masked_softmax(logits, causal_validity(valid)[:, None, :, :])  # (B, heads, T, T)
+        context = ops.matmul(ops.cast(weights, values.dtype), values)
+        batch, steps = ops.shape(states)[0], ops.shape(states)[1]
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (batch, steps, self.units))
+        states = states + self.attention_dropout(self.output_projection(context), training=training)
+        hidden = self.feed_forward_in(self.feed_forward_norm(states))
+        states = states + self.feed_forward_dropout(self.feed_forward_out(hidden), training=training)
+        return states * ops.cast(valid, states.dtype)[..., None], ops.mean(weights, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "heads": self.heads, "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class RepeatExplore(layers.Layer):
     """The repeat/explore mechanism: how much of the next-item probability goes to the user's own history items,
     and to which of them.
@@ -131,6 +190,8 @@ class NextItemModel(keras.Model):
         dropout: float = 0.2,
         event_type_head: bool = False,
         repeat_mechanism: bool = False,
+        attention_blocks: int = 0,
+        attention_heads: int = 2,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +204,8 @@ class NextItemModel(keras.Model):
         self.dropout_rate = dropout
         self.event_type_head = event_type_head
         self.repeat_mechanism = repeat_mechanism
+        self.attention_blocks = attention_blocks
+        self.attention_heads = attention_heads
         self.item_embedding = layers.Embedding(
             num_items,
             embedding_dim,
@@ -153,8 +216,15 @@ class NextItemModel(keras.Model):
         self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
         self.input_dropout = layers.Dropout(dropout)
         self.lstms = [layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)]
-        self.attention = CausalAttention(hidden_dim, name="causal_attention")
-        self.combine = layers.Dense(hidden_dim, activation="tanh", name="combine")
+        if attention_blocks:
+            self.blocks = [
+                CausalSelfAttentionBlock(hidden_dim, attention_heads, dropout, name=f"attention_block_{i}")
+                for i in range(attention_blocks)
+            ]
+            self.final_norm = layers.LayerNormalization(epsilon=1e-6, name="final_norm")
+        else:
+            self.attention = CausalAttention(hidden_dim, name="causal_attention")
+            self.combine = layers.Dense(hidden_dim, activation="tanh", name="combine")
         self.output_dropout = layers.Dropout(dropout)
         # Linear, so user vectors are not bounded: tied item embeddings need logit ranges far beyond tanh's.
         self.projection = layers.Dense(embedding_dim, name="projection")
@@ -177,8 +247,7 @@ class NextItemModel(keras.Model):
         states = self.input_dropout(embedded, training=training)
         for lstm in self.lstms:
             states = lstm(states, mask=valid, training=training)
-        context, weights = self.attention(states, valid)
-        combined = self.output_dropout(self.combine(ops.concatenate([states, context], axis=-1)), training=training)
+        combined, weights = self.attend(states, valid, training)
         gate, repeat_weights = (
             self.repeat_explore(combined, states, valid) if self.repeat_explore is not None else (None, None)
         )
@@ -189,6 +258,16 @@ class NextItemModel(keras.Model):
             "repeat_gate": gate,
             "repeat_weights": repeat_weights,
         }
+
+    def attend(self, states, valid, training):
+        """LSTM states (B, T, H) -> (combined per-step state (B, T, H), attention weights (B, T, T))."""
+        if not self.attention_blocks:
+            context, weights = self.attention(states, valid)
+            combined = self.combine(ops.concatenate([states, context], axis=-1))
+            return self.output_dropout(combined, training=training), weights
+        for block in self.blocks:
+            states, weights = block(states, valid, training=training)
+        return self.final_norm(states), weights
 
     def encode(self, inputs, training=False):
         outputs = self.forward(inputs, training=training)
@@ -234,6 +313,8 @@ class NextItemModel(keras.Model):
             "dropout": self.dropout_rate,
             "event_type_head": self.event_type_head,
             "repeat_mechanism": self.repeat_mechanism,
+            "attention_blocks": self.attention_blocks,
+            "attention_heads": self.attention_heads,
         }
 
 

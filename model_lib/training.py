@@ -59,6 +59,8 @@ HYPER_PARAMETERS = (
     "embedding_dim",
     "hidden_dim",
     "lstm_layers",
+    "attention_blocks",
+    "attention_heads",
     "dropout",
     "learning_rate",
     "batch_size",
@@ -508,6 +510,8 @@ def build_next_item_model(num_items: int, settings: Settings):
         dropout=settings.dropout,
         event_type_head=settings.event_type_loss_weight > 0,
         repeat_mechanism=settings.repeat_rule().allows_repeats,
+        attention_blocks=settings.attention_blocks,
+        attention_heads=settings.attention_heads,
     )
     build_model(model)
     return model

@@ -12,13 +12,15 @@ from model_lib.splits import protocol_split
 keras = pytest.importorskip("keras")
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[0, 2], ids=["narm_attention", "attention_blocks"])
+def model(request):
     from model_lib.model import NextItemModel
     from model_lib.scoring import build_model
 
     keras.utils.set_random_seed(1)
-    m = NextItemModel(num_items=30, num_event_types=4, num_gap_buckets=6, embedding_dim=8, hidden_dim=8)
+    m = NextItemModel(
+        num_items=30, num_event_types=4, num_gap_buckets=6, embedding_dim=8, hidden_dim=8, attention_blocks=request.param
+    )
     build_model(m)
     return m
 
@@ -64,7 +66,8 @@ def test_attention_is_causal_and_ignores_padding(model):
     assert np.allclose(weights[:2], 0.0)  # padded queries produce zeros, not NaN
 
 
-def test_learns_a_sequential_task_far_above_chance(settings, tmp_path):
+@pytest.mark.parametrize("attention_blocks", [0, 1])
+def test_learns_a_sequential_task_far_above_chance(settings, tmp_path, attention_blocks):
     """Users walk a hidden item cycle; chance HR@5 among ~55 unseen candidates is ~0.09."""
     from model_lib.training import evaluate_model, train_next_item_model
 
@@ -79,6 +82,7 @@ def test_learns_a_sequential_task_far_above_chance(settings, tmp_path):
             "hidden_dim": 16,
             "learning_rate": 0.01,
             "patience": 12,
+            "attention_blocks": attention_blocks,
         }
     )
     result = train_next_item_model(files, num_items, tuned, verbose=0)
