@@ -23,6 +23,7 @@ SEARCH_SPACE = {
     "embedding_dim": ("choice", [32, 64, 128]),
     "batch_size": ("choice", [32, 64, 128]),
     "warmup_share": ("float", 0.0, 0.1),
+    "attention_blocks": ("choice", [0, 1, 2]),
 }
 TUNABLE = (*SEARCH_SPACE, "hidden_dim")
 

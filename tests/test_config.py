@@ -45,6 +45,14 @@ def test_bad_configuration_is_rejected_before_any_work(field, value):
         get_settings(**{field: value})
 
 
+def test_attention_heads_must_split_the_hidden_state():
+    with pytest.raises(ValidationError, match="attention heads"):
+        get_settings(attention_blocks=2, hidden_dim=64, attention_heads=3)
+    assert get_settings(attention_blocks=0, hidden_dim=64, attention_heads=3).attention_heads == 3  # unused
+    with pytest.raises(ValidationError):
+        get_settings(attention_blocks=-1)
+
+
 def test_ds_is_parsed_as_a_date():
     assert parse_ds("2003-02-28") == dt.date(2003, 2, 28)
     assert parse_ds(dt.datetime(2003, 2, 28, 5)) == dt.date(2003, 2, 28)

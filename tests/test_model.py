@@ -19,7 +19,12 @@ def model(request):
 
     keras.utils.set_random_seed(1)
     m = NextItemModel(
-        num_items=30, num_event_types=4, num_gap_buckets=6, embedding_dim=8, hidden_dim=8, attention_blocks=request.param
+        num_items=30,
+        num_event_types=4,
+        num_gap_buckets=6,
+        embedding_dim=8,
+        hidden_dim=8,
+        attention_blocks=request.param,
     )
     build_model(m)
     return m
