@@ -49,7 +49,7 @@ lint: setup
 	$(BIN)/ruff check dags jobs model_lib tests bench
 
 # The Airflow UI with this project's DAGs: API server, scheduler, DAG processor and triggerer, every one bound to
-# 127.0.0.1 (model_lib/airflow_local.py; not `airflow standalone`, whose log servers bind every address), examples
+# 127.0.0.1 (jobs/airflow_local.py; not `airflow standalone`, whose log servers bind every address), examples
 # off, at most 4 tasks at once (2 per DAG; from model_lib/runtime.py). Ctrl-C stops it.
 AIRFLOW_PORT ?= 8080
 airflow: setup

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from model_lib.config import MAX_TOP_K, get_settings
-from model_lib.dag_parts import (
+from dag_parts import (
     COMMON_DAG_ARGS,
     COMMON_PARAMS,
     DS,
@@ -33,6 +32,7 @@ from model_lib.dag_parts import (
     sessionize_task,
     spark_job,
 )
+from model_lib.config import MAX_TOP_K, get_settings
 
 settings = get_settings()
 

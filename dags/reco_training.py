@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
 
-from model_lib.config import get_settings
-from model_lib.dag_parts import (
+from dag_parts import (
     COMMON_DAG_ARGS,
     COMMON_PARAMS,
     champion_asset,
@@ -33,6 +32,7 @@ from model_lib.dag_parts import (
     settings_overrides,
     training_task,
 )
+from model_lib.config import get_settings
 
 settings = get_settings()
 

@@ -71,7 +71,7 @@ def _show(args) -> None:
 
 
 def _airflow(args) -> None:
-    from model_lib.airflow_local import serve
+    from jobs.airflow_local import serve
     from model_lib.config import get_settings
 
     sys.exit(serve(get_settings(), args.port))

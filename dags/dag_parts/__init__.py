@@ -8,15 +8,14 @@ PySpark, MLflow and pandas are imported inside the tasks (the Kubernetes provide
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, Param, task
 
-from model_lib.config import REPEAT_POLICIES, Settings, get_settings
+from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, Settings, get_settings
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+JOBS = PROJECT_ROOT / "jobs"
 # Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
 DS = "{{ params.ds or ds }}"
 TRAIN_TIMEOUT = timedelta(hours=12)  # training a big catalogue takes hours (ML-1M at L = 200: ~1 h on 2 cores)

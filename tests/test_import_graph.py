@@ -1,0 +1,75 @@
+"""The library's place in the house: model_lib sits below jobs/ and dags/, and its modules form no import cycle.
+
+Every import counts, the ones inside functions too (a deferred import still ties the modules together).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "model_lib"
+ABOVE_THE_LIBRARY = ("jobs", "dags", "dag_parts", "airflow", "bench", "tests")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports (absolute names; `from model_lib import x` names model_lib.x when it exists)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def library_graph() -> dict[str, set[str]]:
+    modules = {module_name(path): path for path in LIBRARY.rglob("*.py")}
+    return {name: imported_modules(path) & set(modules) - {name} for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle as a list of modules (first == last), or None; depth-first search with three colours."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for neighbour in sorted(graph[node]):
+            if state.get(neighbour) == 1:
+                return path[path.index(neighbour) :] + [neighbour]
+            if neighbour not in state and (cycle := visit(neighbour)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_library_imports_nothing_above_it():
+    offending = {
+        module_name(path): sorted(name for name in imported_modules(path) if name.split(".")[0] in ABOVE_THE_LIBRARY)
+        for path in LIBRARY.rglob("*.py")
+    }
+    assert {module: names for module, names in offending.items() if names} == {}
+
+
+def test_the_library_modules_form_no_import_cycle():
+    assert find_cycle(library_graph()) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
