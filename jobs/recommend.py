@@ -33,15 +33,11 @@ from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings,
 from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
 from model_lib.metrics import RepeatPolicy
 from model_lib.progress import stage
+from model_lib.schemas import RECOMMENDATION_SPARK_SCHEMA
 from model_lib.scoring import SOURCE_REPEAT, IncompatibleModelError
 from model_lib.spark import spark_session
 from model_lib.splits import Sequences
 from model_lib.vocabulary import known_share, vocabulary_item_ids
-
-RECOMMENDATION_SCHEMA = (
-    "ds string, user_id string, rank int, item_id string, score double, source string, "
-    "reason_item_id string, model_name string, model_version int"
-)
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
@@ -160,7 +156,7 @@ def recommend(
         policy=settings.repeat_rule(),
         window=settings.seq_len,
     )
-    return has_history.mapInPandas(body, RECOMMENDATION_SCHEMA)
+    return has_history.mapInPandas(body, RECOMMENDATION_SPARK_SCHEMA)
 
 
 def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:

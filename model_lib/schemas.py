@@ -22,3 +22,21 @@ REASON_CODES = (
     REASON_FUTURE_TS,
     REASON_TOO_LATE,
 )
+
+
+# One recommendation row (lake/recommendations and the warehouse table `recommendations`): name, Spark type, SQL
+# type, nullable. The Spark schema of the scoring output, the table's DDL and every column list derive from it.
+RECOMMENDATION_FIELDS = (
+    ("ds", "string", "DATE", False),
+    ("user_id", "string", "VARCHAR", False),
+    ("rank", "int", "INTEGER", False),
+    ("item_id", "string", "VARCHAR", False),
+    ("score", "double", "DOUBLE PRECISION", False),
+    ("source", "string", "VARCHAR", False),
+    ("reason_item_id", "string", "VARCHAR", True),
+    ("model_name", "string", "VARCHAR", False),
+    ("model_version", "int", "INTEGER", False),
+)
+RECOMMENDATION_COLUMNS = [name for name, *_ in RECOMMENDATION_FIELDS]
+RECOMMENDATION_SPARK_SCHEMA = ", ".join(f"{name} {spark_type}" for name, spark_type, *_ in RECOMMENDATION_FIELDS)
+RECOMMENDATION_KEY = ("ds", "user_id", "rank")

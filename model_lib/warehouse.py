@@ -33,20 +33,16 @@ import pandas as pd
 
 from model_lib.config import check_identifier
 from model_lib.redaction import redact
+from model_lib.schemas import RECOMMENDATION_COLUMNS, RECOMMENDATION_FIELDS, RECOMMENDATION_KEY
 
-RECOMMENDATIONS_DDL = """
-CREATE TABLE IF NOT EXISTS {table} (
-    ds DATE NOT NULL,
-    user_id VARCHAR NOT NULL,
-    rank INTEGER NOT NULL,
-    item_id VARCHAR NOT NULL,
-    score DOUBLE PRECISION NOT NULL,
-    source VARCHAR NOT NULL,
-    reason_item_id VARCHAR,
-    model_name VARCHAR NOT NULL,
-    model_version INTEGER NOT NULL,
-    PRIMARY KEY (ds, user_id, rank)
-)"""
+RECOMMENDATIONS_DDL = (
+    "\nCREATE TABLE IF NOT EXISTS {table} (\n"
+    + "".join(
+        f"    {name} {sql_type}{'' if nullable else ' NOT NULL'},\n"
+        for name, _, sql_type, nullable in RECOMMENDATION_FIELDS
+    )
+    + f"    PRIMARY KEY ({', '.join(RECOMMENDATION_KEY)})\n)"
+)
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
     ds DATE NOT NULL,
@@ -60,7 +56,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     status VARCHAR NOT NULL
 )"""
 STAGING_DDL = "CREATE TEMP TABLE staging ({columns})"
-COLUMNS = ["ds", "user_id", "rank", "item_id", "score", "source", "reason_item_id", "model_name", "model_version"]
+COLUMNS = RECOMMENDATION_COLUMNS
 
 
 def _utc_now() -> dt.datetime:

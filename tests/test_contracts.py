@@ -27,3 +27,17 @@ def test_quarantine_reasons_are_documented_in_checking_order():
     reason_row = next(line for line in README.splitlines() if line.startswith("| `reason` | string"))
     positions = [reason_row.index(f"`{code}`") for code in REASON_CODES]
     assert positions == sorted(positions)
+
+
+def test_recommendation_columns_are_documented_with_their_sql_types_in_order():
+    """The one recommendation-row definition (schemas.RECOMMENDATION_FIELDS) is what the README's SQL shows."""
+    import re
+
+    from model_lib.schemas import RECOMMENDATION_FIELDS
+    from model_lib.warehouse import RECOMMENDATIONS_DDL
+
+    block = README[README.index("recommendations(ds DATE") : README.index("recommendation_runs(")]
+    code = re.sub(r"--[^\n]*", "", block)
+    documented = re.findall(r"(\w+) (DATE|VARCHAR|INTEGER|DOUBLE PRECISION)", code)
+    assert documented == [(name, sql_type) for name, _, sql_type, _ in RECOMMENDATION_FIELDS]
+    assert all(f"{name} {sql_type}" in RECOMMENDATIONS_DDL for name, sql_type in documented)
