@@ -27,7 +27,7 @@ from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.scoring import IncompatibleModelError, Recommender
 from model_lib.splits import HoldOut, protocol_split
-from model_lib.vocabulary import vocabulary_item_ids
+from model_lib.vocabulary import fit_problems, vocabulary_item_ids
 
 
 def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> tuple[dict, list, np.ndarray]:
@@ -66,13 +66,14 @@ def sanity_problems(report: dict[str, float], recommender: Recommender, settings
         problems.append(f"{int(report['nan_score_rows'])} users got NaN scores")
     if report["coverage_20"] < settings.promote_min_coverage:
         problems.append(f"coverage@20 {report['coverage_20']:.4f} is below the floor {settings.promote_min_coverage}")
-    if report["known_share"] < settings.promote_min_known_share:
-        problems.append(
-            f"its vocabulary knows {report['known_share']:.1%} of the hold-out's events, below the floor "
-            f"{settings.promote_min_known_share:.0%}: it was trained on other items"
-        )
-    if recommender.event_types != list(settings.event_types):
-        problems.append(f"it was trained on event types {recommender.event_types}, not {settings.event_types}")
+    problems += fit_problems(
+        report["known_share"],
+        settings.promote_min_known_share,
+        "RECO_PROMOTE_MIN_KNOWN_SHARE",
+        "the hold-out's events",
+        recommender.event_types,
+        settings.event_types,
+    )
     return problems
 
 

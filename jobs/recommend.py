@@ -37,7 +37,7 @@ from model_lib.schemas import RECOMMENDATION_SPARK_SCHEMA
 from model_lib.scoring import SOURCE_REPEAT, IncompatibleModelError
 from model_lib.spark import spark_session
 from model_lib.splits import Sequences
-from model_lib.vocabulary import known_share, vocabulary_item_ids
+from model_lib.vocabulary import fit_problems, known_share, vocabulary_item_ids
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
@@ -68,14 +68,14 @@ def check_model_fits_day(settings: Settings, version: int, event_counts: pd.Data
 
     model_vocabulary, model_event_types = registry.trained_on(settings, version)
     share = known_share(model_vocabulary, event_counts)
-    problems = []
-    if share < settings.recommend_min_known_share:
-        problems.append(
-            f"it knows {share:.1%} of {basis}, below RECO_RECOMMEND_MIN_KNOWN_SHARE "
-            f"{settings.recommend_min_known_share:.0%}: it was trained on other items"
-        )
-    if model_event_types != list(settings.event_types):
-        problems.append(f"it was trained on event types {model_event_types}, the day has {settings.event_types}")
+    problems = fit_problems(
+        share,
+        settings.recommend_min_known_share,
+        "RECO_RECOMMEND_MIN_KNOWN_SHARE",
+        basis,
+        model_event_types,
+        settings.event_types,
+    )
     if problems:
         raise IncompatibleModelError(
             f"{settings.model_name} v{version} does not fit the sequences of this day: {'; '.join(problems)}. "

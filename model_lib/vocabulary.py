@@ -73,3 +73,20 @@ def known_share(model_vocabulary: pd.DataFrame, event_counts: pd.DataFrame) -> f
         return 1.0
     known = event_counts["item_id"].isin(set(model_vocabulary["item_id"]))
     return float(event_counts.loc[known, "count"].sum() / events)
+
+
+def fit_problems(
+    known: float, min_known: float, floor_setting: str, basis: str, model_event_types: list[str], event_types: list[str]
+) -> list[str]:
+    """Why a model cannot score data meaningfully (empty when it can): the one check the promotion gate and the
+    nightly run share. `known`: the share of the events described by `basis` whose item the model knows;
+    `min_known`: the floor, set by `floor_setting` (named in the message). The model must have been trained on
+    exactly the configured event types."""
+    problems = []
+    if known < min_known:
+        problems.append(
+            f"it knows {known:.1%} of {basis}, below {floor_setting} {min_known:.0%}: it was trained on other items"
+        )
+    if list(model_event_types) != list(event_types):
+        problems.append(f"it was trained on event types {list(model_event_types)}, not {list(event_types)}")
+    return problems

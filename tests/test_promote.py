@@ -46,10 +46,19 @@ def test_a_sane_model_passes_and_each_check_names_its_problem(recommender, setti
     other_ids = np.array(["", ""] + [f"x{k}" for k in range(2, 12)], dtype=object)  # the day knows other items
     drifted = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), other_ids, settings)
     assert drifted["known_share"] == 0.0
-    assert any("vocabulary knows 0.0%" in p for p in sanity_problems(drifted, recommender, settings))
+    assert any("it knows 0.0% of the hold-out" in p for p in sanity_problems(drifted, recommender, settings))
 
     broken = {**report, "nan_score_rows": 2.0, "coverage_20": 0.001}
     problems = sanity_problems(broken, recommender, settings.model_copy(update={"event_types": ["view"]}))
     assert [p.split()[1] for p in problems[:1]] == ["users"]
     assert any("coverage@20 0.0010 is below" in p for p in problems)
     assert any("event types" in p for p in problems)
+
+
+def test_one_fit_check_names_the_floor_and_both_kinds_of_mismatch():
+    from model_lib.vocabulary import fit_problems
+
+    assert fit_problems(0.9, 0.5, "RECO_X", "the day's events", ["view"], ["view"]) == []
+    problems = fit_problems(0.2, 0.5, "RECO_X", "the day's events", ["view"], ["view", "buy"])
+    assert problems[0] == "it knows 20.0% of the day's events, below RECO_X 50%: it was trained on other items"
+    assert problems[1] == "it was trained on event types ['view'], not ['view', 'buy']"
