@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ from model_lib.schemas import REASON_CODES
 from model_lib.spark import spark_session
 from model_lib.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
 
-log = logging.getLogger("reco.sessionize")
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
 

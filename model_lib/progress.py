@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-log = logging.getLogger("reco")
 
 
 def _emit(message: str) -> None:
