@@ -33,6 +33,7 @@ from pathlib import Path
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.progress import stage
 from model_lib.training import HYPER_PARAMETERS
+from model_lib.vocabulary import catalogue_size
 
 REFERENCE = {
     "published_ml_1m": {
@@ -130,7 +131,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         stats = sessionize.run(settings, ds, spark=spark, mode="full")
         files = parquet_files(settings.sequences_dir(ds))
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
-        num_items = int(vocabulary["item_index"].max()) + 1
+        num_items = catalogue_size(vocabulary)
         split = protocol_split(read_sequences(files), settings.seq_len)
         settings, validation_repeat_share = choose_policy(settings, requested_policy, split.validation)
         policy = settings.repeat_rule()

@@ -33,6 +33,7 @@ from model_lib.config import PROJECT_ROOT, Settings, get_settings
 from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import Sequences
+from model_lib.vocabulary import catalogue_size
 
 DS = dt.date(2024, 1, 1)
 K = 20
@@ -111,7 +112,7 @@ def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
 
     keras.utils.set_random_seed(settings.seed)
     # The configured model (with the repeat mechanism when the repeat policy allows repeats).
-    model = build_next_item_model(int(vocabulary["item_index"].max()) + 1, settings)
+    model = build_next_item_model(catalogue_size(vocabulary), settings)
     return Recommender(model, vocabulary, settings.event_types, settings.repeat_rule())
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import PROJECT_ROOT, get_settings
+from model_lib.vocabulary import catalogue_size
 
 
 def eager_validation(model, holdout, num_items: int, k: int, policy) -> dict:
@@ -53,7 +54,7 @@ def run(settings, updates: int) -> dict:
         raise FileNotFoundError(f"no sessionized day under {settings.sessionized_root}: run reco bench accuracy first")
     ds = days[-1][0]
     files = parquet_files(settings.sequences_dir(ds))
-    num_items = int(read_parquet_folder(settings.vocab_dir(ds))["item_index"].max()) + 1
+    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
     split = protocol_split(read_sequences(files), settings.seq_len)
     windows = len(TrainingRows.from_sequences(split.train, settings.seq_len, settings.stride))
     steps_per_pass = -(-windows // settings.batch_size)

@@ -29,6 +29,7 @@ from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
 from model_lib.splits import protocol_split
 from model_lib.training import HYPER_PARAMETERS
+from model_lib.vocabulary import catalogue_size
 
 
 def _pyplot():
@@ -149,7 +150,7 @@ def run(settings: Settings, ds: dt.date) -> dict:
     with stage(f"train ds={ds}: read sequences") as report:
         files = parquet_files(settings.sequences_dir(ds))
         vocabulary = read_parquet_folder(settings.vocab_dir(ds))
-        num_items = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
+        num_items = catalogue_size(vocabulary)
         sequences = read_sequences(files)
         split = protocol_split(sequences, settings.seq_len)
         report(files=len(files), users=len(split.train), items=num_items - 2, held_out=len(split.test.targets))

@@ -19,6 +19,7 @@ from model_lib.config import Settings, check_identifier, get_settings, parse_ds
 from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
 from model_lib.progress import stage
 from model_lib.splits import protocol_split
+from model_lib.vocabulary import catalogue_size
 
 
 def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int) -> dict:
@@ -31,7 +32,7 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
     check_identifier(name)
     # --- extract: the day's sequences; only the validation hold-out is ever scored ---
     files = parquet_files(settings.sequences_dir(ds))
-    num_items = int(read_parquet_folder(settings.vocab_dir(ds))["item_index"].max()) + 1
+    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
     validation = protocol_split(read_sequences(files), settings.seq_len).validation
     registry.configure(settings)
 

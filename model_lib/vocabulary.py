@@ -55,10 +55,15 @@ def _frame(item_ids: pd.Series, indices: np.ndarray, counts: pd.Series) -> pd.Da
     return frame.sort_values("item_index", kind="stable").reset_index(drop=True)
 
 
+def catalogue_size(vocabulary: pd.DataFrame) -> int:
+    """The model's number of item indices for a vocabulary: its largest index + 1 (padding and unknown included;
+    free indices of items that left the vocabulary stay inside the range)."""
+    return max(int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX, FIRST_ITEM_INDEX)
+
+
 def vocabulary_item_ids(vocabulary: pd.DataFrame) -> np.ndarray:
     """index -> raw item id ("" for padding, unknown and free indices)."""
-    size = int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX
-    item_ids = np.full(max(size, FIRST_ITEM_INDEX), "", dtype=object)
+    item_ids = np.full(catalogue_size(vocabulary), "", dtype=object)
     item_ids[vocabulary["item_index"].to_numpy()] = vocabulary["item_id"].to_numpy()
     return item_ids
 

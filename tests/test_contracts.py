@@ -41,3 +41,15 @@ def test_recommendation_columns_are_documented_with_their_sql_types_in_order():
     documented = re.findall(r"(\w+) (DATE|VARCHAR|INTEGER|DOUBLE PRECISION)", code)
     assert documented == [(name, sql_type) for name, _, sql_type, _ in RECOMMENDATION_FIELDS]
     assert all(f"{name} {sql_type}" in RECOMMENDATIONS_DDL for name, sql_type in documented)
+
+
+def test_the_catalogue_size_covers_every_index_including_free_ones():
+    import pandas as pd
+
+    from model_lib.schemas import FIRST_ITEM_INDEX
+    from model_lib.vocabulary import catalogue_size, vocabulary_item_ids
+
+    with_a_free_index = pd.DataFrame({"item_id": ["a", "c"], "item_index": [2, 4], "count": [3, 1]})
+    assert catalogue_size(with_a_free_index) == 5
+    assert vocabulary_item_ids(with_a_free_index).tolist() == ["", "", "a", "", "c"]
+    assert catalogue_size(with_a_free_index.iloc[:0]) == FIRST_ITEM_INDEX  # padding and unknown only

@@ -196,6 +196,7 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     from model_lib import registry
     from model_lib.model import NextItemModel
     from model_lib.scoring import Recommender, build_model
+    from model_lib.vocabulary import catalogue_size
 
     settings, ds = pipeline.settings, pipeline.ds
     client = registry.configure(settings)
@@ -204,9 +205,7 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     # its item bias ranks the catalogue from the least popular item up. Two epochs on tiny data leave the champion
     # near chance, so a merely untrained model can beat it by luck.
     keras.utils.set_random_seed(7)
-    untrained = NextItemModel(
-        int(vocabulary["item_index"].max()) + 1, settings.num_event_types, settings.num_gap_buckets
-    )
+    untrained = NextItemModel(catalogue_size(vocabulary), settings.num_event_types, settings.num_gap_buckets)
     build_model(untrained)
     anti_popular = np.zeros(untrained.num_items, np.float32)
     anti_popular[vocabulary["item_index"].to_numpy()] = -10.0 * np.log1p(vocabulary["count"].to_numpy())
