@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model_lib.checkpoints import resumable
 from model_lib.config import PROJECT_ROOT, Settings, get_settings, parse_ds
+from model_lib.distribute import cluster_position, tf_config
 from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
 from model_lib.progress import stage
 from model_lib.schemas import FIRST_ITEM_INDEX
@@ -158,7 +160,7 @@ def run(settings: Settings, ds: dt.date) -> dict:
         raise ValueError(f"no user in ds={ds} has the 3 events a leave-one-out hold-out needs")
 
     checkpoint_dir = settings.checkpoint_dir(ds)
-    _, workers, is_chief = training.cluster_position(training.tf_config())
+    _, workers, is_chief = cluster_position(tf_config())
     if not is_chief:
         # Another worker of a multi-worker run: train in step with the chief, which alone logs and registers.
         with stage(f"train: worker of {workers}") as report:
@@ -181,7 +183,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
     # A retry after a crash continues the same MLflow run, as training continues from its checkpoint.
     run_id_file = checkpoint_dir / "mlflow_run_id"
     signature = training.run_signature(settings, num_items, files)
-    resume_run = run_id_file.read_text().strip() if training.resumable(checkpoint_dir, signature) else None
+    resume_run = run_id_file.read_text().strip() if resumable(checkpoint_dir, signature) else None
     with mlflow.start_run(run_id=resume_run, run_name=None if resume_run else f"train-{ds}") as run:
         if not resume_run:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)

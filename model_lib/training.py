@@ -36,10 +36,6 @@ folder resumes after the last saved epoch, so a killed task's retry continues in
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,8 +43,17 @@ from pathlib import Path
 
 import numpy as np
 
+from model_lib.checkpoints import Checkpoints
 from model_lib.config import Settings
+from model_lib.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
 from model_lib.lake import read_sequences
+from model_lib.losses import (
+    full_softmax_loss,
+    masked_mean,
+    repeat_mixture_log_likelihood,
+    sampled_softmax_loss,
+    sampling_log_q,
+)
 from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
@@ -78,7 +83,6 @@ HYPER_PARAMETERS = (
     "repeat_policy",
     "repeatable_event_types",
 )
-SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 
 
 @dataclass
@@ -91,66 +95,6 @@ class TrainingResult:
     resumed_after_epoch: int = 0
     strategy: str = "default"
     replicas: int = 1
-
-
-# --- the distribution strategy and where this process stands in it ---
-def distribution_strategy():
-    """Create it before any other TensorFlow work in the process (see the module docstring for the choice)."""
-    import keras
-    import tensorflow as tf
-
-    # Physical devices only: listing logical ones starts the runtime, and collective ops must be set up before that.
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if cluster_position(tf_config())[1] > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def strategy_name(strategy) -> str:
-    import tensorflow as tf
-
-    # isinstance, not type names: tf.distribute.MultiWorkerMirroredStrategy is named CollectiveAllReduceStrategy.
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "MultiWorkerMirroredStrategy"
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
-        return "MirroredStrategy"
-    return "default"
-
-
-def cluster_position(tf_config: dict) -> tuple[int, int, bool]:
-    """(input pipeline index, number of workers, is chief) from a TF_CONFIG dict; the chief, if any, comes first.
-
-    Without a cluster this process is the only worker and the chief.
-    """
-    cluster = tf_config.get("cluster", {})
-    task = tf_config.get("task", {})
-    if task and task.get("type") not in ("chief", "worker"):
-        raise ValueError(f"TF_CONFIG task type {task.get('type')!r}: this trainer runs only chief and worker tasks")
-    count = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    if count <= 1 or not task:
-        return 0, 1, True
-    if task.get("type") == "chief":
-        return 0, count, True
-    index = int(task.get("index", 0)) + (1 if "chief" in cluster else 0)
-    return index, count, index == 0
-
-
-def tf_config() -> dict:
-    return json.loads(os.environ.get("TF_CONFIG") or "{}")
-
-
-def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
-    mine = files[index::count]
-    if not mine:
-        raise ValueError(
-            f"{len(files)} sequence file(s) for {count} workers: every worker needs at least one file "
-            "(the sessionize job writes one per shuffle partition; raise RECO_SPARK_SHUFFLE_PARTITIONS)"
-        )
-    return mine
 
 
 def training_examples(files: list[Path], settings: Settings) -> int:
@@ -251,70 +195,6 @@ def epoch_batches(rows: TrainingRows, batch_size: int, batches: int, seed: int, 
         yield inputs, rows.item_targets[members, -width:], rows.type_targets[members, -width:]
 
 
-# --- losses ---
-def masked_mean(values, weights):
-    import tensorflow as tf
-
-    return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
-
-
-def sampling_log_q(train_items: np.ndarray, num_items: int) -> np.ndarray:
-    """(V,) log Q of the negative sampler: training counts ^ 0.75, normalised; padding and unknown never drawn."""
-    counts = np.bincount(train_items.ravel(), minlength=num_items).astype(np.float64)
-    counts[:FIRST_ITEM_INDEX] = 0
-    weights = np.power(counts, SAMPLING_DISTORTION)
-    weights[FIRST_ITEM_INDEX:] += 1e-3  # every catalogue item, even one unseen in training, can be drawn
-    probabilities = weights / weights.sum()
-    return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
-
-
-def sampled_softmax_loss(user_vectors, targets, item_table, item_bias, log_q, num_sampled: int, seed):
-    """(N, D) user vectors, (N,) targets -> (N,) cross-entropy over [target, num_sampled shared negatives].
-
-    Negatives are drawn with replacement from Q (log_q (V,)); each logit is corrected by - log(num_sampled * Q).
-    Stateless sampling from `seed` (2,) int, so a resumed run draws the same negatives.
-    """
-    import tensorflow as tf
-
-    negatives = tf.random.stateless_categorical(log_q[None, :], num_sampled, seed=seed, dtype=tf.int32)[0]
-    correction = tf.math.log(float(num_sampled))
-    negative_logits = (
-        tf.matmul(user_vectors, tf.gather(item_table, negatives), transpose_b=True)
-        + tf.gather(item_bias, negatives)
-        - (correction + tf.gather(log_q, negatives))
-    )
-    negative_logits = tf.where(negatives[None, :] == targets[:, None], -1e9, negative_logits)
-    target_logits = (
-        tf.reduce_sum(user_vectors * tf.gather(item_table, targets), axis=-1)
-        + tf.gather(item_bias, targets)
-        - (correction + tf.gather(log_q, targets))
-    )
-    logits = tf.concat([target_logits[:, None], negative_logits], axis=1)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(targets), logits=logits)
-
-
-def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targets):
-    """log(g * repeat(target) + (1 - g) * exp(log_explore)) per position (B, T).
-
-    log_explore (B, T): log P_explore(target); gate (B, T); repeat_weights (B, T, T) over the input positions;
-    items (B, T) the inputs; targets (B, T) the next items. repeat(target) sums the weights of the positions
-    holding the target.
-    """
-    import tensorflow as tf
-
-    hits = tf.cast(tf.equal(items[:, None, :], targets[:, :, None]), tf.float32)
-    repeat = tf.reduce_sum(repeat_weights * hits, axis=-1)
-    gate = tf.clip_by_value(gate, 1e-6, 1.0 - 1e-6)
-    log_repeat = tf.math.log(gate) + tf.math.log(tf.maximum(repeat, 1e-12))
-    return tf.reduce_logsumexp(tf.stack([log_repeat, tf.math.log(1.0 - gate) + log_explore], axis=-1), axis=-1)
-
-
-def full_softmax_loss(logits, targets):
-    import tensorflow as tf
-
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-
-
 # --- evaluation ---
 def evaluate_model(
     model,
@@ -351,74 +231,7 @@ def evaluate_model(
     return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values, policy=policy)
 
 
-# --- checkpoints ---
-class Checkpoints:
-    """Last-epoch and best-epoch checkpoints plus a JSON of the loop state. Only the chief writes the real folder;
-    other workers write to a scratch folder they delete (every worker must take part in saving mirrored state)."""
-
-    def __init__(self, folder: Path | None, tracked: dict, model, is_chief: bool):
-        import tensorflow as tf
-
-        self.folder = folder
-        self.is_chief = is_chief
-        self.enabled = folder is not None
-        if not self.enabled:
-            return
-        self.write_folder = folder if is_chief else Path(tempfile.mkdtemp(prefix="reco-ckpt-worker-"))
-        self.last = tf.train.CheckpointManager(tf.train.Checkpoint(**tracked), self.write_folder / "last", 1)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.write_folder / "best", 1)
-        self.best_reader = tf.train.Checkpoint(model=model)
-        self.state_path = self.write_folder / "loop_state.json"
-
-    def restore(self, signature: dict) -> dict | None:
-        """The loop state of a matching earlier run (model and optimizer restored in place), else None."""
-        if not self.enabled:
-            return None
-        if not (self.folder / "loop_state.json").exists():
-            return None
-        if not resumable(self.folder, signature):
-            print(f"[reco] checkpoints in {self.folder} are from other settings; starting afresh", flush=True)
-            if self.is_chief:
-                shutil.rmtree(self.folder)
-                self.folder.mkdir(parents=True)
-            return None
-        state = json.loads((self.folder / "loop_state.json").read_text())
-        latest = self._latest(self.folder / "last")
-        if latest is None:
-            return None
-        self.last.checkpoint.restore(latest).expect_partial()
-        return state
-
-    def save(self, state: dict, improved: bool) -> None:
-        if not self.enabled:
-            return
-        self.last.save()
-        if improved:
-            self.best.save()
-        temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state))
-        temporary.replace(self.state_path)  # the state names an epoch only once its checkpoint is on disk
-
-    def restore_best(self) -> bool:
-        if not self.enabled:
-            return False
-        latest = self._latest(self.folder / "best")
-        if latest is None:
-            return False
-        self.best_reader.restore(latest).expect_partial()
-        return True
-
-    def close(self) -> None:
-        if self.enabled and not self.is_chief:
-            shutil.rmtree(self.write_folder, ignore_errors=True)
-
-    @staticmethod
-    def _latest(folder: Path) -> str | None:
-        import tensorflow as tf
-
-        return tf.train.latest_checkpoint(str(folder)) if folder.exists() else None
-
-
+# --- the settings a checkpoint must match (Checkpoints and resumable in model_lib/checkpoints.py) ---
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
     return {
@@ -426,12 +239,6 @@ def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict
         "num_items": num_items,
         "files": [path.name for path in files],
     }
-
-
-def resumable(checkpoint_dir: Path, signature: dict) -> bool:
-    """True when the folder holds at least one finished epoch of a run with this signature."""
-    state_path = checkpoint_dir / "loop_state.json"
-    return state_path.exists() and json.loads(state_path.read_text()).get("signature") == signature
 
 
 # --- budget, learning rate and early stopping ---

@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 from sequence_files import cycle_sequences
 
+from model_lib.distribute import cluster_position, shard_files
 from model_lib.lake import write_sequences
+from model_lib.losses import sampling_log_q
 from model_lib.splits import Sequences, protocol_split
-from model_lib.training import (
-    TrainingRows,
-    bucket_width,
-    cluster_position,
-    epoch_batches,
-    sampling_log_q,
-    shard_files,
-)
+from model_lib.training import TrainingRows, bucket_width, epoch_batches
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
 
@@ -67,7 +62,7 @@ def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
     the proposal Q is far from uniform (that is what the log-Q correction is for)."""
     import tensorflow as tf
 
-    from model_lib.training import full_softmax_loss, sampled_softmax_loss
+    from model_lib.losses import full_softmax_loss, sampled_softmax_loss
 
     num_items, target = 50, 7
     counts = np.r_[0, 0, np.geomspace(1000, 1, num_items - 2)]

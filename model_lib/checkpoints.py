@@ -1,0 +1,82 @@
+"""Training checkpoints: the last epoch's and the best epoch's, plus the loop state as JSON, so a killed run resumes
+after its last saved epoch with the same result as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class Checkpoints:
+    """Last-epoch and best-epoch checkpoints plus a JSON of the loop state. Only the chief writes the real folder;
+    other workers write to a scratch folder they delete (every worker must take part in saving mirrored state)."""
+
+    def __init__(self, folder: Path | None, tracked: dict, model, is_chief: bool):
+        import tensorflow as tf
+
+        self.folder = folder
+        self.is_chief = is_chief
+        self.enabled = folder is not None
+        if not self.enabled:
+            return
+        self.write_folder = folder if is_chief else Path(tempfile.mkdtemp(prefix="reco-ckpt-worker-"))
+        self.last = tf.train.CheckpointManager(tf.train.Checkpoint(**tracked), self.write_folder / "last", 1)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.write_folder / "best", 1)
+        self.best_reader = tf.train.Checkpoint(model=model)
+        self.state_path = self.write_folder / "loop_state.json"
+
+    def restore(self, signature: dict) -> dict | None:
+        """The loop state of a matching earlier run (model and optimizer restored in place), else None."""
+        if not self.enabled:
+            return None
+        if not (self.folder / "loop_state.json").exists():
+            return None
+        if not resumable(self.folder, signature):
+            print(f"[reco] checkpoints in {self.folder} are from other settings; starting afresh", flush=True)
+            if self.is_chief:
+                shutil.rmtree(self.folder)
+                self.folder.mkdir(parents=True)
+            return None
+        state = json.loads((self.folder / "loop_state.json").read_text())
+        latest = self._latest(self.folder / "last")
+        if latest is None:
+            return None
+        self.last.checkpoint.restore(latest).expect_partial()
+        return state
+
+    def save(self, state: dict, improved: bool) -> None:
+        if not self.enabled:
+            return
+        self.last.save()
+        if improved:
+            self.best.save()
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(self.state_path)  # the state names an epoch only once its checkpoint is on disk
+
+    def restore_best(self) -> bool:
+        if not self.enabled:
+            return False
+        latest = self._latest(self.folder / "best")
+        if latest is None:
+            return False
+        self.best_reader.restore(latest).expect_partial()
+        return True
+
+    def close(self) -> None:
+        if self.enabled and not self.is_chief:
+            shutil.rmtree(self.write_folder, ignore_errors=True)
+
+    @staticmethod
+    def _latest(folder: Path) -> str | None:
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(str(folder)) if folder.exists() else None
+
+
+def resumable(checkpoint_dir: Path, signature: dict) -> bool:
+    """True when the folder holds at least one finished epoch of a run with this signature."""
+    state_path = checkpoint_dir / "loop_state.json"
+    return state_path.exists() and json.loads(state_path.read_text()).get("signature") == signature

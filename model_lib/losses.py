@@ -1,0 +1,74 @@
+"""The training losses (TensorFlow, imported inside the functions): full and sampled softmax cross-entropy, the
+repeat/explore mixture, and the masked mean over the positions that have a target. Definitions in
+model_lib/training.py's docstring."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_lib.schemas import FIRST_ITEM_INDEX
+
+SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
+
+
+def masked_mean(values, weights):
+    import tensorflow as tf
+
+    return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def sampling_log_q(train_items: np.ndarray, num_items: int) -> np.ndarray:
+    """(V,) log Q of the negative sampler: training counts ^ 0.75, normalised; padding and unknown never drawn."""
+    counts = np.bincount(train_items.ravel(), minlength=num_items).astype(np.float64)
+    counts[:FIRST_ITEM_INDEX] = 0
+    weights = np.power(counts, SAMPLING_DISTORTION)
+    weights[FIRST_ITEM_INDEX:] += 1e-3  # every catalogue item, even one unseen in training, can be drawn
+    probabilities = weights / weights.sum()
+    return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
+
+
+def sampled_softmax_loss(user_vectors, targets, item_table, item_bias, log_q, num_sampled: int, seed):
+    """(N, D) user vectors, (N,) targets -> (N,) cross-entropy over [target, num_sampled shared negatives].
+
+    Negatives are drawn with replacement from Q (log_q (V,)); each logit is corrected by - log(num_sampled * Q).
+    Stateless sampling from `seed` (2,) int, so a resumed run draws the same negatives.
+    """
+    import tensorflow as tf
+
+    negatives = tf.random.stateless_categorical(log_q[None, :], num_sampled, seed=seed, dtype=tf.int32)[0]
+    correction = tf.math.log(float(num_sampled))
+    negative_logits = (
+        tf.matmul(user_vectors, tf.gather(item_table, negatives), transpose_b=True)
+        + tf.gather(item_bias, negatives)
+        - (correction + tf.gather(log_q, negatives))
+    )
+    negative_logits = tf.where(negatives[None, :] == targets[:, None], -1e9, negative_logits)
+    target_logits = (
+        tf.reduce_sum(user_vectors * tf.gather(item_table, targets), axis=-1)
+        + tf.gather(item_bias, targets)
+        - (correction + tf.gather(log_q, targets))
+    )
+    logits = tf.concat([target_logits[:, None], negative_logits], axis=1)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(targets), logits=logits)
+
+
+def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targets):
+    """log(g * repeat(target) + (1 - g) * exp(log_explore)) per position (B, T).
+
+    log_explore (B, T): log P_explore(target); gate (B, T); repeat_weights (B, T, T) over the input positions;
+    items (B, T) the inputs; targets (B, T) the next items. repeat(target) sums the weights of the positions
+    holding the target.
+    """
+    import tensorflow as tf
+
+    hits = tf.cast(tf.equal(items[:, None, :], targets[:, :, None]), tf.float32)
+    repeat = tf.reduce_sum(repeat_weights * hits, axis=-1)
+    gate = tf.clip_by_value(gate, 1e-6, 1.0 - 1e-6)
+    log_repeat = tf.math.log(gate) + tf.math.log(tf.maximum(repeat, 1e-12))
+    return tf.reduce_logsumexp(tf.stack([log_repeat, tf.math.log(1.0 - gate) + log_explore], axis=-1), axis=-1)
+
+
+def full_softmax_loss(logits, targets):
+    import tensorflow as tf
+
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
