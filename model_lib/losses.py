@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_lib.schemas import FIRST_ITEM_INDEX
+from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 
 SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 
@@ -72,3 +72,42 @@ def full_softmax_loss(logits, targets):
     import tensorflow as tf
 
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, sample_seed):
+    """The training loss of one batch (scalar float32): the next-item loss (full or sampled softmax, under the
+    repeat mixture when the model has the repeat mechanism) averaged over the positions whose target is a known
+    item, plus event_type_loss_weight x the next-event-type loss when the model has that head.
+
+    inputs: {"items", "event_types", "gaps"} (B, T); item_targets, type_targets (B, T) int; log_q (V,) or None
+    (full softmax); sample_seed (2,) int for the stateless negative sampler.
+    """
+    import tensorflow as tf
+
+    outputs = model.forward(inputs, training=True)
+    weights = tf.cast(item_targets >= FIRST_ITEM_INDEX, tf.float32)
+    if log_q is not None:
+        vectors = tf.cast(outputs["user_vectors"], tf.float32)
+        losses = sampled_softmax_loss(
+            tf.reshape(vectors, (-1, vectors.shape[-1])),
+            tf.reshape(item_targets, (-1,)),
+            tf.cast(model.item_embedding.embeddings, tf.float32),
+            model.item_bias,
+            log_q,
+            settings.sampled_negatives,
+            sample_seed,
+        )
+        losses = tf.reshape(losses, tf.shape(item_targets))
+    else:
+        losses = full_softmax_loss(model.item_logits(outputs["user_vectors"]), item_targets)
+    if outputs["repeat_gate"] is not None:
+        losses = -repeat_mixture_log_likelihood(
+            -losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
+        )
+    loss = masked_mean(losses, weights)
+    if outputs["event_type_logits"] is not None:
+        type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
+        loss += settings.event_type_loss_weight * masked_mean(
+            type_losses, tf.cast(type_targets > PAD_INDEX, tf.float32)
+        )
+    return loss

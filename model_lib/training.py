@@ -47,13 +47,7 @@ from model_lib.checkpoints import Checkpoints
 from model_lib.config import Settings
 from model_lib.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
 from model_lib.lake import read_sequences
-from model_lib.losses import (
-    full_softmax_loss,
-    masked_mean,
-    repeat_mixture_log_likelihood,
-    sampled_softmax_loss,
-    sampling_log_q,
-)
+from model_lib.losses import next_item_loss, sampling_log_q
 from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
 from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
@@ -324,6 +318,82 @@ def build_next_item_model(num_items: int, settings: Settings):
     return model
 
 
+def make_train_step(model, optimizer, strategy, settings: Settings, log_q, mixed: bool):
+    """-> step(inputs, item_targets, type_targets, sample_seed): one optimizer update on every replica (the inner
+    loss and gradient XLA-compiled when settings.xla), returning the loss averaged over the replicas."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function(jit_compile=settings.xla, reduce_retracing=True)
+    def loss_and_gradients(inputs, item_targets, type_targets, sample_seed):
+        with tf.GradientTape() as tape:
+            loss = next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, sample_seed)
+            # The optimizer sums gradients over replicas, so each replica contributes its share of the mean.
+            scaled = loss / replicas
+            if mixed:
+                scaled = optimizer.scale_loss(scaled)
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    def replica_step(inputs, item_targets, type_targets, sample_seed):
+        loss, gradients = loss_and_gradients(inputs, item_targets, type_targets, sample_seed)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(inputs, item_targets, type_targets, sample_seed):
+        losses = strategy.run(replica_step, args=(inputs, item_targets, type_targets, sample_seed))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+    return distributed_step
+
+
+def make_epoch_dataset(strategy, rows: TrainingRows, settings: Settings, batches: int, seed: int):
+    """-> epoch -> the distributed dataset of that epoch's `batches` batches (see epoch_batches)."""
+    import tensorflow as tf
+
+    signature = (
+        {name: tf.TensorSpec((None, None), tf.int32) for name in rows.inputs},
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.int32),
+    )
+
+    def epoch_dataset(epoch: int):
+        def make(context):
+            return tf.data.Dataset.from_generator(
+                lambda: epoch_batches(rows, settings.batch_size, batches, seed, epoch), output_signature=signature
+            ).prefetch(2)
+
+        return strategy.distribute_datasets_from_function(make)
+
+    return epoch_dataset
+
+
+def train_round(distributed_step, dataset, seed: int, epoch: int, progress) -> list[float]:
+    """The updates of one validation round; each step's sampling seed is a function of (seed, epoch, step), so a
+    resumed run draws what an uninterrupted one would."""
+    import tensorflow as tf
+
+    losses = []
+    for step, batch in enumerate(dataset, start=1):
+        losses.append(float(distributed_step(*batch, tf.constant([seed, epoch * 1_000_003 + step], tf.int32))))
+        progress.update(step, [("loss", float(np.mean(losses)))])
+    return losses
+
+
+def new_loop_state(signature: dict) -> dict:
+    """The loop state a run starts from (checkpointed as JSON after every round)."""
+    return {
+        "signature": signature,
+        "history": [],
+        "best_score": -1.0,
+        "best_epoch": 0,
+        "reference_score": -1.0,
+        "waited": 0,
+        "seconds": 0.0,
+    }
+
+
 def train_next_item_model(
     sequence_files: list[Path],
     num_items: int,
@@ -374,70 +444,11 @@ def train_next_item_model(
         optimizer.build(model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
     log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
-
-    @tf.function(jit_compile=settings.xla, reduce_retracing=True)
-    def loss_and_gradients(inputs, item_targets, type_targets, sample_seed):
-        with tf.GradientTape() as tape:
-            outputs = model.forward(inputs, training=True)
-            weights = tf.cast(item_targets >= FIRST_ITEM_INDEX, tf.float32)
-            if sampled:
-                vectors = tf.cast(outputs["user_vectors"], tf.float32)
-                flat = tf.reshape(vectors, (-1, vectors.shape[-1]))
-                table = tf.cast(model.item_embedding.embeddings, tf.float32)
-                losses = sampled_softmax_loss(
-                    flat,
-                    tf.reshape(item_targets, (-1,)),
-                    table,
-                    model.item_bias,
-                    log_q,
-                    settings.sampled_negatives,
-                    sample_seed,
-                )
-                losses = tf.reshape(losses, tf.shape(item_targets))
-            else:
-                losses = full_softmax_loss(model.item_logits(outputs["user_vectors"]), item_targets)
-            if outputs["repeat_gate"] is not None:
-                losses = -repeat_mixture_log_likelihood(
-                    -losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
-                )
-            loss = masked_mean(losses, weights)
-            if outputs["event_type_logits"] is not None:
-                type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
-                type_weights = tf.cast(type_targets > PAD_INDEX, tf.float32)
-                loss += settings.event_type_loss_weight * masked_mean(type_losses, type_weights)
-            # The optimizer sums gradients over replicas, so each replica contributes its share of the mean.
-            scaled = loss / replicas
-            if mixed:
-                scaled = optimizer.scale_loss(scaled)
-        return loss, tape.gradient(scaled, model.trainable_variables)
-
-    def replica_step(inputs, item_targets, type_targets, sample_seed):
-        loss, gradients = loss_and_gradients(inputs, item_targets, type_targets, sample_seed)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def distributed_step(inputs, item_targets, type_targets, sample_seed):
-        losses = strategy.run(replica_step, args=(inputs, item_targets, type_targets, sample_seed))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
-
-    def epoch_dataset(epoch: int):
-        signature = (
-            {name: tf.TensorSpec((None, None), tf.int32) for name in rows.inputs},
-            tf.TensorSpec((None, None), tf.int32),
-            tf.TensorSpec((None, None), tf.int32),
-        )
-
-        def make(context):
-            # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
-            return tf.data.Dataset.from_generator(
-                lambda: epoch_batches(
-                    rows, settings.batch_size, steps * local_replicas, settings.seed + 7919 * pipeline, epoch
-                ),
-                output_signature=signature,
-            ).prefetch(2)
-
-        return strategy.distribute_datasets_from_function(make)
+    distributed_step = make_train_step(model, optimizer, strategy, settings, log_q, mixed)
+    # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
+    epoch_dataset = make_epoch_dataset(
+        strategy, rows, settings, steps * local_replicas, settings.seed + 7919 * pipeline
+    )
 
     # The dropout seed generators' states are not tracked through the model: saved explicitly, a resumed run
     # draws the same dropout masks as an uninterrupted one.
@@ -449,15 +460,7 @@ def train_next_item_model(
         is_chief,
     )
     signature = run_signature(settings, num_items, files)
-    state = checkpoints.restore(signature) or {
-        "signature": signature,
-        "history": [],
-        "best_score": -1.0,
-        "best_epoch": 0,
-        "reference_score": -1.0,
-        "waited": 0,
-        "seconds": 0.0,
-    }
+    state = checkpoints.restore(signature) or new_loop_state(signature)
     result = TrainingResult(
         model=model,
         strategy=strategy_name(strategy),
@@ -488,11 +491,8 @@ def train_next_item_model(
         if verbose:
             print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
         progress = keras.utils.Progbar(steps, verbose=verbose if is_chief else 0, stateful_metrics=["loss"])
-        epoch_started, losses = time.perf_counter(), []
-        for step, batch in enumerate(epoch_dataset(epoch), start=1):
-            seed = tf.constant([settings.seed, epoch * 1_000_003 + step], tf.int32)
-            losses.append(float(distributed_step(*batch, seed)))
-            progress.update(step, [("loss", float(np.mean(losses)))])
+        epoch_started = time.perf_counter()
+        losses = train_round(distributed_step, epoch_dataset(epoch), settings.seed, epoch, progress)
         validation_metrics = evaluate_model(model, validation, num_items, (k,), policy, scorer)
         record = {
             "epoch": epoch,
