@@ -90,6 +90,13 @@ class TrainingResult:
     strategy: str = "default"
     replicas: int = 1
 
+    def finished(self, state: dict, sequences_per_round: int) -> TrainingResult:
+        """Filled in from the final loop state; the speed counts only the rounds this process ran."""
+        self.history, self.best_epoch, self.seconds = state["history"], state["best_epoch"], state["seconds"]
+        sequences_seen = sequences_per_round * (len(self.history) - self.resumed_after_epoch)
+        self.sequences_per_second = sequences_seen / max(self.seconds, 1e-9)
+        return self
+
 
 def training_examples(files: list[Path], settings: Settings) -> int:
     """About how many training windows these sequence files give (from their `length` column only): what every
@@ -394,6 +401,26 @@ def new_loop_state(signature: dict) -> dict:
     }
 
 
+def updates_per_pass(files: list[Path], rows: TrainingRows, settings: Settings, workers: int, local_replicas: int):
+    """Updates per pass over the data. Every worker runs the same number: from the largest shard's window count."""
+    shard_sizes = [
+        training_examples(shard_files(files, index, workers), settings) if workers > 1 else len(rows)
+        for index in range(workers)
+    ]
+    return -(-max(shard_sizes) // (settings.batch_size * local_replicas))
+
+
+def training_banner(rows, files, settings: Settings, pipeline, workers, budget, result, sampled, num_items) -> str:
+    """The one line that says what this run trains on, how long and how."""
+    return (
+        f"[reco] training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
+        f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.batch_size} per replica x "
+        f"{result.replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
+        f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
+        + (" with the repeat mechanism" if result.model.repeat_mechanism else "")
+    )
+
+
 def train_next_item_model(
     sequence_files: list[Path],
     num_items: int,
@@ -424,12 +451,7 @@ def train_next_item_model(
     if validation is None:
         validation = protocol_split(read_sequences(files), settings.seq_len).validation
     rows = TrainingRows.from_sequences(train, settings.seq_len, settings.stride)
-    # Every worker runs the same number of steps: from the largest shard's window count.
-    shard_sizes = [
-        training_examples(shard_files(files, index, workers), settings) if workers > 1 else len(rows)
-        for index in range(workers)
-    ]
-    steps_per_pass = -(-max(shard_sizes) // (settings.batch_size * local_replicas))
+    steps_per_pass = updates_per_pass(files, rows, settings, workers, local_replicas)
     budget = TrainingBudget.of(settings, steps_per_pass, max_steps_per_epoch)
     steps = budget.steps_per_round
     sampled = settings.uses_sampled_softmax(num_items)
@@ -473,14 +495,7 @@ def train_next_item_model(
             f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
             flush=True,
         )
-    print(
-        f"[reco] training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
-        f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.batch_size} per replica x "
-        f"{replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
-        f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {policy.describe()}"
-        + (" with the repeat mechanism" if model.repeat_mechanism else ""),
-        flush=True,
-    )
+    print(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items), flush=True)
     k = settings.eval_k
     best_weights = None
     scorer = ModelScorer(model)
@@ -531,9 +546,4 @@ def train_next_item_model(
     elif state["best_epoch"]:
         checkpoints.restore_best()
     checkpoints.close()
-    result.history = state["history"]
-    result.best_epoch = state["best_epoch"]
-    result.seconds = state["seconds"]
-    sequences_seen = steps * settings.batch_size * replicas * (len(result.history) - result.resumed_after_epoch)
-    result.sequences_per_second = sequences_seen / max(result.seconds, 1e-9)
-    return result
+    return result.finished(state, steps * settings.batch_size * replicas)
