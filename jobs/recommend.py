@@ -21,22 +21,19 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model_lib import registry
+from model_lib import batch_scoring, registry
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
 from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
-from model_lib.metrics import RepeatPolicy
 from model_lib.progress import stage
 from model_lib.schemas import RECOMMENDATION_SPARK_SCHEMA
-from model_lib.scoring import SOURCE_REPEAT, IncompatibleModelError
+from model_lib.scoring import IncompatibleModelError
 from model_lib.spark import spark_session
-from model_lib.splits import Sequences
 from model_lib.vocabulary import fit_problems, known_share, vocabulary_item_ids
 
 
@@ -64,7 +61,6 @@ def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataF
 def check_model_fits_day(settings: Settings, version: int, event_counts: pd.DataFrame, basis: str) -> float:
     """The share of `event_counts` (described by `basis`) the model knows; raises IncompatibleModelError when the
     model cannot score the day meaningfully."""
-    from model_lib import registry
 
     model_vocabulary, model_event_types = registry.trained_on(settings, version)
     share = known_share(model_vocabulary, event_counts)
@@ -85,68 +81,12 @@ def check_model_fits_day(settings: Settings, version: int, event_counts: pd.Data
     return share
 
 
-# --- the Spark Python workers' side (mapInPandas) ---------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def _cached_recommender(tracking_uri: str, model_name: str, version: int):
-    """Loaded once per Python worker process (workers are reused across tasks)."""
-    return registry.load_recommender(get_settings(mlflow_tracking_uri=tracking_uri, model_name=model_name), version)
-
-
-def score_partition(
-    batches: Iterator[pd.DataFrame],
-    *,
-    tracking_uri: str,
-    model_name: str,
-    version: int,
-    k: int,
-    ds: str,
-    day_item_ids: np.ndarray,
-    policy: RepeatPolicy,
-    window: int,
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> recommendation rows (K per user) under the repeat policy.
-
-    `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
-    A row's source is `repeat` for an item the user already has an event on, else the user's source. The model
-    reads the last `window` events (seq_len) of the stored history.
-    """
-    recommender = _cached_recommender(tracking_uri, model_name, version)
-    to_model = recommender.translation_from(day_item_ids)
-    for batch in batches:
-        if batch.empty:
-            continue
-        sequences = Sequences(
-            batch["user_id"].to_numpy(),
-            to_model[np.stack(batch["item_indices"].to_numpy())],
-            np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
-            np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
-            [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]],
-        ).last_events(window)
-        result = recommender.recommend(sequences.model_inputs(), sequences.older_items, k, policy=policy)
-        # A user with fewer than K unseen items gets fewer rows: trailing -inf positions hold no item.
-        users, ranks = np.nonzero(np.isfinite(result.scores))
-        reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
-        yield pd.DataFrame(
-            {
-                "ds": ds,
-                "user_id": batch["user_id"].to_numpy()[users],
-                "rank": (ranks + 1).astype(np.int32),
-                "item_id": recommender.item_ids[result.items[users, ranks]],
-                "score": result.scores[users, ranks].astype(np.float64),
-                "source": np.where(result.repeats[users, ranks], SOURCE_REPEAT, result.sources[users]),
-                "reason_item_id": reason_ids[users],
-                "model_name": model_name,
-                "model_version": np.int32(version),
-            }
-        )
-
-
 def recommend(
     sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int, ds: dt.date
 ) -> DataFrame:
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
-        score_partition,
+        batch_scoring.score_partition,
         tracking_uri=settings.mlflow_tracking_uri,
         model_name=settings.model_name,
         version=version,
