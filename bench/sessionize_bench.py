@@ -40,7 +40,9 @@ DUCKDB_SQL = """
 CREATE TEMP TABLE lines AS
 SELECT line, CAST(dt AS VARCHAR) AS dt, filename, row_number() OVER () AS line_order
 FROM read_csv('{raw}/dt=*/*.jsonl.gz', columns = {{'line': 'VARCHAR'}}, delim = '\x1f', quote = '', escape = '',
-              header = false, auto_detect = false, filename = true, hive_partitioning = true)
+              header = false, auto_detect = false, filename = true, hive_partitioning = true,
+              -- a line that is not UTF-8 (the job's bad_encoding) is rejected here; counted from reject_errors
+              ignore_errors = true, store_rejects = true)
 WHERE dt <= DATE '{ds}';
 
 CREATE TEMP TABLE validated AS
@@ -147,10 +149,11 @@ def duckdb_sessionize(data_dir: Path, ds: dt.date, output: Path) -> dict:
         )
     )
     counts = connection.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated").fetchone()
+    not_utf8 = connection.execute("SELECT count(DISTINCT (scan_id, file_id, line)) FROM reject_errors").fetchone()[0]
     valid = connection.execute("SELECT count(*) FROM events").fetchone()[0]
     return {
-        "read": counts[0],
-        "quarantined": counts[1],
+        "read": counts[0] + not_utf8,
+        "quarantined": counts[1] + not_utf8,
         "valid": valid,
         "duplicates": counts[0] - counts[1] - valid,
         "users": connection.execute("SELECT count(*) FROM sequences").fetchone()[0],

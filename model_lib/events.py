@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 from model_lib.config import Settings
 from model_lib.schemas import (
     PAD_INDEX,
+    REASON_BAD_ENCODING,
     REASON_BAD_TS,
     REASON_FUTURE_TS,
     REASON_MISSING_FIELD,
@@ -118,6 +119,7 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
         too_long = too_long | F.coalesce(F.length(name) > settings.max_id_chars, F.lit(False))
     reason = (
         F.when(too_long, F.lit(REASON_TOO_LONG))
+        .when(~F.is_valid_utf8("line"), F.lit(REASON_BAD_ENCODING))
         .when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
         .when(missing, F.lit(REASON_MISSING_FIELD))
         .when(ts.isNull(), F.lit(REASON_BAD_TS))
@@ -129,9 +131,18 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
 
 
 def quarantine_rows(validated: DataFrame) -> DataFrame:
-    """The rows that broke a rule, with the raw text and its origin kept so nothing is lost."""
+    """The rows that broke a rule, with the raw text and its origin kept so nothing is lost.
+
+    Spark's text reader passes bytes that are not UTF-8 through into its strings, and Parquet would store them so,
+    where no other reader (pyarrow, DuckDB, a warehouse) can decode them. So `raw_line` is always valid UTF-8 (each
+    invalid sequence replaced by U+FFFD), and a line that was not UTF-8 keeps its exact bytes in `raw_bytes`."""
+    line = F.col("line")
     return validated.where(F.col("reason").isNotNull()).select(
-        "dt", "reason", F.col("line").alias("raw_line"), F.col("arrival.file").alias("source_file")
+        "dt",
+        "reason",
+        F.make_valid_utf8(line).alias("raw_line"),
+        F.when(~F.is_valid_utf8(line), line.cast("binary")).alias("raw_bytes"),
+        F.col("arrival.file").alias("source_file"),
     )
 
 

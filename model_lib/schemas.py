@@ -7,6 +7,7 @@ FIRST_ITEM_INDEX = 2
 
 # Quarantine reason codes, checked in this order; the first that applies is recorded.
 REASON_TOO_LONG = "too_long"  # the line, or an id in it, is longer than configured
+REASON_BAD_ENCODING = "bad_encoding"  # the line is not valid UTF-8 (no reader but Spark could read it back)
 REASON_NOT_JSON = "not_json"
 REASON_MISSING_FIELD = "missing_field"
 REASON_BAD_TS = "bad_ts"
@@ -15,6 +16,7 @@ REASON_FUTURE_TS = "future_ts"  # ts more than the tolerance after the end of it
 REASON_TOO_LATE = "too_late"  # arrived in a dt folder more than the allowed lateness after its ts
 REASON_CODES = (
     REASON_TOO_LONG,
+    REASON_BAD_ENCODING,
     REASON_NOT_JSON,
     REASON_MISSING_FIELD,
     REASON_BAD_TS,

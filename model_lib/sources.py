@@ -97,7 +97,9 @@ def write_raw_events(events: pd.DataFrame, raw_dir: Path, arrival_ms: np.ndarray
         tmp.mkdir()
         if "line" in rows.columns:
             # Level 1: the files are written once and read by every rebuild; speed matters more than size.
-            with gzip.open(tmp / "part-00000.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) as handle:
+            with gzip.open(
+                tmp / "part-00000.jsonl.gz", "wt", encoding="utf-8", errors="surrogateescape", compresslevel=1
+            ) as handle:
                 handle.write("\n".join(rows["line"]) + "\n")
         else:
             rows.to_json(tmp / "part-00000.jsonl.gz", orient="records", lines=True, compression="gzip")
@@ -282,9 +284,12 @@ def _malformed_line(line: str, k: int) -> str:
     """One of the ways real logs break, cycling through the quarantine reason codes."""
     record = json.loads(line)
     ts_ms = record["ts"] if isinstance(record["ts"], int) else int(pd.Timestamp(record["ts"]).timestamp() * 1000)
-    kind = k % 7
+    kind = k % 8
     if kind == 0:
         return line[: len(line) // 2]  # truncated write: not_json
+    if kind == 7:
+        # A producer that wrote Latin-1: byte 0xFF, which is not UTF-8 (the writer keeps it as surrogateescape).
+        return line.replace('"user_id":"', '"user_id":"\udcff', 1)  # bad_encoding
     if kind == 1:
         record.pop("user_id")  # missing_field
     elif kind == 2:

@@ -9,12 +9,14 @@ import json
 import math
 import re
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 from timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 
+from jobs import sessionize
 from model_lib import events as ev
 from model_lib.config import get_settings
 from model_lib.schemas import REASON_CODES
@@ -91,8 +93,9 @@ def test_any_bytes_end_up_valid_duplicate_or_quarantined_and_the_counts_reconcil
 @pytest.mark.slow
 def test_thousands_of_generated_lines_through_spark_never_fail_a_day(spark, tmp_path_factory):
     """The dedicated long run of the property above: 50 examples of 40-80 lines (at least 2,000 lines read by
-    Spark from real raw files), same fixed seed."""
-    lines_checked = []
+    Spark from real raw files), same fixed seed; then every generated line at once, as one raw day, through the
+    whole sessionize job (validation, de-duplication, sequences, quarantine and state written and committed)."""
+    lines_checked, every_line = [], []
 
     @seed(SEED)
     @settings(
@@ -104,10 +107,33 @@ def test_thousands_of_generated_lines_through_spark_never_fail_a_day(spark, tmp_
     @given(lines=st.lists(raw_lines, min_size=40, max_size=80), duplicate=st.booleans())
     def many(lines, duplicate):
         lines_checked.append(check_lines(spark, tmp_path_factory, lines, duplicate))
+        every_line.extend(lines)
 
     many()
     print(f"{len(lines_checked)} examples, {sum(lines_checked):,} lines read by Spark")
     assert sum(lines_checked) >= 2_000
+
+    job_settings = get_settings(
+        data_dir=tmp_path_factory.mktemp("job"), min_item_count=1, seq_len=8, max_quarantine_share=1.0, **RULES
+    )
+    # Valid events between the generated lines, so the stages after validation run over real users too.
+    good = [
+        event_line({"user_id": f"u{n % 7}", "item_id": f"i{n % 5}", "event_type": "view", "ts": T_DAY + n * 1000})
+        for n in range(len(every_line) // 10)
+    ]
+    data = b"\n".join(every_line + good) + b"\n"
+    folder = job_settings.raw_events_day_dir(dt.date.fromisoformat(DAY))
+    folder.mkdir(parents=True)
+    (folder / "part-00000.jsonl").write_bytes(data)
+    stats = sessionize.run(job_settings, dt.date.fromisoformat(DAY), spark=spark)
+    print(f"one raw day through the sessionize job: {json.dumps(stats)}")
+    assert stats["status"] == "succeeded" and stats["read"] == lines_read(data) >= 2_000
+    assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
+    # Every rejected line is readable from the quarantine table by a reader other than Spark, raw text intact.
+    quarantined = pq.ParquetDataset(job_settings.quarantine_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
+    assert len(quarantined) == stats["quarantined"] and quarantined["raw_line"].notna().all()
+    sequences = pq.ParquetDataset(job_settings.sequences_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
+    assert stats["valid"] >= len(good) and len(sequences) == stats["users"] >= 7
 
 
 def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) -> int:

@@ -23,7 +23,7 @@ def test_sequence_columns_are_documented_in_order():
 
 def test_quarantine_reasons_are_documented_in_checking_order():
     quarantine = documented_columns("Quarantine")
-    assert quarantine == ["reason", "raw_line", "source_file"]
+    assert quarantine == ["reason", "raw_line", "raw_bytes", "source_file"]
     reason_row = next(line for line in README.splitlines() if line.startswith("| `reason` | string"))
     positions = [reason_row.index(f"`{code}`") for code in REASON_CODES]
     assert positions == sorted(positions)

@@ -93,6 +93,24 @@ def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark, rules):
     assert {r["dt"] for r in quarantine} == {DAY}
 
 
+def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rules, tmp_path):
+    """Spark's text reader passes any bytes into its strings; stored so in Parquet they break every other reader.
+    Such a line is quarantined as bad_encoding, its raw_line readable everywhere and its bytes kept exactly."""
+    latin1 = line(user="zoe").encode().replace(b"zoe", "zoë".encode("latin-1"))
+    raw = [line().encode(), latin1, b"\xff\xfe" + line().encode(), b"\xed\xb2\x80"]
+    rows = [(text, DAY, (DAY, "part-0", i)) for i, text in enumerate(raw)]
+    frame = spark.createDataFrame(
+        rows, "line binary, dt string, arrival struct<dt: string, file: string, line: bigint>"
+    ).withColumn("line", F.col("line").cast("string"))  # what spark.read.text makes of these bytes
+    checked = ev.validate(ev.parse_raw_lines(frame), rules)
+    assert [r["reason"] for r in checked.orderBy("arrival").collect()] == [None, *["bad_encoding"] * 3]
+
+    ev.quarantine_rows(checked).write.parquet(str(tmp_path / "quarantine"))
+    stored = pd.read_parquet(tmp_path / "quarantine").sort_values("raw_bytes")  # pyarrow, not Spark, reads it
+    assert sorted(stored["raw_bytes"]) == sorted(raw[1:])
+    assert all("\ufffd" in text and text.isprintable() for text in stored["raw_line"])
+
+
 def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
     raw = [
         line(item="a", event_id="e1", value=1),
