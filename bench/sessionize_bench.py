@@ -68,6 +68,7 @@ SELECT *, CASE
          OR length(event_id) > {max_id} OR length(session_id) > {max_id} THEN 'too_long'
     WHEN NOT is_json THEN 'not_json'
     WHEN user_id IS NULL OR item_id IS NULL OR event_type IS NULL OR ts IS NULL THEN 'missing_field'
+    WHEN regexp_matches(concat(user_id, item_id, event_id, session_id), '[\\x00-\\x1F\\x7F]') THEN 'bad_id'
     WHEN event_ts IS NULL THEN 'bad_ts'
     WHEN event_type NOT IN ({event_types}) THEN 'unknown_event_type'
     WHEN event_ts >= CAST(dt AS TIMESTAMP) + INTERVAL 1 DAY + INTERVAL {future} MINUTE THEN 'future_ts'

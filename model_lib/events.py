@@ -22,6 +22,7 @@ from model_lib.config import Settings
 from model_lib.schemas import (
     PAD_INDEX,
     REASON_BAD_ENCODING,
+    REASON_BAD_ID,
     REASON_BAD_TS,
     REASON_FUTURE_TS,
     REASON_MISSING_FIELD,
@@ -36,6 +37,7 @@ from model_lib.schemas import (
 RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
 REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]
 ID_FIELDS = ["user_id", "item_id", "event_id", "session_id"]
+CONTROL_CHARACTER = r"[\x00-\x1F\x7F]"  # never in an id: NUL cannot be stored in PostgreSQL text
 CORRUPT_FIELD = "_corrupt_record"
 RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in [*RAW_FIELDS, CORRUPT_FIELD]])
 # What a user's history keeps of each event (the per-user state stores exactly these).
@@ -115,13 +117,16 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
     for name in REQUIRED_FIELDS:
         missing = missing | F.col(name).isNull()
     too_long = F.length("line") > settings.max_line_chars
+    bad_id = F.lit(False)
     for name in ID_FIELDS:
         too_long = too_long | F.coalesce(F.length(name) > settings.max_id_chars, F.lit(False))
+        bad_id = bad_id | F.coalesce(F.col(name).rlike(CONTROL_CHARACTER), F.lit(False))
     reason = (
         F.when(too_long, F.lit(REASON_TOO_LONG))
         .when(~F.is_valid_utf8("line"), F.lit(REASON_BAD_ENCODING))
         .when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
         .when(missing, F.lit(REASON_MISSING_FIELD))
+        .when(bad_id, F.lit(REASON_BAD_ID))
         .when(ts.isNull(), F.lit(REASON_BAD_TS))
         .when(~F.col("event_type").isin(settings.event_types), F.lit(REASON_UNKNOWN_EVENT_TYPE))
         .when(ts >= accepted_until, F.lit(REASON_FUTURE_TS))

@@ -10,6 +10,7 @@ REASON_TOO_LONG = "too_long"  # the line, or an id in it, is longer than configu
 REASON_BAD_ENCODING = "bad_encoding"  # the line is not valid UTF-8 (no reader but Spark could read it back)
 REASON_NOT_JSON = "not_json"
 REASON_MISSING_FIELD = "missing_field"
+REASON_BAD_ID = "bad_id"  # an id holds a control character (PostgreSQL text cannot hold NUL; tabs break exports)
 REASON_BAD_TS = "bad_ts"
 REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
 REASON_FUTURE_TS = "future_ts"  # ts more than the tolerance after the end of its dt folder
@@ -19,6 +20,7 @@ REASON_CODES = (
     REASON_BAD_ENCODING,
     REASON_NOT_JSON,
     REASON_MISSING_FIELD,
+    REASON_BAD_ID,
     REASON_BAD_TS,
     REASON_UNKNOWN_EVENT_TYPE,
     REASON_FUTURE_TS,

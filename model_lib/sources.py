@@ -284,7 +284,7 @@ def _malformed_line(line: str, k: int) -> str:
     """One of the ways real logs break, cycling through the quarantine reason codes."""
     record = json.loads(line)
     ts_ms = record["ts"] if isinstance(record["ts"], int) else int(pd.Timestamp(record["ts"]).timestamp() * 1000)
-    kind = k % 8
+    kind = k % 9
     if kind == 0:
         return line[: len(line) // 2]  # truncated write: not_json
     if kind == 7:
@@ -298,6 +298,8 @@ def _malformed_line(line: str, k: int) -> str:
         record["event_type"] = "hover"  # unknown_event_type
     elif kind == 4:
         record["ts"] = ts_ms + 3 * 86_400_000  # future_ts: a client clock days ahead
+    elif kind == 8:
+        record["session_id"] = "s\u0000"  # bad_id: a NUL from a C client's buffer
     elif kind == 5:
         record["ts"] = ts_ms - 5 * 86_400_000  # too_late: replayed from an old buffer
     else:

@@ -111,6 +111,13 @@ def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rule
     assert all("\ufffd" in text and text.isprintable() for text in stored["raw_line"])
 
 
+def test_an_id_with_a_control_character_is_quarantined(spark, rules):
+    """A NUL in an id would pass into sequences and recommendations, then fail every PostgreSQL publish."""
+    raw = [line(user="u\u0000"), line(item="a\tb"), line(session_id="s\x7f"), line(event_id="e\n"), line(user="zoë 💥")]
+    reasons = [r["reason"] for r in validated(spark, raw, rules).orderBy("arrival").collect()]
+    assert reasons == ["bad_id"] * 4 + [None]
+
+
 def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
     raw = [
         line(item="a", event_id="e1", value=1),
