@@ -10,10 +10,10 @@
 Protocol (the published one for ML-1M): every event is an interaction; the real sessionize job (Spark, full
 rebuild up to the last day) builds each user's history ordered by time, ties kept in input order; items with
 fewer than `min_item_count` (5) interactions are dropped once (splits.protocol_split); leave-one-out; full ranking
-over exactly the candidates the served list would rank under the repeat policy (model_lib/metrics.py). `suggest`
-picks the policy from the share of repeat targets in the VALIDATION hold-out (metrics.suggest_policy). Early
-stopping and every choice of hyper-parameters use the validation target only; the test target is scored once at
-the end. ML-1M gives 6,040 users and 3,416 items.
+over exactly the candidates the served list would rank under the repeat policy
+(model_lib/evaluation/metrics.py). `suggest` picks the policy from the share of repeat targets in the VALIDATION
+hold-out (metrics.suggest_policy). Early stopping and every choice of hyper-parameters use the validation target
+only; the test target is scored once at the end. ML-1M gives 6,040 users and 3,416 items.
 
 Everything is written under --root (default data/bench/accuracy/<name>); RECO_* variables set the model's
 hyper-parameters (the defaults below are the benchmark's: window 200 as in SASRec's ML-1M setup, histories of up
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 from model_lib.config import PROJECT_ROOT, get_settings
+from model_lib.data.vocabulary import catalogue_size
+from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import stage
-from model_lib.training import HYPER_PARAMETERS
-from model_lib.vocabulary import catalogue_size
 
 REFERENCE = {
     "published_ml_1m": {
@@ -70,8 +70,8 @@ SYNTHETIC_SPEC = {"users": 2000, "items": 1000, "days": 30}
 
 def prepare_raw_events(settings, dataset: str | None, events: Path | None) -> dt.date:
     """Puts the raw events under the bench root (a dataset converted once, a given folder linked) -> the last dt."""
-    from model_lib.lake import dated_folders
-    from model_lib.sources import SynthSpec, convert_movielens, convert_ratings, write_synth
+    from model_lib.data.sources import SynthSpec, convert_movielens, convert_ratings, write_synth
+    from model_lib.storage.lake import dated_folders
 
     raw = settings.raw_events_dir
     if events is not None:
@@ -108,7 +108,7 @@ def ml_100k_folder() -> Path:
 def choose_policy(settings, requested: str, validation) -> tuple[object, float]:
     """The settings under the requested policy (or the one `suggest` picks from the validation hold-out's repeat
     share; the test target is never looked at) -> (settings, that share)."""
-    from model_lib.metrics import repeat_targets, suggest_policy
+    from model_lib.evaluation.metrics import repeat_targets, suggest_policy
 
     share = float(repeat_targets(validation.inputs.items, validation.inputs.older_items, validation.targets).mean())
     policy = suggest_policy(share) if requested == "suggest" else requested
@@ -117,12 +117,12 @@ def choose_policy(settings, requested: str, validation) -> tuple[object, float]:
 
 def run(settings, dataset: str | None, events: Path | None, requested_policy: str = "suggest") -> dict:
     from jobs import sessionize
-    from model_lib import baselines
-    from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
-    from model_lib.schemas import FIRST_ITEM_INDEX
-    from model_lib.spark import spark_session
-    from model_lib.splits import protocol_split
-    from model_lib.training import evaluate_model, train_next_item_model
+    from model_lib.contracts import FIRST_ITEM_INDEX
+    from model_lib.data.splits import protocol_split
+    from model_lib.evaluation import baselines
+    from model_lib.model.training import evaluate_model, train_next_item_model
+    from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
+    from model_lib.storage.spark import spark_session
 
     started = time.perf_counter()
     ds = prepare_raw_events(settings, dataset, events)

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from model_lib.config import PROJECT_ROOT, Settings, get_settings
+from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.splits import Sequences
+from model_lib.data.vocabulary import catalogue_size
 from model_lib.progress import stage
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import Sequences
-from model_lib.vocabulary import catalogue_size
 
 DS = dt.date(2024, 1, 1)
 K = 20
@@ -72,7 +72,7 @@ def sequences_from_interactions(users: np.ndarray, items: np.ndarray, seq_len: i
 
 
 def movielens_inputs(seq_len: int) -> tuple[Sequences, pd.DataFrame]:
-    from model_lib.sources import movielens_folder, read_movielens_ratings
+    from model_lib.data.sources import movielens_folder, read_movielens_ratings
 
     ratings = read_movielens_ratings(movielens_folder())
     ratings = ratings.sort_values(["user_id", "timestamp"], kind="stable")
@@ -107,8 +107,8 @@ def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tu
 def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
     import keras
 
-    from model_lib.scoring import Recommender
-    from model_lib.training import build_next_item_model
+    from model_lib.model.training import build_next_item_model
+    from model_lib.serving.recommender import Recommender
 
     keras.utils.set_random_seed(settings.seed)
     # The configured model (with the repeat mechanism when the repeat policy allows repeats).
@@ -143,7 +143,7 @@ def in_process(recommender, sequences: Sequences) -> dict:
 
 def numpy_reference(users: int, item_matrix: np.ndarray) -> dict:
     """The machine's float32 multiply rate for the scoring multiply's shapes, and for a square multiply."""
-    from model_lib.scoring import SCORING_BATCH
+    from model_lib.serving.recommender import SCORING_BATCH
 
     rng = np.random.default_rng(0)
     left = rng.standard_normal((SCORING_BATCH, item_matrix.shape[0])).astype(np.float32)
@@ -168,7 +168,7 @@ def numpy_reference(users: int, item_matrix: np.ndarray) -> dict:
 def tf_top_k_users_per_second(recommender, sequences: Sequences, users: int = 8192) -> float:
     import tensorflow as tf
 
-    from model_lib.scoring import SCORING_BATCH
+    from model_lib.serving.recommender import SCORING_BATCH
 
     inputs = {name: values[:users] for name, values in sequences.model_inputs().items()}
     vectors = recommender.scorer.encode(inputs).vectors
@@ -184,7 +184,7 @@ def tf_top_k_users_per_second(recommender, sequences: Sequences, users: int = 81
 def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -> dict:
     from pyspark.ml.recommendation import ALS
 
-    from model_lib.baselines import interaction_pairs
+    from model_lib.evaluation.baselines import interaction_pairs
 
     pairs = interaction_pairs(sequences)
     started = time.perf_counter()
@@ -200,9 +200,9 @@ def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -
 
 # --- the benchmark --------------------------------------------------------------------------------------------
 def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
-    from model_lib import registry
-    from model_lib.lake import write_sequences
-    from model_lib.spark import spark_session
+    from model_lib.storage import registry
+    from model_lib.storage.lake import write_sequences
+    from model_lib.storage.spark import spark_session
 
     shutil.rmtree(root, ignore_errors=True)
     settings = get_settings(data_dir=root / "data")

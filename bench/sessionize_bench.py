@@ -32,8 +32,8 @@ import pandas as pd
 import psutil
 
 from model_lib.config import PROJECT_ROOT, get_settings
+from model_lib.data.sources import SynthSpec, write_synth
 from model_lib.runtime import engine_environment
-from model_lib.sources import SynthSpec, write_synth
 
 DAYS = 30
 DUCKDB_SQL = """

@@ -6,7 +6,7 @@ Reads the sequences the accuracy benchmark sessionized under --root (run `reco b
 first), with its settings (window 200, histories of 1,000 events). In one run, on the same model and users:
   train      seconds per optimizer update (the XLA-compiled step), and so per pass over the training windows
   validation eager: the forward pass run op by op through Keras, as the per-epoch validation used to;
-             compiled: scoring.ModelScorer (XLA, the serving path) — both ranked by the one metrics module
+             compiled: recommender.ModelScorer (XLA, the serving path) — both ranked by the one metrics module
   epoch      one pass of updates + one validation, before (eager) and after (compiled), and their ratio
 Prints one JSON line.
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import PROJECT_ROOT, get_settings
-from model_lib.vocabulary import catalogue_size
+from model_lib.data.vocabulary import catalogue_size
 
 
 def eager_validation(model, holdout, num_items: int, k: int, policy) -> dict:
     """The validation pass as it was: Keras forward pass op by op, item logits, the shared metrics."""
-    from model_lib.metrics import evaluate_holdout
-    from model_lib.schemas import PAD_INDEX
+    from model_lib.contracts import PAD_INDEX
+    from model_lib.evaluation.metrics import evaluate_holdout
 
     sequences = holdout.inputs
     order = np.argsort(sequences.lengths, kind="stable")
@@ -44,10 +44,10 @@ def eager_validation(model, holdout, num_items: int, k: int, policy) -> dict:
 
 
 def run(settings, updates: int) -> dict:
-    from model_lib.lake import dated_folders, parquet_files, read_parquet_folder, read_sequences
-    from model_lib.scoring import ModelScorer
-    from model_lib.splits import protocol_split
-    from model_lib.training import TrainingRows, evaluate_model, train_next_item_model
+    from model_lib.data.splits import protocol_split
+    from model_lib.model.training import TrainingRows, evaluate_model, train_next_item_model
+    from model_lib.serving.recommender import ModelScorer
+    from model_lib.storage.lake import dated_folders, parquet_files, read_parquet_folder, read_sequences
 
     days = dated_folders(settings.sessionized_root, "ds", dt.date.max)
     if not days:

@@ -63,7 +63,7 @@ def reco_nightly():
         "and a champion, the run fails before it writes anything.",
     )
     def resolve_champion() -> int:
-        from model_lib import registry
+        from model_lib.storage import registry
 
         settings = get_settings()
         version = registry.champion_version(settings)

@@ -25,7 +25,7 @@ from model_lib.redaction import redact
 
 def _data(args) -> None:
     from model_lib.config import get_settings
-    from model_lib.sources import SynthSpec, convert_movielens, write_synth
+    from model_lib.data.sources import SynthSpec, convert_movielens, write_synth
 
     settings = get_settings()
     if args.source == "movielens":
@@ -58,7 +58,7 @@ def _data(args) -> None:
 
 def _show(args) -> None:
     from model_lib.config import get_settings, parse_ds
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage.warehouse import open_warehouse
 
     settings = get_settings()
     warehouse = open_warehouse(settings.warehouse_url)
@@ -79,9 +79,9 @@ def _airflow(args) -> None:
 
 def _summary(args) -> None:
     """The end of `make demo`: some users' lists with titles, the champion's hold-out metrics, where the UIs are."""
-    from model_lib import registry
     from model_lib.config import get_settings, parse_ds
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage import registry
+    from model_lib.storage.warehouse import open_warehouse
 
     settings = get_settings()
     ds = parse_ds(args.ds)

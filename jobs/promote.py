@@ -19,15 +19,15 @@ import time
 
 import numpy as np
 
-from model_lib import registry
 from model_lib.config import Settings, get_settings, parse_ds
-from model_lib.lake import read_parquet_folder, read_sequences
-from model_lib.metrics import evaluate_holdout
+from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.splits import HoldOut, protocol_split
+from model_lib.data.vocabulary import fit_problems, vocabulary_item_ids
+from model_lib.evaluation.metrics import evaluate_holdout
 from model_lib.progress import stage
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.scoring import IncompatibleModelError, Recommender
-from model_lib.splits import HoldOut, protocol_split
-from model_lib.vocabulary import fit_problems, vocabulary_item_ids
+from model_lib.serving.recommender import IncompatibleModelError, Recommender
+from model_lib.storage import registry
+from model_lib.storage.lake import read_parquet_folder, read_sequences
 
 
 def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> tuple[dict, list, np.ndarray]:

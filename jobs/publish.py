@@ -14,10 +14,10 @@ import json
 import uuid
 
 from model_lib.config import Settings, get_settings, parse_ds
-from model_lib.lake import read_parquet_folder
 from model_lib.progress import stage
 from model_lib.redaction import redact
-from model_lib.warehouse import open_warehouse
+from model_lib.storage.lake import read_parquet_folder
+from model_lib.storage.warehouse import open_warehouse
 
 
 def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:

@@ -27,14 +27,15 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model_lib import batch_scoring, registry
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
+from model_lib.contracts import RECOMMENDATION_SPARK_SCHEMA
+from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import stage
-from model_lib.schemas import RECOMMENDATION_SPARK_SCHEMA
-from model_lib.scoring import IncompatibleModelError
-from model_lib.spark import spark_session
-from model_lib.vocabulary import fit_problems, known_share, vocabulary_item_ids
+from model_lib.serving import batch_scoring
+from model_lib.serving.recommender import IncompatibleModelError
+from model_lib.storage import registry
+from model_lib.storage.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
+from model_lib.storage.spark import spark_session
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:
 
 def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | None = None) -> dict:
     if version is None:
-        from model_lib import registry
+        from model_lib.storage import registry
 
         version = registry.champion_version(settings)
     k = k or settings.top_k

@@ -26,75 +26,29 @@ import datetime as dt
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from model_lib import events as ev
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
-from model_lib.lake import (
+from model_lib.contracts import REASON_CODES
+from model_lib.data import events as ev
+from model_lib.data.state import Plan, plan_run, read_previous_state, write_day
+from model_lib.data.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
+from model_lib.progress import stage
+from model_lib.storage.lake import (
     commit_folder,
-    latest_version_before,
     raw_partitions,
     read_parquet_folder,
     remove_dead_leftovers,
     staging_path,
     write_run_stats,
 )
-from model_lib.progress import stage
-from model_lib.schemas import REASON_CODES
-from model_lib.spark import spark_session
-from model_lib.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
+from model_lib.storage.spark import spark_session
 
-MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
-
-
-@dataclass(frozen=True)
-class Plan:
-    mode: str  # "full" or "incremental"
-    why: str
-    previous_state: Path | None = None
-    previous_vocabulary: Path | None = None
-
-
-def state_shape(settings: Settings) -> dict:
-    """The settings a stored state depends on; a state built with others cannot be continued."""
-    return {
-        "seq_len": settings.stored_events,
-        "event_types": list(settings.event_types),
-        # Carried-over users keep their encoded sequences, so anything that changes an encoding forces a rebuild.
-        "max_gap_bucket": settings.max_gap_bucket,
-        "session_gap_minutes": settings.session_gap_minutes,
-        "allowed_lateness_hours": settings.allowed_lateness_hours,
-        "future_tolerance_minutes": settings.future_tolerance_minutes,
-        "max_line_chars": settings.max_line_chars,
-        "max_id_chars": settings.max_id_chars,
-    }
-
-
-def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
-    yesterday = ds - dt.timedelta(days=1)
-    manifest = settings.sessionized_dir(yesterday) / MANIFEST
-    if requested == "full":
-        why = "full rebuild requested"
-    elif not manifest.exists():
-        why = f"no state for {yesterday}"
-    else:
-        state, vocabulary = settings.state_dir(yesterday), settings.vocab_dir(yesterday)
-        built_with = json.loads(manifest.read_text())["shape"]
-        changed = sorted(key for key, value in state_shape(settings).items() if built_with.get(key) != value)
-        if not changed:
-            return Plan("incremental", f"continuing the state of {yesterday}", state, vocabulary)
-        why = f"the state of {yesterday} was built with other {', '.join(changed)}"
-    if requested == "incremental":
-        raise RuntimeError(f"cannot sessionize {ds} incrementally: {why}; run with --mode full")
-    earlier = latest_version_before(settings.sessionized_root, ds)
-    return Plan("full", why, None, earlier / "vocab" if earlier else None)
 
 
 # --- extract ---------------------------------------------------------------------------------------------
@@ -123,16 +77,6 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
     )
 
 
-def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame | pd.DataFrame] | None:
-    if plan.previous_state is None:
-        return None
-    return {
-        "users": spark.read.parquet(str(plan.previous_state / "users")),
-        "dedup_keys": spark.read.parquet(str(plan.previous_state / "dedup_keys")),
-        "item_counts": spark.read.parquet(str(plan.previous_state / "item_counts")),
-    }
-
-
 # --- transform -------------------------------------------------------------------------------------------
 def dedup_horizon(settings: Settings, ds: dt.date):
     """Keys with ts before this can no longer be repeated by a later day (see events.recent_keys)."""
@@ -155,23 +99,6 @@ def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
 
 
 # --- load ------------------------------------------------------------------------------------------------
-def write_day(frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan) -> dict[str, int]:
-    """Writes sequences, vocabulary and state into one staging folder, the manifest last, then commits the day
-    with one swap (lake.commit_folder). Returns the rows written per output."""
-    final = settings.sessionized_dir(ds)
-    staged = staging_path(final)
-    partitions = {"sequences": 2, "vocab": 1, "day_item_counts": 1}
-    for name in ("sequences", "vocab", "day_item_counts"):
-        frames[name].coalesce(partitions[name]).write.parquet(str(staged / name))
-    for name in ("users", "dedup_keys", "item_counts"):
-        frames[name].write.parquet(str(staged / "state" / name))
-    rows = {"users": pq.ParquetDataset(staged / "sequences").read(columns=["user_id"]).num_rows}
-    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings), "rows": rows}
-    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    commit_folder(staged, final)
-    return rows
-
-
 def write_quarantine(quarantine: DataFrame, settings: Settings, days: list[str]) -> None:
     """Replaces quarantine/events/dt=X for every raw day this run read (a day with no rejects ends up empty)."""
     staged = staging_path(settings.quarantine_root / "batch")

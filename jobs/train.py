@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.checkpoints import resumable
 from model_lib.config import PROJECT_ROOT, Settings, get_settings, parse_ds
-from model_lib.distribute import cluster_position, tf_config
-from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
+from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.splits import protocol_split
+from model_lib.data.vocabulary import catalogue_size
+from model_lib.model.checkpoints import resumable
+from model_lib.model.distribute import cluster_position, tf_config
+from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import stage
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import protocol_split
-from model_lib.training import HYPER_PARAMETERS
-from model_lib.vocabulary import catalogue_size
+from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
 
 def _pyplot():
@@ -144,7 +144,7 @@ TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "s
 
 
 def run(settings: Settings, ds: dt.date) -> dict:
-    from model_lib import training, tuning
+    from model_lib.model import training, tuning
 
     settings = tuning.with_tuned(settings)  # the hyper-parameters `reco tune` stored under settings.tuned, if named
 
@@ -176,8 +176,10 @@ def run(settings: Settings, ds: dt.date) -> dict:
 def _train_and_register(settings, ds, files, vocabulary, num_items, split, window: str, checkpoint_dir: Path) -> dict:
     import mlflow
 
-    from model_lib import baselines, registry, training
-    from model_lib.scoring import Recommender
+    from model_lib.evaluation import baselines
+    from model_lib.model import training
+    from model_lib.serving.recommender import Recommender
+    from model_lib.storage import registry
 
     client = registry.configure(settings)
     # A retry after a crash continues the same MLflow run, as training continues from its checkpoint.
@@ -227,7 +229,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
             results = {"LSTM + attention": training.evaluate_model(result.model, split.test, num_items, policy=policy)}
             spark = None
             if settings.als_baseline:
-                from model_lib.spark import spark_session
+                from model_lib.storage.spark import spark_session
 
                 spark = spark_session(settings, f"reco-train-als-{ds}")
             try:

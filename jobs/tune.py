@@ -6,7 +6,7 @@ Writes  an MLflow run `tune-<name>` with one child run per trial (its settings, 
         `tuned` param (RECO_TUNED) is <name>.
 
 Run as `reco tune --ds 2003-02-28 --name ml-1m --minutes 60 --trials 20`; search space and pruning in
-model_lib/tuning.py. Each trial trains under the settings' budget (RECO_MAX_UPDATES ...).
+model_lib/model/tuning.py. Each trial trains under the settings' budget (RECO_MAX_UPDATES ...).
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import datetime as dt
 import json
 
 from model_lib.config import Settings, check_identifier, get_settings, parse_ds
-from model_lib.lake import parquet_files, read_parquet_folder, read_sequences
+from model_lib.data.splits import protocol_split
+from model_lib.data.vocabulary import catalogue_size
 from model_lib.progress import stage
-from model_lib.splits import protocol_split
-from model_lib.vocabulary import catalogue_size
+from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
 
 def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int) -> dict:
     import mlflow
     import optuna
 
-    from model_lib import registry, tuning
-    from model_lib.training import train_next_item_model
+    from model_lib.model import tuning
+    from model_lib.model.training import train_next_item_model
+    from model_lib.storage import registry
 
     check_identifier(name)
     # --- extract: the day's sequences; only the validation hold-out is ever scored ---

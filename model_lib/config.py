@@ -23,7 +23,10 @@ SOFTMAX_MODES = ("auto", "full", "sampled")
 MISSING_RAW_ACTIONS = ("skip", "fail")
 LR_SCHEDULES = ("cosine", "constant")
 TRAINING_LAUNCHERS = ("local", "kubernetes")
-REPEAT_POLICIES = ("exclude_seen", "allow_repeats")  # the same names as model_lib.metrics (kept import-free here)
+REPEAT_POLICIES = (
+    "exclude_seen",
+    "allow_repeats",
+)  # as in evaluation.metrics (import-free here)
 CHOICES = {
     "repeat_policy": REPEAT_POLICIES,
     "lr_schedule": LR_SCHEDULES,
@@ -87,7 +90,7 @@ class Settings(BaseSettings):
     hidden_dim: int = 64
     lstm_layers: int = 1
     # 0: one NARM-style attention over the LSTM states; n > 0: n transformer blocks (causal self-attention with
-    # attention_heads heads + feed-forward, residuals, layer norm) over them. See model_lib/model.py.
+    # attention_heads heads + feed-forward, residuals, layer norm) over them. See model_lib/model/network.py.
     attention_blocks: int = 0
     attention_heads: int = 2
     dropout: float = 0.1
@@ -142,7 +145,7 @@ class Settings(BaseSettings):
     top_k: int = 20  # recommendations per user, at most MAX_TOP_K
     # exclude_seen: never recommend an item the user has an event on (movies, books); allow_repeats: seen items stay
     # candidates (grocery, music, re-orders) and the model learns when people repeat. Under exclude_seen, items with
-    # an event of a type in repeatable_event_types (e.g. ["purchase"]) stay candidates. See model_lib/metrics.py.
+    # an event of a type in repeatable_event_types (e.g. ["purchase"]) stay candidates. See evaluation/metrics.py.
     repeat_policy: str = "exclude_seen"
     repeatable_event_types: list[str] = Field(default_factory=list)
 
@@ -334,7 +337,7 @@ class Settings(BaseSettings):
         return len(self.event_types) + 1
 
     def als_params(self):
-        from model_lib.baselines import AlsParams
+        from model_lib.evaluation.baselines import AlsParams
 
         return AlsParams(self.als_rank, self.als_reg_param, self.als_alpha, self.als_max_iter, self.seed)
 
@@ -349,7 +352,7 @@ class Settings(BaseSettings):
 
     def repeat_rule(self):
         """The repeat policy as the metrics module and the recommender apply it (event types as 1-based indices)."""
-        from model_lib.metrics import RepeatPolicy
+        from model_lib.evaluation.metrics import RepeatPolicy
 
         types = tuple(self.event_types.index(kind) + 1 for kind in self.repeatable_event_types)
         return RepeatPolicy(self.repeat_policy, types)

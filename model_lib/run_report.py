@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from model_lib.config import Settings
-from model_lib.lake import read_run_stats
+from model_lib.storage.lake import read_run_stats
 
 SPARK_STEPS = ("sessionize", "recommend")
 # The fields worth showing per step, in this order; a dotted name reaches into a nested result.

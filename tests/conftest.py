@@ -17,7 +17,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from model_lib.spark import spark_session
+    from model_lib.storage.spark import spark_session
 
     os.environ.setdefault("RECO_DATA_DIR", str(tmp_path_factory.mktemp("spark-data")))
     session = spark_session(get_settings(spark_shuffle_partitions=2), "reco-tests")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import get_settings
-from model_lib.lake import parquet_files
-from model_lib.training import train_next_item_model
+from model_lib.model.training import train_next_item_model
+from model_lib.storage.lake import parquet_files
 
 
 def main(folder: str, num_items: str, out: str) -> None:

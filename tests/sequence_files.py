@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from model_lib.splits import Sequences
+from model_lib.data.splits import Sequences
 
 
 def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event_types: int = 1) -> Sequences:
@@ -33,9 +33,9 @@ def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents:
     -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
     import keras
 
-    from model_lib import registry
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import Recommender, build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.storage import registry
 
     keras.utils.set_random_seed(seed)
     model = NextItemModel(num_items, settings.num_event_types, settings.num_gap_buckets, embedding_dim=8, hidden_dim=8)

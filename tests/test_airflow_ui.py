@@ -117,7 +117,7 @@ def test_dag_pages_show_docs_and_the_trigger_form(airflow_servers):
 
 
 def test_trigger_from_the_ui_runs_the_nightly_pipeline(airflow_servers, pipeline):
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage.warehouse import open_warehouse
 
     api, folder, _ = airflow_servers
     wait_for(lambda: _dag_parsed(api, "reco_nightly"), "reco_nightly parsed", 180)

@@ -17,9 +17,9 @@ from pyspark.sql import functions as F
 from timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 
 from jobs import sessionize
-from model_lib import events as ev
 from model_lib.config import get_settings
-from model_lib.schemas import REASON_CODES
+from model_lib.contracts import REASON_CODES
+from model_lib.data import events as ev
 
 pytestmark = pytest.mark.spark
 DAY = "2024-01-10"
@@ -181,9 +181,9 @@ def test_scoring_inputs_at_the_edges_give_unseen_items_and_never_fail(tmp_path):
     import keras
     import pandas as pd
 
-    from model_lib.model import NextItemModel
-    from model_lib.registry import recommend_from_raw_ids
-    from model_lib.scoring import Recommender, build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.storage.registry import recommend_from_raw_ids
 
     rules = get_settings(data_dir=tmp_path)
     keras.utils.set_random_seed(3)

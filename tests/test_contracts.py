@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from model_lib import events as ev
-from model_lib.schemas import REASON_CODES
+from model_lib.contracts import REASON_CODES
+from model_lib.data import events as ev
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -30,11 +30,11 @@ def test_quarantine_reasons_are_documented_in_checking_order():
 
 
 def test_recommendation_columns_are_documented_with_their_sql_types_in_order():
-    """The one recommendation-row definition (schemas.RECOMMENDATION_FIELDS) is what the README's SQL shows."""
+    """The one recommendation-row definition (contracts.RECOMMENDATION_FIELDS) is what the README's SQL shows."""
     import re
 
-    from model_lib.schemas import RECOMMENDATION_FIELDS
-    from model_lib.warehouse import RECOMMENDATIONS_DDL
+    from model_lib.contracts import RECOMMENDATION_FIELDS
+    from model_lib.storage.warehouse import RECOMMENDATIONS_DDL
 
     block = README[README.index("recommendations(ds DATE") : README.index("recommendation_runs(")]
     code = re.sub(r"--[^\n]*", "", block)
@@ -46,8 +46,8 @@ def test_recommendation_columns_are_documented_with_their_sql_types_in_order():
 def test_the_catalogue_size_covers_every_index_including_free_ones():
     import pandas as pd
 
-    from model_lib.schemas import FIRST_ITEM_INDEX
-    from model_lib.vocabulary import catalogue_size, vocabulary_item_ids
+    from model_lib.contracts import FIRST_ITEM_INDEX
+    from model_lib.data.vocabulary import catalogue_size, vocabulary_item_ids
 
     with_a_free_index = pd.DataFrame({"item_id": ["a", "c"], "item_index": [2, 4], "count": [3, 1]})
     assert catalogue_size(with_a_free_index) == 5

@@ -13,7 +13,7 @@ import pytest
 from processes import free_port
 from sequence_files import cycle_sequences
 
-from model_lib.lake import write_sequences
+from model_lib.storage.lake import write_sequences
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -23,7 +23,7 @@ def test_two_workers_end_with_identical_trained_weights(tmp_path):
     import keras
 
     from model_lib.config import get_settings
-    from model_lib.training import build_next_item_model
+    from model_lib.model.training import build_next_item_model
 
     num_items = 30
     folder = tmp_path / "sequences"

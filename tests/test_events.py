@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from model_lib import events as ev
 from model_lib.config import get_settings
-from model_lib.vocabulary import ranked_candidates, stable_vocabulary
+from model_lib.data import events as ev
+from model_lib.data.vocabulary import ranked_candidates, stable_vocabulary
 
 pytestmark = pytest.mark.spark
 TYPES = ["view", "add_to_cart", "purchase"]
@@ -220,7 +220,8 @@ def test_every_timestamp_at_its_limits_parses_as_the_contract_says_and_nothing_r
 
 def test_folders_that_are_not_dates_are_not_raw_days(spark, rules, tmp_path):
     """A stray `dt=` folder whose name is no date would otherwise reach the day-window conversion."""
-    from jobs.sessionize import Plan, extract_raw_lines
+    from jobs.sessionize import extract_raw_lines
+    from model_lib.data.state import Plan
 
     for folder in ("dt=2023-11-14", "dt=0000-00-00", "dt=garbage"):
         (rules.raw_events_dir / folder).mkdir(parents=True)

@@ -21,7 +21,7 @@ from processes import free_port, run_ok, start_server, wait_for
 from recommendation_files import DS, write_day
 
 from model_lib.config import get_settings
-from model_lib.warehouse import open_warehouse
+from model_lib.storage.warehouse import open_warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_pu
 
 def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_before_writing(tmp_path, monkeypatch):
     from jobs import recommend
-    from model_lib.registry import RegistryUnavailable
+    from model_lib.storage.registry import RegistryUnavailable
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # production keeps MLflow's retries
     down = get_settings(data_dir=tmp_path / "down", mlflow_tracking_uri=f"http://user:secret@127.0.0.1:{free_port()}")
@@ -106,8 +106,8 @@ KILL_POINTS = ("sequences", "state/users")
 
 
 def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
-    from model_lib.lake import read_sequences
     from model_lib.runtime import engine_environment
+    from model_lib.storage.lake import read_sequences
 
     settings = get_settings(data_dir=tmp_path / "data", min_item_count=1)
     env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_MIN_ITEM_COUNT": "1"}
@@ -174,7 +174,7 @@ def folder_digest(folder: Path) -> str:
 PAUSED_PUBLISH = """
 import sys, time
 from pathlib import Path
-from model_lib import warehouse
+from model_lib.storage import warehouse
 from model_lib.config import get_settings, parse_ds
 
 original = warehouse.Warehouse._record_run

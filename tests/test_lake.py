@@ -1,5 +1,6 @@
-"""model_lib/lake.py commits: a reader in another process never finds a committed folder missing or partial while
-it is replaced over and over, and a commit clears what killed runs left behind, but not a live run's folder."""
+"""model_lib/storage/lake.py commits: a reader in another process never finds a committed folder missing or
+partial while it is replaced over and over, and a commit clears what killed runs left behind, but not a live
+run's folder."""
 
 import multiprocessing
 import os
@@ -7,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from model_lib import lake
+from model_lib.storage import lake
 
 FILES = 20
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from model_lib.metrics import (
+from model_lib.evaluation.metrics import (
     ALLOW_REPEATS,
     RepeatPolicy,
     evaluate_holdout,

@@ -5,17 +5,17 @@ import pandas as pd
 import pytest
 from sequence_files import cycle_sequences
 
-from model_lib.lake import write_sequences
-from model_lib.metrics import seen_items as seen_mask
-from model_lib.splits import protocol_split
+from model_lib.data.splits import protocol_split
+from model_lib.evaluation.metrics import seen_items as seen_mask
+from model_lib.storage.lake import write_sequences
 
 keras = pytest.importorskip("keras")
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["narm_attention", "attention_blocks"])
 def model(request):
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import build_model
 
     keras.utils.set_random_seed(1)
     m = NextItemModel(
@@ -54,7 +54,7 @@ def test_padded_positions_never_change_the_scores(model):
     junk_in_padding = batch(
         [[0, 0, 0, 0, 0, 5, 6, 7]], types=[[3, 2, 1, 3, 2, 1, 1, 1]], gaps=[[5, 4, 3, 2, 1, 3, 3, 3]]
     )
-    from model_lib.scoring import ModelScorer
+    from model_lib.serving.recommender import ModelScorer
 
     scorer = ModelScorer(model)
     reference = scorer.score(short)
@@ -74,7 +74,7 @@ def test_attention_is_causal_and_ignores_padding(model):
 @pytest.mark.parametrize("attention_blocks", [0, 1])
 def test_learns_a_sequential_task_far_above_chance(settings, tmp_path, attention_blocks):
     """Users walk a hidden item cycle; chance HR@5 among ~55 unseen candidates is ~0.09."""
-    from model_lib.training import evaluate_model, train_next_item_model
+    from model_lib.model.training import evaluate_model, train_next_item_model
 
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8)
@@ -97,7 +97,7 @@ def test_learns_a_sequential_task_far_above_chance(settings, tmp_path, attention
 
 
 def test_recommender_round_trip_excludes_seen_and_falls_back_to_popular(model, tmp_path):
-    from model_lib.scoring import SOURCE_MODEL, SOURCE_POPULAR, Recommender
+    from model_lib.serving.recommender import SOURCE_MODEL, SOURCE_POPULAR, Recommender
 
     vocabulary = pd.DataFrame(
         {"item_index": np.arange(2, 30), "item_id": [f"i{k}" for k in range(2, 30)], "count": np.arange(30, 2, -1)}
@@ -116,8 +116,8 @@ def test_recommender_round_trip_excludes_seen_and_falls_back_to_popular(model, t
 
 
 def test_a_newer_vocabulary_is_translated_by_raw_id_and_free_indices_never_rank(model):
-    from model_lib.scoring import Recommender
-    from model_lib.vocabulary import vocabulary_item_ids
+    from model_lib.data.vocabulary import vocabulary_item_ids
+    from model_lib.serving.recommender import Recommender
 
     # The model knows i2..i29 except i9 (a free index since an item left its vocabulary).
     known = [k for k in range(2, 30) if k != 9]

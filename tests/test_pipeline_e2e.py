@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_training_registers_a_champion(pipeline):
-    from model_lib import registry
+    from model_lib.storage import registry
 
     settings, logs = pipeline.settings, pipeline.logs
     client = registry.configure(settings)
@@ -45,8 +45,8 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
 
 
 def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
-    from model_lib.lake import read_sequences
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage.lake import read_sequences
+    from model_lib.storage.warehouse import open_warehouse
 
     settings, ds = pipeline.settings, pipeline.ds
     sequences = read_sequences(settings.sequences_dir(ds))
@@ -80,7 +80,7 @@ def test_a_rerun_next_to_a_backfill_of_another_day_changes_nothing_and_they_do_n
     """At the same time: a re-run of the day that already succeeded, and a full-rebuild run of a later, quiet day
     (its raw partition is committed but empty). The re-run's rows hash exactly as before; the quiet day publishes
     the same lists from history; neither day holds a duplicate, and both runs are recorded."""
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage.warehouse import open_warehouse
 
     settings, ds = pipeline.settings, pipeline.ds
     later = ds + dt.timedelta(days=4)
@@ -160,7 +160,7 @@ def recorded_successes(warehouse, day: dt.date) -> int:
 
 def test_a_missing_raw_partition_skips_or_fails_the_run_as_configured(pipeline):
     """The sensor waits RECO_RAW_WAIT_MINUTES (3 s here), then skips or fails; either way nothing is published."""
-    from model_lib.warehouse import open_warehouse
+    from model_lib.storage.warehouse import open_warehouse
 
     skip_day, fail_day = pipeline.ds + dt.timedelta(days=2), pipeline.ds + dt.timedelta(days=3)
     skipped = pipeline.airflow(
@@ -193,10 +193,10 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     import numpy as np
 
     from jobs import promote
-    from model_lib import registry
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import Recommender, build_model
-    from model_lib.vocabulary import catalogue_size
+    from model_lib.data.vocabulary import catalogue_size
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.storage import registry
 
     settings, ds = pipeline.settings, pipeline.ds
     client = registry.configure(settings)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_lib.splits import HoldOut, Sequences
+from model_lib.data.splits import HoldOut, Sequences
 
 keras = pytest.importorskip("keras")
 
@@ -12,8 +12,8 @@ keras = pytest.importorskip("keras")
 @pytest.fixture(scope="module")
 def recommender():
     from model_lib.config import get_settings
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import Recommender, build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import Recommender, build_model
 
     settings = get_settings()
     keras.utils.set_random_seed(2)
@@ -56,7 +56,7 @@ def test_a_sane_model_passes_and_each_check_names_its_problem(recommender, setti
 
 
 def test_one_fit_check_names_the_floor_and_both_kinds_of_mismatch():
-    from model_lib.vocabulary import fit_problems
+    from model_lib.data.vocabulary import fit_problems
 
     assert fit_problems(0.9, 0.5, "RECO_X", "the day's events", ["view"], ["view"]) == []
     problems = fit_problems(0.2, 0.5, "RECO_X", "the day's events", ["view"], ["view", "buy"])

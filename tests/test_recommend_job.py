@@ -12,8 +12,8 @@ import pytest
 from sequence_files import register_tiny_model
 
 from model_lib.config import get_settings
-from model_lib.lake import read_run_stats, write_sequences
-from model_lib.splits import Sequences
+from model_lib.data.splits import Sequences
+from model_lib.storage.lake import read_run_stats, write_sequences
 
 pytestmark = pytest.mark.spark
 DS = dt.date(2024, 3, 1)
@@ -105,7 +105,7 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
     """A champion trained on another catalogue (or other event types) would hand everybody the popular fallback
     under its own name; the job refuses it instead, before Spark starts."""
     from jobs import recommend
-    from model_lib.scoring import IncompatibleModelError
+    from model_lib.serving.recommender import IncompatibleModelError
 
     settings, version, vocabulary = registered
     day = DS + dt.timedelta(days=1)
@@ -166,7 +166,7 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
     from mlflow.pyfunc import PythonModel
 
     from jobs import promote, recommend
-    from model_lib import registry
+    from model_lib.storage import registry
 
     settings, version, vocabulary = registered
     marker = tmp_path / "pickle-ran"
@@ -220,8 +220,8 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
     """The checksum recorded at registration is checked on every load."""
     import mlflow
 
-    from model_lib import registry
-    from model_lib.scoring import IncompatibleModelError
+    from model_lib.serving.recommender import IncompatibleModelError
+    from model_lib.storage import registry
 
     settings, version, _ = registered
     client = registry.configure(settings)

@@ -58,7 +58,7 @@ def test_a_history_of_unknown_items_gets_the_most_popular(served):
 
 
 def test_a_model_trained_to_allow_repeats_serves_seen_items_marked_as_repeats(served):
-    from model_lib.metrics import ALLOW_REPEATS, RepeatPolicy
+    from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
 
     settings = served[0]
     version, _ = register_tiny_model(settings, policy=RepeatPolicy(ALLOW_REPEATS))
@@ -76,7 +76,7 @@ def test_the_model_card_travels_with_the_version(served):
 
 
 def test_a_model_in_another_format_is_refused(served, tmp_path):
-    from model_lib.scoring import IncompatibleModelError, Recommender
+    from model_lib.serving.recommender import IncompatibleModelError, Recommender
 
     settings, version, vocabulary, model = served
     folder = model.unwrap_python_model().recommender.save(tmp_path / "saved")
@@ -90,8 +90,8 @@ def test_a_model_in_another_format_is_refused(served, tmp_path):
 def test_timestamps_give_the_same_gap_buckets_as_the_spark_job(spark):
     from pyspark.sql import functions as F
 
-    from model_lib.events import gap_bucket
-    from model_lib.scoring import gap_buckets
+    from model_lib.data.events import gap_bucket
+    from model_lib.serving.recommender import gap_buckets
 
     gaps = [0, 1, 2, 3, 7, 8, 59, 60, 3600, 86_400, 10**7, 10**9]
     stamps = np.cumsum([0, *gaps]).astype("datetime64[s]").astype(str).tolist()
@@ -103,8 +103,8 @@ def test_timestamps_give_the_same_gap_buckets_as_the_spark_job(spark):
 def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeypatch):
     """MLflow honours MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI from the environment; a worker whose environment
     points elsewhere must still read the champion, its vocabulary and its weights from RECO_MLFLOW_TRACKING_URI."""
-    from model_lib import registry
     from model_lib.config import get_settings
+    from model_lib.storage import registry
 
     # Elsewhere: the module's store, whose model (the same name, over 30 items) is made champion there.
     elsewhere, other_version, _, _ = served
@@ -137,7 +137,7 @@ def test_a_registry_that_refuses_is_not_reported_as_unreachable(tmp_path, code, 
     from mlflow.protos import databricks_pb2
 
     from model_lib.config import get_settings
-    from model_lib.registry import _unavailable
+    from model_lib.storage.registry import _unavailable
 
     settings = get_settings(data_dir=tmp_path, mlflow_tracking_uri="https://ops:hunter2@mlflow.internal")
     error = MlflowException("API request failed for user ops", error_code=getattr(databricks_pb2, code))

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from sequence_files import cycle_sequences
 
-from model_lib import baselines
-from model_lib.lake import write_sequences
-from model_lib.metrics import ALLOW_REPEATS, RepeatPolicy
-from model_lib.splits import HoldOut, Sequences, protocol_split
-from model_lib.training import TrainingBudget, TrainingRows, track_early_stopping
+from model_lib.data.splits import HoldOut, Sequences, protocol_split
+from model_lib.evaluation import baselines
+from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
+from model_lib.model.training import TrainingBudget, TrainingRows, track_early_stopping
+from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
 
@@ -32,8 +32,8 @@ def shoppers_and_explorers(users: int, num_items: int, steps: int, basket: int =
 
 
 def test_the_repeat_mechanism_learns_who_rebuys(settings, tmp_path):
-    from model_lib.scoring import ModelScorer
-    from model_lib.training import evaluate_model, train_next_item_model
+    from model_lib.model.training import evaluate_model, train_next_item_model
+    from model_lib.serving.recommender import ModelScorer
 
     num_items = 40
     sequences = shoppers_and_explorers(400, num_items, 10)
@@ -67,8 +67,8 @@ def test_the_repeat_mechanism_learns_who_rebuys(settings, tmp_path):
 def test_repeat_mixture_scores_are_a_distribution_that_favours_the_history(settings):
     import keras
 
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import ModelScorer, build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import ModelScorer, build_model
 
     keras.utils.set_random_seed(3)
     model = NextItemModel(20, 3, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=True)

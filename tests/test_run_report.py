@@ -2,8 +2,8 @@
 
 import datetime as dt
 
-from model_lib.lake import write_run_stats
 from model_lib.run_report import collect, headline, summary_lines
+from model_lib.storage.lake import write_run_stats
 
 DS = dt.date(2024, 1, 5)
 

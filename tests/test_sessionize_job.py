@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from jobs import sessionize
-from model_lib import events as ev
 from model_lib.config import get_settings
-from model_lib.schemas import REASON_CODES
-from model_lib.sources import SynthSpec, write_synth
+from model_lib.contracts import REASON_CODES
+from model_lib.data import events as ev
+from model_lib.data import state
+from model_lib.data.sources import SynthSpec, write_synth
 
 pytestmark = pytest.mark.spark
 SPEC = SynthSpec(users=40, items=30, days=4, malformed_share=0.03, duplicate_share=0.05, late_share=0.1)
@@ -134,10 +135,10 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
     day = settings.sessionized_dir(yesterday)
     day.mkdir(parents=True)
-    (day / sessionize.MANIFEST).write_text(json.dumps({"shape": sessionize.state_shape(settings)}))
-    assert sessionize.plan_run(settings, today, "auto").mode == "incremental"
+    (day / state.MANIFEST).write_text(json.dumps({"shape": state.state_shape(settings)}))
+    assert state.plan_run(settings, today, "auto").mode == "incremental"
     other = get_settings(**{"data_dir": settings.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
-    plan = sessionize.plan_run(other, today, "auto")
+    plan = state.plan_run(other, today, "auto")
     assert plan.mode == "full" and next(iter(changed)) in plan.why
     with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):
-        sessionize.plan_run(other, today, "incremental")
+        state.plan_run(other, today, "incremental")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from model_lib.sources import (
+from model_lib.data.sources import (
     SynthSpec,
     ratings_to_raw_events,
     read_movielens_items,

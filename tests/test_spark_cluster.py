@@ -18,8 +18,8 @@ from processes import free_port, run_ok, start_server, stop_server, wait_for
 
 from jobs import sessionize
 from model_lib.config import get_settings
+from model_lib.data.sources import SynthSpec, write_synth
 from model_lib.runtime import engine_environment
-from model_lib.sources import SynthSpec, write_synth
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 BIN = Path(sys.executable).parent

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model_lib.splits import Sequences, leave_one_out, next_item_pairs, protocol_split, shift_right, time_split
+from model_lib.data.splits import Sequences, leave_one_out, next_item_pairs, protocol_split, shift_right, time_split
 
 
 def make(rows, times=None):

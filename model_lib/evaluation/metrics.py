@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_lib.schemas import FIRST_ITEM_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX
 
 ScoreFunction = Callable[[dict[str, np.ndarray]], np.ndarray]
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout, popularity_scores
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.splits import HoldOut, Sequences
+from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.splits import HoldOut, Sequences
+from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout, popularity_scores
 
 # The baselines' display names (all_baselines) and the prefix of their MLflow metrics.
 METRIC_PREFIXES = {

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from model_lib import registry
 from model_lib.config import get_settings
-from model_lib.metrics import RepeatPolicy
-from model_lib.scoring import SOURCE_REPEAT
-from model_lib.splits import Sequences
+from model_lib.data.splits import Sequences
+from model_lib.evaluation.metrics import RepeatPolicy
+from model_lib.serving.recommender import SOURCE_REPEAT
+from model_lib.storage import registry
 
 
 @functools.lru_cache(maxsize=2)

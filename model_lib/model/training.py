@@ -18,7 +18,7 @@ Budget: `max_updates` optimizer updates (or `epochs` passes over the data when i
 `eval_every_updates` (or once per pass); the learning rate warms up linearly over `warmup_share` of the budget,
 then decays along a cosine to `min_lr_ratio` of itself. Early stopping: after `patience` validations whose NDCG@K
 did not exceed the last reference by `early_stop_stderr` standard errors (a small validation set is noisy); the
-weights of the best validation are kept. The validation pass is the XLA-compiled scoring path (scoring.ModelScorer).
+weights of the best validation are kept. The validation pass is the XLA-compiled scoring path (recommender.ModelScorer).
 
 Loss, averaged over the positions t whose target (the item at t + 1) is a known item:
     full     cross-entropy of the softmax over the whole catalogue
@@ -43,14 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model_lib.checkpoints import Checkpoints
 from model_lib.config import Settings
-from model_lib.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
-from model_lib.lake import read_sequences
-from model_lib.losses import next_item_loss, sampling_log_q
-from model_lib.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
-from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
-from model_lib.splits import HoldOut, Sequences, next_item_pairs, protocol_split
+from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
+from model_lib.data.splits import HoldOut, Sequences, next_item_pairs, protocol_split
+from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
+from model_lib.model.checkpoints import Checkpoints
+from model_lib.model.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
+from model_lib.model.losses import next_item_loss, sampling_log_q
+from model_lib.storage.lake import read_sequences
 
 # The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
 HYPER_PARAMETERS = (
@@ -206,14 +206,14 @@ def evaluate_model(
     scorer=None,
 ) -> dict[str, float]:
     """The model's metrics on a hold-out with the shared metrics module (full ranking, the repeat policy's
-    candidates), scored by the one scoring path (scoring.ModelScorer, XLA-compiled; pass one to reuse its
+    candidates), scored by the one scoring path (recommender.ModelScorer, XLA-compiled; pass one to reuse its
     compilations across validations).
 
     Users are scored shortest history first and each batch drops its all-padding columns (rounded up to a
     multiple of bucket_width, so few shapes compile): the model masks padding, so the scores are the same, only
     cheaper. The metrics do not depend on the order of users.
     """
-    from model_lib.scoring import ModelScorer
+    from model_lib.serving.recommender import ModelScorer
 
     scorer = scorer or ModelScorer(model)
     scorer.refresh()
@@ -232,7 +232,7 @@ def evaluate_model(
     return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values, policy=policy)
 
 
-# --- the settings a checkpoint must match (Checkpoints and resumable in model_lib/checkpoints.py) ---
+# --- the settings a checkpoint must match (Checkpoints and resumable in model_lib/model/checkpoints.py) ---
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
     return {
@@ -305,8 +305,8 @@ def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, s
 
 # --- the loop ---
 def build_next_item_model(num_items: int, settings: Settings):
-    from model_lib.model import NextItemModel
-    from model_lib.scoring import build_model
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.recommender import build_model
 
     model = NextItemModel(
         num_items=num_items,
@@ -438,7 +438,7 @@ def train_next_item_model(
     import keras
     import tensorflow as tf
 
-    from model_lib.scoring import ModelScorer
+    from model_lib.serving.recommender import ModelScorer
 
     files = sorted(Path(path) for path in sequence_files)
     strategy = distribution_strategy()  # first: a multi-worker strategy must exist before any other TF work

@@ -4,8 +4,9 @@ Scoring a batch of users (`ModelScorer`, the one path used by serving, the gate,
 XLA-compiled forward pass gives each user's vector after the last event (B, D), that step's attention row and, with
 the repeat mechanism, its repeat gate and repeat row; one float32 matrix multiply against the item table (D + 1, V),
 with the item bias folded in as a last row, gives the logits. Without the repeat mechanism the scores are those
-logits; with it they are log P(v) = log(g * repeat(v) + (1 - g) * softmax(logits)(v)) (model_lib/model.py).
-The repeat policy (model_lib/metrics.py) then sets the excluded items to -inf and `metrics.top_k` selects the top K.
+logits; with it they are log P(v) = log(g * repeat(v) + (1 - g) * softmax(logits)(v)) (model_lib/model/network.py).
+The repeat policy (model_lib/evaluation/metrics.py) then sets the excluded items to -inf and `metrics.top_k`
+selects the top K.
 
 The folder form (`save` / `load`) is what travels inside each registered MLflow model version:
     model_config.json   format version, constructor arguments of NextItemModel, the event types it was trained
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.metrics import RepeatPolicy, top_k
-from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
+from model_lib.evaluation.metrics import RepeatPolicy, top_k
 
 SOURCE_MODEL = "model"
 SOURCE_REPEAT = "repeat"  # an item the user already has an event on (allowed by the repeat policy)
@@ -284,7 +285,7 @@ class Recommender:
 
     @classmethod
     def load(cls, folder: Path) -> Recommender:
-        from model_lib.model import NextItemModel
+        from model_lib.model.network import NextItemModel
 
         config = json.loads((Path(folder) / "model_config.json").read_text())
         if config.get("format") not in READABLE_FORMATS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from model_lib.schemas import FIRST_ITEM_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX
 
 VOCABULARY_COLUMNS = ["item_id", "item_index", "count"]
 

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from model_lib.config import Settings
-from model_lib.schemas import (
+from model_lib.contracts import (
     PAD_INDEX,
     REASON_BAD_ENCODING,
     REASON_BAD_ID,

@@ -32,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 from model_lib.config import check_identifier
+from model_lib.contracts import RECOMMENDATION_COLUMNS, RECOMMENDATION_FIELDS, RECOMMENDATION_KEY
 from model_lib.redaction import redact
-from model_lib.schemas import RECOMMENDATION_COLUMNS, RECOMMENDATION_FIELDS, RECOMMENDATION_KEY
 
 RECOMMENDATIONS_DDL = (
     "\nCREATE TABLE IF NOT EXISTS {table} (\n"

@@ -1,12 +1,12 @@
 """The training losses (TensorFlow, imported inside the functions): full and sampled softmax cross-entropy, the
 repeat/explore mixture, and the masked mean over the positions that have a target. Definitions in
-model_lib/training.py's docstring."""
+model_lib/model/training.py's docstring."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model_lib.schemas import FIRST_ITEM_INDEX, PAD_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
 
 SAMPLING_DISTORTION = 0.75  # word2vec's unigram^0.75: popular items drawn often, but not overwhelmingly
 

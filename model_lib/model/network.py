@@ -15,7 +15,7 @@
          probability is  P(v) = g * sum_j repeat[t, j] [item_j = v]  +  (1 - g) * softmax(logits)(v),
          so the model learns when people re-buy (a history item) and when they explore (the catalogue)
 
-Trained to predict the next item at every position (model_lib/training.py holds the losses). At inference only
+Trained to predict the next item at every position (model_lib/model/training.py holds the losses). At inference only
 the last position is scored and its attention row says which history item drove the recommendation.
 Under a mixed-precision policy the layers compute in float16 while attention softmax and item logits stay float32.
 """
@@ -176,7 +176,7 @@ class NextItemModel(keras.Model):
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `encode_last(inputs)` -> the last step's (user vector (B, D), attention row (B, T), repeat gate (B,),
                              repeat row (B, T)); gate and repeat row are zeros without the repeat mechanism.
-    Scores of the next item from those: model_lib.scoring.ModelScorer (the one scoring path).
+    Scores of the next item from those: model_lib.serving.recommender.ModelScorer (the one scoring path).
     """
 
     def __init__(

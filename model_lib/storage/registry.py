@@ -4,11 +4,11 @@ Aliases, never the deprecated stages: `champion` is what the nightly run reads, 
 candidate. A person promotes by setting the alias in the MLflow UI or with `reco promote --version N`.
 
 The pipeline never unpickles registry content. A version's recommender is plain files (`model_config.json`,
-`model.weights.h5`, `vocabulary.parquet`, see scoring.py); registration records their SHA-256 in the version tag
-`recommender_sha256`, and `load_recommender` downloads just those files, checks them against it and builds the
-network from the JSON config. The pyfunc wrapper (cloudpickled by MLflow) stays in each version for people who
-want `mlflow.pyfunc.load_model`; the gate and the nightly Spark workers never call it, so whoever can register a
-version cannot run code in the scheduler or the executors through its pickle.
+`model.weights.h5`, `vocabulary.parquet`, see serving/recommender.py); registration records their SHA-256 in the
+version tag `recommender_sha256`, and `load_recommender` downloads just those files, checks them against it and
+builds the network from the JSON config. The pyfunc wrapper (cloudpickled by MLflow) stays in each version for
+people who want `mlflow.pyfunc.load_model`; the gate and the nightly Spark workers never call it, so whoever can
+register a version cannot run code in the scheduler or the executors through its pickle.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.types.schema import ColSpec, Schema
 
 from model_lib.config import Settings
+from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.redaction import redact, split_credentials
-from model_lib.schemas import FIRST_ITEM_INDEX
-from model_lib.scoring import RECOMMENDER_FILES, IncompatibleModelError, Recommender
+from model_lib.serving.recommender import RECOMMENDER_FILES, IncompatibleModelError, Recommender
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

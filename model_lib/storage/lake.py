@@ -133,7 +133,7 @@ def read_parquet_folder(folder: Path) -> pd.DataFrame:
 def read_sequences(source: Path | list[Path]):
     """The sequences Parquet of one ds (its folder, or some of its files) -> splits.Sequences (aligned int32 arrays,
     users sorted by id)."""
-    from model_lib.splits import Sequences
+    from model_lib.data.splits import Sequences
 
     if isinstance(source, list | tuple):
         frame = pd.concat([pd.read_parquet(path) for path in source], ignore_index=True)
