@@ -142,3 +142,17 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
     assert plan.mode == "full" and next(iter(changed)) in plan.why
     with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):
         state.plan_run(other, today, "incremental")
+
+
+def test_a_state_judged_by_older_validation_rules_is_rebuilt_in_full(settings):
+    """A state from before a rule was added (here bad_encoding and bad_id) holds events the new rule rejects."""
+    import json
+
+    yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
+    day = settings.sessionized_dir(yesterday)
+    day.mkdir(parents=True)
+    older_rules = [code for code in REASON_CODES if code not in ("bad_encoding", "bad_id")]
+    older_shape = {**state.state_shape(settings), "reason_codes": older_rules}
+    (day / state.MANIFEST).write_text(json.dumps({"shape": older_shape}))
+    plan = state.plan_run(settings, today, "auto")
+    assert plan.mode == "full" and "reason_codes" in plan.why

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
 from model_lib.config import Settings
+from model_lib.contracts import REASON_CODES
 from model_lib.storage.lake import commit_folder, latest_version_before, staging_path
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
@@ -43,6 +44,8 @@ def state_shape(settings: Settings) -> dict:
         "future_tolerance_minutes": settings.future_tolerance_minutes,
         "max_line_chars": settings.max_line_chars,
         "max_id_chars": settings.max_id_chars,
+        # A new validation rule comes with a new reason code; the events an older state accepted must be re-judged.
+        "reason_codes": list(REASON_CODES),
     }
 
 
