@@ -126,6 +126,82 @@ def write_sessionize_stats(stats: dict, settings: Settings, ds: dt.date) -> None
     write_run_stats(row, settings.run_stats_dir("sessionize", ds))
 
 
+def run_stats(
+    ds, plan: Plan, days_read: list[str], by_reason: dict, valid: int, vocabulary, previous_vocabulary
+) -> dict:
+    """The run-stats row: read = valid + duplicates + quarantined, and the vocabulary's churn."""
+    quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
+    read = sum(by_reason.values())
+    previous_items = set(previous_vocabulary["item_id"]) if previous_vocabulary is not None else set()
+    return {
+        "ds": ds.isoformat(),
+        "mode": plan.mode,
+        "days_read": len(days_read),
+        "read": read,
+        "valid": valid,
+        "duplicates": by_reason.get(None, 0) - valid,
+        "quarantined": sum(quarantined.values()),
+        "quarantined_by_reason": quarantined,
+        "quarantined_share": round(sum(quarantined.values()) / read, 6) if read else 0.0,
+        "vocabulary_size": len(vocabulary),
+        "items_new_in_vocabulary": len(set(vocabulary["item_id"]) - previous_items)
+        if previous_items
+        else len(vocabulary),
+        "items_left_vocabulary": len(previous_items - set(vocabulary["item_id"])),
+    }
+
+
+def refuse_too_much_quarantine(stats: dict, settings: Settings, ds: dt.date, started: float) -> None:
+    """Above max_quarantine_share the run records itself as failed and stops before sequences, vocabulary or state."""
+    quarantined, read = stats["quarantined_by_reason"], stats["read"]
+    if stats["quarantined_share"] > settings.max_quarantine_share:
+        write_sessionize_stats(
+            {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
+        )
+        raise ValueError(
+            f"sessionize ds={ds}: {stats['quarantined']:,} of {read:,} lines ({stats['quarantined_share']:.1%}) were "
+            f"quarantined {quarantined}, above max_quarantine_share={settings.max_quarantine_share:.1%}. Nothing "
+            f"else was written. Inspect {settings.quarantine_root}, fix the producer, or raise "
+            "RECO_MAX_QUARANTINE_SHARE for this run."
+        )
+
+
+def write_histories(
+    spark, settings: Settings, ds: dt.date, plan: Plan, previous, events, counts, vocabulary, previous_vocabulary
+):
+    """Sessions and the last L events per user (a full build, or yesterday's state merged with the day), written
+    with the vocabulary and the state as one committed day. Returns the cached histories and the users written."""
+    with stage("sessionize: sessions + last L per user, write") as report:
+        vocabulary_frame = spark.createDataFrame(
+            vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
+        )
+        if previous is None:
+            histories = ev.user_histories(events, vocabulary_frame, settings)
+        else:
+            changed = changed_items(previous_vocabulary, vocabulary)
+            changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
+            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, settings)
+        histories = histories.select(ev.STATE_COLUMNS).cache()
+        keys = events.select("dedup_key", "event_ts")
+        if previous is not None:
+            keys = keys.unionByName(previous["dedup_keys"])
+        written = write_day(
+            {
+                "sequences": histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"),
+                "vocab": vocabulary_frame.orderBy("item_index"),
+                "day_item_counts": ev.item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
+                "users": histories.select(ev.STATE_COLUMNS),
+                "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
+                "item_counts": counts,
+            },
+            settings,
+            ds,
+            plan,
+        )
+        report(users=written["users"], path=str(settings.sessionized_dir(ds)))
+    return histories, written["users"]
+
+
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
     started = time.time()
     plan = plan_run(settings, ds, mode or settings.sessionize_mode)
@@ -156,71 +232,20 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         counts = ev.item_counts(events, previous["item_counts"] if previous else None).cache()
         previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
         vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
-        previous_items = set(previous_vocabulary["item_id"]) if previous_vocabulary is not None else set()
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
 
-    stats = {
-        "ds": ds.isoformat(),
-        "mode": plan.mode,
-        "days_read": len(days_read),
-        "read": read,
-        "valid": valid,
-        "duplicates": by_reason.get(None, 0) - valid,
-        "quarantined": sum(quarantined.values()),
-        "quarantined_by_reason": quarantined,
-        "quarantined_share": round(sum(quarantined.values()) / read, 6) if read else 0.0,
-        "vocabulary_size": len(vocabulary),
-        "items_new_in_vocabulary": len(set(vocabulary["item_id"]) - previous_items)
-        if previous_items
-        else len(vocabulary),
-        "items_left_vocabulary": len(previous_items - set(vocabulary["item_id"])),
-    }
+    stats = run_stats(ds, plan, days_read, by_reason, valid, vocabulary, previous_vocabulary)
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
 
     with stage("sessionize: write quarantine") as report:
         write_quarantine(ev.quarantine_rows(validated), settings, days_read)
         report(rows=stats["quarantined"], days=len(days_read), path=str(settings.quarantine_root))
-    if stats["quarantined_share"] > settings.max_quarantine_share:
-        write_sessionize_stats(
-            {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
-        )
-        raise ValueError(
-            f"sessionize ds={ds}: {stats['quarantined']:,} of {read:,} lines ({stats['quarantined_share']:.1%}) were "
-            f"quarantined {quarantined}, above max_quarantine_share={settings.max_quarantine_share:.1%}. Nothing "
-            f"else was written. Inspect {settings.quarantine_root}, fix the producer, or raise "
-            "RECO_MAX_QUARANTINE_SHARE for this run."
-        )
+    refuse_too_much_quarantine(stats, settings, ds, started)
 
-    with stage("sessionize: sessions + last L per user, write") as report:
-        vocabulary_frame = spark.createDataFrame(
-            vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
-        )
-        if previous is None:
-            histories = ev.user_histories(events, vocabulary_frame, settings)
-        else:
-            changed = changed_items(previous_vocabulary, vocabulary)
-            changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
-            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, settings)
-        histories = histories.select(ev.STATE_COLUMNS).cache()
-        keys = events.select("dedup_key", "event_ts")
-        if previous is not None:
-            keys = keys.unionByName(previous["dedup_keys"])
-        written = write_day(
-            {
-                "sequences": histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"),
-                "vocab": vocabulary_frame.orderBy("item_index"),
-                "day_item_counts": ev.item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
-                "users": histories.select(ev.STATE_COLUMNS),
-                "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
-                "item_counts": counts,
-            },
-            settings,
-            ds,
-            plan,
-        )
-        stats["users"] = written["users"]
-        report(users=stats["users"], path=str(settings.sessionized_dir(ds)))
+    histories, stats["users"] = write_histories(
+        spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary
+    )
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
     print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)
