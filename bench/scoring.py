@@ -107,7 +107,7 @@ def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tu
 def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
     import keras
 
-    from model_lib.model.training import build_next_item_model
+    from model_lib.model.steps import build_next_item_model
     from model_lib.serving.recommender import Recommender
 
     keras.utils.set_random_seed(settings.seed)

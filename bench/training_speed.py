@@ -45,7 +45,8 @@ def eager_validation(model, holdout, num_items: int, k: int, policy) -> dict:
 
 def run(settings, updates: int) -> dict:
     from model_lib.data.splits import protocol_split
-    from model_lib.model.training import TrainingRows, evaluate_model, train_next_item_model
+    from model_lib.model.examples import TrainingRows
+    from model_lib.model.training import evaluate_model, train_next_item_model
     from model_lib.serving.recommender import ModelScorer
     from model_lib.storage.lake import dated_folders, parquet_files, read_parquet_folder, read_sequences
 

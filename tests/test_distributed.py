@@ -23,7 +23,7 @@ def test_two_workers_end_with_identical_trained_weights(tmp_path):
     import keras
 
     from model_lib.config import get_settings
-    from model_lib.model.training import build_next_item_model
+    from model_lib.model.steps import build_next_item_model
 
     num_items = 30
     folder = tmp_path / "sequences"

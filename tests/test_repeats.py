@@ -7,7 +7,8 @@ from sequence_files import cycle_sequences
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation import baselines
 from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
-from model_lib.model.training import TrainingBudget, TrainingRows, track_early_stopping
+from model_lib.model.examples import TrainingRows
+from model_lib.model.schedule import TrainingBudget, track_early_stopping
 from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}

@@ -9,8 +9,8 @@ from sequence_files import cycle_sequences
 
 from model_lib.data.splits import Sequences, protocol_split
 from model_lib.model.distribute import cluster_position, shard_files
+from model_lib.model.examples import TrainingRows, bucket_width, epoch_batches
 from model_lib.model.losses import sampling_log_q
-from model_lib.model.training import TrainingRows, bucket_width, epoch_batches
 from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}

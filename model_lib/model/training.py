@@ -37,7 +37,7 @@ folder resumes after the last saved epoch, so a killed task's retry continues in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,11 +45,14 @@ import numpy as np
 
 from model_lib.config import Settings
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
-from model_lib.data.splits import HoldOut, Sequences, next_item_pairs, protocol_split
+from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
 from model_lib.model.checkpoints import Checkpoints
 from model_lib.model.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
-from model_lib.model.losses import next_item_loss, sampling_log_q
+from model_lib.model.examples import TrainingRows, bucket_width, updates_per_pass
+from model_lib.model.losses import sampling_log_q
+from model_lib.model.schedule import TrainingBudget, new_loop_state, track_early_stopping
+from model_lib.model.steps import build_optimizer_and_model, make_epoch_dataset, make_train_step, train_round
 from model_lib.storage.lake import read_sequences
 
 # The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
@@ -98,104 +101,6 @@ class TrainingResult:
         return self
 
 
-def training_examples(files: list[Path], settings: Settings) -> int:
-    """About how many training windows these sequence files give (from their `length` column only): what every
-    worker's step count is computed from, so all run the same number of steps."""
-    import pyarrow.parquet as pq
-
-    lengths = np.concatenate([pq.read_table(path, columns=["length"])["length"].to_numpy() for path in files])
-    inputs = np.maximum(lengths - 3, 0)  # two held-out events, and the last input has no next item
-    return int(window_counts(inputs, settings.seq_len, settings.stride).sum())
-
-
-# --- batches ---
-@dataclass(frozen=True)
-class TrainingRows:
-    """Next-item training pairs: inputs (N, T) per feature, item and event-type targets (N, T), real lengths (N,)."""
-
-    inputs: dict[str, np.ndarray]
-    item_targets: np.ndarray
-    type_targets: np.ndarray
-    lengths: np.ndarray
-
-    @classmethod
-    def from_sequences(cls, train: Sequences, steps: int | None = None, stride: int | None = None) -> TrainingRows:
-        """Next-item pairs of every window of `steps` inputs (default: the whole width), newest first and `stride`
-        apart (default: `steps`), over each user's stored history."""
-        inputs, item_targets, type_targets = next_item_pairs(train)
-        if steps is not None and inputs["items"].shape[1] > steps:
-            lengths = (inputs["items"] != PAD_INDEX).sum(axis=1)
-            rows, columns = window_columns(lengths, inputs["items"].shape[1], steps, stride or steps)
-            inside = columns >= 0
-
-            def windows(values):
-                return np.where(inside, values[rows[:, None], np.maximum(columns, 0)], PAD_INDEX)
-
-            inputs = {name: windows(values) for name, values in inputs.items()}
-            item_targets, type_targets = windows(item_targets), windows(type_targets)
-        # A target needs some history: the first event of a window, predicted from padding, is not trained on.
-        has_input = inputs["items"] != PAD_INDEX
-        item_targets = np.where(has_input, item_targets, PAD_INDEX)
-        type_targets = np.where(has_input, type_targets, PAD_INDEX)
-        keep = (item_targets >= FIRST_ITEM_INDEX).any(axis=1)
-        inputs = {name: values[keep].astype(np.int32) for name, values in inputs.items()}
-        return cls(
-            inputs,
-            item_targets[keep].astype(np.int32),
-            type_targets[keep].astype(np.int32),
-            (inputs["items"] != PAD_INDEX).sum(axis=1),
-        )
-
-    def __len__(self) -> int:
-        return len(self.item_targets)
-
-
-def window_counts(lengths: np.ndarray, steps: int, stride: int) -> np.ndarray:
-    """Training windows of `steps` per row of `lengths` real next-item pairs, `stride` apart (at least one)."""
-    return 1 + np.maximum(0, -(-(lengths - steps) // stride))
-
-
-def window_columns(lengths: np.ndarray, width: int, steps: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of `width` columns, left-padded, with `lengths` real columns -> (window rows (W,), columns (W, steps)):
-    windows ending at the last column, then `stride` earlier, until a window reaches the oldest real column.
-    Columns < 0 lie before the row's start (padding)."""
-    counts = window_counts(lengths, steps, stride)
-    rows = np.repeat(np.arange(len(lengths)), counts)
-    nth = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    ends = width - nth * stride
-    return rows, ends[:, None] - steps + np.arange(steps)[None, :]
-
-
-def bucket_width(steps: int) -> int:
-    """Batches are trimmed to multiples of this many columns: at most ~8 shapes, so few XLA compilations."""
-    return max(1, -(-steps // 8))
-
-
-def epoch_batches(rows: TrainingRows, batch_size: int, batches: int, seed: int, epoch: int) -> Iterator[tuple]:
-    """Exactly `batches` full batches for one epoch, the same for the same (seed, epoch) wherever it runs.
-
-    Rows are shuffled (reshuffled again if more batches are asked for than one pass gives), sorted by length within
-    pools of 32 batches, cut into batches whose order is shuffled, and each batch keeps only its last
-    `width` columns (left padding), width = its longest row rounded up to a multiple of `bucket_width`.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    needed = batches * batch_size
-    order = np.concatenate([rng.permutation(len(rows)) for _ in range(-(-needed // max(len(rows), 1)))])[:needed]
-    pool = 32 * batch_size
-    chunks = []
-    for start in range(0, needed, pool):
-        members = order[start : start + pool]
-        members = members[np.argsort(rows.lengths[members], kind="stable")]
-        chunks.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
-    full_width = rows.item_targets.shape[1]
-    step = bucket_width(full_width)
-    for position in rng.permutation(len(chunks)):
-        members = chunks[position]
-        width = min(full_width, max(1, -(-int(rows.lengths[members].max()) // step) * step))
-        inputs = {name: values[members, -width:] for name, values in rows.inputs.items()}
-        yield inputs, rows.item_targets[members, -width:], rows.type_targets[members, -width:]
-
-
 # --- evaluation ---
 def evaluate_model(
     model,
@@ -242,174 +147,6 @@ def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict
     }
 
 
-# --- budget, learning rate and early stopping ---
-@dataclass(frozen=True)
-class TrainingBudget:
-    """`rounds` validation rounds of `steps_per_round` optimizer updates each."""
-
-    rounds: int
-    steps_per_round: int
-    steps_per_pass: int
-
-    @classmethod
-    def of(cls, settings: Settings, steps_per_pass: int, max_steps_per_round: int | None = None) -> TrainingBudget:
-        per_round = settings.eval_every_updates or steps_per_pass
-        if max_steps_per_round:
-            per_round = min(per_round, max_steps_per_round)
-        rounds = -(-settings.max_updates // per_round) if settings.max_updates else settings.epochs
-        return cls(rounds, per_round, steps_per_pass)
-
-    @property
-    def total_updates(self) -> int:
-        return self.rounds * self.steps_per_round
-
-    def describe(self) -> str:
-        return (
-            f"{self.total_updates:,} updates ({self.total_updates / max(self.steps_per_pass, 1):.1f} passes over "
-            f"the data) validated every {self.steps_per_round}"
-        )
-
-
-def learning_rate_schedule(settings: Settings, total_updates: int):
-    """Linear warm-up, then cosine decay to min_lr_ratio x learning_rate at the end of the budget (or constant)."""
-    import keras
-
-    if settings.lr_schedule == "constant":
-        return settings.learning_rate
-    warmup = int(settings.warmup_share * total_updates)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=settings.learning_rate * settings.min_lr_ratio,
-        decay_steps=max(1, total_updates - warmup),
-        alpha=settings.min_lr_ratio,
-        warmup_target=settings.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
-def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, settings: Settings) -> bool:
-    """Updates the loop state with one validation; True when it is the best so far (its weights are kept).
-
-    The patience counter restarts only when the score beats the reference (the score at the last restart) by
-    more than early_stop_stderr standard errors: noise on a small validation set does not keep a run alive, and
-    slow real gains add up until they count.
-    """
-    improved = score > state["best_score"]
-    if improved:
-        state.update(best_score=score, best_epoch=epoch)
-    if score > state.get("reference_score", -1.0) + settings.early_stop_stderr * stderr:
-        state.update(reference_score=score, waited=0)
-    else:
-        state["waited"] += 1
-    return improved
-
-
-# --- the loop ---
-def build_next_item_model(num_items: int, settings: Settings):
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import build_model
-
-    model = NextItemModel(
-        num_items=num_items,
-        num_event_types=settings.num_event_types,
-        num_gap_buckets=settings.num_gap_buckets,
-        embedding_dim=settings.embedding_dim,
-        hidden_dim=settings.hidden_dim,
-        lstm_layers=settings.lstm_layers,
-        dropout=settings.dropout,
-        event_type_head=settings.event_type_loss_weight > 0,
-        repeat_mechanism=settings.repeat_rule().allows_repeats,
-        attention_blocks=settings.attention_blocks,
-        attention_heads=settings.attention_heads,
-    )
-    build_model(model)
-    return model
-
-
-def make_train_step(model, optimizer, strategy, settings: Settings, log_q, mixed: bool):
-    """-> step(inputs, item_targets, type_targets, sample_seed): one optimizer update on every replica (the inner
-    loss and gradient XLA-compiled when settings.xla), returning the loss averaged over the replicas."""
-    import tensorflow as tf
-
-    replicas = strategy.num_replicas_in_sync
-
-    @tf.function(jit_compile=settings.xla, reduce_retracing=True)
-    def loss_and_gradients(inputs, item_targets, type_targets, sample_seed):
-        with tf.GradientTape() as tape:
-            loss = next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, sample_seed)
-            # The optimizer sums gradients over replicas, so each replica contributes its share of the mean.
-            scaled = loss / replicas
-            if mixed:
-                scaled = optimizer.scale_loss(scaled)
-        return loss, tape.gradient(scaled, model.trainable_variables)
-
-    def replica_step(inputs, item_targets, type_targets, sample_seed):
-        loss, gradients = loss_and_gradients(inputs, item_targets, type_targets, sample_seed)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return loss
-
-    @tf.function(reduce_retracing=True)
-    def distributed_step(inputs, item_targets, type_targets, sample_seed):
-        losses = strategy.run(replica_step, args=(inputs, item_targets, type_targets, sample_seed))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
-
-    return distributed_step
-
-
-def make_epoch_dataset(strategy, rows: TrainingRows, settings: Settings, batches: int, seed: int):
-    """-> epoch -> the distributed dataset of that epoch's `batches` batches (see epoch_batches)."""
-    import tensorflow as tf
-
-    signature = (
-        {name: tf.TensorSpec((None, None), tf.int32) for name in rows.inputs},
-        tf.TensorSpec((None, None), tf.int32),
-        tf.TensorSpec((None, None), tf.int32),
-    )
-
-    def epoch_dataset(epoch: int):
-        def make(context):
-            return tf.data.Dataset.from_generator(
-                lambda: epoch_batches(rows, settings.batch_size, batches, seed, epoch), output_signature=signature
-            ).prefetch(2)
-
-        return strategy.distribute_datasets_from_function(make)
-
-    return epoch_dataset
-
-
-def train_round(distributed_step, dataset, seed: int, epoch: int, progress) -> list[float]:
-    """The updates of one validation round; each step's sampling seed is a function of (seed, epoch, step), so a
-    resumed run draws what an uninterrupted one would."""
-    import tensorflow as tf
-
-    losses = []
-    for step, batch in enumerate(dataset, start=1):
-        losses.append(float(distributed_step(*batch, tf.constant([seed, epoch * 1_000_003 + step], tf.int32))))
-        progress.update(step, [("loss", float(np.mean(losses)))])
-    return losses
-
-
-def new_loop_state(signature: dict) -> dict:
-    """The loop state a run starts from (checkpointed as JSON after every round)."""
-    return {
-        "signature": signature,
-        "history": [],
-        "best_score": -1.0,
-        "best_epoch": 0,
-        "reference_score": -1.0,
-        "waited": 0,
-        "seconds": 0.0,
-    }
-
-
-def updates_per_pass(files: list[Path], rows: TrainingRows, settings: Settings, workers: int, local_replicas: int):
-    """Updates per pass over the data. Every worker runs the same number: from the largest shard's window count."""
-    shard_sizes = [
-        training_examples(shard_files(files, index, workers), settings) if workers > 1 else len(rows)
-        for index in range(workers)
-    ]
-    return -(-max(shard_sizes) // (settings.batch_size * local_replicas))
-
-
 def training_banner(rows, files, settings: Settings, pipeline, workers, budget, result, sampled, num_items) -> str:
     """The one line that says what this run trains on, how long and how."""
     return (
@@ -419,6 +156,146 @@ def training_banner(rows, files, settings: Settings, pipeline, workers, budget, 
         f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
         + (" with the repeat mechanism" if result.model.repeat_mechanism else "")
     )
+
+
+def open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief: bool) -> Checkpoints:
+    """What a checkpoint holds. The dropout seed generators' states are not tracked through the model: saved
+    explicitly, a resumed run draws the same dropout masks as an uninterrupted one."""
+    random_states = {f"random_state_{i}": v.value for i, v in enumerate(model.non_trainable_variables)}
+    return Checkpoints(
+        checkpoint_dir,
+        {"model": model, "optimizer": optimizer, "epoch": epoch_counter, **random_states},
+        model,
+        is_chief,
+    )
+
+
+def announce_resume(result: TrainingResult, state: dict, checkpoint_dir, settings: Settings) -> None:
+    if result.resumed_after_epoch:
+        print(
+            f"[reco] resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
+            f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
+            flush=True,
+        )
+
+
+@dataclass
+class TrainingRun:
+    """What the validation rounds of one run share."""
+
+    model: object
+    optimizer: object
+    epoch_counter: object
+    budget: TrainingBudget
+    validation: HoldOut
+    num_items: int
+    is_chief: bool
+    distributed_step: Callable
+    epoch_dataset: Callable
+    checkpoints: Checkpoints
+    scorer: object = None
+
+
+def set_up_run(
+    strategy,
+    rows: TrainingRows,
+    validation: HoldOut,
+    budget: TrainingBudget,
+    num_items: int,
+    settings: Settings,
+    checkpoint_dir,
+    position: tuple[int, int, bool],
+    sampled: bool,
+) -> TrainingRun:
+    """The model, optimizer, train step, epoch datasets and checkpoints of a run, in the order TF needs them."""
+    import keras
+    import tensorflow as tf
+
+    pipeline, workers, is_chief = position
+    local_replicas = max(1, strategy.num_replicas_in_sync // workers)
+    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
+    model, optimizer, epoch_counter = build_optimizer_and_model(
+        strategy, num_items, settings, budget.total_updates, mixed
+    )
+    log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
+    distributed_step = make_train_step(model, optimizer, strategy, settings, log_q, mixed)
+    # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
+    epoch_dataset = make_epoch_dataset(
+        strategy, rows, settings, budget.steps_per_round * local_replicas, settings.seed + 7919 * pipeline
+    )
+    checkpoints = open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief)
+    return TrainingRun(
+        model,
+        optimizer,
+        epoch_counter,
+        budget,
+        validation,
+        num_items,
+        is_chief,
+        distributed_step,
+        epoch_dataset,
+        checkpoints,
+    )
+
+
+def run_round(epoch: int, run: TrainingRun, settings: Settings, verbose: int) -> tuple[dict, dict]:
+    """One validation round: its updates, then the validation pass; -> (the round's record, validation metrics)."""
+    import keras
+
+    budget, k = run.budget, settings.eval_k
+    steps = budget.steps_per_round
+    if verbose:
+        print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
+    progress = keras.utils.Progbar(steps, verbose=verbose if run.is_chief else 0, stateful_metrics=["loss"])
+    epoch_started = time.perf_counter()
+    losses = train_round(run.distributed_step, run.epoch_dataset(epoch), settings.seed, epoch, progress)
+    validation_metrics = evaluate_model(
+        run.model, run.validation, run.num_items, (k,), settings.repeat_rule(), run.scorer
+    )
+    record = {
+        "epoch": epoch,
+        "updates": epoch * steps,
+        "learning_rate": float(run.optimizer.learning_rate),
+        "loss": float(np.mean(losses)),
+        "epoch_seconds": time.perf_counter() - epoch_started,
+        **{f"val_{name}": value for name, value in validation_metrics.items() if name != "users"},
+    }
+    print(
+        f"[reco] epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation_metrics[f'hr_{k}']:.4f} "
+        f"val NDCG@{k}={validation_metrics[f'ndcg_{k}']:.4f} ({record['epoch_seconds']:.0f}s)",
+        flush=True,
+    )
+    return record, validation_metrics
+
+
+def run_rounds(run: TrainingRun, state: dict, settings: Settings, verbose: int, on_epoch_end) -> None:
+    """The validation rounds left in the budget, a checkpoint after each, until early stopping; then the best
+    round's weights are put back."""
+    best_weights = None
+    stopped = state["waited"] >= settings.patience
+    for epoch in range(len(state["history"]) + 1, run.budget.rounds + 1):
+        if stopped:
+            break
+        record, validation_metrics = run_round(epoch, run, settings, verbose)
+        state["history"].append(record)
+        if on_epoch_end:
+            on_epoch_end(epoch, record)
+        improved = track_early_stopping(state, epoch, *validation_score(validation_metrics, settings), settings)
+        if improved:
+            best_weights = run.model.get_weights()
+        run.epoch_counter.assign(epoch)
+        state["seconds"] += record["epoch_seconds"]
+        run.checkpoints.save(state, improved)
+        stopped = stop_early(state, settings)
+    restore_best_weights(run.model, best_weights, state, run.checkpoints)
+
+
+def read_training_data(files: list[Path], settings: Settings, pipeline: int, workers: int, validation):
+    """This worker's training rows (its shard of the files) and the validation hold-out of all of them."""
+    train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
+    if validation is None:
+        validation = protocol_split(read_sequences(files), settings.seq_len).validation
+    return TrainingRows.from_sequences(train, settings.seq_len, settings.stride), validation
 
 
 def train_next_item_model(
@@ -436,7 +313,6 @@ def train_next_item_model(
     `validation`: the protocol split's validation hold-out of all the files, when the caller has already read it.
     """
     import keras
-    import tensorflow as tf
 
     from model_lib.serving.recommender import ModelScorer
 
@@ -445,105 +321,46 @@ def train_next_item_model(
     keras.utils.set_random_seed(settings.seed)
     pipeline, workers, is_chief = cluster_position(tf_config())
     replicas = strategy.num_replicas_in_sync
-    local_replicas = max(1, replicas // workers)
-
-    train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
-    if validation is None:
-        validation = protocol_split(read_sequences(files), settings.seq_len).validation
-    rows = TrainingRows.from_sequences(train, settings.seq_len, settings.stride)
-    steps_per_pass = updates_per_pass(files, rows, settings, workers, local_replicas)
+    rows, validation = read_training_data(files, settings, pipeline, workers, validation)
+    steps_per_pass = updates_per_pass(files, rows, settings, workers, max(1, replicas // workers))
     budget = TrainingBudget.of(settings, steps_per_pass, max_steps_per_epoch)
-    steps = budget.steps_per_round
     sampled = settings.uses_sampled_softmax(num_items)
-    mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
-    policy = settings.repeat_rule()
-
-    with strategy.scope():
-        model = build_next_item_model(num_items, settings)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, budget.total_updates))
-        if mixed:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
-        epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
-    distributed_step = make_train_step(model, optimizer, strategy, settings, log_q, mixed)
-    # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
-    epoch_dataset = make_epoch_dataset(
-        strategy, rows, settings, steps * local_replicas, settings.seed + 7919 * pipeline
-    )
-
-    # The dropout seed generators' states are not tracked through the model: saved explicitly, a resumed run
-    # draws the same dropout masks as an uninterrupted one.
-    random_states = {f"random_state_{i}": v.value for i, v in enumerate(model.non_trainable_variables)}
-    checkpoints = Checkpoints(
-        checkpoint_dir,
-        {"model": model, "optimizer": optimizer, "epoch": epoch_counter, **random_states},
-        model,
-        is_chief,
+    run = set_up_run(
+        strategy, rows, validation, budget, num_items, settings, checkpoint_dir, (pipeline, workers, is_chief), sampled
     )
     signature = run_signature(settings, num_items, files)
-    state = checkpoints.restore(signature) or new_loop_state(signature)
+    state = run.checkpoints.restore(signature) or new_loop_state(signature)
     result = TrainingResult(
-        model=model,
-        strategy=strategy_name(strategy),
-        replicas=replicas,
-        resumed_after_epoch=len(state["history"]),
+        model=run.model, strategy=strategy_name(strategy), replicas=replicas, resumed_after_epoch=len(state["history"])
     )
-    if result.resumed_after_epoch:
-        print(
-            f"[reco] resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
-            f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
-            flush=True,
-        )
+    announce_resume(result, state, checkpoint_dir, settings)
     print(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items), flush=True)
+    run.scorer = ModelScorer(run.model)
+    run_rounds(run, state, settings, verbose, on_epoch_end)
+    return result.finished(state, budget.steps_per_round * settings.batch_size * replicas)
+
+
+def validation_score(validation_metrics: dict, settings: Settings) -> tuple[float, float]:
+    """The early-stopping target and its standard error: NDCG@eval_k."""
     k = settings.eval_k
-    best_weights = None
-    scorer = ModelScorer(model)
-    stopped = state["waited"] >= settings.patience
-    for epoch in range(len(state["history"]) + 1, budget.rounds + 1):
-        if stopped:
-            break
-        if verbose:
-            print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
-        progress = keras.utils.Progbar(steps, verbose=verbose if is_chief else 0, stateful_metrics=["loss"])
-        epoch_started = time.perf_counter()
-        losses = train_round(distributed_step, epoch_dataset(epoch), settings.seed, epoch, progress)
-        validation_metrics = evaluate_model(model, validation, num_items, (k,), policy, scorer)
-        record = {
-            "epoch": epoch,
-            "updates": epoch * steps,
-            "learning_rate": float(optimizer.learning_rate),
-            "loss": float(np.mean(losses)),
-            "epoch_seconds": time.perf_counter() - epoch_started,
-            **{f"val_{name}": value for name, value in validation_metrics.items() if name != "users"},
-        }
-        state["history"].append(record)
-        print(
-            f"[reco] epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation_metrics[f'hr_{k}']:.4f} "
-            f"val NDCG@{k}={validation_metrics[f'ndcg_{k}']:.4f} ({record['epoch_seconds']:.0f}s)",
-            flush=True,
-        )
-        if on_epoch_end:
-            on_epoch_end(epoch, record)
-        improved = track_early_stopping(
-            state, epoch, validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"], settings
-        )
-        if improved:
-            best_weights = model.get_weights()
-        epoch_counter.assign(epoch)
-        state["seconds"] += record["epoch_seconds"]
-        checkpoints.save(state, improved)
-        if state["waited"] >= settings.patience:
-            print(
-                f"[reco] early stop: {state['waited']} validations without a NDCG@{k} gain of more than "
-                f"{settings.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
-                flush=True,
-            )
-            stopped = True
-    # The best epoch's weights: from memory when this process saw it, else from the best checkpoint.
+    return validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"]
+
+
+def stop_early(state: dict, settings: Settings) -> bool:
+    if state["waited"] < settings.patience:
+        return False
+    print(
+        f"[reco] early stop: {state['waited']} validations without a NDCG@{settings.eval_k} gain of more than "
+        f"{settings.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
+        flush=True,
+    )
+    return True
+
+
+def restore_best_weights(model, best_weights, state: dict, checkpoints: Checkpoints) -> None:
+    """The best epoch's weights: from memory when this process saw it, else from the best checkpoint."""
     if best_weights is not None:
         model.set_weights(best_weights)
     elif state["best_epoch"]:
         checkpoints.restore_best()
     checkpoints.close()
-    return result.finished(state, steps * settings.batch_size * replicas)
