@@ -62,21 +62,22 @@ def reco_nightly():
         "so a promotion during the run cannot mix two models in one day. Runs first: without a reachable registry "
         "and a champion, the run fails before it writes anything.",
     )
-    def resolve_champion() -> int:
+    def resolve_champion() -> str:
         from model_lib.storage import registry
 
         settings = get_settings()
         version = registry.champion_version(settings)
         print(f"[reco] this run uses {settings.model_name} v{version}")
-        return version
+        return str(version)  # a command-line argument of recommend (MLflow's versions are strings too)
 
+    version = resolve_champion()
     recommend = spark_job(
         "recommend",
         [
             "--ds",
             DS,
             "--model-version",
-            "{{ ti.xcom_pull(task_ids='resolve_champion') }}",
+            version,
             "--k",
             "{{ params.k }}",
             "--repeat-policy",
@@ -100,7 +101,7 @@ def reco_nightly():
         outlet_events[RECOMMENDATIONS_ASSET].extra = summary
         return summary
 
-    (raw_events_sensor(settings) >> resolve_champion() >> sessionize_task() >> recommend >> publish() >> report_task())
+    raw_events_sensor(settings) >> version >> sessionize_task() >> recommend >> publish() >> report_task()
 
 
 reco_nightly()

@@ -77,11 +77,10 @@ def reco_training():
         "`champion` only if it passes the sanity checks and wins (and auto_promote is on). Tags the version with "
         "the decision and logs the reason.",
     )
-    def promote(ti=None, params: dict | None = None, ds: str | None = None, outlet_events=None) -> dict:
+    def promote(trained: dict, params: dict | None = None, ds: str | None = None, outlet_events=None) -> dict:
         from jobs import promote as job
         from model_lib.config import parse_ds
 
-        trained = ti.xcom_pull(task_ids="train")
         decision = job.gate(
             get_settings(**settings_overrides(params)),
             parse_ds(run_ds(params, ds)),
@@ -93,7 +92,9 @@ def reco_training():
         outlet_events[champion_asset(settings)].extra = decision
         return decision
 
-    (raw_events_sensor(settings) >> sessionize_task() >> training_task(settings) >> promote() >> report_task())
+    trained = training_task(settings)  # the summary (version, metrics) that promote receives
+    raw_events_sensor(settings) >> sessionize_task() >> trained
+    promote(trained) >> report_task()
 
 
 reco_training()

@@ -12,6 +12,14 @@ PROBE = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder={str(DAGS)!r})
+
+def spark_submit_command(task):
+    # The command the operator would run; an upstream XComArg (resolved only when the task runs) by its name.
+    hook = task._get_hook()
+    hook._application_args = [a if isinstance(a, str) else f"XComArg({{a.operator.task_id}})"
+                              for a in hook._application_args or []]
+    return hook._build_spark_submit_command(task.application)
+
 assert not bag.import_errors, bag.import_errors
 out = {{}}
 for dag in bag.dags.values():
@@ -26,12 +34,12 @@ for dag in bag.dags.values():
             "backoff": t.retry_exponential_backoff, "timeout": t.execution_timeout.total_seconds(),
             "doc": t.doc_md, "failure_callback": bool(t.on_failure_callback),
             "outlets": [a.name for a in t.outlets], "inlets": [a.name for a in t.inlets],
-            "args": getattr(t, "application_args", None) or getattr(t, "arguments", None),
+            "args": [arg if isinstance(arg, str) else f"XComArg({{arg.operator.task_id}})" for arg in
+                     getattr(t, "application_args", None) or getattr(t, "arguments", None) or []],
             "soft_fail": getattr(t, "soft_fail", None), "timeout_s": getattr(t, "timeout", None),
             "mode": getattr(t, "mode", None),
             "gpus": getattr(getattr(t, "container_resources", None), "limits", None),
-            "spark_submit": t._get_hook()._build_spark_submit_command(t.application)
-                            if type(t).__name__ == "SparkSubmitOperator" else None,
+            "spark_submit": spark_submit_command(t) if type(t).__name__ == "SparkSubmitOperator" else None,
         }} for t in dag.tasks}},
     }}
 out["heavy"] = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
@@ -85,6 +93,8 @@ def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
     ]
     # The form's repeat policy reaches the scoring job (`default`: the settings' own).
     assert nightly["tasks"]["recommend"]["args"][-2:] == ["--repeat-policy", "{{ params.repeat_policy or 'default' }}"]
+    # The pinned version reaches recommend as the resolve_champion task's XComArg, not as a template string.
+    assert nightly["tasks"]["recommend"]["args"][2:4] == ["--model-version", "XComArg(resolve_champion)"]
     # Lineage: training moves the champion alias, the nightly run reads it and writes the recommendations table.
     assert training["tasks"]["promote"]["outlets"] == ["reco-lstm-attention@champion"]
     assert nightly["tasks"]["resolve_champion"]["inlets"] == ["reco-lstm-attention@champion"]

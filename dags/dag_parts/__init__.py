@@ -126,11 +126,12 @@ def champion_asset(settings: Settings) -> Asset:
 RECOMMENDATIONS_ASSET = Asset(name="warehouse.recommendations", uri="x-warehouse://recommendations", group="table")
 
 
-def spark_job(task_id: str, args: list[str], doc_md: str) -> SparkSubmitOperator:
+def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
     """`spark-submit jobs/<task_id>.py ARGS` on the `spark_default` connection (local[2] unless configured).
 
     Driver and executor memory and the driver's addresses go on the spark-submit command line: set inside the job
-    they would come too late for the JVM spark-submit has already started."""
+    they would come too late for the JVM spark-submit has already started. An argument may be an upstream task's
+    XComArg: Airflow resolves it when the task runs and makes that task upstream."""
     settings = get_settings()
     return SparkSubmitOperator(
         task_id=task_id,
@@ -199,7 +200,7 @@ def training_task(settings: Settings):
         + ("a Kubernetes pod with GPUs." if settings.training_launcher == "kubernetes" else "this worker.")
     )
     if settings.training_launcher == "kubernetes":
-        return _training_pod(settings, doc_md)
+        return _training_pod(settings, doc_md).output
 
     @task(execution_timeout=TRAIN_TIMEOUT, doc_md=doc_md)
     def train(params: dict | None = None, ds: str | None = None) -> dict:
