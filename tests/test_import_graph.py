@@ -73,3 +73,47 @@ def test_the_library_modules_form_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def defined_names(path: Path) -> set[str]:
+    """The names a module defines or imports at its top level."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_every_import_of_the_library_names_something_it_has():
+    """Everywhere (jobs, DAGs, benchmarks, tests, the library itself), inside functions too: a moved or renamed
+    module shows up here, not in the one code path that imports it lazily."""
+    modules = {module_name(path): path for path in LIBRARY.rglob("*.py")}
+    broken = []
+    for folder in ("model_lib", "jobs", "dags", "bench", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                    if isinstance(node, ast.Import):
+                        broken += [
+                            f"{path.relative_to(ROOT)}: import {alias.name}"
+                            for alias in node.names
+                            if alias.name.startswith("model_lib") and alias.name not in modules
+                        ]
+                    continue
+                if not node.module.startswith("model_lib"):
+                    continue
+                if node.module not in modules:
+                    broken.append(f"{path.relative_to(ROOT)}: from {node.module}")
+                    continue
+                have = defined_names(modules[node.module])
+                broken += [
+                    f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}"
+                    for alias in node.names
+                    if alias.name not in have and f"{node.module}.{alias.name}" not in modules
+                ]
+    assert broken == []
