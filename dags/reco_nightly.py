@@ -33,6 +33,7 @@ from dag_parts import (
     spark_job,
 )
 from model_lib.config import MAX_TOP_K, get_settings
+from model_lib.progress import say
 
 settings = get_settings()
 
@@ -67,7 +68,7 @@ def reco_nightly():
 
         settings = get_settings()
         version = registry.champion_version(settings)
-        print(f"[reco] this run uses {settings.model_name} v{version}")
+        say(f"this run uses {settings.model_name} v{version}")
         return str(version)  # a command-line argument of recommend (MLflow's versions are strings too)
 
     version = resolve_champion()

@@ -33,6 +33,7 @@ from dag_parts import (
     training_task,
 )
 from model_lib.config import get_settings
+from model_lib.progress import say
 
 settings = get_settings()
 
@@ -88,7 +89,7 @@ def reco_training():
             auto_promote=params["auto_promote"],
         )
         outcome = "is the new champion" if decision["promoted"] else "stays challenger"
-        print(f"[reco] promotion decision: v{decision['challenger']} {outcome}: {decision['reason']}")
+        say(f"promotion decision: v{decision['challenger']} {outcome}: {decision['reason']}")
         outlet_events[champion_asset(settings)].extra = decision
         return decision
 

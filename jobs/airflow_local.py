@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from model_lib.config import Settings
+from model_lib.progress import say
 from model_lib.runtime import apply_engine_environment
 
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -68,7 +69,7 @@ def serve(settings: Settings, port: int) -> int:
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = Path(env["AIRFLOW_HOME"]) / "logs" / "local"
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"[reco] airflow db migrate (log: {logs / 'db-migrate.log'})", flush=True)
+    say(f"airflow db migrate (log: {logs / 'db-migrate.log'})")
     with (logs / "db-migrate.log").open("w") as log:
         subprocess.run([airflow, "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 
@@ -85,18 +86,17 @@ def serve(settings: Settings, port: int) -> int:
         for name, args in components(port).items():
             with (logs / f"{name}.log").open("w") as log:
                 running[name] = subprocess.Popen([airflow, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
-            print(f"[reco] {name}: pid {running[name].pid}, log {logs / f'{name}.log'}", flush=True)
+            say(f"{name}: pid {running[name].pid}, log {logs / f'{name}.log'}")
         url, announced = f"http://{HOST}:{port}", False
         while not stopping:
             died = {name: process.returncode for name, process in running.items() if process.poll() is not None}
             if died:
-                print(f"[reco] {died} exited; stopping the others (see the logs above)", flush=True)
+                say(f"{died} exited; stopping the others (see the logs above)")
                 return 1
             if not announced and _healthy(url):
-                print(
-                    f"[reco] Airflow UI: {url}  (DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}, examples off)\n"
+                say(
+                    f"Airflow UI: {url}  (DAGs: {env['AIRFLOW__CORE__DAGS_FOLDER']}, examples off)\n"
                     f"[reco] login: admin, password in {passwords_file(env)}\n[reco] Ctrl-C stops every component",
-                    flush=True,
                 )
                 announced = True
             time.sleep(1)

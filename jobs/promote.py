@@ -24,7 +24,7 @@ from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.data.vocabulary import fit_problems, vocabulary_item_ids
 from model_lib.evaluation.metrics import evaluate_holdout
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.serving.recommender import IncompatibleModelError, Recommender
 from model_lib.storage import registry
 from model_lib.storage.lake import read_parquet_folder, read_sequences
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.ds:
             parser.error("--ds is required for the promotion gate")
         result = gate(settings, parse_ds(args.ds))
-    print(f"[reco] promote {json.dumps(result)}", flush=True)
+    say(f"promote {json.dumps(result)}")
     return result
 
 

@@ -14,7 +14,7 @@ import json
 import uuid
 
 from model_lib.config import Settings, get_settings, parse_ds
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.redaction import redact
 from model_lib.storage.lake import read_parquet_folder
 from model_lib.storage.warehouse import open_warehouse
@@ -34,7 +34,7 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
         )
         report(**{k: v for k, v in summary.items() if k != "ds"})
     summary["seconds"] = round((dt.datetime.now(dt.UTC).replace(tzinfo=None) - started_at).total_seconds(), 1)
-    print(f"[reco] publish summary {json.dumps(summary)}", flush=True)
+    say(f"publish summary {json.dumps(summary)}")
     return summary
 
 

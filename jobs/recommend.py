@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
 from model_lib.contracts import RECOMMENDATION_SPARK_SCHEMA
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.serving import batch_scoring
 from model_lib.serving.recommender import IncompatibleModelError
 from model_lib.storage import registry
@@ -138,7 +138,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.run_stats_dir("recommend", ds))
-    print(f"[reco] recommend summary {json.dumps(summary)}", flush=True)
+    say(f"recommend summary {json.dumps(summary)}")
     return summary
 
 

@@ -37,7 +37,7 @@ from model_lib.contracts import REASON_CODES
 from model_lib.data import events as ev
 from model_lib.data.state import Plan, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.storage.lake import (
     commit_folder,
     raw_partitions,
@@ -66,7 +66,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
     else:
         day = settings.raw_events_day_dir(ds)
         if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
-            print(f"[reco] no raw events for dt={ds}: the users' sequences carry over unchanged", flush=True)
+            say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
             return spark.createDataFrame([], LINE_SCHEMA)
         frame = spark.read.option("basePath", str(raw_dir)).text(str(day))
     dt_text = F.col("dt").cast("string")
@@ -205,7 +205,7 @@ def write_histories(
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
     started = time.time()
     plan = plan_run(settings, ds, mode or settings.sessionize_mode)
-    print(f"[reco] sessionize ds={ds}: {plan.mode} ({plan.why})", flush=True)
+    say(f"sessionize ds={ds}: {plan.mode} ({plan.why})")
     spark = spark or spark_session(settings, "reco-sessionize")
     previous = read_previous_state(spark, plan)
     days_read = (
@@ -248,7 +248,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
     )
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
-    print(f"[reco] sessionize stats {json.dumps(stats, default=str)}", flush=True)
+    say(f"sessionize stats {json.dumps(stats, default=str)}")
     for frame in (validated, events, counts, histories):
         frame.unpersist()
     return stats

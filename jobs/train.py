@@ -30,7 +30,7 @@ from model_lib.data.vocabulary import catalogue_size
 from model_lib.model.checkpoints import resumable
 from model_lib.model.distribute import cluster_position, tf_config
 from model_lib.model.training import HYPER_PARAMETERS
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
 
@@ -288,7 +288,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
         "train_seconds": round(result.seconds, 1),
         "resumed_after_epoch": result.resumed_after_epoch,
     }
-    print(f"[reco] train summary {json.dumps(summary)}", flush=True)
+    say(f"train summary {json.dumps(summary)}")
     return summary
 
 

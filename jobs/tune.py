@@ -18,7 +18,7 @@ import json
 from model_lib.config import Settings, check_identifier, get_settings, parse_ds
 from model_lib.data.splits import protocol_split
 from model_lib.data.vocabulary import catalogue_size
-from model_lib.progress import stage
+from model_lib.progress import say, stage
 from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
 
@@ -63,7 +63,7 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
 
     def progress(study, trial) -> None:
         value = f"{trial.value:.4f}" if trial.value is not None else "-"
-        print(f"[reco] tune {name}: trial {trial.number} {trial.state.name.lower()} value={value}", flush=True)
+        say(f"tune {name}: trial {trial.number} {trial.state.name.lower()} value={value}")
 
     with mlflow.start_run(run_name=f"tune-{name}") as parent, stage(f"tune {name} on ds={ds}") as report:
         mlflow.set_tags({"ds": ds.isoformat(), "tuned_name": name})
@@ -86,7 +86,7 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
 
     # --- load: the best settings, where reco_training finds them ---
     tuning.save_best(tuning.tuned_path(settings, name), record)
-    print(f"[reco] tune summary {json.dumps(record)}", flush=True)
+    say(f"tune summary {json.dumps(record)}")
     return record
 
 

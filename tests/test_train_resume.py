@@ -66,9 +66,9 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     run_id = (settings.checkpoint_dir(ds) / "mlflow_run_id").read_text().strip()
     assert 2 <= saved < EPOCHS
 
-    stdout, output = run_ok(command, env)
+    _, output = run_ok(command, env)
     assert f"resuming after epoch {saved}" in output
-    summary = json.loads(stdout.split("[reco] train summary ", 1)[1].splitlines()[0])
+    summary = json.loads(output.split("[reco] train summary ", 1)[1].splitlines()[0])
     assert summary["run_id"] == run_id and summary["resumed_after_epoch"] == saved
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     steps = {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")}

@@ -14,6 +14,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Asset, Param, task
 
 from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, Settings, get_settings
+from model_lib.progress import say
 
 JOBS = PROJECT_ROOT / "jobs"
 # Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
@@ -58,7 +59,7 @@ def _report_error(context, verdict: str) -> None:
     except Exception as collect_error:  # noqa: BLE001 - the summary must never hide the task's own error
         lines.append(f"  (counts unavailable: {collect_error})")
     for line in lines:
-        print(f"[reco] {line}", flush=True)
+        say(line)
 
 
 COMMON_DAG_ARGS = {
@@ -168,10 +169,9 @@ def raw_events_sensor(settings: Settings):
 
         folder = get_settings().raw_events_day_dir(parse_ds(run_ds(params, ds)))
         present = folder.is_dir()
-        print(
-            f"[reco] raw partition {folder}: "
+        say(
+            f"raw partition {folder}: "
             + ("present" if present else f"not there yet; after {settings.raw_wait_minutes:g} min this {outcome}"),
-            flush=True,
         )
         return present
 
@@ -259,7 +259,7 @@ def report_task():
 
         done = _collect(context)
         for line in summary_lines(done):
-            print(f"[reco] run summary: {line}", flush=True)
+            say(f"run summary: {line}")
         return {"ds": run_ds(context.get("params"), context.get("ds")), **done}
 
     return report()

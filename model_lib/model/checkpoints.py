@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from model_lib.progress import say
+
 
 class Checkpoints:
     """Last-epoch and best-epoch checkpoints plus a JSON of the loop state. Only the chief writes the real folder;
@@ -34,7 +36,7 @@ class Checkpoints:
         if not (self.folder / "loop_state.json").exists():
             return None
         if not resumable(self.folder, signature):
-            print(f"[reco] checkpoints in {self.folder} are from other settings; starting afresh", flush=True)
+            say(f"checkpoints in {self.folder} are from other settings; starting afresh")
             if self.is_chief:
                 shutil.rmtree(self.folder)
                 self.folder.mkdir(parents=True)

@@ -53,6 +53,7 @@ from model_lib.model.examples import TrainingRows, bucket_width, updates_per_pas
 from model_lib.model.losses import sampling_log_q
 from model_lib.model.schedule import TrainingBudget, new_loop_state, track_early_stopping
 from model_lib.model.steps import build_optimizer_and_model, make_epoch_dataset, make_train_step, train_round
+from model_lib.progress import say
 from model_lib.storage.lake import read_sequences
 
 # The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
@@ -150,7 +151,7 @@ def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict
 def training_banner(rows, files, settings: Settings, pipeline, workers, budget, result, sampled, num_items) -> str:
     """The one line that says what this run trains on, how long and how."""
     return (
-        f"[reco] training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
+        f"training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
         f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.batch_size} per replica x "
         f"{result.replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
         f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
@@ -172,10 +173,9 @@ def open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief: 
 
 def announce_resume(result: TrainingResult, state: dict, checkpoint_dir, settings: Settings) -> None:
     if result.resumed_after_epoch:
-        print(
-            f"[reco] resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
+        say(
+            f"resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
             f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
-            flush=True,
         )
 
 
@@ -260,10 +260,9 @@ def run_round(epoch: int, run: TrainingRun, settings: Settings, verbose: int) ->
         "epoch_seconds": time.perf_counter() - epoch_started,
         **{f"val_{name}": value for name, value in validation_metrics.items() if name != "users"},
     }
-    print(
-        f"[reco] epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation_metrics[f'hr_{k}']:.4f} "
+    say(
+        f"epoch {epoch}: loss={record['loss']:.4f} val HR@{k}={validation_metrics[f'hr_{k}']:.4f} "
         f"val NDCG@{k}={validation_metrics[f'ndcg_{k}']:.4f} ({record['epoch_seconds']:.0f}s)",
-        flush=True,
     )
     return record, validation_metrics
 
@@ -334,7 +333,7 @@ def train_next_item_model(
         model=run.model, strategy=strategy_name(strategy), replicas=replicas, resumed_after_epoch=len(state["history"])
     )
     announce_resume(result, state, checkpoint_dir, settings)
-    print(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items), flush=True)
+    say(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items))
     run.scorer = ModelScorer(run.model)
     run_rounds(run, state, settings, verbose, on_epoch_end)
     return result.finished(state, budget.steps_per_round * settings.batch_size * replicas)
@@ -349,10 +348,9 @@ def validation_score(validation_metrics: dict, settings: Settings) -> tuple[floa
 def stop_early(state: dict, settings: Settings) -> bool:
     if state["waited"] < settings.patience:
         return False
-    print(
-        f"[reco] early stop: {state['waited']} validations without a NDCG@{settings.eval_k} gain of more than "
+    say(
+        f"early stop: {state['waited']} validations without a NDCG@{settings.eval_k} gain of more than "
         f"{settings.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
-        flush=True,
     )
     return True
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from pyspark.sql import SparkSession
 
 from model_lib.config import Settings
+from model_lib.progress import say
 from model_lib.redaction import redact
 from model_lib.runtime import apply_engine_environment
 
@@ -44,12 +44,12 @@ def _report_driver(session: SparkSession, settings: Settings) -> None:
     heap = session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
     wanted = _bytes(settings.spark_driver_memory)
     line = (
-        f"[reco] spark: master {redact(session.sparkContext.master)}, driver heap {heap / 2**30:.1f} GiB "
+        f"spark: master {redact(session.sparkContext.master)}, driver heap {heap / 2**30:.1f} GiB "
         f"(RECO_SPARK_DRIVER_MEMORY {settings.spark_driver_memory})"
     )
     if heap < 0.7 * wanted:  # the JVM reserves part of -Xmx for itself; far below means the setting never reached it
         line += ": the driver JVM started without it — pass --driver-memory to spark-submit"
-    print(line, file=sys.stderr, flush=True)
+    say(line)
 
 
 def _bytes(size: str) -> int:

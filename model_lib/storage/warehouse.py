@@ -33,6 +33,7 @@ import pandas as pd
 
 from model_lib.config import check_identifier
 from model_lib.contracts import RECOMMENDATION_COLUMNS, RECOMMENDATION_FIELDS, RECOMMENDATION_KEY
+from model_lib.progress import say
 from model_lib.redaction import redact
 
 RECOMMENDATIONS_DDL = (
@@ -233,7 +234,7 @@ class DuckDBWarehouse(Warehouse):
                         f"{self.path} has been in use by {held_by} for {waited:.0f} s: close that session, then re-run"
                     ) from None
                 if not announced:
-                    print(f"[reco] {self.path} is in use by {held_by}; waiting for it", flush=True)
+                    say(f"{self.path} is in use by {held_by}; waiting for it")
                     announced = True
                 time.sleep(1)
 
