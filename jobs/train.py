@@ -16,129 +16,26 @@ import argparse
 import datetime as dt
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from model_lib.config import PROJECT_ROOT, Settings, get_settings, parse_ds
+from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import protocol_split
 from model_lib.data.vocabulary import catalogue_size
+from model_lib.evaluation.report import (
+    code_version,
+    comparison_chart,
+    data_window,
+    metrics_table,
+    model_card,
+    training_curves,
+)
 from model_lib.model.checkpoints import resumable
 from model_lib.model.distribute import cluster_position, tf_config
 from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import say, stage
 from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display on servers and workers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path:
-    plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["loss"] for h in history], marker="o")
-    left.set(title="training loss (masked cross-entropy)", xlabel="validation round")
-    right.plot(epochs, [h[f"val_hr_{k}"] for h in history], marker="o", label=f"HR@{k}")
-    right.plot(epochs, [h[f"val_ndcg_{k}"] for h in history], marker="o", label=f"NDCG@{k}")
-    right.set(title="validation (full ranking, the served candidates)", xlabel="validation round")
-    right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def comparison_chart(results: dict[str, dict[str, float]], path: Path) -> Path:
-    """Grouped bars: the model and each baseline on the same test split."""
-    plt = _pyplot()
-    first = next(iter(results.values()))
-    names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in first]
-    positions = np.arange(len(names))
-    width = 0.8 / len(results)
-    figure, axes = plt.subplots(figsize=(9, 4))
-    for offset, (label, metrics) in enumerate(results.items()):
-        axes.bar(positions + (offset - (len(results) - 1) / 2) * width, [metrics[n] for n in names], width, label=label)
-    axes.set_xticks(positions, [n.replace("_", "@") for n in names])
-    axes.set(title="test metrics, leave-one-out, full ranking, the served candidates (repeat policy)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def metrics_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per scorer, one column per metric: the final metrics table logged to MLflow."""
-    return pd.DataFrame([{"scorer": name, **metrics} for name, metrics in results.items()])
-
-
-def model_card(
-    settings: Settings, ds: dt.date, window: str, table: pd.DataFrame, split_users: int, num_items: int, path: Path
-) -> Path:
-    """The model card that travels with the registered version: what it is, what it was trained on, how it did."""
-    columns = [c for c in ("scorer", "hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if c in table]
-    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for record in table[columns].to_dict("records"):
-        rows.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in record.values()) + " |")
-    hyper = ", ".join(f"{name}={getattr(settings, name)}" for name in HYPER_PARAMETERS)
-    path.write_text(
-        f"""# Model card: {settings.model_name}
-
-**What it does.** Predicts each user's next item from their last {settings.seq_len} events (item, event type, time
-gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
-run recommends the top {settings.top_k} items per user under the repeat policy {settings.repeat_rule().describe()}
-(with the repeat mechanism when seen items may come back); the reason item is the history item the last step
-attended to most. Users whose history holds only unknown items get the most popular items instead.
-
-**Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
-lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.
-
-**Hyper-parameters.** {hyper}, early stopping on validation NDCG@{settings.eval_k}.
-
-**Test metrics** (leave-one-out: each user's last event, after dropping items seen fewer than
-{settings.min_item_count} times; full ranking over the candidates the served list ranks, policy
-{settings.repeat_rule().describe()}):
-
-{chr(10).join(rows)}
-
-See test_comparison.png beside this card.
-
-**Limits.** Items that arrived after ds are unknown to the model until the next training. Trained on one machine's
-data window: check the promotion tags (champion comparison) before relying on it.
-"""
-    )
-    return path
-
-
-def data_window(event_times: np.ndarray | None) -> str:
-    """The first and last event time of the sequences (epoch seconds, 0 = padding), as ISO dates."""
-    times = event_times[event_times > 0] if event_times is not None else np.zeros(0)
-    if len(times) == 0:
-        return "unknown (no event times in the sequences)"
-    first, last = (dt.datetime.fromtimestamp(int(t), dt.UTC).date().isoformat() for t in (times.min(), times.max()))
-    return f"{first}..{last}"
-
-
-def code_version() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "session_gap_minutes", "tuned")
 
@@ -176,9 +73,7 @@ def run(settings: Settings, ds: dt.date) -> dict:
 def _train_and_register(settings, ds, files, vocabulary, num_items, split, window: str, checkpoint_dir: Path) -> dict:
     import mlflow
 
-    from model_lib.evaluation import baselines
     from model_lib.model import training
-    from model_lib.serving.recommender import Recommender
     from model_lib.storage import registry
 
     client = registry.configure(settings)
@@ -190,106 +85,143 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
         if not resume_run:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             run_id_file.write_text(run.info.run_id)
-            mlflow.log_params(
-                {
-                    **{key: getattr(settings, key) for key in TRAINING_PARAMS},
-                    "ds": ds.isoformat(),
-                    "users": len(split.train),
-                    "items": num_items - FIRST_ITEM_INDEX,
-                    "sequence_files": len(files),
-                    "sampled_softmax": settings.uses_sampled_softmax(num_items),
-                }
-            )
-            mlflow.set_tags({"ds": ds.isoformat(), "code_version": code_version()})
-
+            _log_params(settings, ds, files, num_items, split)
         # --- transform: train, then test on the held-out last event of every user ---
-        def log_epoch(epoch: int, record: dict[str, float]) -> None:
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-
-        with stage("train: fit next-item model") as report:
-            result = training.train_next_item_model(
-                files,
-                num_items,
-                settings,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch_end=log_epoch,
-                validation=split.validation,
-            )
-            report(
-                epochs=len(result.history),
-                best_epoch=result.best_epoch,
-                resumed_after_epoch=result.resumed_after_epoch,
-                strategy=result.strategy,
-                replicas=result.replicas,
-                seq_per_s=round(result.sequences_per_second),
-            )
-        mlflow.set_tags({"strategy": result.strategy, "replicas": str(result.replicas)})
-        with stage("train: test metrics and baselines") as report:
-            policy = settings.repeat_rule()
-            results = {"LSTM + attention": training.evaluate_model(result.model, split.test, num_items, policy=policy)}
-            spark = None
-            if settings.als_baseline:
-                from model_lib.storage.spark import spark_session
-
-                spark = spark_session(settings, f"reco-train-als-{ds}")
-            try:
-                results.update(baselines.all_baselines(spark, split, num_items, settings))
-            finally:
-                if spark is not None:
-                    spark.stop()
-            report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
-        test = results["LSTM + attention"]
-
+        result = _fit(settings, files, num_items, split, checkpoint_dir)
+        results = _test_with_baselines(settings, ds, result, split, num_items)
         # --- load: metrics, pictures, the model, the registry ---
-        mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
-        for name, prefix in baselines.METRIC_PREFIXES.items():
-            if name in results:
-                mlflow.log_metrics({f"{prefix}_test_{k}": v for k, v in results[name].items()})
-        mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
-        table = metrics_table(results)
-        mlflow.log_table(table, artifact_file="test_metrics_table.json")
-        recommender = Recommender(result.model, vocabulary, settings.event_types, settings.repeat_rule())
-        with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
-            mlflow.log_artifact(
-                str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png"))
-            )
-            documents = {
-                "test_comparison": comparison_chart(results, Path(tmp) / "test_comparison.png"),
-                "model_card": model_card(
-                    settings, ds, window, table, len(split.train), num_items, Path(tmp) / "model_card.md"
-                ),
-            }
-            for path in documents.values():
-                mlflow.log_artifact(str(path))
-            model_uri = registry.log_recommender(recommender, settings, documents)
-            version = registry.register(
-                client,
-                model_uri,
-                settings,
-                tags={
-                    "ds": ds.isoformat(),
-                    "data_window": window,
-                    # The vocabulary travels inside the model; this says which lake version it is.
-                    "vocabulary": f"lake/sessionized/ds={ds.isoformat()}/vocab ({len(vocabulary):,} items)",
-                    "run_id": run.info.run_id,
-                    **{f"test_{name}": f"{test[name]:.5f}" for name in ("hr_10", "ndcg_10", "coverage_20")},
-                    "code_version": code_version(),
-                },
-            )
-            report(model=settings.model_name, version=version, alias=registry.CHALLENGER)
+        version = _log_and_register(settings, ds, window, vocabulary, split, num_items, client, run, result, results)
     # Registered: a re-run of this ds trains afresh instead of resuming a finished run.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     summary = {
         "ds": ds.isoformat(),
         "run_id": run.info.run_id,
         "version": version,
-        "test": test,
-        "baselines": {name: metrics for name, metrics in results.items() if name != "LSTM + attention"},
+        "test": results[MODEL],
+        "baselines": {name: metrics for name, metrics in results.items() if name != MODEL},
         "train_seconds": round(result.seconds, 1),
         "resumed_after_epoch": result.resumed_after_epoch,
     }
     say(f"train summary {json.dumps(summary)}")
     return summary
+
+
+MODEL = "LSTM + attention"  # the model's row among the baselines in the metrics table and the chart
+
+
+def _log_params(settings: Settings, ds: dt.date, files: list[Path], num_items: int, split) -> None:
+    import mlflow
+
+    mlflow.log_params(
+        {
+            **{key: getattr(settings, key) for key in TRAINING_PARAMS},
+            "ds": ds.isoformat(),
+            "users": len(split.train),
+            "items": num_items - FIRST_ITEM_INDEX,
+            "sequence_files": len(files),
+            "sampled_softmax": settings.uses_sampled_softmax(num_items),
+        }
+    )
+    mlflow.set_tags({"ds": ds.isoformat(), "code_version": code_version()})
+
+
+def _fit(settings: Settings, files: list[Path], num_items: int, split, checkpoint_dir: Path):
+    """The training loop, each validation round's record logged to MLflow as it ends."""
+    import mlflow
+
+    from model_lib.model import training
+
+    def log_epoch(epoch: int, record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    with stage("train: fit next-item model") as report:
+        result = training.train_next_item_model(
+            files,
+            num_items,
+            settings,
+            checkpoint_dir=checkpoint_dir,
+            on_epoch_end=log_epoch,
+            validation=split.validation,
+        )
+        report(
+            epochs=len(result.history),
+            best_epoch=result.best_epoch,
+            resumed_after_epoch=result.resumed_after_epoch,
+            strategy=result.strategy,
+            replicas=result.replicas,
+            seq_per_s=round(result.sequences_per_second),
+        )
+    mlflow.set_tags({"strategy": result.strategy, "replicas": str(result.replicas)})
+    return result
+
+
+def _test_with_baselines(settings: Settings, ds: dt.date, result, split, num_items: int) -> dict[str, dict]:
+    """The model and every baseline on the test hold-out, under the same repeat policy."""
+    from model_lib.evaluation import baselines
+    from model_lib.model import training
+
+    with stage("train: test metrics and baselines") as report:
+        policy = settings.repeat_rule()
+        results = {MODEL: training.evaluate_model(result.model, split.test, num_items, policy=policy)}
+        spark = None
+        if settings.als_baseline:
+            from model_lib.storage.spark import spark_session
+
+            spark = spark_session(settings, f"reco-train-als-{ds}")
+        try:
+            results.update(baselines.all_baselines(spark, split, num_items, settings))
+        finally:
+            if spark is not None:
+                spark.stop()
+        report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
+    return results
+
+
+def _log_and_register(settings, ds, window, vocabulary, split, num_items, client, run, result, results) -> int:
+    """Test metrics, the metrics table, curves, chart and model card to the MLflow run; the recommender registered
+    as a new version with alias challenger. Returns the version."""
+    import mlflow
+
+    from model_lib.evaluation import baselines
+    from model_lib.serving.recommender import Recommender
+    from model_lib.storage import registry
+
+    test = results[MODEL]
+    mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
+    for name, prefix in baselines.METRIC_PREFIXES.items():
+        if name in results:
+            mlflow.log_metrics({f"{prefix}_test_{k}": v for k, v in results[name].items()})
+    mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
+    table = metrics_table(results)
+    mlflow.log_table(table, artifact_file="test_metrics_table.json")
+    recommender = Recommender(result.model, vocabulary, settings.event_types, settings.repeat_rule())
+    with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
+        mlflow.log_artifact(str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png")))
+        documents = {
+            "test_comparison": comparison_chart(results, Path(tmp) / "test_comparison.png"),
+            "model_card": model_card(
+                settings, ds, window, table, len(split.train), num_items, Path(tmp) / "model_card.md"
+            ),
+        }
+        for path in documents.values():
+            mlflow.log_artifact(str(path))
+        model_uri = registry.log_recommender(recommender, settings, documents)
+        version = registry.register(
+            client,
+            model_uri,
+            settings,
+            tags={
+                "ds": ds.isoformat(),
+                "data_window": window,
+                # The vocabulary travels inside the model; this says which lake version it is.
+                "vocabulary": f"lake/sessionized/ds={ds.isoformat()}/vocab ({len(vocabulary):,} items)",
+                "run_id": run.info.run_id,
+                **{f"test_{name}": f"{test[name]:.5f}" for name in ("hr_10", "ndcg_10", "coverage_20")},
+                "code_version": code_version(),
+            },
+        )
+        report(model=settings.model_name, version=version, alias=registry.CHALLENGER)
+    return version
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,121 @@
+"""What a training run reports to MLflow besides numbers: the training curves, the test comparison chart of the
+model and every baseline, the metrics table, and the model card that travels with the registered version."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model_lib.config import PROJECT_ROOT, Settings
+from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.model.training import HYPER_PARAMETERS
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["loss"] for h in history], marker="o")
+    left.set(title="training loss (masked cross-entropy)", xlabel="validation round")
+    right.plot(epochs, [h[f"val_hr_{k}"] for h in history], marker="o", label=f"HR@{k}")
+    right.plot(epochs, [h[f"val_ndcg_{k}"] for h in history], marker="o", label=f"NDCG@{k}")
+    right.set(title="validation (full ranking, the served candidates)", xlabel="validation round")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def comparison_chart(results: dict[str, dict[str, float]], path: Path) -> Path:
+    """Grouped bars: the model and each baseline on the same test split."""
+    plt = _pyplot()
+    first = next(iter(results.values()))
+    names = [name for name in ("hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if name in first]
+    positions = np.arange(len(names))
+    width = 0.8 / len(results)
+    figure, axes = plt.subplots(figsize=(9, 4))
+    for offset, (label, metrics) in enumerate(results.items()):
+        axes.bar(positions + (offset - (len(results) - 1) / 2) * width, [metrics[n] for n in names], width, label=label)
+    axes.set_xticks(positions, [n.replace("_", "@") for n in names])
+    axes.set(title="test metrics, leave-one-out, full ranking, the served candidates (repeat policy)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def metrics_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per scorer, one column per metric: the final metrics table logged to MLflow."""
+    return pd.DataFrame([{"scorer": name, **metrics} for name, metrics in results.items()])
+
+
+def model_card(
+    settings: Settings, ds: dt.date, window: str, table: pd.DataFrame, split_users: int, num_items: int, path: Path
+) -> Path:
+    """The model card that travels with the registered version: what it is, what it was trained on, how it did."""
+    columns = [c for c in ("scorer", "hr_10", "ndcg_10", "mrr_10", "hr_20", "ndcg_20", "coverage_20") if c in table]
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in table[columns].to_dict("records"):
+        rows.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in record.values()) + " |")
+    hyper = ", ".join(f"{name}={getattr(settings, name)}" for name in HYPER_PARAMETERS)
+    path.write_text(
+        f"""# Model card: {settings.model_name}
+
+**What it does.** Predicts each user's next item from their last {settings.seq_len} events (item, event type, time
+gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
+run recommends the top {settings.top_k} items per user under the repeat policy {settings.repeat_rule().describe()}
+(with the repeat mechanism when seen items may come back); the reason item is the history item the last step
+attended to most. Users whose history holds only unknown items get the most popular items instead.
+
+**Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
+lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.
+
+**Hyper-parameters.** {hyper}, early stopping on validation NDCG@{settings.eval_k}.
+
+**Test metrics** (leave-one-out: each user's last event, after dropping items seen fewer than
+{settings.min_item_count} times; full ranking over the candidates the served list ranks, policy
+{settings.repeat_rule().describe()}):
+
+{chr(10).join(rows)}
+
+See test_comparison.png beside this card.
+
+**Limits.** Items that arrived after ds are unknown to the model until the next training. Trained on one machine's
+data window: check the promotion tags (champion comparison) before relying on it.
+"""
+    )
+    return path
+
+
+def data_window(event_times: np.ndarray | None) -> str:
+    """The first and last event time of the sequences (epoch seconds, 0 = padding), as ISO dates."""
+    times = event_times[event_times > 0] if event_times is not None else np.zeros(0)
+    if len(times) == 0:
+        return "unknown (no event times in the sequences)"
+    first, last = (dt.datetime.fromtimestamp(int(t), dt.UTC).date().isoformat() for t in (times.min(), times.max()))
+    return f"{first}..{last}"
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
