@@ -22,22 +22,15 @@ from model_lib.progress import say, stage
 from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
 
-def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int) -> dict:
+def trial_trainer(files: list, num_items: int, validation, eval_k: int):
+    """-> train_trial(trial_settings, report): one trial as a child MLflow run; returns its best validation NDCG
+    and reports every round to the pruner."""
     import mlflow
     import optuna
 
     from model_lib.model import tuning
     from model_lib.model.training import train_next_item_model
-    from model_lib.storage import registry
 
-    check_identifier(name)
-    # --- extract: the day's sequences; only the validation hold-out is ever scored ---
-    files = parquet_files(settings.sequences_dir(ds))
-    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
-    validation = protocol_split(read_sequences(files), settings.seq_len).validation
-    registry.configure(settings)
-
-    # --- transform: the study, one child run per trial ---
     def train_trial(trial_settings: Settings, report) -> float:
         with mlflow.start_run(run_name="trial", nested=True):
             mlflow.log_params({key: getattr(trial_settings, key) for key in tuning.TUNABLE})
@@ -56,10 +49,29 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
             except Exception:
                 mlflow.set_tag("trial_state", "failed")
                 raise
-            best = max(h[f"val_ndcg_{settings.eval_k}"] for h in result.history)
+            best = max(h[f"val_ndcg_{eval_k}"] for h in result.history)
             mlflow.set_tag("trial_state", "complete")
             mlflow.log_metric("best_val_ndcg", best)
             return best
+
+    return train_trial
+
+
+def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int) -> dict:
+    import mlflow
+
+    from model_lib.model import tuning
+    from model_lib.storage import registry
+
+    check_identifier(name)
+    # --- extract: the day's sequences; only the validation hold-out is ever scored ---
+    files = parquet_files(settings.sequences_dir(ds))
+    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
+    validation = protocol_split(read_sequences(files), settings.seq_len).validation
+    registry.configure(settings)
+
+    # --- transform: the study, one child run per trial ---
+    train_trial = trial_trainer(files, num_items, validation, settings.eval_k)
 
     def progress(study, trial) -> None:
         value = f"{trial.value:.4f}" if trial.value is not None else "-"

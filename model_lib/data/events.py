@@ -17,6 +17,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.window import WindowSpec
 
 from model_lib.config import Settings
 from model_lib.contracts import (
@@ -242,17 +243,33 @@ def user_histories(
     L is settings.stored_events: the model's window, or the longer history_len kept for training windows.
     """
     seq_len = settings.stored_events
-    rows = _history_rows(events, previous_state)
+    ranked = _ranked_events(_history_rows(events, previous_state), vocabulary, settings)
+    in_window = F.col("is_real") & (F.col("recency") <= seq_len)
+    oldest_in_window = F.least(F.col("_real_events"), F.lit(seq_len))
+    # The oldest event in the window opens session 1 whether or not a session started there.
+    counted_start = F.when(in_window & (F.col("recency") < oldest_in_window), F.col("_starts")).otherwise(0)
+    to_oldest = _newest_first().rowsBetween(Window.currentRow, Window.unboundedFollowing)
+    windowed = ranked.withColumn("session_index", F.sum(counted_start).over(to_oldest) + 1)
+    return _padded_sequences(_per_user(windowed, in_window, seq_len), seq_len)
+
+
+def _newest_first() -> WindowSpec:
+    """Each user's real events newest first; older-item rows (no time) sort after all of them."""
+    return Window.partitionBy("user_id").orderBy(
+        F.col("is_real").desc(), F.col("event_ts").desc(), F.col("arrival").desc()
+    )
+
+
+def _ranked_events(rows: DataFrame, vocabulary: DataFrame, settings: Settings) -> DataFrame:
+    """History rows with their item and event-type indices, recency (1 = newest), gap bucket, whether a session
+    starts there, and the user's count of real events."""
     type_index = F.array_position(F.array(*[F.lit(t) for t in settings.event_types]), F.col("event_type")).cast("int")
     indexed = (
         rows.join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
         .withColumn("item_index", F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX)))
         .withColumn("event_type_index", type_index)
     )
-    # Real events newest first; older-item rows (no time) sort after all of them.
-    newest_first = Window.partitionBy("user_id").orderBy(
-        F.col("is_real").desc(), F.col("event_ts").desc(), F.col("arrival").desc()
-    )
+    newest_first = _newest_first()
     previous_ts = F.lead("event_ts").over(newest_first)
     gap_seconds = F.col("event_ts").cast("double") - previous_ts.cast("double")
     starts_session = (
@@ -260,21 +277,18 @@ def user_histories(
         | (gap_seconds > settings.session_gap_minutes * 60)
         | ~F.col("session_id").eqNullSafe(F.lead("session_id").over(newest_first))
     )
-    ranked = (
+    return (
         indexed.withColumn("recency", F.row_number().over(newest_first))
         .withColumn("gap_bucket", gap_bucket(gap_seconds, settings.max_gap_bucket))
         .withColumn("_starts", starts_session.cast("int"))
         .withColumn("_real_events", F.sum(F.col("is_real").cast("int")).over(Window.partitionBy("user_id")))
     )
-    in_window = F.col("is_real") & (F.col("recency") <= seq_len)
-    oldest_in_window = F.least(F.col("_real_events"), F.lit(seq_len))
-    # The oldest event in the window opens session 1 whether or not a session started there.
-    counted_start = F.when(in_window & (F.col("recency") < oldest_in_window), F.col("_starts")).otherwise(0)
-    to_oldest = newest_first.rowsBetween(Window.currentRow, Window.unboundedFollowing)
-    windowed = ranked.withColumn("session_index", F.sum(counted_start).over(to_oldest) + 1)
 
+
+def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame:
+    """One row per user: the window's events (oldest first), older items, last event time, and the state."""
     stored = F.col("is_real") & (F.col("recency") <= seq_len + 1)
-    grouped = windowed.groupBy("user_id").agg(
+    return windowed.groupBy("user_id").agg(
         F.sort_array(
             F.collect_list(
                 F.when(
@@ -295,6 +309,10 @@ def user_histories(
         F.sort_array(F.collect_list(F.when(stored, F.struct(*EVENT_FIELDS)))).alias("events"),
         F.array_sort(F.collect_set(F.when(~stored, F.col("item_id")))).alias("older_item_ids"),
     )
+
+
+def _padded_sequences(grouped: DataFrame, seq_len: int) -> DataFrame:
+    """The window's fields as arrays of length seq_len, left-padded with 0, beside the other columns."""
 
     def left_padded(field: str, cast: str = "int") -> Column:
         values = F.transform(F.col("_window"), lambda event: event[field].cast(cast))
