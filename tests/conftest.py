@@ -28,7 +28,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_url():
     """One real PostgreSQL server (127.0.0.1, free port) for the whole test run."""
-    from postgres_server import postgres_server
+    from helpers.postgres_server import postgres_server
 
     with postgres_server() as url:
         yield url
@@ -39,7 +39,7 @@ def warehouse_url(request, settings) -> str:
     """Each warehouse test runs against the embedded DuckDB file and against a fresh PostgreSQL database."""
     if request.param == "duckdb":
         return settings.warehouse_url
-    from postgres_server import fresh_database
+    from helpers.postgres_server import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_url"), f"t_{abs(hash(request.node.nodeid)):x}")
 
@@ -51,7 +51,7 @@ def mlflow_server(tmp_path_factory):
     import urllib.request
     from pathlib import Path
 
-    from processes import free_port, start_server, stop_server, wait_for
+    from helpers.processes import free_port, start_server, stop_server, wait_for
 
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
@@ -68,9 +68,9 @@ def mlflow_server(tmp_path_factory):
 def pipeline(tmp_path_factory, postgres_url, mlflow_server):
     """Synthetic events, a champion trained by reco_training and one reco_nightly day (see airflow_pipeline), on
     the deployed shape: a PostgreSQL warehouse and an MLflow server, each reached with a password in its URL, and
-    a password in the Airflow Spark connection (tests/test_secrets.py checks that none of them leaks)."""
-    from airflow_pipeline import build_pipeline, with_passwords
-    from postgres_server import fresh_database
+    a password in the Airflow Spark connection (tests/e2e/test_secrets.py checks that none of them leaks)."""
+    from helpers.airflow_pipeline import build_pipeline, with_passwords
+    from helpers.postgres_server import fresh_database
 
     extra = with_passwords(fresh_database(postgres_url, "e2e_pipeline"), mlflow_server)
     return build_pipeline(tmp_path_factory.mktemp("e2e") / "data", extra)

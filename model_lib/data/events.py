@@ -344,7 +344,7 @@ def merge_day(
     """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
     the day touched: those with new events, and those whose stored items changed index in today's vocabulary
     (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
-    as it is. The result equals `user_histories` over all history (tests/test_sessionize_job.py checks it).
+    as it is. The result equals `user_histories` over all history (tests/integration/test_sessionize_job.py checks it).
 
     Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
     and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""

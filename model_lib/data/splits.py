@@ -13,7 +13,7 @@ Time-based (what a nightly model actually faces). Two cutoffs, validation_cutoff
 A user is held out only when the input is not empty and a target exists.
 
 In both, a target never appears in the input that predicts it, and training never sees a held-out event
-(tests/test_splits.py checks this on random sequences).
+(tests/unit/test_splits.py checks this on random sequences).
 """
 
 from __future__ import annotations

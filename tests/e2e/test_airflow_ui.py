@@ -17,8 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from airflow_pipeline import BIN
-from processes import free_port, start_server, stop_server, wait_for
+
+from helpers.airflow_pipeline import BIN
+from helpers.processes import free_port, start_server, stop_server, wait_for
 
 pytestmark = pytest.mark.slow
 UI_K = 5

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow_pipeline import BIN, K
+
+from helpers.airflow_pipeline import BIN, K
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from processes import run_ok
-from sequence_files import cycle_sequences
 
+from helpers.processes import run_ok
+from helpers.sequence_files import cycle_sequences
 from model_lib.storage.lake import write_sequences
 
 DS = "2024-03-01"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "model_lib"
 ABOVE_THE_LIBRARY = ("jobs", "dags", "dag_parts", "airflow", "bench", "tests")
 

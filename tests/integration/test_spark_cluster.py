@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from processes import free_port, run_ok, start_server, stop_server, wait_for
 
+from helpers.processes import free_port, run_ok, start_server, stop_server, wait_for
 from jobs import sessionize
 from model_lib.config import get_settings
 from model_lib.data.sources import SynthSpec, write_synth

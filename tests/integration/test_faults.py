@@ -17,18 +17,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from processes import free_port, run_ok, start_server, wait_for
-from recommendation_files import DS, write_day
 
+from helpers.processes import free_port, run_ok, start_server, wait_for
+from helpers.recommendation_files import DS, write_day
 from model_lib.config import get_settings
 from model_lib.storage.warehouse import open_warehouse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_publishes_it_once(postgres_url, tmp_path):
     import psycopg
-    from postgres_server import fresh_database
+
+    from helpers.postgres_server import fresh_database
 
     url = fresh_database(postgres_url, "fault_publish_killed")
     settings = get_settings(data_dir=tmp_path / "data", warehouse_url=url)

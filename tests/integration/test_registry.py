@@ -7,7 +7,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import register_tiny_model
+
+from helpers.sequence_files import register_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from processes import run_ok
-
+from helpers.processes import run_ok
 from model_lib.config import Settings, get_settings
 from model_lib.runtime import engine_environment
 

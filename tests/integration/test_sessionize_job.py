@@ -96,11 +96,11 @@ def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
 
 
 def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
-    """Every boundary `ts` (tests/timestamp_cases.py), as text and as a JSON number, in one raw day beside valid
+    """Every boundary `ts` (tests/helpers/timestamp_cases.py), as text and as a JSON number, in one raw day beside valid
     events: the real job succeeds, the unparseable ones are quarantined as bad_ts, and the counts reconcile."""
     import json
 
-    from timestamp_cases import boundary_values, expected_micros
+    from helpers.timestamp_cases import boundary_values, expected_micros
 
     day = dt.date(2024, 1, 10)
     texts = [text for text in boundary_values() if text.strip(" ")]

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from sequence_files import cycle_sequences
 
+from helpers.sequence_files import cycle_sequences
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation import baselines
 from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from processes import free_port, run_ok, start_server, wait_for
+from helpers.processes import free_port, run_ok, start_server, wait_for
 
 USER = "reco"
 

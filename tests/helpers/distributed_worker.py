@@ -1,6 +1,6 @@
-"""One worker of the multi-worker test (tests/test_distributed.py): TF_CONFIG comes from the environment.
+"""One worker of the multi-worker test (tests/integration/test_distributed.py): TF_CONFIG comes from the environment.
 
-usage: python tests/distributed_worker.py SEQUENCES_DIR NUM_ITEMS OUT.npz
+usage: python tests/helpers/distributed_worker.py SEQUENCES_DIR NUM_ITEMS OUT.npz
 Trains a tiny model for a few steps with the real trainer and saves the final weights.
 """
 

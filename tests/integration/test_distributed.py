@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import free_port
-from sequence_files import cycle_sequences
 
+from helpers.processes import free_port
+from helpers.sequence_files import cycle_sequences
 from model_lib.storage.lake import write_sequences
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "helpers" / "distributed_worker.py"
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_two_workers_end_with_identical_trained_weights(tmp_path):
     # Two files, so each worker trains on different users: only synchronised gradients keep them identical.
     write_sequences(cycle_sequences(200, num_items, 8), folder, files=2)
     cluster = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     workers = []
     for index in range(2):
         env = {

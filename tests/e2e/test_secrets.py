@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from airflow_pipeline import SECRETS
 
+from helpers.airflow_pipeline import SECRETS
 from model_lib.redaction import redact
 
 BIN = Path(sys.executable).parent

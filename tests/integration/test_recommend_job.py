@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import register_tiny_model
 
+from helpers.sequence_files import register_tiny_model
 from model_lib.config import get_settings
 from model_lib.data.splits import Sequences
 from model_lib.storage.lake import read_run_stats, write_sequences

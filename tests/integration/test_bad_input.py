@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
-from timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 
+from helpers.timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, boundary_values
 from jobs import sessionize
 from model_lib.config import get_settings
 from model_lib.contracts import REASON_CODES

@@ -5,7 +5,7 @@ from pathlib import Path
 from model_lib.contracts import REASON_CODES
 from model_lib.data import events as ev
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def documented_columns(title: str) -> list[str]:

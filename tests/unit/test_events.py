@@ -194,7 +194,7 @@ def test_every_timestamp_at_its_limits_parses_as_the_contract_says_and_nothing_r
     """Digit counts 1..25, signs, exponents, fractions, leading zeros, years 0 / 1 / 9999 / 10000+, offsets around
     +-18:00, and the limits of the long range before and after the millis -> micros multiplication: as JSON strings
     and, where JSON allows it, as JSON numbers. Spark's result must equal the Python oracle for every one."""
-    from timestamp_cases import boundary_values, expected_micros
+    from helpers.timestamp_cases import boundary_values, expected_micros
 
     texts = boundary_values()
     raw = [line(ts=text) for text in texts]

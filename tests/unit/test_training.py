@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sequence_files import cycle_sequences
 
+from helpers.sequence_files import cycle_sequences
 from model_lib.data.splits import Sequences, protocol_split
 from model_lib.model.distribute import cluster_position, shard_files
 from model_lib.model.examples import TrainingRows, bucket_width, epoch_batches

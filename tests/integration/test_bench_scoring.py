@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import run_ok
+
+from helpers.processes import run_ok
 
 RECO = str(Path(sys.executable).parent / "reco")
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import cycle_sequences
 
+from helpers.sequence_files import cycle_sequences
 from model_lib.data.splits import protocol_split
 from model_lib.evaluation.metrics import seen_items as seen_mask
 from model_lib.storage.lake import write_sequences

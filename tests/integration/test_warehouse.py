@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from recommendation_files import DS, write_day
 
+from helpers.recommendation_files import DS, write_day
 from model_lib.storage.warehouse import open_warehouse
 
 STARTED = dt.datetime(2024, 1, 11)
@@ -69,7 +69,7 @@ def test_other_days_are_not_touched(warehouse_url, tmp_path):
 
 
 def test_readers_see_the_old_day_or_the_new_day_never_a_mix(postgres_url, tmp_path):
-    from postgres_server import fresh_database
+    from helpers.postgres_server import fresh_database
 
     warehouse = open_warehouse(fresh_database(postgres_url, "readers"))
     write_day(tmp_path / "old", [f"u{i}" for i in range(100)], version=1, k=20)
@@ -180,7 +180,8 @@ def test_two_publishes_of_the_same_day_on_postgresql_serialise_and_the_second_re
     """Both are held at the start of their transactions until a blocking session lets go; the second then waits
     for the first (an advisory lock on the day) and replaces its rows instead of failing on the primary key."""
     import psycopg
-    from postgres_server import fresh_database
+
+    from helpers.postgres_server import fresh_database
 
     url = fresh_database(postgres_url, "serialised_publishes")
     warehouse = open_warehouse(url)

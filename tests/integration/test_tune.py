@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sequence_files import cycle_sequences
 
+from helpers.sequence_files import cycle_sequences
 from model_lib.storage.lake import write_sequences
 
 DS = dt.date(2024, 1, 10)
