@@ -188,41 +188,8 @@ def synth_events(spec: SynthSpec) -> tuple[pd.DataFrame, np.ndarray]:
     about a minute.
     """
     rng = np.random.default_rng(spec.seed)
-    popularity = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf_exponent
-    popularity /= popularity.sum()
-    successor = rng.permutation(spec.items)  # the hidden "next item" chain
-
-    n_sessions = max(1, int(spec.users * spec.sessions_per_user))
-    session_user = rng.integers(0, spec.users, n_sessions)
-    session_start_s = rng.uniform(0, spec.days * 86400 - 3600, n_sessions)
-    session_len = 1 + rng.geometric(1.0 / spec.mean_session_views, n_sessions)
-    max_len = int(session_len.max())
-
-    current = rng.choice(spec.items, n_sessions, p=popularity)
-    view_items, view_sessions, view_offsets = [], [], []
-    offset = np.zeros(n_sessions)
-    for step in range(max_len):
-        alive = np.flatnonzero(session_len > step)
-        view_items.append(current[alive])
-        view_sessions.append(alive)
-        view_offsets.append(offset[alive])
-        follow = rng.random(len(alive)) < spec.successor_probability
-        fresh = rng.choice(spec.items, len(alive), p=popularity)
-        current[alive] = np.where(follow, successor[current[alive]], fresh)
-        offset[alive] += rng.exponential(90.0, len(alive)) + 5
-    items = np.concatenate(view_items)
-    sessions = np.concatenate(view_sessions)
-    ts_s = session_start_s[sessions] + np.concatenate(view_offsets)
-
-    kinds = np.zeros(len(items), dtype=np.int8)  # index into FUNNEL
-    parts = [(items, sessions, ts_s, kinds)]
-    carted = rng.random(len(items)) < spec.cart_probability
-    parts.append((items[carted], sessions[carted], ts_s[carted] + 20, np.full(carted.sum(), 1, np.int8)))
-    bought = carted & (rng.random(len(items)) < spec.purchase_probability)
-    parts.append((items[bought], sessions[bought], ts_s[bought] + 40, np.full(bought.sum(), 2, np.int8)))
-    liked = rng.random(len(items)) < spec.like_probability
-    parts.append((items[liked], sessions[liked], ts_s[liked] + 10, np.full(liked.sum(), 3, np.int8)))
-    items, sessions, ts_s, kinds = (np.concatenate(column) for column in zip(*parts, strict=True))
+    session_user, items, sessions, ts_s = _session_views(spec, rng)
+    items, sessions, ts_s, kinds = _funnel_events(spec, rng, items, sessions, ts_s)
 
     start_ms = int(dt.datetime.combine(spec.start, dt.time(), dt.UTC).timestamp() * 1000)
     ts_ms = start_ms + (ts_s * 1000).astype("int64")
@@ -248,6 +215,49 @@ def synth_events(spec: SynthSpec) -> tuple[pd.DataFrame, np.ndarray]:
     all_arrivals = np.concatenate([arrival_ms, arrival_ms[duplicate_rows] + 1000, arrival_ms[malformed_rows]])
     order = np.argsort(all_arrivals, kind="stable")
     return pd.DataFrame({"line": all_lines[order]}), all_arrivals[order]
+
+
+def _session_views(spec: SynthSpec, rng: np.random.Generator):
+    """Sessions of views: each next view follows the item's hidden successor or jumps to a popular item.
+    -> (each session's user, and per view: item, session, seconds since the start)."""
+    popularity = 1.0 / np.arange(1, spec.items + 1) ** spec.zipf_exponent
+    popularity /= popularity.sum()
+    successor = rng.permutation(spec.items)  # the hidden "next item" chain
+
+    n_sessions = max(1, int(spec.users * spec.sessions_per_user))
+    session_user = rng.integers(0, spec.users, n_sessions)
+    session_start_s = rng.uniform(0, spec.days * 86400 - 3600, n_sessions)
+    session_len = 1 + rng.geometric(1.0 / spec.mean_session_views, n_sessions)
+    max_len = int(session_len.max())
+
+    current = rng.choice(spec.items, n_sessions, p=popularity)
+    view_items, view_sessions, view_offsets = [], [], []
+    offset = np.zeros(n_sessions)
+    for step in range(max_len):
+        alive = np.flatnonzero(session_len > step)
+        view_items.append(current[alive])
+        view_sessions.append(alive)
+        view_offsets.append(offset[alive])
+        follow = rng.random(len(alive)) < spec.successor_probability
+        fresh = rng.choice(spec.items, len(alive), p=popularity)
+        current[alive] = np.where(follow, successor[current[alive]], fresh)
+        offset[alive] += rng.exponential(90.0, len(alive)) + 5
+    sessions = np.concatenate(view_sessions)
+    return session_user, np.concatenate(view_items), sessions, session_start_s[sessions] + np.concatenate(view_offsets)
+
+
+def _funnel_events(spec: SynthSpec, rng: np.random.Generator, items, sessions, ts_s):
+    """The views plus their carts, purchases (of carted items) and likes, a few seconds after the view.
+    -> (item, session, seconds, kind index into FUNNEL) per event."""
+    kinds = np.zeros(len(items), dtype=np.int8)  # index into FUNNEL
+    parts = [(items, sessions, ts_s, kinds)]
+    carted = rng.random(len(items)) < spec.cart_probability
+    parts.append((items[carted], sessions[carted], ts_s[carted] + 20, np.full(carted.sum(), 1, np.int8)))
+    bought = carted & (rng.random(len(items)) < spec.purchase_probability)
+    parts.append((items[bought], sessions[bought], ts_s[bought] + 40, np.full(bought.sum(), 2, np.int8)))
+    liked = rng.random(len(items)) < spec.like_probability
+    parts.append((items[liked], sessions[liked], ts_s[liked] + 10, np.full(liked.sum(), 3, np.int8)))
+    return (np.concatenate(column) for column in zip(*parts, strict=True))
 
 
 FUNNEL = np.array(["view", "add_to_cart", "purchase", "like"], dtype=object)
