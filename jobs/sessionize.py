@@ -176,11 +176,13 @@ def write_histories(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
         if previous is None:
-            histories = ev.user_histories(events, vocabulary_frame, settings)
+            histories = ev.user_histories(events, vocabulary_frame, ev.SequenceRules.of(settings))
         else:
             changed = changed_items(previous_vocabulary, vocabulary)
             changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
-            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, settings)
+            histories = ev.merge_day(
+                previous["users"], events, vocabulary_frame, changed_frame, ev.SequenceRules.of(settings)
+            )
         histories = histories.select(ev.STATE_COLUMNS).cache()
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
@@ -215,7 +217,8 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
     )
 
     with stage(f"sessionize ds={ds}: validate") as report:
-        validated = ev.validate(ev.parse_raw_lines(extract_raw_lines(spark, settings, ds, plan)), settings)
+        lines = extract_raw_lines(spark, settings, ds, plan)
+        validated = ev.validate(ev.parse_raw_lines(lines), ev.ValidationRules.of(settings))
         # Only rejected lines need their raw text any more; dropping it from the rest keeps the cache small.
         validated = validated.withColumn("line", F.when(F.col("reason").isNotNull(), F.col("line"))).cache()
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}

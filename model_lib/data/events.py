@@ -14,6 +14,8 @@ Counts reconcile by construction: every raw line ends up in exactly one of
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -43,6 +45,44 @@ CORRUPT_FIELD = "_corrupt_record"
 RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in [*RAW_FIELDS, CORRUPT_FIELD]])
 # What a user's history keeps of each event (the per-user state stores exactly these).
 EVENT_FIELDS = ["event_ts", "arrival", "item_id", "event_type", "session_id"]
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    """What a raw line must satisfy to be an event (see `validate`); from the settings by `of`."""
+
+    event_types: tuple[str, ...]
+    max_line_chars: int
+    max_id_chars: int
+    allowed_lateness_hours: int
+    future_tolerance_minutes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ValidationRules:
+        return cls(
+            tuple(settings.event_types),
+            settings.max_line_chars,
+            settings.max_id_chars,
+            settings.allowed_lateness_hours,
+            settings.future_tolerance_minutes,
+        )
+
+
+@dataclass(frozen=True)
+class SequenceRules:
+    """How a user's events become a padded sequence (see `user_histories`); from the settings by `of`.
+    `seq_len` is the events kept per user: the model's window, or the longer history kept for training windows."""
+
+    seq_len: int
+    event_types: tuple[str, ...]
+    session_gap_minutes: int
+    max_gap_bucket: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> SequenceRules:
+        return cls(
+            settings.stored_events, tuple(settings.event_types), settings.session_gap_minutes, settings.max_gap_bucket
+        )
 
 
 def arrival(dt: Column, source_file: Column, line_order: Column) -> Column:
@@ -104,7 +144,7 @@ def parse_timestamp(ts: Column) -> Column:
     return F.when(parsed.between(earliest, latest), parsed)
 
 
-def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
+def validate(parsed: DataFrame, rules: ValidationRules) -> DataFrame:
     """Adds `event_ts` (timestamp) and `reason` (null for a valid row, else the first broken rule).
 
     Time rules are relative to the line's dt folder: accepted from `allowed_lateness_hours` before the start of
@@ -112,15 +152,15 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
     """
     ts = parse_timestamp(F.col("ts"))
     day_start = F.try_to_timestamp(F.col("dt"))  # the extract keeps only dt folders that are dates
-    accepted_from = day_start - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
-    accepted_until = day_start + F.make_dt_interval(days=F.lit(1), mins=F.lit(settings.future_tolerance_minutes))
+    accepted_from = day_start - F.make_dt_interval(hours=F.lit(rules.allowed_lateness_hours))
+    accepted_until = day_start + F.make_dt_interval(days=F.lit(1), mins=F.lit(rules.future_tolerance_minutes))
     missing = F.lit(False)
     for name in REQUIRED_FIELDS:
         missing = missing | F.col(name).isNull()
-    too_long = F.length("line") > settings.max_line_chars
+    too_long = F.length("line") > rules.max_line_chars
     bad_id = F.lit(False)
     for name in ID_FIELDS:
-        too_long = too_long | F.coalesce(F.length(name) > settings.max_id_chars, F.lit(False))
+        too_long = too_long | F.coalesce(F.length(name) > rules.max_id_chars, F.lit(False))
         bad_id = bad_id | F.coalesce(F.col(name).rlike(CONTROL_CHARACTER), F.lit(False))
     reason = (
         F.when(too_long, F.lit(REASON_TOO_LONG))
@@ -129,7 +169,7 @@ def validate(parsed: DataFrame, settings: Settings) -> DataFrame:
         .when(missing, F.lit(REASON_MISSING_FIELD))
         .when(bad_id, F.lit(REASON_BAD_ID))
         .when(ts.isNull(), F.lit(REASON_BAD_TS))
-        .when(~F.col("event_type").isin(settings.event_types), F.lit(REASON_UNKNOWN_EVENT_TYPE))
+        .when(~F.col("event_type").isin(list(rules.event_types)), F.lit(REASON_UNKNOWN_EVENT_TYPE))
         .when(ts >= accepted_until, F.lit(REASON_FUTURE_TS))
         .when(ts < accepted_from, F.lit(REASON_TOO_LATE))
     )
@@ -224,7 +264,7 @@ def _history_rows(events: DataFrame, previous_state: DataFrame | None) -> DataFr
 
 
 def user_histories(
-    events: DataFrame, vocabulary: DataFrame, settings: Settings, previous_state: DataFrame | None = None
+    events: DataFrame, vocabulary: DataFrame, rules: SequenceRules, previous_state: DataFrame | None = None
 ) -> DataFrame:
     """Per user, in one shuffle: the padded sequence of the last L events and the state for the next day.
 
@@ -234,16 +274,16 @@ def user_histories(
     distinct items of everything older, so merging a day into it gives exactly what a full rebuild would.
 
     Sequence columns (arrays of length L, oldest first, left-padded with 0):
-      item_indices (1 = unknown item), event_type_indices (1-based in settings.event_types), gap_buckets (log2 of
+      item_indices (1 = unknown item), event_type_indices (1-based in rules.event_types), gap_buckets (log2 of
       the seconds since the previous event, 1 = first event of the user), session_indices (1 = the oldest session
       visible in the window; a new session after `session_gap_minutes` of inactivity or a new client session_id),
       event_times (epoch seconds); plus length, older_item_indices (items of events before the window, to exclude
       from recommendations) and last_event_ts.
     State columns: events (array of the last L+1 events' EVENT_FIELDS), older_item_ids.
-    L is settings.stored_events: the model's window, or the longer history_len kept for training windows.
+    L is rules.seq_len: the model's window, or the longer history_len kept for training windows.
     """
-    seq_len = settings.stored_events
-    ranked = _ranked_events(_history_rows(events, previous_state), vocabulary, settings)
+    seq_len = rules.seq_len
+    ranked = _ranked_events(_history_rows(events, previous_state), vocabulary, rules)
     in_window = F.col("is_real") & (F.col("recency") <= seq_len)
     oldest_in_window = F.least(F.col("_real_events"), F.lit(seq_len))
     # The oldest event in the window opens session 1 whether or not a session started there.
@@ -260,10 +300,10 @@ def _newest_first() -> WindowSpec:
     )
 
 
-def _ranked_events(rows: DataFrame, vocabulary: DataFrame, settings: Settings) -> DataFrame:
+def _ranked_events(rows: DataFrame, vocabulary: DataFrame, rules: SequenceRules) -> DataFrame:
     """History rows with their item and event-type indices, recency (1 = newest), gap bucket, whether a session
     starts there, and the user's count of real events."""
-    type_index = F.array_position(F.array(*[F.lit(t) for t in settings.event_types]), F.col("event_type")).cast("int")
+    type_index = F.array_position(F.array(*[F.lit(t) for t in rules.event_types]), F.col("event_type")).cast("int")
     indexed = (
         rows.join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
         .withColumn("item_index", F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX)))
@@ -274,12 +314,12 @@ def _ranked_events(rows: DataFrame, vocabulary: DataFrame, settings: Settings) -
     gap_seconds = F.col("event_ts").cast("double") - previous_ts.cast("double")
     starts_session = (
         previous_ts.isNull()
-        | (gap_seconds > settings.session_gap_minutes * 60)
+        | (gap_seconds > rules.session_gap_minutes * 60)
         | ~F.col("session_id").eqNullSafe(F.lead("session_id").over(newest_first))
     )
     return (
         indexed.withColumn("recency", F.row_number().over(newest_first))
-        .withColumn("gap_bucket", gap_bucket(gap_seconds, settings.max_gap_bucket))
+        .withColumn("gap_bucket", gap_bucket(gap_seconds, rules.max_gap_bucket))
         .withColumn("_starts", starts_session.cast("int"))
         .withColumn("_real_events", F.sum(F.col("is_real").cast("int")).over(Window.partitionBy("user_id")))
     )
@@ -339,12 +379,13 @@ def merge_day(
     events: DataFrame,
     vocabulary: DataFrame,
     changed_items: DataFrame | None,
-    settings: Settings,
+    rules: SequenceRules,
 ) -> DataFrame:
     """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
     the day touched: those with new events, and those whose stored items changed index in today's vocabulary
     (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
-    as it is. The result equals `user_histories` over all history (tests/integration/test_sessionize_job.py checks it).
+    as it is. The result equals `user_histories` over all history (tests/integration/
+test_sessionize_job.py checks it).
 
     Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
     and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
@@ -362,7 +403,7 @@ def merge_day(
         "_touched", F.coalesce(F.col("_touched"), F.lit(False))
     )
     carried = flagged.where(~F.col("_touched")).select(STATE_COLUMNS)
-    recomputed = user_histories(events, vocabulary, settings, flagged.where(F.col("_touched")))
+    recomputed = user_histories(events, vocabulary, rules, flagged.where(F.col("_touched")))
     return carried.unionByName(recomputed.select(STATE_COLUMNS))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from model_lib.config import Settings
 from model_lib.contracts import REASON_CODES
+from model_lib.data.events import SequenceRules, ValidationRules
 from model_lib.storage.lake import commit_folder, latest_version_before, staging_path
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
@@ -33,20 +34,16 @@ class Plan:
 
 
 def state_shape(settings: Settings) -> dict:
-    """The settings a stored state depends on; a state built with others cannot be continued."""
-    return {
-        "seq_len": settings.stored_events,
-        "event_types": list(settings.event_types),
-        # Carried-over users keep their encoded sequences, so anything that changes an encoding forces a rebuild.
-        "max_gap_bucket": settings.max_gap_bucket,
-        "session_gap_minutes": settings.session_gap_minutes,
-        "allowed_lateness_hours": settings.allowed_lateness_hours,
-        "future_tolerance_minutes": settings.future_tolerance_minutes,
-        "max_line_chars": settings.max_line_chars,
-        "max_id_chars": settings.max_id_chars,
+    """The settings a stored state depends on; a state built with others cannot be continued. Carried-over users
+    keep their encoded sequences, and the events a state holds were judged by the validation rules, so every rule
+    that shapes either is here (derived from the rule groups, so a new rule cannot be forgotten)."""
+    shape = {
+        **asdict(SequenceRules.of(settings)),
+        **asdict(ValidationRules.of(settings)),
         # A new validation rule comes with a new reason code; the events an older state accepted must be re-judged.
         "reason_codes": list(REASON_CODES),
     }
+    return json.loads(json.dumps(shape))  # as the manifest stores it (tuples become lists)
 
 
 def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:

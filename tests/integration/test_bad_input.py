@@ -154,7 +154,7 @@ def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) ->
             "arrival"
         ),
     )
-    validated = ev.validate(ev.parse_raw_lines(raw), rules).cache()
+    validated = ev.validate(ev.parse_raw_lines(raw), ev.ValidationRules.of(rules)).cache()
     by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
     valid = ev.deduplicate(validated.where(F.col("reason").isNull())).count()
     read = sum(by_reason.values())

@@ -34,7 +34,7 @@ def lines_frame(spark, lines, day=DAY):
 
 
 def validated(spark, lines, rules, day=DAY):
-    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines, day)), rules)
+    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines, day)), ev.ValidationRules.of(rules))
 
 
 def valid_events(spark, lines, rules):
@@ -46,7 +46,7 @@ def histories(spark, lines, rules, min_count=1, previous_vocabulary=None):
     counts = ev.item_counts(events).toPandas()
     vocabulary = stable_vocabulary(ranked_candidates(counts, min_count, 100), previous_vocabulary)
     frame = spark.createDataFrame(vocabulary, "item_id string, item_index int, count long")
-    rows = ev.user_histories(events, frame, rules).collect()
+    rows = ev.user_histories(events, frame, ev.SequenceRules.of(rules)).collect()
     return {r["user_id"]: r for r in rows}, dict(zip(vocabulary["item_id"], vocabulary["item_index"], strict=True))
 
 
@@ -102,7 +102,7 @@ def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rule
     frame = spark.createDataFrame(
         rows, "line binary, dt string, arrival struct<dt: string, file: string, line: bigint>"
     ).withColumn("line", F.col("line").cast("string"))  # what spark.read.text makes of these bytes
-    checked = ev.validate(ev.parse_raw_lines(frame), rules)
+    checked = ev.validate(ev.parse_raw_lines(frame), ev.ValidationRules.of(rules))
     assert [r["reason"] for r in checked.orderBy("arrival").collect()] == [None, *["bad_encoding"] * 3]
 
     ev.quarantine_rows(checked).write.parquet(str(tmp_path / "quarantine"))
@@ -185,7 +185,12 @@ def test_vocabulary_keeps_indices_and_reuses_freed_ones():
 def test_histories_take_one_shuffle_by_user(spark, rules):
     events = valid_events(spark, [line(item=i, ts=T0 + k) for k, i in enumerate("abcab")], rules)
     vocabulary = spark.createDataFrame([("a", 2, 2)], "item_id string, item_index int, count long")
-    plan = ev.user_histories(events, vocabulary, rules)._jdf.queryExecution().executedPlan().toString()
+    plan = (
+        ev.user_histories(events, vocabulary, ev.SequenceRules.of(rules))
+        ._jdf.queryExecution()
+        .executedPlan()
+        .toString()
+    )
     # the window and the aggregation share one exchange; the vocabulary join is broadcast
     assert plan.count("Exchange hashpartitioning(user_id") == 1 and "BroadcastHashJoin" in plan
 
