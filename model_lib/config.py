@@ -23,10 +23,8 @@ SOFTMAX_MODES = ("auto", "full", "sampled")
 MISSING_RAW_ACTIONS = ("skip", "fail")
 LR_SCHEDULES = ("cosine", "constant")
 TRAINING_LAUNCHERS = ("local", "kubernetes")
-REPEAT_POLICIES = (
-    "exclude_seen",
-    "allow_repeats",
-)  # as in evaluation.metrics (import-free here)
+# The names evaluation.metrics uses (kept import-free here).
+REPEAT_POLICIES = ("exclude_seen", "allow_repeats")
 CHOICES = {
     "repeat_policy": REPEAT_POLICIES,
     "lr_schedule": LR_SCHEDULES,
