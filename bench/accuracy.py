@@ -73,7 +73,7 @@ def prepare_raw_events(settings, dataset: str | None, events: Path | None) -> dt
     from model_lib.data.sources import SynthSpec, convert_movielens, convert_ratings, write_synth
     from model_lib.storage.lake import dated_folders
 
-    raw = settings.raw_events_dir
+    raw = settings.lake.raw_events_dir
     if events is not None:
         events = events.resolve()
         if not dated_folders(events, "dt", dt.date.max):
@@ -86,7 +86,7 @@ def prepare_raw_events(settings, dataset: str | None, events: Path | None) -> dt
             raw.symlink_to(events, target_is_directory=True)
     elif not raw.exists():
         if dataset == "ml-1m":
-            convert_movielens(raw, settings.items_dir)
+            convert_movielens(raw, settings.lake.items_dir)
         elif dataset == "ml-100k":
             convert_ratings(ml_100k_folder(), "ml-100k", raw)
         elif dataset == "synthetic":
@@ -112,7 +112,7 @@ def choose_policy(settings, requested: str, validation) -> tuple[object, float]:
 
     share = float(repeat_targets(validation.inputs.items, validation.inputs.older_items, validation.targets).mean())
     policy = suggest_policy(share) if requested == "suggest" else requested
-    return settings.model_copy(update={"repeat_policy": policy}), share
+    return settings.updated(repeat_policy=policy), share
 
 
 def run(settings, dataset: str | None, events: Path | None, requested_policy: str = "suggest") -> dict:
@@ -126,13 +126,13 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
 
     started = time.perf_counter()
     ds = prepare_raw_events(settings, dataset, events)
-    spark = spark_session(settings, "reco-bench-accuracy")
+    spark = spark_session(settings.engines, "reco-bench-accuracy")
     try:
         stats = sessionize.run(settings, ds, spark=spark, mode="full")
-        files = parquet_files(settings.sequences_dir(ds))
-        vocabulary = read_parquet_folder(settings.vocab_dir(ds))
+        files = parquet_files(settings.lake.sequences_dir(ds))
+        vocabulary = read_parquet_folder(settings.lake.vocab_dir(ds))
         num_items = catalogue_size(vocabulary)
-        split = protocol_split(read_sequences(files), settings.seq_len)
+        split = protocol_split(read_sequences(files), settings.sessionize.seq_len)
         settings, validation_repeat_share = choose_policy(settings, requested_policy, split.validation)
         policy = settings.repeat_rule()
         with stage(f"bench: train under {policy.describe()}") as report:
@@ -157,7 +157,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "validation_repeat_share": round(validation_repeat_share, 4),
         "test_repeat_share": round(scorers["model"]["repeat_target_share"], 4),
         "protocol": "leave-one-out, full ranking over the served candidates, items < min_item_count dropped once",
-        "hyper_parameters": {key: getattr(settings, key) for key in REPORTED_SETTINGS},
+        "hyper_parameters": {key: settings.flat()[key] for key in REPORTED_SETTINGS},
         "strategy": trained.strategy,
         "repeat_mechanism": bool(trained.model.repeat_mechanism),
         "train_seconds": round(trained.seconds, 1),
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.root or PROJECT_ROOT / "data" / "bench" / "accuracy" / name
     # Benchmark defaults first, then RECO_* from the environment win over them.
     probe = get_settings()
-    explicit = {key for key in BENCH_DEFAULTS if key in probe.model_fields_set}
+    explicit = {key for key in BENCH_DEFAULTS if key in probe.explicit_fields()}
     defaults = {key: value for key, value in BENCH_DEFAULTS.items() if key not in explicit}
     settings = get_settings(data_dir=root, **defaults)
     result = run(settings, args.dataset, args.events, args.policy)

@@ -110,10 +110,10 @@ def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
     from model_lib.model.steps import build_next_item_model
     from model_lib.serving.recommender import Recommender
 
-    keras.utils.set_random_seed(settings.seed)
+    keras.utils.set_random_seed(settings.training.seed)
     # The configured model (with the repeat mechanism when the repeat policy allows repeats).
     model = build_next_item_model(catalogue_size(vocabulary), settings)
-    return Recommender(model, vocabulary, settings.event_types, settings.repeat_rule())
+    return Recommender(model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
 
 
 # --- measurements ---------------------------------------------------------------------------------------------
@@ -208,16 +208,16 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
     settings = get_settings(data_dir=root / "data")
     with stage(f"bench scoring {name}: inputs") as report:
         if name == "ml-1m":
-            sequences, vocabulary = movielens_inputs(settings.seq_len)
+            sequences, vocabulary = movielens_inputs(settings.sessionize.seq_len)
         else:
-            sequences, vocabulary = synthetic_inputs(users, items, settings.seq_len)
-        write_sequences(sequences, settings.sequences_dir(DS), files=4)
-        settings.vocab_dir(DS).mkdir(parents=True)
-        vocabulary.to_parquet(settings.vocab_dir(DS) / "part-00000.parquet", index=False)
+            sequences, vocabulary = synthetic_inputs(users, items, settings.sessionize.seq_len)
+        write_sequences(sequences, settings.lake.sequences_dir(DS), files=4)
+        settings.lake.vocab_dir(DS).mkdir(parents=True)
+        vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-00000.parquet", index=False)
         recommender = untrained_recommender(settings, vocabulary)
         version = registry.register_recommender(recommender, settings, f"bench-{name}", {"purpose": "benchmark"})
-        report(users=len(sequences), items=len(vocabulary), seq_len=settings.seq_len)
-    spark = spark_session(settings, f"reco-bench-scoring-{name}")
+        report(users=len(sequences), items=len(vocabulary), seq_len=settings.sessionize.seq_len)
+    spark = spark_session(settings.engines, f"reco-bench-scoring-{name}")
     result: dict = {"benchmark": "scoring", "dataset": name, "users": len(sequences), "items": len(vocabulary), "k": K}
     with stage(f"bench scoring {name}: the recommend job (cold, then warm)") as report:
         result["job_cold_users_per_s"] = job_users_per_second(settings, version, len(sequences))

@@ -134,19 +134,19 @@ def duckdb_sessionize(data_dir: Path, ds: dt.date, output: Path) -> dict:
     connection.execute("SET TimeZone = 'UTC'; SET threads = 2; SET preserve_insertion_order = true")
     connection.execute(
         DUCKDB_SQL.format(
-            raw=settings.raw_events_dir,
+            raw=settings.lake.raw_events_dir,
             ds=ds.isoformat(),
             output=output,
-            max_line=settings.max_line_chars,
-            max_id=settings.max_id_chars,
-            event_types=", ".join(f"'{t}'" for t in settings.event_types),
-            future=settings.future_tolerance_minutes,
-            lateness=settings.allowed_lateness_hours,
-            min_count=settings.min_item_count,
-            max_size=settings.max_vocab_size,
-            gap_seconds=settings.session_gap_minutes * 60,
-            seq_len=settings.seq_len,
-            max_bucket=settings.max_gap_bucket,
+            max_line=settings.sessionize.max_line_chars,
+            max_id=settings.sessionize.max_id_chars,
+            event_types=", ".join(f"'{t}'" for t in settings.sessionize.event_types),
+            future=settings.sessionize.future_tolerance_minutes,
+            lateness=settings.sessionize.allowed_lateness_hours,
+            min_count=settings.sessionize.min_item_count,
+            max_size=settings.sessionize.max_vocab_size,
+            gap_seconds=settings.sessionize.session_gap_minutes * 60,
+            seq_len=settings.sessionize.seq_len,
+            max_bucket=settings.sessionize.max_gap_bucket,
         )
     )
     counts = connection.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated").fetchone()
@@ -204,7 +204,7 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
 
 
 def spark_run(data_dir: Path, ds: dt.date, mode: str) -> dict:
-    env = {**os.environ, **engine_environment(get_settings(data_dir=data_dir)), "RECO_DATA_DIR": str(data_dir)}
+    env = {**os.environ, **engine_environment(get_settings(data_dir=data_dir).engines), "RECO_DATA_DIR": str(data_dir)}
     return measured([sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode], env)
 
 
@@ -217,9 +217,9 @@ def bench_size(events: int, root: Path, check_equality: bool) -> dict:
     settings = get_settings(data_dir=data_dir)
     spec = SynthSpec.for_events(events, DAYS)
     last_day = spec.start + dt.timedelta(days=DAYS - 1)
-    if not (settings.raw_events_dir / f"dt={last_day}").exists():
+    if not (settings.lake.raw_events_dir / f"dt={last_day}").exists():
         started = time.time()
-        write_synth(spec, settings.raw_events_dir)
+        write_synth(spec, settings.lake.raw_events_dir)
         print(f"[bench] synthesised {events:,} events in {time.time() - started:.1f} s", flush=True)
     print(f"[bench] {events:,} events: Spark full rebuild to {last_day - dt.timedelta(days=1)} (makes the state)")
     previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
@@ -229,10 +229,12 @@ def bench_size(events: int, root: Path, check_equality: bool) -> dict:
     if check_equality:
         incremental_sequences = data_dir / "incremental-sequences"
         shutil.rmtree(incremental_sequences, ignore_errors=True)
-        shutil.copytree(settings.sequences_dir(last_day), incremental_sequences)
+        shutil.copytree(settings.lake.sequences_dir(last_day), incremental_sequences)
         print(f"[bench] {events:,} events: Spark full rebuild to {last_day}", flush=True)
         full = spark_run(data_dir, last_day, "full")
-        identical = pd.read_parquet(incremental_sequences).equals(pd.read_parquet(settings.sequences_dir(last_day)))
+        identical = pd.read_parquet(incremental_sequences).equals(
+            pd.read_parquet(settings.lake.sequences_dir(last_day))
+        )
     else:
         full = previous  # the rebuild of the previous day: 29 of the 30 days, a slight under-estimate of the full cost
     print(f"[bench] {events:,} events: DuckDB SQL full rebuild to {last_day}", flush=True)

@@ -50,21 +50,23 @@ def run(settings, updates: int) -> dict:
     from model_lib.serving.recommender import ModelScorer
     from model_lib.storage.lake import dated_folders, parquet_files, read_parquet_folder, read_sequences
 
-    days = dated_folders(settings.sessionized_root, "ds", dt.date.max)
+    days = dated_folders(settings.lake.sessionized_root, "ds", dt.date.max)
     if not days:
-        raise FileNotFoundError(f"no sessionized day under {settings.sessionized_root}: run reco bench accuracy first")
+        raise FileNotFoundError(
+            f"no sessionized day under {settings.lake.sessionized_root}: run reco bench accuracy first"
+        )
     ds = days[-1][0]
-    files = parquet_files(settings.sequences_dir(ds))
-    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
-    split = protocol_split(read_sequences(files), settings.seq_len)
-    windows = len(TrainingRows.from_sequences(split.train, settings.seq_len, settings.stride))
-    steps_per_pass = -(-windows // settings.batch_size)
+    files = parquet_files(settings.lake.sequences_dir(ds))
+    num_items = catalogue_size(read_parquet_folder(settings.lake.vocab_dir(ds)))
+    split = protocol_split(read_sequences(files), settings.sessionize.seq_len)
+    windows = len(TrainingRows.from_sequences(split.train, settings.sessionize.seq_len, settings.stride))
+    steps_per_pass = -(-windows // settings.training.batch_size)
     # Two rounds: the first compiles the train step for each batch width, the second is timed.
-    budget = settings.model_copy(update={"max_updates": 2 * updates, "eval_every_updates": updates})
+    budget = settings.updated(max_updates=2 * updates, eval_every_updates=updates)
     started = time.perf_counter()
     trained = train_next_item_model(files, num_items, budget, verbose=0, validation=split.validation)
     round_seconds = trained.history[1]["epoch_seconds"]
-    policy, k = settings.repeat_rule(), settings.eval_k
+    policy, k = settings.repeat_rule(), settings.training.eval_k
     # Steady-state validation cost: each path once to compile / warm up, then timed.
     eager_validation(trained.model, split.validation, num_items, k, policy)
     clock = time.perf_counter()
@@ -81,7 +83,7 @@ def run(settings, updates: int) -> dict:
     return {
         "bench": "training_speed",
         "ds": ds.isoformat(),
-        "seq_len": settings.seq_len,
+        "seq_len": settings.sessionize.seq_len,
         "windows": windows,
         "steps_per_pass": steps_per_pass,
         "seconds_per_update": round(update_seconds, 3),

@@ -47,7 +47,7 @@ settings = get_settings()
     params={
         **COMMON_PARAMS,
         "k": Param(
-            settings.top_k,
+            settings.serving.top_k,
             type="integer",
             minimum=1,
             maximum=MAX_TOP_K,
@@ -68,7 +68,7 @@ def reco_nightly():
 
         settings = get_settings()
         version = registry.champion_version(settings)
-        say(f"this run uses {settings.model_name} v{version}")
+        say(f"this run uses {settings.model.model_name} v{version}")
         return str(version)  # a command-line argument of recommend (MLflow's versions are strings too)
 
     version = resolve_champion()
@@ -102,7 +102,7 @@ def reco_nightly():
         outlet_events[RECOMMENDATIONS_ASSET].extra = summary
         return summary
 
-    raw_events_sensor(settings) >> version >> sessionize_task() >> recommend >> publish() >> report_task()
+    raw_events_sensor(settings.orchestration) >> version >> sessionize_task() >> recommend >> publish() >> report_task()
 
 
 reco_nightly()

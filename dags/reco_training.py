@@ -51,7 +51,7 @@ settings = get_settings()
             type=["null", "integer"],
             minimum=1,
             title="Epochs",
-            description=f"Maximum training epochs (early stopping may end sooner). Empty: {settings.epochs} "
+            description=f"Maximum training epochs (early stopping may end sooner). Empty: {settings.training.epochs} "
             "(RECO_EPOCHS).",
         ),
         "tuned": Param(
@@ -94,7 +94,7 @@ def reco_training():
         return decision
 
     trained = training_task(settings)  # the summary (version, metrics) that promote receives
-    raw_events_sensor(settings) >> sessionize_task() >> trained
+    raw_events_sensor(settings.orchestration) >> sessionize_task() >> trained
     promote(trained) >> report_task()
 
 

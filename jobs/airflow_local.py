@@ -64,7 +64,7 @@ def passwords_file(env: dict[str, str]) -> Path:
 def serve(settings: Settings, port: int) -> int:
     """Starts every component, reports where the UI is once it answers, and runs until Ctrl-C / SIGTERM or until a
     component dies; then stops all of them. Returns the exit code."""
-    apply_engine_environment(settings)
+    apply_engine_environment(settings.engines)
     env = environment(port, dict(os.environ))
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = Path(env["AIRFLOW_HOME"]) / "logs" / "local"

@@ -29,7 +29,7 @@ def _data(args) -> None:
 
     settings = get_settings()
     if args.source == "movielens":
-        per_day = convert_movielens(settings.raw_events_dir, settings.items_dir)
+        per_day = convert_movielens(settings.lake.raw_events_dir, settings.lake.items_dir)
     else:
         shape = {
             "malformed_share": args.malformed_share,
@@ -42,7 +42,7 @@ def _data(args) -> None:
             spec = SynthSpec.for_events(args.events, args.days, **shape)
         else:
             spec = SynthSpec(users=args.users, items=args.items, days=args.days, **shape)
-        per_day = write_synth(spec, settings.raw_events_dir)
+        per_day = write_synth(spec, settings.lake.raw_events_dir)
     print(
         json.dumps(
             {
@@ -50,7 +50,7 @@ def _data(args) -> None:
                 "first_dt": min(per_day),
                 "last_dt": max(per_day),
                 "lines": sum(per_day.values()),
-                "raw_dir": str(settings.raw_events_dir),
+                "raw_dir": str(settings.lake.raw_events_dir),
             }
         )
     )
@@ -61,11 +61,11 @@ def _show(args) -> None:
     from model_lib.storage.warehouse import open_warehouse
 
     settings = get_settings()
-    warehouse = open_warehouse(settings.warehouse_url)
+    warehouse = open_warehouse(settings.engines.warehouse_url)
     ds = parse_ds(args.ds) if args.ds else warehouse.latest_ds()
     if ds is None:
         raise SystemExit(
-            f"no recommendations published in {redact(settings.warehouse_url)} yet: run reco_nightly first"
+            f"no recommendations published in {redact(settings.engines.warehouse_url)} yet: run reco_nightly first"
         )
     print(format_recommendations(args.user, ds, warehouse.user_recommendations(args.user, ds), item_titles(settings)))
 
@@ -85,17 +85,17 @@ def _summary(args) -> None:
 
     settings = get_settings()
     ds = parse_ds(args.ds)
-    warehouse = open_warehouse(settings.warehouse_url)
+    warehouse = open_warehouse(settings.engines.warehouse_url)
     titles = item_titles(settings)
     for user in warehouse.some_users(ds, args.users):
         rows = warehouse.user_recommendations(user, ds, max_rank=5)
         print(format_recommendations(user, ds, rows, titles) + "\n")
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
-    tags = client.get_model_version(settings.model_name, str(champion)).tags if champion else {}
-    print(f"warehouse {redact(settings.warehouse_url)}: last run {warehouse.last_run(ds)}")
+    tags = client.get_model_version(settings.model.model_name, str(champion)).tags if champion else {}
+    print(f"warehouse {redact(settings.engines.warehouse_url)}: last run {warehouse.last_run(ds)}")
     print(
-        f"champion {settings.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
+        f"champion {settings.model.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
         f"NDCG@10 = {tags.get('test_ndcg_10')} (full ranking, seen items excluded)"
     )
     print("MLflow UI:  make mlflow-ui   -> http://127.0.0.1:5000 (experiment reco-training, model reco-lstm-attention)")
@@ -106,7 +106,7 @@ def item_titles(settings) -> dict[str, str]:
     """item_id -> title where item metadata exists (MovieLens); empty otherwise."""
     import pandas as pd
 
-    path = settings.items_dir / "items.parquet"
+    path = settings.lake.items_dir / "items.parquet"
     if not path.exists():
         return {}
     items = pd.read_parquet(path)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     from model_lib.config import get_settings
     from model_lib.runtime import apply_engine_environment
 
-    apply_engine_environment(get_settings())
+    apply_engine_environment(get_settings().engines)
     if args.command == "bench":
         importlib.import_module(BENCHMARKS[args.name]).main(rest)
         return

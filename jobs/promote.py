@@ -64,15 +64,17 @@ def sanity_problems(report: dict[str, float], recommender: Recommender, settings
     problems = []
     if report["nan_score_rows"] or not np.isfinite(report["ndcg_10"]):
         problems.append(f"{int(report['nan_score_rows'])} users got NaN scores")
-    if report["coverage_20"] < settings.promote_min_coverage:
-        problems.append(f"coverage@20 {report['coverage_20']:.4f} is below the floor {settings.promote_min_coverage}")
+    if report["coverage_20"] < settings.gate.promote_min_coverage:
+        problems.append(
+            f"coverage@20 {report['coverage_20']:.4f} is below the floor {settings.gate.promote_min_coverage}"
+        )
     problems += fit_problems(
         report["known_share"],
-        settings.promote_min_known_share,
+        settings.gate.promote_min_known_share,
         "RECO_PROMOTE_MIN_KNOWN_SHARE",
         "the hold-out's events",
         recommender.event_types,
-        settings.event_types,
+        settings.sessionize.event_types,
     )
     return problems
 
@@ -86,14 +88,14 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
     client = registry.configure(settings)
     challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
     if challenger is None:
-        raise LookupError(f"no `{registry.CHALLENGER}` version of {settings.model_name}: run `reco train` first")
+        raise LookupError(f"no `{registry.CHALLENGER}` version of {settings.model.model_name}: run `reco train` first")
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     decision = {"ds": ds.isoformat(), "challenger": challenger, "champion_before": champion}
     if champion == challenger:
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
-        holdout = protocol_split(read_sequences(settings.sequences_dir(ds)), settings.seq_len).test
-        item_ids = vocabulary_item_ids(read_parquet_folder(settings.vocab_dir(ds)))
+        holdout = protocol_split(read_sequences(settings.lake.sequences_dir(ds)), settings.sessionize.seq_len).test
+        item_ids = vocabulary_item_ids(read_parquet_folder(settings.lake.vocab_dir(ds)))
         candidate = registry.load_recommender(settings, challenger)
         scores = {"challenger": holdout_report(candidate, holdout, item_ids, settings)}
         unusable_champion = None
@@ -115,9 +117,9 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
         promoted, reason = True, f"champion v{champion} cannot be scored by this code ({unusable_champion})"
     else:
         new, old = scores["challenger"]["ndcg_10"], scores["champion"]["ndcg_10"]
-        promoted = new - old > settings.promote_margin
+        promoted = new - old > settings.gate.promote_margin
         verdict = "beats" if promoted else "does not beat"
-        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.promote_margin}"
+        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.gate.promote_margin}"
     decision_tag = "promoted" if promoted else "held"
     if promoted and not auto_promote:
         promoted, decision_tag = False, "passed, not promoted (auto_promote off)"
@@ -131,7 +133,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
             f"(NDCG@10, ds={ds} hold-out, {len(holdout.targets)} users)"
         )
     for key, value in tags.items():
-        client.set_model_version_tag(settings.model_name, str(challenger), key, value)
+        client.set_model_version_tag(settings.model.model_name, str(challenger), key, value)
     if promoted:
         registry.set_champion(client, settings, challenger, reason)
     return {**decision, "promoted": promoted, "reason": reason, "seconds": round(time.time() - started, 1)}
@@ -139,7 +141,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
 
 def promote_version(settings: Settings, version: int) -> dict:
     client = registry.configure(settings)
-    client.get_model_version(settings.model_name, str(version))  # fails clearly for an unknown version
+    client.get_model_version(settings.model.model_name, str(version))  # fails clearly for an unknown version
     registry.set_champion(client, settings, version, "promoted by hand")
     return {"champion": version, "promoted": True, "reason": "promoted by hand"}
 
@@ -149,11 +151,13 @@ def rollback(settings: Settings) -> dict:
     current = registry.alias_version(client, settings, registry.CHAMPION)
     if current is None:
         raise LookupError("there is no champion to roll back")
-    previous = client.get_model_version(settings.model_name, str(current)).tags.get("previous_champion")
+    previous = client.get_model_version(settings.model.model_name, str(current)).tags.get("previous_champion")
     if previous is None:
         raise LookupError(f"champion v{current} has no previous champion recorded")
-    client.set_registered_model_alias(settings.model_name, registry.CHAMPION, previous)
-    client.set_model_version_tag(settings.model_name, str(current), "rolled_back", f"champion back to v{previous}")
+    client.set_registered_model_alias(settings.model.model_name, registry.CHAMPION, previous)
+    client.set_model_version_tag(
+        settings.model.model_name, str(current), "rolled_back", f"champion back to v{previous}"
+    )
     return {"champion": int(previous), "rolled_back_from": current}
 
 

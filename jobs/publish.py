@@ -22,12 +22,12 @@ from model_lib.storage.warehouse import open_warehouse
 
 def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    warehouse = open_warehouse(settings.warehouse_url)
-    catalogue_size = len(read_parquet_folder(settings.vocab_dir(ds)))
-    with stage(f"publish ds={ds} into {redact(settings.warehouse_url)}") as report:
+    warehouse = open_warehouse(settings.engines.warehouse_url)
+    catalogue_size = len(read_parquet_folder(settings.lake.vocab_dir(ds)))
+    with stage(f"publish ds={ds} into {redact(settings.engines.warehouse_url)}") as report:
         summary = warehouse.publish(
             ds,
-            settings.recommendations_dir(ds),
+            settings.lake.recommendations_dir(ds),
             run_id or f"manual-{uuid.uuid4().hex[:12]}",
             catalogue_size,
             started_at,

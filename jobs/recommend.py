@@ -40,18 +40,18 @@ from model_lib.storage.spark import spark_session
 
 # --- extract / transform / load ---------------------------------------------------------------------------
 def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    return spark.read.parquet(str(settings.sequences_dir(ds)))
+    return spark.read.parquet(str(settings.lake.sequences_dir(ds)))
 
 
 def extract_day_vocabulary(settings: Settings, ds: dt.date) -> pd.DataFrame:
     """The vocabulary the day's sequences were indexed with (item_id, item_index, count)."""
-    return read_parquet_folder(settings.vocab_dir(ds))
+    return read_parquet_folder(settings.lake.vocab_dir(ds))
 
 
 def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Events per item_id to weigh the model-fit check by, and what they are: the day's own new events (items
     outside the vocabulary included); on a day without any, every event so far (the vocabulary's counts)."""
-    folder = settings.day_item_counts_dir(ds)
+    folder = settings.lake.day_item_counts_dir(ds)
     if folder.exists():
         day = read_parquet_folder(folder)
         if day["count"].sum() > 0:
@@ -67,15 +67,15 @@ def check_model_fits_day(settings: Settings, version: int, event_counts: pd.Data
     share = known_share(model_vocabulary, event_counts)
     problems = fit_problems(
         share,
-        settings.recommend_min_known_share,
+        settings.gate.recommend_min_known_share,
         "RECO_RECOMMEND_MIN_KNOWN_SHARE",
         basis,
         model_event_types,
-        settings.event_types,
+        settings.sessionize.event_types,
     )
     if problems:
         raise IncompatibleModelError(
-            f"{settings.model_name} v{version} does not fit the sequences of this day: {'; '.join(problems)}. "
+            f"{settings.model.model_name} v{version} does not fit the sequences of this day: {'; '.join(problems)}. "
             "Promote a version trained on this catalogue (reco_training, or `reco promote --version N`), then re-run; "
             "nothing was written."
         )
@@ -88,20 +88,20 @@ def recommend(
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
         batch_scoring.score_partition,
-        tracking_uri=settings.mlflow_tracking_uri,
-        model_name=settings.model_name,
+        tracking_uri=settings.engines.mlflow_tracking_uri,
+        model_name=settings.model.model_name,
         version=version,
         k=k,
         ds=ds.isoformat(),
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
-        window=settings.seq_len,
+        window=settings.sessionize.seq_len,
     )
     return has_history.mapInPandas(body, RECOMMENDATION_SPARK_SCHEMA)
 
 
 def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:
-    final = settings.recommendations_dir(ds)
+    final = settings.lake.recommendations_dir(ds)
     staged = staging_path(final)
     # Sorted within each partition, not globally: a global orderBy samples its input first, which would run the
     # scoring twice. The input files and their split are fixed, so the output files are still byte-for-byte stable.
@@ -114,15 +114,15 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         from model_lib.storage import registry
 
         version = registry.champion_version(settings)
-    k = k or settings.top_k
+    k = k or settings.serving.top_k
     started = time.time()
     day_vocabulary = extract_day_vocabulary(settings, ds)
     known = check_model_fits_day(settings, version, *extract_day_events(settings, ds, day_vocabulary))
-    spark = spark_session(settings, "reco-recommend")
-    with stage(f"recommend ds={ds} with {settings.model_name} v{version}, top-{k}") as report:
+    spark = spark_session(settings.engines, "reco-recommend")
+    with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         load(recommend(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds), settings, ds)
-        written = spark.read.parquet(str(settings.recommendations_dir(ds)))
+        written = spark.read.parquet(str(settings.lake.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
         report(users=counts["users"], rows=counts["rows"], **by_source)
@@ -137,7 +137,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "repeat_rows": int(by_source.get("repeat", 0)),
         "seconds": round(time.time() - started, 1),
     }
-    write_run_stats(summary, settings.run_stats_dir("recommend", ds))
+    write_run_stats(summary, settings.lake.run_stats_dir("recommend", ds))
     say(f"recommend summary {json.dumps(summary)}")
     return summary
 
@@ -146,12 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True)
     parser.add_argument("--model-version", type=int, help="pinned version (default: resolve champion now)")
-    parser.add_argument("--k", type=int, help="recommendations per user (default: settings.top_k)")
+    parser.add_argument("--k", type=int, help="recommendations per user (default: RECO_TOP_K)")
     parser.add_argument(
         "--repeat-policy",
         choices=("default", *REPEAT_POLICIES),
         default="default",
-        help="what may be recommended (default: settings.repeat_policy)",
+        help="what may be recommended (default: RECO_REPEAT_POLICY)",
     )
     args = parser.parse_args(argv)
     if args.k is not None and not 0 < args.k <= MAX_TOP_K:

@@ -33,10 +33,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
-from model_lib.contracts import REASON_CODES
+from model_lib.contracts import EVENT_FIELDS, REASON_CODES, SEQUENCE_COLUMNS, STATE_COLUMNS
 from model_lib.data import events as ev
 from model_lib.data.state import Plan, plan_run, read_previous_state, write_day
-from model_lib.data.vocabulary import VOCABULARY_COLUMNS, stable_vocabulary
+from model_lib.data.vocabulary import VOCABULARY_COLUMNS, item_counts, stable_vocabulary, vocabulary_candidates
 from model_lib.progress import say, stage
 from model_lib.storage.lake import (
     commit_folder,
@@ -54,7 +54,7 @@ LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, 
 # --- extract ---------------------------------------------------------------------------------------------
 def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan: Plan) -> DataFrame:
     """Incremental: the lines of dt=ds. Full: every day up to ds. Each line keeps its dt, file and position."""
-    raw_dir = settings.raw_events_dir
+    raw_dir = settings.lake.raw_events_dir
     if plan.mode == "full":
         partitions = raw_partitions(raw_dir, ds)
         if not partitions:
@@ -64,7 +64,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         days = [folder.name.removeprefix("dt=") for folder in partitions]
         frame = spark.read.text(str(raw_dir)).where(F.col("dt").cast("string").isin(days))
     else:
-        day = settings.raw_events_day_dir(ds)
+        day = settings.lake.raw_events_day_dir(ds)
         if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
             say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
             return spark.createDataFrame([], LINE_SCHEMA)
@@ -81,12 +81,14 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
 def dedup_horizon(settings: Settings, ds: dt.date):
     """Keys with ts before this can no longer be repeated by a later day (see events.recent_keys)."""
     next_day = F.to_timestamp(F.lit((ds + dt.timedelta(days=1)).isoformat()))
-    return next_day - F.make_dt_interval(hours=F.lit(settings.allowed_lateness_hours))
+    return next_day - F.make_dt_interval(hours=F.lit(settings.sessionize.allowed_lateness_hours))
 
 
 def new_vocabulary(counts: DataFrame, settings: Settings, previous: pd.DataFrame | None) -> pd.DataFrame:
     """Only the vocabulary-sized candidate list reaches the driver (at most max_vocab_size rows)."""
-    candidates = ev.vocabulary_candidates(counts, settings.min_item_count, settings.max_vocab_size).toPandas()
+    candidates = vocabulary_candidates(
+        counts, settings.sessionize.min_item_count, settings.sessionize.max_vocab_size
+    ).toPandas()
     return stable_vocabulary(candidates, previous)
 
 
@@ -101,16 +103,16 @@ def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
 # --- load ------------------------------------------------------------------------------------------------
 def write_quarantine(quarantine: DataFrame, settings: Settings, days: list[str]) -> None:
     """Replaces quarantine/events/dt=X for every raw day this run read (a day with no rejects ends up empty)."""
-    staged = staging_path(settings.quarantine_root / "batch")
+    staged = staging_path(settings.lake.quarantine_root / "batch")
     quarantine.repartition(1, "dt").write.partitionBy("dt").mode("overwrite").parquet(str(staged))
     for day in days:
-        final, produced = settings.quarantine_dir(dt.date.fromisoformat(day)), staged / f"dt={day}"
+        final, produced = settings.lake.quarantine_dir(dt.date.fromisoformat(day)), staged / f"dt={day}"
         if produced.exists():
             commit_folder(produced, final)
         elif final.exists():
             commit_folder(_empty_folder(final), final)
     shutil.rmtree(staged, ignore_errors=True)
-    remove_dead_leftovers(settings.quarantine_root / "batch")
+    remove_dead_leftovers(settings.lake.quarantine_root / "batch")
 
 
 def _empty_folder(final: Path) -> Path:
@@ -123,7 +125,7 @@ def write_sessionize_stats(stats: dict, settings: Settings, ds: dt.date) -> None
     """One row per ds in the run-stats table (Parquet; query it with DuckDB or Spark)."""
     row = {key: value for key, value in stats.items() if key != "quarantined_by_reason"}
     row.update({f"quarantined_{code}": stats["quarantined_by_reason"].get(code, 0) for code in REASON_CODES})
-    write_run_stats(row, settings.run_stats_dir("sessionize", ds))
+    write_run_stats(row, settings.lake.run_stats_dir("sessionize", ds))
 
 
 def run_stats(
@@ -154,14 +156,14 @@ def run_stats(
 def refuse_too_much_quarantine(stats: dict, settings: Settings, ds: dt.date, started: float) -> None:
     """Above max_quarantine_share the run records itself as failed and stops before sequences, vocabulary or state."""
     quarantined, read = stats["quarantined_by_reason"], stats["read"]
-    if stats["quarantined_share"] > settings.max_quarantine_share:
+    if stats["quarantined_share"] > settings.sessionize.max_quarantine_share:
         write_sessionize_stats(
             {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
         )
         raise ValueError(
             f"sessionize ds={ds}: {stats['quarantined']:,} of {read:,} lines ({stats['quarantined_share']:.1%}) were "
-            f"quarantined {quarantined}, above max_quarantine_share={settings.max_quarantine_share:.1%}. Nothing "
-            f"else was written. Inspect {settings.quarantine_root}, fix the producer, or raise "
+            f"quarantined {quarantined}, above max_quarantine_share={settings.sessionize.max_quarantine_share:.1%}. "
+            f"Nothing else was written. Inspect {settings.lake.quarantine_root}, fix the producer, or raise "
             "RECO_MAX_QUARANTINE_SHARE for this run."
         )
 
@@ -176,23 +178,23 @@ def write_histories(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
         if previous is None:
-            histories = ev.user_histories(events, vocabulary_frame, ev.SequenceRules.of(settings))
+            histories = ev.user_histories(events, vocabulary_frame, ev.SequenceRules.of(settings.sessionize))
         else:
             changed = changed_items(previous_vocabulary, vocabulary)
             changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
             histories = ev.merge_day(
-                previous["users"], events, vocabulary_frame, changed_frame, ev.SequenceRules.of(settings)
+                previous["users"], events, vocabulary_frame, changed_frame, ev.SequenceRules.of(settings.sessionize)
             )
-        histories = histories.select(ev.STATE_COLUMNS).cache()
+        histories = histories.select(STATE_COLUMNS).cache()
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])
         written = write_day(
             {
-                "sequences": histories.select(ev.SEQUENCE_COLUMNS).orderBy("user_id"),
+                "sequences": histories.select(SEQUENCE_COLUMNS).orderBy("user_id"),
                 "vocab": vocabulary_frame.orderBy("item_index"),
-                "day_item_counts": ev.item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
-                "users": histories.select(ev.STATE_COLUMNS),
+                "day_item_counts": item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
+                "users": histories.select(STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,
             },
@@ -200,25 +202,25 @@ def write_histories(
             ds,
             plan,
         )
-        report(users=written["users"], path=str(settings.sessionized_dir(ds)))
+        report(users=written["users"], path=str(settings.lake.sessionized_dir(ds)))
     return histories, written["users"]
 
 
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
     started = time.time()
-    plan = plan_run(settings, ds, mode or settings.sessionize_mode)
+    plan = plan_run(settings, ds, mode or settings.sessionize.sessionize_mode)
     say(f"sessionize ds={ds}: {plan.mode} ({plan.why})")
-    spark = spark or spark_session(settings, "reco-sessionize")
+    spark = spark or spark_session(settings.engines, "reco-sessionize")
     previous = read_previous_state(spark, plan)
     days_read = (
         [ds.isoformat()]
         if plan.mode == "incremental"
-        else [p.name[3:] for p in raw_partitions(settings.raw_events_dir, ds)]
+        else [p.name[3:] for p in raw_partitions(settings.lake.raw_events_dir, ds)]
     )
 
     with stage(f"sessionize ds={ds}: validate") as report:
         lines = extract_raw_lines(spark, settings, ds, plan)
-        validated = ev.validate(ev.parse_raw_lines(lines), ev.ValidationRules.of(settings))
+        validated = ev.validate(ev.parse_raw_lines(lines), ev.ValidationRules.of(settings.sessionize))
         # Only rejected lines need their raw text any more; dropping it from the rest keeps the cache small.
         validated = validated.withColumn("line", F.when(F.col("reason").isNotNull(), F.col("line"))).cache()
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
@@ -230,9 +232,9 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
         events = ev.deduplicate(validated.where(F.col("reason").isNull()))
         if previous is not None:
             events = ev.drop_seen(events, previous["dedup_keys"])
-        events = events.select("user_id", *ev.EVENT_FIELDS, "dedup_key").cache()
+        events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
-        counts = ev.item_counts(events, previous["item_counts"] if previous else None).cache()
+        counts = item_counts(events, previous["item_counts"] if previous else None).cache()
         previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
         vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
@@ -243,7 +245,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
 
     with stage("sessionize: write quarantine") as report:
         write_quarantine(ev.quarantine_rows(validated), settings, days_read)
-        report(rows=stats["quarantined"], days=len(days_read), path=str(settings.quarantine_root))
+        report(rows=stats["quarantined"], days=len(days_read), path=str(settings.lake.quarantine_root))
     refuse_too_much_quarantine(stats, settings, ds, started)
 
     histories, stats["users"] = write_histories(
@@ -260,7 +262,7 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD: events up to this day are used")
-    parser.add_argument("--mode", choices=SESSIONIZE_MODES, help="default: settings.sessionize_mode (auto)")
+    parser.add_argument("--mode", choices=SESSIONIZE_MODES, help="default: RECO_SESSIONIZE_MODE (auto)")
     args = parser.parse_args(argv)
     return run(get_settings(), parse_ds(args.ds), mode=args.mode)
 

@@ -43,20 +43,21 @@ TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "s
 def run(settings: Settings, ds: dt.date) -> dict:
     from model_lib.model import training, tuning
 
-    settings = tuning.with_tuned(settings)  # the hyper-parameters `reco tune` stored under settings.tuned, if named
+    # The hyper-parameters `reco tune` stored under the name training.tuned, if one is named.
+    settings = tuning.with_tuned(settings)
 
     # --- extract ---
     with stage(f"train ds={ds}: read sequences") as report:
-        files = parquet_files(settings.sequences_dir(ds))
-        vocabulary = read_parquet_folder(settings.vocab_dir(ds))
+        files = parquet_files(settings.lake.sequences_dir(ds))
+        vocabulary = read_parquet_folder(settings.lake.vocab_dir(ds))
         num_items = catalogue_size(vocabulary)
         sequences = read_sequences(files)
-        split = protocol_split(sequences, settings.seq_len)
+        split = protocol_split(sequences, settings.sessionize.seq_len)
         report(files=len(files), users=len(split.train), items=num_items - 2, held_out=len(split.test.targets))
     if len(split.test.targets) == 0:
         raise ValueError(f"no user in ds={ds} has the 3 events a leave-one-out hold-out needs")
 
-    checkpoint_dir = settings.checkpoint_dir(ds)
+    checkpoint_dir = settings.lake.checkpoint_dir(ds)
     _, workers, is_chief = cluster_position(tf_config())
     if not is_chief:
         # Another worker of a multi-worker run: train in step with the chief, which alone logs and registers.
@@ -114,12 +115,12 @@ def _log_params(settings: Settings, ds: dt.date, files: list[Path], num_items: i
 
     mlflow.log_params(
         {
-            **{key: getattr(settings, key) for key in TRAINING_PARAMS},
+            **{key: settings.flat()[key] for key in TRAINING_PARAMS},
             "ds": ds.isoformat(),
             "users": len(split.train),
             "items": num_items - FIRST_ITEM_INDEX,
             "sequence_files": len(files),
-            "sampled_softmax": settings.uses_sampled_softmax(num_items),
+            "sampled_softmax": settings.model.uses_sampled_softmax(num_items),
         }
     )
     mlflow.set_tags({"ds": ds.isoformat(), "code_version": code_version()})
@@ -164,10 +165,10 @@ def _test_with_baselines(settings: Settings, ds: dt.date, result, split, num_ite
         policy = settings.repeat_rule()
         results = {MODEL: training.evaluate_model(result.model, split.test, num_items, policy=policy)}
         spark = None
-        if settings.als_baseline:
+        if settings.training.als_baseline:
             from model_lib.storage.spark import spark_session
 
-            spark = spark_session(settings, f"reco-train-als-{ds}")
+            spark = spark_session(settings.engines, f"reco-train-als-{ds}")
         try:
             results.update(baselines.all_baselines(spark, split, num_items, settings))
         finally:
@@ -194,9 +195,11 @@ def _log_and_register(settings, ds, window, vocabulary, split, num_items, client
     mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
     table = metrics_table(results)
     mlflow.log_table(table, artifact_file="test_metrics_table.json")
-    recommender = Recommender(result.model, vocabulary, settings.event_types, settings.repeat_rule())
+    recommender = Recommender(result.model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
     with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
-        mlflow.log_artifact(str(training_curves(result.history, settings.eval_k, Path(tmp) / "training_curves.png")))
+        mlflow.log_artifact(
+            str(training_curves(result.history, settings.training.eval_k, Path(tmp) / "training_curves.png"))
+        )
         documents = {
             "test_comparison": comparison_chart(results, Path(tmp) / "test_comparison.png"),
             "model_card": model_card(
@@ -220,14 +223,14 @@ def _log_and_register(settings, ds, window, vocabulary, split, num_items, client
                 "code_version": code_version(),
             },
         )
-        report(model=settings.model_name, version=version, alias=registry.CHALLENGER)
+        report(model=settings.model.model_name, version=version, alias=registry.CHALLENGER)
     return version
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True)
-    parser.add_argument("--epochs", type=int, default=0, help="override settings.epochs (0: keep the setting)")
+    parser.add_argument("--epochs", type=int, default=0, help="override RECO_EPOCHS (0: keep the setting)")
     parser.add_argument(
         "--result-file", type=Path, help="also write the summary here as JSON (a pod's /airflow/xcom/return.json)"
     )

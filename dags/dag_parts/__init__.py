@@ -13,7 +13,7 @@ import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset, Param, task
 
-from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, Settings, get_settings
+from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, OrchestrationSettings, Settings, get_settings
 from model_lib.progress import say
 
 JOBS = PROJECT_ROOT / "jobs"
@@ -118,8 +118,8 @@ def settings_overrides(params: dict | None) -> dict:
 def champion_asset(settings: Settings) -> Asset:
     """The registry alias the training DAG moves and the nightly DAG reads."""
     return Asset(
-        name=f"{settings.model_name}@champion",
-        uri=f"x-mlflow://models/{settings.model_name}/champion",
+        name=f"{settings.model.model_name}@champion",
+        uri=f"x-mlflow://models/{settings.model.model_name}/champion",
         group="model",
     )
 
@@ -140,38 +140,38 @@ def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
         application_args=args,
         conn_id="spark_default",
         name=f"reco-{task_id}-{DS}",
-        driver_memory=settings.spark_driver_memory,
-        executor_memory=settings.spark_executor_memory,
+        driver_memory=settings.engines.spark_driver_memory,
+        executor_memory=settings.engines.spark_executor_memory,
         conf={
-            "spark.driver.host": settings.spark_driver_host,
-            "spark.driver.bindAddress": settings.spark_bind_address,
-            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+            "spark.driver.host": settings.engines.spark_driver_host,
+            "spark.driver.bindAddress": settings.engines.spark_bind_address,
+            "spark.sql.shuffle.partitions": str(settings.engines.spark_shuffle_partitions),
         },
         doc_md=doc_md,
     )
 
 
-def raw_events_sensor(settings: Settings):
+def raw_events_sensor(waiting: OrchestrationSettings):
     """Waits for lake/raw/events/dt=ds; after raw_wait_minutes the run is skipped or failed (on_missing_raw)."""
-    outcome = "skips the run" if settings.on_missing_raw == "skip" else "fails the run"
+    outcome = "skips the run" if waiting.on_missing_raw == "skip" else "fails the run"
 
     @task.sensor(
-        poke_interval=settings.raw_poke_seconds,
-        timeout=settings.raw_wait_minutes * 60,
+        poke_interval=waiting.raw_poke_seconds,
+        timeout=waiting.raw_wait_minutes * 60,
         # Frees the worker slot between looks; a producer that is hours late must not block the other DAG.
         mode="reschedule",
-        soft_fail=settings.on_missing_raw == "skip",
-        doc_md=f"Waits for the raw partition `lake/raw/events/dt=ds`, looking every {settings.raw_poke_seconds:g} s. "
-        f"After {settings.raw_wait_minutes:g} min without it, {outcome} (RECO_RAW_WAIT_MINUTES, RECO_ON_MISSING_RAW).",
+        soft_fail=waiting.on_missing_raw == "skip",
+        doc_md=f"Waits for the raw partition `lake/raw/events/dt=ds`, looking every {waiting.raw_poke_seconds:g} s. "
+        f"After {waiting.raw_wait_minutes:g} min without it, {outcome} (RECO_RAW_WAIT_MINUTES, RECO_ON_MISSING_RAW).",
     )
     def wait_for_raw_events(params: dict | None = None, ds: str | None = None) -> bool:
         from model_lib.config import get_settings, parse_ds
 
-        folder = get_settings().raw_events_day_dir(parse_ds(run_ds(params, ds)))
+        folder = get_settings().lake.raw_events_day_dir(parse_ds(run_ds(params, ds)))
         present = folder.is_dir()
         say(
             f"raw partition {folder}: "
-            + ("present" if present else f"not there yet; after {settings.raw_wait_minutes:g} min this {outcome}"),
+            + ("present" if present else f"not there yet; after {waiting.raw_wait_minutes:g} min this {outcome}"),
         )
         return present
 
@@ -197,9 +197,13 @@ def training_task(settings: Settings):
     doc_md = (
         "TensorFlow: train on lake/sequences/ds (resuming from its epoch checkpoints on a retry), log the run to "
         "MLflow, register a `challenger` version. Launcher: "
-        + ("a Kubernetes pod with GPUs." if settings.training_launcher == "kubernetes" else "this worker.")
+        + (
+            "a Kubernetes pod with GPUs."
+            if settings.orchestration.training_launcher == "kubernetes"
+            else "this worker."
+        )
     )
-    if settings.training_launcher == "kubernetes":
+    if settings.orchestration.training_launcher == "kubernetes":
         return _training_pod(settings, doc_md).output
 
     @task(execution_timeout=TRAIN_TIMEOUT, doc_md=doc_md)
@@ -216,12 +220,12 @@ def _training_pod(settings: Settings, doc_md: str):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    gpus = {"nvidia.com/gpu": str(settings.training_gpus)} if settings.training_gpus else {}
+    gpus = {"nvidia.com/gpu": str(settings.orchestration.training_gpus)} if settings.orchestration.training_gpus else {}
     return KubernetesPodOperator(
         task_id="train",
         name="reco-train",
-        namespace=settings.training_namespace,
-        image=settings.training_image,
+        namespace=settings.orchestration.training_namespace,
+        image=settings.orchestration.training_image,
         cmds=["reco", "train"],
         # The summary file is what the pod's XCom sidecar hands to `promote`.
         arguments=["--ds", DS, "--epochs", "{{ params.epochs or 0 }}", "--result-file", "/airflow/xcom/return.json"],
@@ -230,18 +234,20 @@ def _training_pod(settings: Settings, doc_md: str):
             "RECO_REPEAT_POLICY": "{{ params.repeat_policy or '' }}",
             "RECO_TUNED": "{{ params.tuned or '' }}",
         },
-        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.training_env_secret))],
+        env_from=[
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.orchestration.training_env_secret))
+        ],
         container_resources=k8s.V1ResourceRequirements(requests={"cpu": "4", "memory": "16Gi"}, limits=gpus),
         # The lake, checkpoints and MLflow artifacts are on a shared volume mounted at the same path everywhere.
         volumes=[
             k8s.V1Volume(
                 name="reco-data",
                 persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.training_data_claim
+                    claim_name=settings.orchestration.training_data_claim
                 ),
             )
         ],
-        volume_mounts=[k8s.V1VolumeMount(name="reco-data", mount_path=str(settings.data_dir))],
+        volume_mounts=[k8s.V1VolumeMount(name="reco-data", mount_path=str(settings.lake.data_dir))],
         do_xcom_push=True,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",

@@ -21,9 +21,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import WindowSpec
 
-from model_lib.config import Settings
+from model_lib.config import SessionizeSettings
 from model_lib.contracts import (
+    EVENT_FIELDS,
+    ID_FIELDS,
     PAD_INDEX,
+    RAW_FIELDS,
     REASON_BAD_ENCODING,
     REASON_BAD_ID,
     REASON_BAD_TS,
@@ -33,18 +36,14 @@ from model_lib.contracts import (
     REASON_TOO_LATE,
     REASON_TOO_LONG,
     REASON_UNKNOWN_EVENT_TYPE,
+    REQUIRED_FIELDS,
+    STATE_COLUMNS,
     UNKNOWN_ITEM_INDEX,
 )
 
-# The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
-RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
-REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]
-ID_FIELDS = ["user_id", "item_id", "event_id", "session_id"]
 CONTROL_CHARACTER = r"[\x00-\x1F\x7F]"  # never in an id: NUL cannot be stored in PostgreSQL text
 CORRUPT_FIELD = "_corrupt_record"
 RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in [*RAW_FIELDS, CORRUPT_FIELD]])
-# What a user's history keeps of each event (the per-user state stores exactly these).
-EVENT_FIELDS = ["event_ts", "arrival", "item_id", "event_type", "session_id"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +57,13 @@ class ValidationRules:
     future_tolerance_minutes: int
 
     @classmethod
-    def of(cls, settings: Settings) -> ValidationRules:
+    def of(cls, sessionize: SessionizeSettings) -> ValidationRules:
         return cls(
-            tuple(settings.event_types),
-            settings.max_line_chars,
-            settings.max_id_chars,
-            settings.allowed_lateness_hours,
-            settings.future_tolerance_minutes,
+            tuple(sessionize.event_types),
+            sessionize.max_line_chars,
+            sessionize.max_id_chars,
+            sessionize.allowed_lateness_hours,
+            sessionize.future_tolerance_minutes,
         )
 
 
@@ -79,9 +78,12 @@ class SequenceRules:
     max_gap_bucket: int
 
     @classmethod
-    def of(cls, settings: Settings) -> SequenceRules:
+    def of(cls, sessionize: SessionizeSettings) -> SequenceRules:
         return cls(
-            settings.stored_events, tuple(settings.event_types), settings.session_gap_minutes, settings.max_gap_bucket
+            sessionize.stored_events,
+            tuple(sessionize.event_types),
+            sessionize.session_gap_minutes,
+            sessionize.max_gap_bucket,
         )
 
 
@@ -222,22 +224,6 @@ def recent_keys(keys: DataFrame, horizon: Column) -> DataFrame:
     """The dedup keys a later day can still repeat: a re-delivered event carries its original ts, and a later day
     only accepts ts from its start minus the allowed lateness, so keys older than that horizon are dropped."""
     return keys.where(F.col("event_ts") >= horizon).select("dedup_key", "event_ts")
-
-
-def item_counts(events: DataFrame, previous_counts: DataFrame | None = None) -> DataFrame:
-    """Interactions per item_id over all history: the new events' counts plus the previous state's."""
-    counts = events.groupBy("item_id").agg(F.count("*").alias("count"))
-    if previous_counts is None:
-        return counts
-    return counts.unionByName(previous_counts).groupBy("item_id").agg(F.sum("count").cast("long").alias("count"))
-
-
-def vocabulary_candidates(counts: DataFrame, min_count: int, max_size: int) -> DataFrame:
-    """The items that belong in the vocabulary, most frequent first (ties by id): item_id, count. At most max_size
-    rows, so only a vocabulary-sized table ever reaches the driver, however long the history
-    (vocabulary.ranked_candidates is the same rule in pandas)."""
-    eligible = counts.where(F.col("count") >= min_count)
-    return eligible.orderBy(F.col("count").desc(), F.col("item_id")).limit(max_size).select("item_id", "count")
 
 
 def gap_bucket(gap_seconds: Column, max_bucket: int) -> Column:
@@ -382,13 +368,13 @@ def merge_day(
     rules: SequenceRules,
 ) -> DataFrame:
     """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
-    the day touched: those with new events, and those whose stored items changed index in today's vocabulary
-    (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
-    as it is. The result equals `user_histories` over all history (tests/integration/
-test_sessionize_job.py checks it).
+        the day touched: those with new events, and those whose stored items changed index in today's vocabulary
+        (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
+        as it is. The result equals `user_histories` over all history (tests/integration/
+    test_sessionize_job.py checks it).
 
-    Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
-    and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
+        Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
+        and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
     touched_users = events.select("user_id")
     if changed_items is not None:
         stored_items = F.concat(F.transform("events", lambda event: event["item_id"]), F.col("older_item_ids"))
@@ -405,18 +391,3 @@ test_sessionize_job.py checks it).
     carried = flagged.where(~F.col("_touched")).select(STATE_COLUMNS)
     recomputed = user_histories(events, vocabulary, rules, flagged.where(F.col("_touched")))
     return carried.unionByName(recomputed.select(STATE_COLUMNS))
-
-
-SEQUENCE_COLUMNS = [
-    "user_id",
-    "item_indices",
-    "event_type_indices",
-    "gap_buckets",
-    "session_indices",
-    "event_times",
-    "length",
-    "older_item_indices",
-    "last_event_ts",
-]
-# The state's user rows keep the sequence columns too, so a user the next day does not touch is carried as is.
-STATE_COLUMNS = [*SEQUENCE_COLUMNS, "events", "older_item_ids"]

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
-from model_lib.config import Settings
+from model_lib.config import SessionizeSettings, Settings
 from model_lib.contracts import REASON_CODES
 from model_lib.data.events import SequenceRules, ValidationRules
 from model_lib.storage.lake import commit_folder, latest_version_before, staging_path
@@ -33,13 +33,13 @@ class Plan:
     previous_vocabulary: Path | None = None
 
 
-def state_shape(settings: Settings) -> dict:
+def state_shape(sessionize: SessionizeSettings) -> dict:
     """The settings a stored state depends on; a state built with others cannot be continued. Carried-over users
     keep their encoded sequences, and the events a state holds were judged by the validation rules, so every rule
     that shapes either is here (derived from the rule groups, so a new rule cannot be forgotten)."""
     shape = {
-        **asdict(SequenceRules.of(settings)),
-        **asdict(ValidationRules.of(settings)),
+        **asdict(SequenceRules.of(sessionize)),
+        **asdict(ValidationRules.of(sessionize)),
         # A new validation rule comes with a new reason code; the events an older state accepted must be re-judged.
         "reason_codes": list(REASON_CODES),
     }
@@ -48,21 +48,21 @@ def state_shape(settings: Settings) -> dict:
 
 def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
     yesterday = ds - dt.timedelta(days=1)
-    manifest = settings.sessionized_dir(yesterday) / MANIFEST
+    manifest = settings.lake.sessionized_dir(yesterday) / MANIFEST
     if requested == "full":
         why = "full rebuild requested"
     elif not manifest.exists():
         why = f"no state for {yesterday}"
     else:
-        state, vocabulary = settings.state_dir(yesterday), settings.vocab_dir(yesterday)
+        state, vocabulary = settings.lake.state_dir(yesterday), settings.lake.vocab_dir(yesterday)
         built_with = json.loads(manifest.read_text())["shape"]
-        changed = sorted(key for key, value in state_shape(settings).items() if built_with.get(key) != value)
+        changed = sorted(key for key, value in state_shape(settings.sessionize).items() if built_with.get(key) != value)
         if not changed:
             return Plan("incremental", f"continuing the state of {yesterday}", state, vocabulary)
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
     if requested == "incremental":
         raise RuntimeError(f"cannot sessionize {ds} incrementally: {why}; run with --mode full")
-    earlier = latest_version_before(settings.sessionized_root, ds)
+    earlier = latest_version_before(settings.lake.sessionized_root, ds)
     return Plan("full", why, None, earlier / "vocab" if earlier else None)
 
 
@@ -79,7 +79,7 @@ def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame 
 def write_day(frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan) -> dict[str, int]:
     """Writes sequences, vocabulary and state into one staging folder, the manifest last, then commits the day
     with one swap (lake.commit_folder). Returns the rows written per output."""
-    final = settings.sessionized_dir(ds)
+    final = settings.lake.sessionized_dir(ds)
     staged = staging_path(final)
     partitions = {"sequences": 2, "vocab": 1, "day_item_counts": 1}
     for name in ("sequences", "vocab", "day_item_counts"):
@@ -87,7 +87,7 @@ def write_day(frames: dict[str, DataFrame], settings: Settings, ds: dt.date, pla
     for name in ("users", "dedup_keys", "item_counts"):
         frames[name].write.parquet(str(staged / "state" / name))
     rows = {"users": pq.ParquetDataset(staged / "sequences").read(columns=["user_id"]).num_rows}
-    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings), "rows": rows}
+    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
     return rows

@@ -13,10 +13,28 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from model_lib.contracts import FIRST_ITEM_INDEX
 
 VOCABULARY_COLUMNS = ["item_id", "item_index", "count"]
+
+
+def item_counts(events: DataFrame, previous_counts: DataFrame | None = None) -> DataFrame:
+    """Interactions per item_id over all history: the new events' counts plus the previous state's."""
+    counts = events.groupBy("item_id").agg(F.count("*").alias("count"))
+    if previous_counts is None:
+        return counts
+    return counts.unionByName(previous_counts).groupBy("item_id").agg(F.sum("count").cast("long").alias("count"))
+
+
+def vocabulary_candidates(counts: DataFrame, min_count: int, max_size: int) -> DataFrame:
+    """The items that belong in the vocabulary, most frequent first (ties by id): item_id, count. At most max_size
+    rows, so only a vocabulary-sized table ever reaches the driver, however long the history
+    (ranked_candidates below is the same rule in pandas)."""
+    eligible = counts.where(F.col("count") >= min_count)
+    return eligible.orderBy(F.col("count").desc(), F.col("item_id")).limit(max_size).select("item_id", "count")
 
 
 def ranked_candidates(counts: pd.DataFrame, min_count: int, max_size: int) -> pd.DataFrame:

@@ -209,6 +209,6 @@ def all_baselines(spark, split, num_items: int, settings) -> dict[str, dict[str,
         "personal popularity": personal_popularity(split.train, split.test, num_items, policy),
         "item-kNN": item_knn(split.train, split.test, num_items, policy),
     }
-    if spark is not None and settings.als_baseline:
-        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.als_params(), policy)
+    if spark is not None and settings.training.als_baseline:
+        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.training.als_params(), policy)
     return results

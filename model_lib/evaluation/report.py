@@ -73,24 +73,25 @@ def model_card(
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in table[columns].to_dict("records"):
         rows.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in record.values()) + " |")
-    hyper = ", ".join(f"{name}={getattr(settings, name)}" for name in HYPER_PARAMETERS)
+    hyper = ", ".join(f"{name}={settings.flat()[name]}" for name in HYPER_PARAMETERS)
+    seq_len, top_k, policy = settings.sessionize.seq_len, settings.serving.top_k, settings.repeat_rule().describe()
     path.write_text(
-        f"""# Model card: {settings.model_name}
+        f"""# Model card: {settings.model.model_name}
 
-**What it does.** Predicts each user's next item from their last {settings.seq_len} events (item, event type, time
+**What it does.** Predicts each user's next item from their last {seq_len} events (item, event type, time
 gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
-run recommends the top {settings.top_k} items per user under the repeat policy {settings.repeat_rule().describe()}
+run recommends the top {top_k} items per user under the repeat policy {policy}
 (with the repeat mechanism when seen items may come back); the reason item is the history item the last step
 attended to most. Users whose history holds only unknown items get the most popular items instead.
 
 **Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
 lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.
 
-**Hyper-parameters.** {hyper}, early stopping on validation NDCG@{settings.eval_k}.
+**Hyper-parameters.** {hyper}, early stopping on validation NDCG@{settings.training.eval_k}.
 
 **Test metrics** (leave-one-out: each user's last event, after dropping items seen fewer than
-{settings.min_item_count} times; full ranking over the candidates the served list ranks, policy
-{settings.repeat_rule().describe()}):
+{settings.sessionize.min_item_count} times; full ranking over the candidates the served list ranks, policy
+{policy}):
 
 {chr(10).join(rows)}
 

@@ -27,7 +27,7 @@ def training_examples(files: list[Path], settings: Settings) -> int:
 
     lengths = np.concatenate([pq.read_table(path, columns=["length"])["length"].to_numpy() for path in files])
     inputs = np.maximum(lengths - 3, 0)  # two held-out events, and the last input has no next item
-    return int(window_counts(inputs, settings.seq_len, settings.stride).sum())
+    return int(window_counts(inputs, settings.sessionize.seq_len, settings.stride).sum())
 
 
 @dataclass(frozen=True)
@@ -123,4 +123,4 @@ def updates_per_pass(files: list[Path], rows: TrainingRows, settings: Settings, 
         training_examples(shard_files(files, index, workers), settings) if workers > 1 else len(rows)
         for index in range(workers)
     ]
-    return -(-max(shard_sizes) // (settings.batch_size * local_replicas))
+    return -(-max(shard_sizes) // (settings.training.batch_size * local_replicas))

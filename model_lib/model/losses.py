@@ -74,7 +74,7 @@ def full_softmax_loss(logits, targets):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
-def next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, sample_seed):
+def next_item_loss(model, inputs, item_targets, type_targets, model_settings, log_q, sample_seed):
     """The training loss of one batch (scalar float32): the next-item loss (full or sampled softmax, under the
     repeat mixture when the model has the repeat mechanism) averaged over the positions whose target is a known
     item, plus event_type_loss_weight x the next-event-type loss when the model has that head.
@@ -94,7 +94,7 @@ def next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, s
             tf.cast(model.item_embedding.embeddings, tf.float32),
             model.item_bias,
             log_q,
-            settings.sampled_negatives,
+            model_settings.sampled_negatives,
             sample_seed,
         )
         losses = tf.reshape(losses, tf.shape(item_targets))
@@ -107,7 +107,7 @@ def next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, s
     loss = masked_mean(losses, weights)
     if outputs["event_type_logits"] is not None:
         type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
-        loss += settings.event_type_loss_weight * masked_mean(
+        loss += model_settings.event_type_loss_weight * masked_mean(
             type_losses, tf.cast(type_targets > PAD_INDEX, tf.float32)
         )
     return loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_lib.config import Settings
+from model_lib.config import TrainingSettings
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,13 @@ class TrainingBudget:
     steps_per_pass: int
 
     @classmethod
-    def of(cls, settings: Settings, steps_per_pass: int, max_steps_per_round: int | None = None) -> TrainingBudget:
-        per_round = settings.eval_every_updates or steps_per_pass
+    def of(
+        cls, training: TrainingSettings, steps_per_pass: int, max_steps_per_round: int | None = None
+    ) -> TrainingBudget:
+        per_round = training.eval_every_updates or steps_per_pass
         if max_steps_per_round:
             per_round = min(per_round, max_steps_per_round)
-        rounds = -(-settings.max_updates // per_round) if settings.max_updates else settings.epochs
+        rounds = -(-training.max_updates // per_round) if training.max_updates else training.epochs
         return cls(rounds, per_round, steps_per_pass)
 
     @property
@@ -35,23 +37,23 @@ class TrainingBudget:
         )
 
 
-def learning_rate_schedule(settings: Settings, total_updates: int):
+def learning_rate_schedule(training: TrainingSettings, total_updates: int):
     """Linear warm-up, then cosine decay to min_lr_ratio x learning_rate at the end of the budget (or constant)."""
     import keras
 
-    if settings.lr_schedule == "constant":
-        return settings.learning_rate
-    warmup = int(settings.warmup_share * total_updates)
+    if training.lr_schedule == "constant":
+        return training.learning_rate
+    warmup = int(training.warmup_share * total_updates)
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=settings.learning_rate * settings.min_lr_ratio,
+        initial_learning_rate=training.learning_rate * training.min_lr_ratio,
         decay_steps=max(1, total_updates - warmup),
-        alpha=settings.min_lr_ratio,
-        warmup_target=settings.learning_rate if warmup else None,
+        alpha=training.min_lr_ratio,
+        warmup_target=training.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
 
 
-def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, settings: Settings) -> bool:
+def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, training: TrainingSettings) -> bool:
     """Updates the loop state with one validation; True when it is the best so far (its weights are kept).
 
     The patience counter restarts only when the score beats the reference (the score at the last restart) by
@@ -61,7 +63,7 @@ def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, s
     improved = score > state["best_score"]
     if improved:
         state.update(best_score=score, best_epoch=epoch)
-    if score > state.get("reference_score", -1.0) + settings.early_stop_stderr * stderr:
+    if score > state.get("reference_score", -1.0) + training.early_stop_stderr * stderr:
         state.update(reference_score=score, waited=0)
     else:
         state["waited"] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_lib.config import Settings
+from model_lib.config import ModelSettings, Settings
 from model_lib.model.examples import TrainingRows, epoch_batches
 from model_lib.model.losses import next_item_loss
 from model_lib.model.schedule import learning_rate_schedule
@@ -17,16 +17,16 @@ def build_next_item_model(num_items: int, settings: Settings):
 
     model = NextItemModel(
         num_items=num_items,
-        num_event_types=settings.num_event_types,
-        num_gap_buckets=settings.num_gap_buckets,
-        embedding_dim=settings.embedding_dim,
-        hidden_dim=settings.hidden_dim,
-        lstm_layers=settings.lstm_layers,
-        dropout=settings.dropout,
-        event_type_head=settings.event_type_loss_weight > 0,
+        num_event_types=settings.sessionize.num_event_types,
+        num_gap_buckets=settings.sessionize.num_gap_buckets,
+        embedding_dim=settings.model.embedding_dim,
+        hidden_dim=settings.model.hidden_dim,
+        lstm_layers=settings.model.lstm_layers,
+        dropout=settings.model.dropout,
+        event_type_head=settings.model.event_type_loss_weight > 0,
         repeat_mechanism=settings.repeat_rule().allows_repeats,
-        attention_blocks=settings.attention_blocks,
-        attention_heads=settings.attention_heads,
+        attention_blocks=settings.model.attention_blocks,
+        attention_heads=settings.model.attention_heads,
     )
     build_model(model)
     return model
@@ -39,7 +39,7 @@ def build_optimizer_and_model(strategy, num_items: int, settings: Settings, tota
 
     with strategy.scope():
         model = build_next_item_model(num_items, settings)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, total_updates))
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(settings.training, total_updates))
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -47,17 +47,17 @@ def build_optimizer_and_model(strategy, num_items: int, settings: Settings, tota
     return model, optimizer, epoch_counter
 
 
-def make_train_step(model, optimizer, strategy, settings: Settings, log_q, mixed: bool):
+def make_train_step(model, optimizer, strategy, model_settings: ModelSettings, log_q, mixed: bool):
     """-> step(inputs, item_targets, type_targets, sample_seed): one optimizer update on every replica (the inner
-    loss and gradient XLA-compiled when settings.xla), returning the loss averaged over the replicas."""
+    loss and gradient XLA-compiled when model_settings.xla), returning the loss averaged over the replicas."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
 
-    @tf.function(jit_compile=settings.xla, reduce_retracing=True)
+    @tf.function(jit_compile=model_settings.xla, reduce_retracing=True)
     def loss_and_gradients(inputs, item_targets, type_targets, sample_seed):
         with tf.GradientTape() as tape:
-            loss = next_item_loss(model, inputs, item_targets, type_targets, settings, log_q, sample_seed)
+            loss = next_item_loss(model, inputs, item_targets, type_targets, model_settings, log_q, sample_seed)
             # The optimizer sums gradients over replicas, so each replica contributes its share of the mean.
             scaled = loss / replicas
             if mixed:
@@ -77,7 +77,7 @@ def make_train_step(model, optimizer, strategy, settings: Settings, log_q, mixed
     return distributed_step
 
 
-def make_epoch_dataset(strategy, rows: TrainingRows, settings: Settings, batches: int, seed: int):
+def make_epoch_dataset(strategy, rows: TrainingRows, batch_size: int, batches: int, seed: int):
     """-> epoch -> the distributed dataset of that epoch's `batches` batches (see epoch_batches)."""
     import tensorflow as tf
 
@@ -90,7 +90,8 @@ def make_epoch_dataset(strategy, rows: TrainingRows, settings: Settings, batches
     def epoch_dataset(epoch: int):
         def make(context):
             return tf.data.Dataset.from_generator(
-                lambda: epoch_batches(rows, settings.batch_size, batches, seed, epoch), output_signature=signature
+                lambda: epoch_batches(rows, batch_size, batches, seed, epoch),
+                output_signature=signature,
             ).prefetch(2)
 
         return strategy.distribute_datasets_from_function(make)

@@ -3,7 +3,7 @@
 Strategy (`distribution_strategy`): MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several tasks,
 MirroredStrategy over the local GPUs when there are several, otherwise the default one-device strategy. On GPUs
 the layers compute in mixed float16 (with loss scaling). The loop is our own because Keras 3 `fit` fails under
-MultiWorkerMirroredStrategy; `settings.batch_size` is per replica.
+MultiWorkerMirroredStrategy; `settings.training.batch_size` is per replica.
 
 Input: the sequence Parquet files are dealt out to the workers (file i to input pipeline i mod n); each worker
 reads only its files, applies the accuracy protocol (`splits.protocol_split`) and trains on the training part.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_lib.config import Settings
+from model_lib.config import Settings, TrainingSettings
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
@@ -142,7 +142,7 @@ def evaluate_model(
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
     return {
-        **{key: getattr(settings, key) for key in HYPER_PARAMETERS},
+        **{key: settings.flat()[key] for key in HYPER_PARAMETERS},
         "num_items": num_items,
         "files": [path.name for path in files],
     }
@@ -151,8 +151,8 @@ def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict
 def training_banner(rows, files, settings: Settings, pipeline, workers, budget, result, sampled, num_items) -> str:
     """The one line that says what this run trains on, how long and how."""
     return (
-        f"training on {len(rows):,} windows of {settings.seq_len} ({len(files)} files, this worker "
-        f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.batch_size} per replica x "
+        f"training on {len(rows):,} windows of {settings.sessionize.seq_len} ({len(files)} files, this worker "
+        f"{pipeline + 1}/{workers}), {budget.describe()}, batches of {settings.training.batch_size} per replica x "
         f"{result.replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
         f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
         + (" with the repeat mechanism" if result.model.repeat_mechanism else "")
@@ -171,11 +171,12 @@ def open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief: 
     )
 
 
-def announce_resume(result: TrainingResult, state: dict, checkpoint_dir, settings: Settings) -> None:
+def announce_resume(result: TrainingResult, state: dict, checkpoint_dir, eval_k: int) -> None:
     if result.resumed_after_epoch:
         say(
             f"resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
-            f"(best so far: epoch {state['best_epoch']}, validation NDCG@{settings.eval_k} {state['best_score']:.4f})",
+            f"(best so far: epoch {state['best_epoch']}, "
+            f"validation NDCG@{eval_k} {state['best_score']:.4f})",
         )
 
 
@@ -193,6 +194,7 @@ class TrainingRun:
     distributed_step: Callable
     epoch_dataset: Callable
     checkpoints: Checkpoints
+    policy: RepeatPolicy
     scorer: object = None
 
 
@@ -218,10 +220,14 @@ def set_up_run(
         strategy, num_items, settings, budget.total_updates, mixed
     )
     log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
-    distributed_step = make_train_step(model, optimizer, strategy, settings, log_q, mixed)
+    distributed_step = make_train_step(model, optimizer, strategy, settings.model, log_q, mixed)
     # Seeded by the input pipeline too, so workers do not draw the same rows of their shards in step.
     epoch_dataset = make_epoch_dataset(
-        strategy, rows, settings, budget.steps_per_round * local_replicas, settings.seed + 7919 * pipeline
+        strategy,
+        rows,
+        settings.training.batch_size,
+        budget.steps_per_round * local_replicas,
+        settings.training.seed + 7919 * pipeline,
     )
     checkpoints = open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief)
     return TrainingRun(
@@ -235,23 +241,22 @@ def set_up_run(
         distributed_step,
         epoch_dataset,
         checkpoints,
+        settings.repeat_rule(),
     )
 
 
-def run_round(epoch: int, run: TrainingRun, settings: Settings, verbose: int) -> tuple[dict, dict]:
+def run_round(epoch: int, run: TrainingRun, training: TrainingSettings, verbose: int) -> tuple[dict, dict]:
     """One validation round: its updates, then the validation pass; -> (the round's record, validation metrics)."""
     import keras
 
-    budget, k = run.budget, settings.eval_k
+    budget, k = run.budget, training.eval_k
     steps = budget.steps_per_round
     if verbose:
         print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
     progress = keras.utils.Progbar(steps, verbose=verbose if run.is_chief else 0, stateful_metrics=["loss"])
     epoch_started = time.perf_counter()
-    losses = train_round(run.distributed_step, run.epoch_dataset(epoch), settings.seed, epoch, progress)
-    validation_metrics = evaluate_model(
-        run.model, run.validation, run.num_items, (k,), settings.repeat_rule(), run.scorer
-    )
+    losses = train_round(run.distributed_step, run.epoch_dataset(epoch), training.seed, epoch, progress)
+    validation_metrics = evaluate_model(run.model, run.validation, run.num_items, (k,), run.policy, run.scorer)
     record = {
         "epoch": epoch,
         "updates": epoch * steps,
@@ -267,25 +272,25 @@ def run_round(epoch: int, run: TrainingRun, settings: Settings, verbose: int) ->
     return record, validation_metrics
 
 
-def run_rounds(run: TrainingRun, state: dict, settings: Settings, verbose: int, on_epoch_end) -> None:
+def run_rounds(run: TrainingRun, state: dict, training: TrainingSettings, verbose: int, on_epoch_end) -> None:
     """The validation rounds left in the budget, a checkpoint after each, until early stopping; then the best
     round's weights are put back."""
     best_weights = None
-    stopped = state["waited"] >= settings.patience
+    stopped = state["waited"] >= training.patience
     for epoch in range(len(state["history"]) + 1, run.budget.rounds + 1):
         if stopped:
             break
-        record, validation_metrics = run_round(epoch, run, settings, verbose)
+        record, validation_metrics = run_round(epoch, run, training, verbose)
         state["history"].append(record)
         if on_epoch_end:
             on_epoch_end(epoch, record)
-        improved = track_early_stopping(state, epoch, *validation_score(validation_metrics, settings), settings)
+        improved = track_early_stopping(state, epoch, *validation_score(validation_metrics, training), training)
         if improved:
             best_weights = run.model.get_weights()
         run.epoch_counter.assign(epoch)
         state["seconds"] += record["epoch_seconds"]
         run.checkpoints.save(state, improved)
-        stopped = stop_early(state, settings)
+        stopped = stop_early(state, training)
     restore_best_weights(run.model, best_weights, state, run.checkpoints)
 
 
@@ -293,8 +298,8 @@ def read_training_data(files: list[Path], settings: Settings, pipeline: int, wor
     """This worker's training rows (its shard of the files) and the validation hold-out of all of them."""
     train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
     if validation is None:
-        validation = protocol_split(read_sequences(files), settings.seq_len).validation
-    return TrainingRows.from_sequences(train, settings.seq_len, settings.stride), validation
+        validation = protocol_split(read_sequences(files), settings.sessionize.seq_len).validation
+    return TrainingRows.from_sequences(train, settings.sessionize.seq_len, settings.stride), validation
 
 
 def train_next_item_model(
@@ -317,13 +322,13 @@ def train_next_item_model(
 
     files = sorted(Path(path) for path in sequence_files)
     strategy = distribution_strategy()  # first: a multi-worker strategy must exist before any other TF work
-    keras.utils.set_random_seed(settings.seed)
+    keras.utils.set_random_seed(settings.training.seed)
     pipeline, workers, is_chief = cluster_position(tf_config())
     replicas = strategy.num_replicas_in_sync
     rows, validation = read_training_data(files, settings, pipeline, workers, validation)
     steps_per_pass = updates_per_pass(files, rows, settings, workers, max(1, replicas // workers))
-    budget = TrainingBudget.of(settings, steps_per_pass, max_steps_per_epoch)
-    sampled = settings.uses_sampled_softmax(num_items)
+    budget = TrainingBudget.of(settings.training, steps_per_pass, max_steps_per_epoch)
+    sampled = settings.model.uses_sampled_softmax(num_items)
     run = set_up_run(
         strategy, rows, validation, budget, num_items, settings, checkpoint_dir, (pipeline, workers, is_chief), sampled
     )
@@ -332,25 +337,25 @@ def train_next_item_model(
     result = TrainingResult(
         model=run.model, strategy=strategy_name(strategy), replicas=replicas, resumed_after_epoch=len(state["history"])
     )
-    announce_resume(result, state, checkpoint_dir, settings)
+    announce_resume(result, state, checkpoint_dir, settings.training.eval_k)
     say(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items))
     run.scorer = ModelScorer(run.model)
-    run_rounds(run, state, settings, verbose, on_epoch_end)
-    return result.finished(state, budget.steps_per_round * settings.batch_size * replicas)
+    run_rounds(run, state, settings.training, verbose, on_epoch_end)
+    return result.finished(state, budget.steps_per_round * settings.training.batch_size * replicas)
 
 
-def validation_score(validation_metrics: dict, settings: Settings) -> tuple[float, float]:
+def validation_score(validation_metrics: dict, training: TrainingSettings) -> tuple[float, float]:
     """The early-stopping target and its standard error: NDCG@eval_k."""
-    k = settings.eval_k
+    k = training.eval_k
     return validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"]
 
 
-def stop_early(state: dict, settings: Settings) -> bool:
-    if state["waited"] < settings.patience:
+def stop_early(state: dict, training: TrainingSettings) -> bool:
+    if state["waited"] < training.patience:
         return False
     say(
-        f"early stop: {state['waited']} validations without a NDCG@{settings.eval_k} gain of more than "
-        f"{settings.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
+        f"early stop: {state['waited']} validations without a NDCG@{training.eval_k} gain of more than "
+        f"{training.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
     )
     return True
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from model_lib.config import Settings, check_identifier
+from model_lib.config import LakeSettings, Settings, check_identifier
 
 # name -> (kind, low, high) for floats / ints, or ("choice", options).
 SEARCH_SPACE = {
@@ -40,8 +40,8 @@ def suggest(trial) -> dict:
     return chosen
 
 
-def tuned_path(settings: Settings, name: str) -> Path:
-    return settings.data_dir / "tuned" / f"{check_identifier(name)}.json"
+def tuned_path(lake: LakeSettings, name: str) -> Path:
+    return lake.data_dir / "tuned" / f"{check_identifier(name)}.json"
 
 
 def save_best(path: Path, record: dict) -> None:
@@ -53,17 +53,17 @@ def save_best(path: Path, record: dict) -> None:
 
 
 def with_tuned(settings: Settings) -> Settings:
-    """The settings with the stored best hyper-parameters of `settings.tuned` applied (unchanged when empty)."""
-    if not settings.tuned:
+    """The settings with the stored best hyper-parameters of training.tuned applied (unchanged when empty)."""
+    if not settings.training.tuned:
         return settings
-    path = tuned_path(settings, settings.tuned)
+    path = tuned_path(settings.lake, settings.training.tuned)
     if not path.exists():
-        raise FileNotFoundError(f"no tuned settings named {settings.tuned!r} ({path}): run `reco tune` first")
+        raise FileNotFoundError(f"no tuned settings named {settings.training.tuned!r} ({path}): run `reco tune` first")
     params = json.loads(path.read_text())["params"]
     unknown = sorted(set(params) - set(TUNABLE))
     if unknown:
         raise ValueError(f"{path} holds settings that are not tunable: {unknown}")
-    return settings.model_copy(update=params)
+    return settings.updated(**params)
 
 
 def search(
@@ -81,10 +81,10 @@ def search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(5, trials))
+    sampler = optuna.samplers.TPESampler(seed=settings.training.seed, n_startup_trials=min(5, trials))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    metric = f"val_ndcg_{settings.eval_k}"
+    metric = f"val_ndcg_{settings.training.eval_k}"
 
     def objective(trial) -> float:
         started = time.perf_counter()
@@ -95,7 +95,7 @@ def search(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"round {round_number}: {record[metric]:.4f} below the median")
 
-        value = train_trial(settings.model_copy(update=chosen), report)
+        value = train_trial(settings.updated(**chosen), report)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
         return value
 

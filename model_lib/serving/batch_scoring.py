@@ -1,7 +1,8 @@
 """Batch scoring inside Spark Python workers (jobs/recommend.py runs it through mapInPandas).
 
 In the library, not in the job: under spark-submit the job file is `__main__`, which the workers cannot import, so a
-function defined there cannot be sent to them by reference. Above `registry` and `scoring` (which never import it).
+function defined there cannot be sent to them by reference. Above `registry` and `recommender` (which never import
+it).
 """
 
 from __future__ import annotations

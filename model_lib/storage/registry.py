@@ -50,13 +50,13 @@ def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
     A store that answered but refused (PERMISSION_DENIED, UNAUTHENTICATED) is reported as that, not as unreachable.
     """
     first_line = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)[:300]
-    store = redact(settings.mlflow_tracking_uri)
+    store = redact(settings.engines.mlflow_tracking_uri)
     code = getattr(error, "error_code", None)
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return RegistryUnavailable(
             f"the MLflow tracking store {store} refused the request ({code}: {first_line}). The credentials this "
             "process uses (MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN) lack the permission on "
-            f"{settings.model_name} or its experiment: grant it, or use an account that has it, then re-run; "
+            f"{settings.model.model_name} or its experiment: grant it, or use an account that has it, then re-run; "
             "nothing was written."
         )
     return RegistryUnavailable(
@@ -68,7 +68,7 @@ def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
 def store_uri(settings: Settings) -> str:
     """RECO_MLFLOW_TRACKING_URI without credentials. A user and password in it go to MLflow's own variables
     (MLFLOW_TRACKING_USERNAME / _PASSWORD), because MLflow prints the tracking URI it uses after every run."""
-    uri, user, password = split_credentials(settings.mlflow_tracking_uri)
+    uri, user, password = split_credentials(settings.engines.mlflow_tracking_uri)
     if user:
         os.environ["MLFLOW_TRACKING_USERNAME"] = user
     if password:
@@ -87,15 +87,15 @@ def use_configured_store(settings: Settings) -> None:
 def configure(settings: Settings) -> MlflowClient:
     """Points MLflow at the configured store and makes sure the experiment keeps artifacts where we say."""
     use_configured_store(settings)
-    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if settings.engines.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.engines.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     except MlflowException as error:
         raise _unavailable(settings, error) from None
     if experiment is None:
-        settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.mlflow_artifact_root.as_uri())
+        settings.engines.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.engines.mlflow_artifact_root.as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return MlflowClient()
 
@@ -158,8 +158,8 @@ def log_recommender(recommender: Recommender, settings: Settings, documents: dic
             "timestamps": [[f"2024-01-01T00:0{minute}:00+00:00" for minute in range(shown)]],
         }
     )
-    output = recommend_from_raw_ids(recommender, example, settings.seq_len, settings.top_k)
-    inferred = mlflow.models.infer_signature(example, output, params={"k": settings.top_k})
+    output = recommend_from_raw_ids(recommender, example, settings.sessionize.seq_len, settings.serving.top_k)
+    inferred = mlflow.models.infer_signature(example, output, params={"k": settings.serving.top_k})
     signature = mlflow.models.ModelSignature(
         # Event types and timestamps are optional.
         inputs=Schema([ColSpec(c.type, c.name, required=c.name == "history") for c in inferred.inputs.inputs]),
@@ -170,7 +170,7 @@ def log_recommender(recommender: Recommender, settings: Settings, documents: dic
         folder = recommender.save(Path(tmp) / RECOMMENDER_ARTIFACT)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=RecommenderModel(seq_len=settings.seq_len, top_k=settings.top_k),
+            python_model=RecommenderModel(seq_len=settings.sessionize.seq_len, top_k=settings.serving.top_k),
             artifacts={
                 RECOMMENDER_ARTIFACT: str(folder),
                 **{name: str(path) for name, path in (documents or {}).items()},
@@ -209,8 +209,8 @@ def register(client: MlflowClient, model_uri: str, settings: Settings, tags: dic
     """Registers a logged model as the new `challenger`, with the checksum of its recommender files as stored."""
     with tempfile.TemporaryDirectory() as tmp:
         checksum = recommender_checksum(_download_recommender(model_uri, Path(tmp)))
-    version = mlflow.register_model(model_uri, settings.model_name, tags={**tags, CHECKSUM_TAG: checksum})
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
+    version = mlflow.register_model(model_uri, settings.model.model_name, tags={**tags, CHECKSUM_TAG: checksum})
+    client.set_registered_model_alias(settings.model.model_name, CHALLENGER, version.version)
     return int(version.version)
 
 
@@ -227,7 +227,7 @@ def register_recommender(
 def alias_version(client: MlflowClient, settings: Settings, alias: str) -> int | None:
     """The version an alias points to, or None when the alias (or the model) does not exist."""
     try:
-        return int(client.get_model_version_by_alias(settings.model_name, alias).version)
+        return int(client.get_model_version_by_alias(settings.model.model_name, alias).version)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -240,7 +240,7 @@ def champion_version(settings: Settings) -> int:
     if version is None:
         raise LookupError(
             # The URI is not repeated here: it may hold a password.
-            f"{settings.model_name} has no `{CHAMPION}` alias in the registry at RECO_MLFLOW_TRACKING_URI: run "
+            f"{settings.model.model_name} has no `{CHAMPION}` alias in the registry at RECO_MLFLOW_TRACKING_URI: run "
             "reco_training (or `reco promote --version N`), then re-run; nothing was written."
         )
     return version
@@ -253,22 +253,22 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
     uri = store_uri(settings)
     client = MlflowClient(uri, uri)
     try:
-        recorded = client.get_model_version(settings.model_name, str(version)).tags.get(CHECKSUM_TAG)
+        recorded = client.get_model_version(settings.model.model_name, str(version)).tags.get(CHECKSUM_TAG)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise LookupError(f"{settings.model_name} has no version {version} in the registry") from None
+            raise LookupError(f"{settings.model.model_name} has no version {version} in the registry") from None
         raise _unavailable(settings, error) from None
     if not recorded:
         raise IncompatibleModelError(
-            f"{settings.model_name} v{version} has no `{CHECKSUM_TAG}` tag, so its files cannot be verified; "
+            f"{settings.model.model_name} v{version} has no `{CHECKSUM_TAG}` tag, so its files cannot be verified; "
             "register it with this code (reco_training) before the pipeline loads it"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _download_recommender(f"models:/{settings.model_name}/{version}", Path(tmp))
+        folder = _download_recommender(f"models:/{settings.model.model_name}/{version}", Path(tmp))
         actual = recommender_checksum(folder)
         if actual != recorded:
             raise IncompatibleModelError(
-                f"the files of {settings.model_name} v{version} do not match the checksum recorded when it was "
+                f"the files of {settings.model.model_name} v{version} do not match the checksum recorded when it was "
                 f"registered ({CHECKSUM_TAG} {recorded[:12]}…, files {actual[:12]}…): they changed since; "
                 "refusing to load them"
             )
@@ -279,7 +279,7 @@ def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str
     """The vocabulary and event types a registered version was trained with, read from its artifacts without
     loading the network (so the nightly run can check them before any scoring)."""
     use_configured_store(settings)
-    folder = f"models:/{settings.model_name}/{version}/artifacts/{RECOMMENDER_ARTIFACT}"
+    folder = f"models:/{settings.model.model_name}/{version}/artifacts/{RECOMMENDER_ARTIFACT}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
             vocabulary = pd.read_parquet(
@@ -292,14 +292,14 @@ def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str
             )
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise LookupError(f"{settings.model_name} has no version {version} in the registry") from None
+                raise LookupError(f"{settings.model.model_name} has no version {version} in the registry") from None
             raise _unavailable(settings, error) from None
     return vocabulary, config["event_types"]
 
 
 def set_champion(client: MlflowClient, settings: Settings, version: int, reason: str) -> None:
     previous = alias_version(client, settings, CHAMPION)
-    client.set_registered_model_alias(settings.model_name, CHAMPION, str(version))
-    client.set_model_version_tag(settings.model_name, str(version), "promotion", reason)
+    client.set_registered_model_alias(settings.model.model_name, CHAMPION, str(version))
+    client.set_model_version_tag(settings.model.model_name, str(version), "promotion", reason)
     if previous is not None and previous != version:
-        client.set_model_version_tag(settings.model_name, str(version), "previous_champion", str(previous))
+        client.set_model_version_tag(settings.model.model_name, str(version), "previous_champion", str(previous))

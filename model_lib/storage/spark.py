@@ -6,22 +6,22 @@ import os
 
 from pyspark.sql import SparkSession
 
-from model_lib.config import Settings
+from model_lib.config import EngineSettings
 from model_lib.progress import say
 from model_lib.redaction import redact
 from model_lib.runtime import apply_engine_environment
 
 
-def spark_session(settings: Settings, app_name: str) -> SparkSession:
+def spark_session(engines: EngineSettings, app_name: str) -> SparkSession:
     """Gets (or creates) the session. Under spark-submit the master comes from the command line."""
-    apply_engine_environment(settings)
+    apply_engine_environment(engines)
     builder = (
         SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.sql.shuffle.partitions", str(engines.spark_shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.driver.host", settings.spark_driver_host)
-        .config("spark.driver.bindAddress", settings.spark_bind_address)
+        .config("spark.driver.memory", engines.spark_driver_memory)
+        .config("spark.driver.host", engines.spark_driver_host)
+        .config("spark.driver.bindAddress", engines.spark_bind_address)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
@@ -29,23 +29,23 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     # spark-submit starts the JVM first and hands its port over; then the master and the application name
     # (the DAG's per-run name) come from its command line.
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
-        builder = builder.master(settings.spark_master).appName(app_name)
+        builder = builder.master(engines.spark_master).appName(app_name)
     session = builder.getOrCreate()
     # spark-submit defaults to INFO; task logs should show our stage lines, not every Spark task.
     session.sparkContext.setLogLevel("WARN")
-    _report_driver(session, settings)
+    _report_driver(session, engines)
     return session
 
 
-def _report_driver(session: SparkSession, settings: Settings) -> None:
+def _report_driver(session: SparkSession, engines: EngineSettings) -> None:
     """One line with the driver JVM's real heap. spark.driver.memory only takes effect when the JVM starts, so
     under spark-submit it must come from the command line (the DAGs pass --driver-memory); a setting the running
     JVM did not get is said, not silently ignored."""
     heap = session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
-    wanted = _bytes(settings.spark_driver_memory)
+    wanted = _bytes(engines.spark_driver_memory)
     line = (
         f"spark: master {redact(session.sparkContext.master)}, driver heap {heap / 2**30:.1f} GiB "
-        f"(RECO_SPARK_DRIVER_MEMORY {settings.spark_driver_memory})"
+        f"(RECO_SPARK_DRIVER_MEMORY {engines.spark_driver_memory})"
     )
     if heap < 0.7 * wanted:  # the JVM reserves part of -Xmx for itself; far below means the setting never reached it
         line += ": the driver JVM started without it — pass --driver-memory to spark-submit"

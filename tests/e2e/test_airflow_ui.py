@@ -124,7 +124,7 @@ def test_trigger_from_the_ui_runs_the_nightly_pipeline(airflow_servers, pipeline
     wait_for(lambda: _dag_parsed(api, "reco_nightly"), "reco_nightly parsed", 180)
     # A day of its own, so the other tests' days stay as they are: the producer committed an empty partition.
     day = pipeline.ds + dt.timedelta(days=5)
-    pipeline.settings.raw_events_day_dir(day).mkdir()
+    pipeline.settings.lake.raw_events_day_dir(day).mkdir()
     # What the trigger dialog sends: unpause, then a run now, with the form's values as conf.
     api.call("PATCH", "/api/v2/dags/reco_nightly", {"is_paused": False})
     started = time.time()
@@ -155,7 +155,7 @@ def test_trigger_from_the_ui_runs_the_nightly_pipeline(airflow_servers, pipeline
     assert extras and extras[0]["rows"] == report["publish"]["rows"], events
 
     # The warehouse holds the day once, at the K of the form, recorded under this Airflow run.
-    warehouse = open_warehouse(pipeline.settings.warehouse_url)
+    warehouse = open_warehouse(pipeline.settings.engines.warehouse_url)
     per_user = warehouse.query(
         "SELECT user_id, count(*) AS n FROM recommendations WHERE ds = ? GROUP BY user_id", [day]
     )

@@ -34,10 +34,10 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
     import pandas as pd
 
     settings = pipeline.settings
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    mlflow.set_tracking_uri(settings.engines.mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}@champion")
     assert {spec.name for spec in model.metadata.signature.inputs} == {"history", "event_types", "timestamps"}
-    vocabulary = pd.read_parquet(settings.vocab_dir(pipeline.trained_day))
+    vocabulary = pd.read_parquet(settings.lake.vocab_dir(pipeline.trained_day))
     history = vocabulary["item_id"].head(3).tolist()
     out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
     recommended = list(out["item_ids"][0])
@@ -50,10 +50,10 @@ def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
     from model_lib.storage.warehouse import open_warehouse
 
     settings, ds = pipeline.settings, pipeline.ds
-    sequences = read_sequences(settings.sequences_dir(ds))
-    vocabulary = __import__("pandas").read_parquet(settings.vocab_dir(ds))
+    sequences = read_sequences(settings.lake.sequences_dir(ds))
+    vocabulary = __import__("pandas").read_parquet(settings.lake.vocab_dir(ds))
     ids = dict(zip(vocabulary["item_index"], vocabulary["item_id"], strict=True))
-    rows = open_warehouse(settings.warehouse_url).query(
+    rows = open_warehouse(settings.engines.warehouse_url).query(
         "SELECT user_id, rank, item_id, model_version FROM recommendations WHERE ds = ?", [ds]
     )
     users_with_history = {u for u, n in zip(sequences.user_ids, sequences.lengths, strict=True) if n > 0}
@@ -85,8 +85,8 @@ def test_a_rerun_next_to_a_backfill_of_another_day_changes_nothing_and_they_do_n
 
     settings, ds = pipeline.settings, pipeline.ds
     later = ds + dt.timedelta(days=4)
-    settings.raw_events_day_dir(later).mkdir()
-    warehouse = open_warehouse(settings.warehouse_url)
+    settings.lake.raw_events_day_dir(later).mkdir()
+    warehouse = open_warehouse(settings.engines.warehouse_url)
     before = day_digest(warehouse, ds)
     successes_before = recorded_successes(warehouse, ds)
 
@@ -183,7 +183,7 @@ def test_a_missing_raw_partition_skips_or_fails_the_run_as_configured(pipeline):
     assert "[reco]   error: AirflowSensorTimeout: Sensor has timed out" in log
     assert "sessionize ds=" not in log
 
-    published = open_warehouse(pipeline.settings.warehouse_url).query("SELECT DISTINCT ds FROM recommendations")
+    published = open_warehouse(pipeline.settings.engines.warehouse_url).query("SELECT DISTINCT ds FROM recommendations")
     assert {skip_day, fail_day}.isdisjoint(set(published["ds"]))
 
 
@@ -201,18 +201,20 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
 
     settings, ds = pipeline.settings, pipeline.ds
     client = registry.configure(settings)
-    vocabulary = __import__("pandas").read_parquet(settings.vocab_dir(ds))
+    vocabulary = __import__("pandas").read_parquet(settings.lake.vocab_dir(ds))
     # A challenger worse than any trained model whatever ran before in this process (the global RNG): seeded, and
     # its item bias ranks the catalogue from the least popular item up. Two epochs on tiny data leave the champion
     # near chance, so a merely untrained model can beat it by luck.
     keras.utils.set_random_seed(7)
-    untrained = NextItemModel(catalogue_size(vocabulary), settings.num_event_types, settings.num_gap_buckets)
+    untrained = NextItemModel(
+        catalogue_size(vocabulary), settings.sessionize.num_event_types, settings.sessionize.num_gap_buckets
+    )
     build_model(untrained)
     anti_popular = np.zeros(untrained.num_items, np.float32)
     anti_popular[vocabulary["item_index"].to_numpy()] = -10.0 * np.log1p(vocabulary["count"].to_numpy())
     untrained.item_bias.assign(anti_popular)
     with mlflow.start_run(run_name="untrained-challenger"):
-        uri = registry.log_recommender(Recommender(untrained, vocabulary, settings.event_types), settings)
+        uri = registry.log_recommender(Recommender(untrained, vocabulary, settings.sessionize.event_types), settings)
     weak = registry.register(client, uri, settings, tags={"purpose": "test"})
     assert weak == 2 and registry.alias_version(client, settings, registry.CHALLENGER) == 2
 
@@ -220,7 +222,7 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     assert decision["promoted"] is False, decision
     assert decision["champion_ndcg_10"] > decision["challenger_ndcg_10"]
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
-    tags = client.get_model_version(settings.model_name, str(weak)).tags
+    tags = client.get_model_version(settings.model.model_name, str(weak)).tags
     assert tags["gate_decision"] == "held" and "does not beat v1" in tags["gate_reason"]
     assert tags["champion_comparison"].startswith("v2 ")
 
@@ -233,9 +235,9 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     with mlflow.start_run(run_name="copy-of-the-champion"):
         uri = registry.log_recommender(registry.load_recommender(settings, 1), settings)
     passing = registry.register(client, uri, settings, tags={"purpose": "test"})
-    lenient = settings.model_copy(update={"promote_margin": -1.0})
+    lenient = settings.updated(promote_margin=-1.0)
     decision = promote.gate(lenient, ds, challenger=passing, auto_promote=False)
     assert decision["promoted"] is False and "auto_promote is off" in decision["reason"], decision
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
-    tags = client.get_model_version(settings.model_name, str(passing)).tags
+    tags = client.get_model_version(settings.model.model_name, str(passing)).tags
     assert tags["gate_decision"] == "passed, not promoted (auto_promote off)"

@@ -53,17 +53,17 @@ def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline):
         done = subprocess.run([str(BIN / "reco"), *command], env=pipeline.env, capture_output=True, text=True)
         captured[f"reco {command[0]}"] = done.stdout + done.stderr
 
-    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.engines.mlflow_tracking_uri, settings.engines.mlflow_tracking_uri)
     experiments = client.search_experiments()
     runs = client.search_runs([experiment.experiment_id for experiment in experiments])
     for run in runs:
         captured[f"mlflow run {run.info.run_id}"] = json.dumps([run.data.params, run.data.tags])
-    for version in client.search_model_versions(f"name = '{settings.model_name}'"):
+    for version in client.search_model_versions(f"name = '{settings.model.model_name}'"):
         captured[f"model version {version.version}"] = json.dumps([version.tags, version.source, version.description])
-    for path in settings.mlflow_artifact_root.rglob("*"):
+    for path in settings.engines.mlflow_artifact_root.rglob("*"):
         if path.is_file() and path.suffix in ("", ".md", ".json", ".yaml", ".txt", ".html"):
             captured[f"artifact {path.name}"] = path.read_text(errors="replace")
-    for path in settings.lake_dir.glob("run_stats/*/*/*.parquet"):
+    for path in settings.lake.lake_dir.glob("run_stats/*/*/*.parquet"):
         captured[f"run stats {path.parent.parent.name}"] = pd.read_parquet(path).to_json()
     with sqlite3.connect(Path(pipeline.env["AIRFLOW_HOME"]) / "airflow.db") as metadata:
         xcoms = metadata.execute("SELECT task_id, value FROM xcom").fetchall()

@@ -75,7 +75,7 @@ def build_pipeline(data_dir: Path, extra_env: dict[str, str] | None = None) -> P
         for key in ("warehouse_url", "mlflow_tracking_uri")
         if f"RECO_{key.upper()}" in extra_env
     }
-    env.update(engine_environment(get_settings(data_dir=data_dir, **urls)))
+    env.update(engine_environment(get_settings(data_dir=data_dir, **urls).engines))
     env.update(extra_env)
     settings = get_settings(data_dir=data_dir, min_item_count=2, seq_len=20, top_k=K, **urls)
     made = run_ok([str(BIN / "reco"), "data", "synth", "--users", "150", "--items", "80", "--days", "4"], env)[0]

@@ -38,9 +38,15 @@ def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents:
     from model_lib.storage import registry
 
     keras.utils.set_random_seed(seed)
-    model = NextItemModel(num_items, settings.num_event_types, settings.num_gap_buckets, embedding_dim=8, hidden_dim=8)
+    model = NextItemModel(
+        num_items,
+        settings.sessionize.num_event_types,
+        settings.sessionize.num_gap_buckets,
+        embedding_dim=8,
+        hidden_dim=8,
+    )
     build_model(model)
     indices = np.arange(2, num_items)
     vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
-    recommender = Recommender(model, vocabulary, settings.event_types, policy)
+    recommender = Recommender(model, vocabulary, settings.sessionize.event_types, policy)
     return registry.register_recommender(recommender, settings, "tiny", {"purpose": "test"}, documents), vocabulary

@@ -122,7 +122,7 @@ def test_thousands_of_generated_lines_through_spark_never_fail_a_day(spark, tmp_
         for n in range(len(every_line) // 10)
     ]
     data = b"\n".join(every_line + good) + b"\n"
-    folder = job_settings.raw_events_day_dir(dt.date.fromisoformat(DAY))
+    folder = job_settings.lake.raw_events_day_dir(dt.date.fromisoformat(DAY))
     folder.mkdir(parents=True)
     (folder / "part-00000.jsonl").write_bytes(data)
     stats = sessionize.run(job_settings, dt.date.fromisoformat(DAY), spark=spark)
@@ -130,9 +130,9 @@ def test_thousands_of_generated_lines_through_spark_never_fail_a_day(spark, tmp_
     assert stats["status"] == "succeeded" and stats["read"] == lines_read(data) >= 2_000
     assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
     # Every rejected line is readable from the quarantine table by a reader other than Spark, raw text intact.
-    quarantined = pq.ParquetDataset(job_settings.quarantine_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
+    quarantined = pq.ParquetDataset(job_settings.lake.quarantine_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
     assert len(quarantined) == stats["quarantined"] and quarantined["raw_line"].notna().all()
-    sequences = pq.ParquetDataset(job_settings.sequences_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
+    sequences = pq.ParquetDataset(job_settings.lake.sequences_dir(dt.date.fromisoformat(DAY))).read().to_pandas()
     assert stats["valid"] >= len(good) and len(sequences) == stats["users"] >= 7
 
 
@@ -154,7 +154,7 @@ def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) ->
             "arrival"
         ),
     )
-    validated = ev.validate(ev.parse_raw_lines(raw), ev.ValidationRules.of(rules)).cache()
+    validated = ev.validate(ev.parse_raw_lines(raw), ev.ValidationRules.of(rules.sessionize)).cache()
     by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
     valid = ev.deduplicate(validated.where(F.col("reason").isNull())).count()
     read = sum(by_reason.values())
@@ -187,17 +187,21 @@ def test_scoring_inputs_at_the_edges_give_unseen_items_and_never_fail(tmp_path):
 
     rules = get_settings(data_dir=tmp_path)
     keras.utils.set_random_seed(3)
-    model = NextItemModel(30, rules.num_event_types, rules.num_gap_buckets, embedding_dim=8, hidden_dim=8)
+    model = NextItemModel(
+        30, rules.sessionize.num_event_types, rules.sessionize.num_gap_buckets, embedding_dim=8, hidden_dim=8
+    )
     build_model(model)
     catalogue = [f"i{k}" for k in range(2, 30)]
     vocabulary = pd.DataFrame({"item_index": range(2, 30), "item_id": catalogue, "count": range(1000, 972, -1)})
-    recommender = Recommender(model, vocabulary, rules.event_types)
+    recommender = Recommender(model, vocabulary, rules.sessionize.event_types)
     long_history = [f"i{2 + k % 9}" for k in range(10_000)]  # items i2..i10, 10,000 events
     histories = {"empty": [], "unknown only": ["zz", "", "💥" * 300], "one event": ["i5"], "long": long_history}
     frame = pd.DataFrame({"history": list(histories.values())})
 
     for k in (5, 500):
-        out = recommend_from_raw_ids(recommender, frame, rules.seq_len, k).set_index(pd.Index(list(histories)))
+        out = recommend_from_raw_ids(recommender, frame, rules.sessionize.seq_len, k).set_index(
+            pd.Index(list(histories))
+        )
         for name, history in histories.items():
             items = out.loc[name, "item_ids"]
             unseen = [item for item in catalogue if item not in set(history)]

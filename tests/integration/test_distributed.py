@@ -64,7 +64,7 @@ def test_two_workers_end_with_identical_trained_weights(tmp_path):
         np.testing.assert_array_equal(finals[0][name], finals[1][name])
 
     settings = get_settings(seq_len=8, embedding_dim=8, hidden_dim=8)
-    keras.utils.set_random_seed(settings.seed)
+    keras.utils.set_random_seed(settings.training.seed)
     start = build_next_item_model(num_items, settings).get_weights()
     assert len(start) == len(names)
     moved = [float(np.abs(finals[0][f"arr_{i}"] - initial).max()) for i, initial in enumerate(start)]

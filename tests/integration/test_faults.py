@@ -38,7 +38,7 @@ def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_pu
     # Another session holds a lock the publish's DELETE needs, so the publish is caught inside its transaction.
     blocker = psycopg.connect(url)
     blocker.execute("LOCK TABLE recommendations IN SHARE MODE")
-    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_WAREHOUSE_URL": url, "PGAPPNAME": "killed"}
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.lake.data_dir), "RECO_WAREHOUSE_URL": url, "PGAPPNAME": "killed"}
     killed = subprocess.Popen(
         [sys.executable, "-m", "jobs.publish", "--ds", DS.isoformat(), "--run-id", "run-killed"], env=env, cwd=ROOT
     )
@@ -98,7 +98,10 @@ def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_be
     with pytest.raises(LookupError, match="no `champion` alias .* run reco_training"):
         recommend.run(empty, DS)
     for settings in (down, empty):
-        assert not settings.recommendations_dir(DS).exists() and not settings.run_stats_dir("recommend", DS).exists()
+        assert (
+            not settings.lake.recommendations_dir(DS).exists()
+            and not settings.lake.run_stats_dir("recommend", DS).exists()
+        )
 
 
 # Where the same day's re-run is killed: once its sequences are completely written (the old job had committed them
@@ -111,15 +114,15 @@ def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the
     from model_lib.storage.lake import read_sequences
 
     settings = get_settings(data_dir=tmp_path / "data", min_item_count=1)
-    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_MIN_ITEM_COUNT": "1"}
-    env.update(engine_environment(settings))
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.lake.data_dir), "RECO_MIN_ITEM_COUNT": "1"}
+    env.update(engine_environment(settings.engines))
     made = run_ok([str(Path(sys.executable).parent / "reco"), "data", "synth", "--users", "400", "--days", "3"], env)
     ds = dt.date.fromisoformat(json.loads(made[0].strip().splitlines()[-1])["last_dt"])
     sessionize = [sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", "full"]
     run_ok(sessionize, env)
-    day = settings.sessionized_dir(ds)
+    day = settings.lake.sessionized_dir(ds)
     before = folder_digest(day)
-    first = read_sequences(settings.sequences_dir(ds))
+    first = read_sequences(settings.lake.sequences_dir(ds))
 
     for kill_after in KILL_POINTS:
         # The job and its JVM, SIGKILLed once the named output is complete (Spark's _SUCCESS marker) inside the
@@ -138,14 +141,14 @@ def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the
         print(f"killed after {kill_after}; the staging folder held {written}")
         assert not (staged / "manifest.json").exists()
         assert folder_digest(day) == before, f"a run killed after {kill_after} changed the committed day"
-        assert read_sequences(settings.sequences_dir(ds)).items.shape == first.items.shape
+        assert read_sequences(settings.lake.sequences_dir(ds)).items.shape == first.items.shape
 
     # The re-run succeeds, rebuilds the same day (Spark's file names differ, the content does not) and removes the
     # killed runs' staging folders.
     run_ok(sessionize, env)
     assert not any(day.parent.glob(".tmp-*")) and not any(day.parent.glob(".old-*"))
-    assert pd.read_parquet(settings.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]
-    again = read_sequences(settings.sequences_dir(ds))
+    assert pd.read_parquet(settings.lake.run_stats_dir("sessionize", ds))["status"].tolist() == ["succeeded"]
+    again = read_sequences(settings.lake.sequences_dir(ds))
     assert np.array_equal(again.user_ids, first.user_ids) and np.array_equal(again.items, first.items)
 
 
@@ -153,12 +156,12 @@ def published_v1_then_v2_in_the_lake(settings) -> None:
     """The day published from model v1 (2 users, 6 rows); the lake then holds v2's lists (3 users, 9 rows)."""
     from jobs import publish
 
-    settings.vocab_dir(DS).mkdir(parents=True)
-    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.vocab_dir(DS) / "part-0.parquet")
-    write_day(settings.recommendations_dir(DS), ["u1", "u2"], version=1)
+    settings.lake.vocab_dir(DS).mkdir(parents=True)
+    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.lake.vocab_dir(DS) / "part-0.parquet")
+    write_day(settings.lake.recommendations_dir(DS), ["u1", "u2"], version=1)
     publish.run(settings, DS, "run-old")
-    shutil.rmtree(settings.recommendations_dir(DS))
-    write_day(settings.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
+    shutil.rmtree(settings.lake.recommendations_dir(DS))
+    write_day(settings.lake.recommendations_dir(DS), ["u1", "u2", "u3"], version=2)
 
 
 def folder_digest(folder: Path) -> str:
@@ -199,7 +202,7 @@ def test_a_publish_killed_after_its_insert_before_commit_leaves_the_old_day(ware
     settings = get_settings(data_dir=tmp_path / "data", warehouse_url=warehouse_url)
     published_v1_then_v2_in_the_lake(settings)
 
-    env = {**os.environ, "RECO_DATA_DIR": str(settings.data_dir), "RECO_WAREHOUSE_URL": warehouse_url}
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.lake.data_dir), "RECO_WAREHOUSE_URL": warehouse_url}
     job = subprocess.Popen(
         [sys.executable, "-c", PAUSED_PUBLISH, DS.isoformat()], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
     )

@@ -17,10 +17,12 @@ def recommender():
 
     settings = get_settings()
     keras.utils.set_random_seed(2)
-    model = NextItemModel(12, settings.num_event_types, settings.num_gap_buckets, embedding_dim=4, hidden_dim=4)
+    model = NextItemModel(
+        12, settings.sessionize.num_event_types, settings.sessionize.num_gap_buckets, embedding_dim=4, hidden_dim=4
+    )
     build_model(model)
     vocabulary = pd.DataFrame({"item_index": range(2, 12), "item_id": [f"i{k}" for k in range(2, 12)], "count": 1})
-    return Recommender(model, vocabulary, settings.event_types)
+    return Recommender(model, vocabulary, settings.sessionize.event_types)
 
 
 def holdout(rows: list[list[int]]) -> HoldOut:
@@ -49,7 +51,7 @@ def test_a_sane_model_passes_and_each_check_names_its_problem(recommender, setti
     assert any("it knows 0.0% of the hold-out" in p for p in sanity_problems(drifted, recommender, settings))
 
     broken = {**report, "nan_score_rows": 2.0, "coverage_20": 0.001}
-    problems = sanity_problems(broken, recommender, settings.model_copy(update={"event_types": ["view"]}))
+    problems = sanity_problems(broken, recommender, settings.updated(event_types=["view"]))
     assert [p.split()[1] for p in problems[:1]] == ["users"]
     assert any("coverage@20 0.0010 is below" in p for p in problems)
     assert any("event types" in p for p in problems)

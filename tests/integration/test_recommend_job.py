@@ -38,8 +38,8 @@ def test_batch_scoring(spark, registered):
     day_vocabulary = pd.concat(
         [vocabulary, pd.DataFrame({"item_index": [NEW_ITEM], "item_id": ["new"], "count": [5]})], ignore_index=True
     )
-    settings.vocab_dir(DS).mkdir(parents=True)
-    day_vocabulary.to_parquet(settings.vocab_dir(DS) / "part-0.parquet", index=False)
+    settings.lake.vocab_dir(DS).mkdir(parents=True)
+    day_vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-0.parquet", index=False)
     rng = np.random.default_rng(3)
     users = 60
     items = rng.integers(2, NEW_ITEM + 1, size=(users, 8)).astype(np.int32)
@@ -54,17 +54,17 @@ def test_batch_scoring(spark, registered):
         np.where(items > 0, 3, 0).astype(np.int32),
         older,
     )
-    write_sequences(sequences, settings.sequences_dir(DS), files=3)
+    write_sequences(sequences, settings.lake.sequences_dir(DS), files=3)
 
     first = recommend.run(settings, DS, version=version, k=500)
-    digests = file_digests(settings.recommendations_dir(DS))
+    digests = file_digests(settings.lake.recommendations_dir(DS))
     second = recommend.run(settings, DS, version=version, k=500)
-    assert file_digests(settings.recommendations_dir(DS)) == digests
+    assert file_digests(settings.lake.recommendations_dir(DS)) == digests
     assert {**first, "seconds": None} == {**second, "seconds": None} and first["k"] == 500
     # The run's counts are also kept for the DAG's run summary.
-    assert read_run_stats(settings.run_stats_dir("recommend", DS))["rows"] == second["rows"]
+    assert read_run_stats(settings.lake.run_stats_dir("recommend", DS))["rows"] == second["rows"]
 
-    rows = pd.read_parquet(settings.recommendations_dir(DS))
+    rows = pd.read_parquet(settings.lake.recommendations_dir(DS))
     model_items = set(vocabulary["item_id"])
     assert set(rows["user_id"]) == {f"u{u:03d}" for u in range(users)} - {"u002"}
     assert set(rows["model_version"]) == {version}
@@ -81,16 +81,16 @@ def test_batch_scoring(spark, registered):
     assert set(warm["source"]) == {"model"} and warm["reason_item_id"].notna().all()
 
     # A model window shorter than the stored history: the cut events' items still count as seen.
-    recommend.run(settings.model_copy(update={"seq_len": 5}), DS, version=version, k=500)
-    windowed = pd.read_parquet(settings.recommendations_dir(DS))
+    recommend.run(settings.updated(seq_len=5), DS, version=version, k=500)
+    windowed = pd.read_parquet(settings.lake.recommendations_dir(DS))
     for user, got in windowed.groupby("user_id"):
         row = int(user[1:])
         seen = {f"i{i}" for i in np.concatenate([items[row], older[row]]) if 2 <= i < NEW_ITEM}
         assert not seen & set(got["item_id"]), user
 
     # allow_repeats: seen items come back, each marked as a repeat.
-    summary = recommend.run(settings.model_copy(update={"repeat_policy": "allow_repeats"}), DS, version, k=500)
-    repeats = pd.read_parquet(settings.recommendations_dir(DS))
+    summary = recommend.run(settings.updated(repeat_policy="allow_repeats"), DS, version, k=500)
+    repeats = pd.read_parquet(settings.lake.recommendations_dir(DS))
     assert (
         summary["repeat_policy"] == "allow_repeats" and summary["repeat_rows"] == (repeats["source"] == "repeat").sum()
     )
@@ -112,34 +112,36 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
     # The same indices, but other items: 9 of the day's 28 equally frequent items are ones the model knows.
     foreign = vocabulary.assign(item_id=[f"x{i}" for i in vocabulary["item_index"]], count=7)
     day_vocabulary = pd.concat([foreign.iloc[:19], vocabulary.iloc[19:].assign(count=7)], ignore_index=True)
-    settings.vocab_dir(day).mkdir(parents=True)
-    day_vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
-    settings.day_item_counts_dir(day).mkdir(parents=True)
-    day_events = settings.day_item_counts_dir(day) / "part-0.parquet"
+    settings.lake.vocab_dir(day).mkdir(parents=True)
+    day_vocabulary.to_parquet(settings.lake.vocab_dir(day) / "part-0.parquet", index=False)
+    settings.lake.day_item_counts_dir(day).mkdir(parents=True)
+    day_events = settings.lake.day_item_counts_dir(day) / "part-0.parquet"
     day_vocabulary[["item_id", "count"]].to_parquet(day_events, index=False)
 
     with pytest.raises(IncompatibleModelError, match=r"knows 32\.1% of the day's events, below .* 50%") as refused:
         recommend.run(settings, day, version=version)
     assert "nothing was written" in str(refused.value)
-    assert not settings.recommendations_dir(day).exists()
-    assert read_run_stats(settings.run_stats_dir("recommend", day)) is None
+    assert not settings.lake.recommendations_dir(day).exists()
+    assert read_run_stats(settings.lake.run_stats_dir("recommend", day)) is None
 
     # The catalogue fits, but the model reads event types in another order.
     fitting = day_vocabulary.assign(item_id=vocabulary["item_id"])
-    fitting.to_parquet(settings.vocab_dir(day) / "part-0.parquet")
+    fitting.to_parquet(settings.lake.vocab_dir(day) / "part-0.parquet")
     fitting[["item_id", "count"]].to_parquet(day_events, index=False)
-    reordered = get_settings(data_dir=settings.data_dir, seq_len=8, event_types=list(reversed(settings.event_types)))
+    reordered = get_settings(
+        data_dir=settings.lake.data_dir, seq_len=8, event_types=list(reversed(settings.sessionize.event_types))
+    )
     with pytest.raises(IncompatibleModelError, match="trained on event types") as refused:
         recommend.run(reordered, day, version=version)
     assert "knows" not in str(refused.value)
-    assert not settings.recommendations_dir(day).exists()
+    assert not settings.lake.recommendations_dir(day).exists()
 
     with pytest.raises(LookupError, match=f"has no version {version + 1} in the registry"):
         recommend.run(settings, day, version=version + 1)
 
     # The check weighs the day's own events, not all history: the vocabulary (all-time counts) is the model's own,
     # but 80% of today's events fall on items that arrived since training.
-    vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
+    vocabulary.to_parquet(settings.lake.vocab_dir(day) / "part-0.parquet", index=False)
     today = pd.DataFrame({"item_id": ["i2", "new-1", "new-2"], "count": [20, 40, 40]})
     today.to_parquet(day_events, index=False)
     with pytest.raises(IncompatibleModelError, match=r"knows 20\.0% of the day's events"):
@@ -190,8 +192,8 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
     marker.unlink()
 
     day = DS + dt.timedelta(days=5)
-    settings.vocab_dir(day).mkdir(parents=True)
-    vocabulary.to_parquet(settings.vocab_dir(day) / "part-0.parquet", index=False)
+    settings.lake.vocab_dir(day).mkdir(parents=True)
+    vocabulary.to_parquet(settings.lake.vocab_dir(day) / "part-0.parquet", index=False)
     rng = np.random.default_rng(5)
     items = rng.integers(2, 30, size=(40, 8)).astype(np.int32)
     sequences = Sequences(
@@ -201,7 +203,7 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
         np.full_like(items, 3),
         [np.zeros(0, np.int64)] * 40,
     )
-    write_sequences(sequences, settings.sequences_dir(day), files=2)
+    write_sequences(sequences, settings.lake.sequences_dir(day), files=2)
 
     scored = recommend.run(settings, day, version=malicious, k=5)  # Spark Python workers load the version
     gated = promote.gate(settings, day, challenger=malicious, auto_promote=False)  # the gate loads it too
@@ -212,7 +214,7 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
     assert not marker.exists(), "the pipeline unpickled registry content"
 
     with pytest.raises(Exception):  # noqa: B017 - the control: MLflow's own loader runs the pickle's code
-        mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{malicious}")
+        mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}/{malicious}")
     assert marker.exists()
 
 
@@ -225,7 +227,7 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
 
     settings, version, _ = registered
     client = registry.configure(settings)
-    model_id = client.get_model_version(settings.model_name, str(version)).source.removeprefix("models:/")
+    model_id = client.get_model_version(settings.model.model_name, str(version)).source.removeprefix("models:/")
     location = mlflow.get_logged_model(model_id).artifact_location.removeprefix("file://")
     stored = Path(location) / "artifacts" / "recommender" / "model.weights.h5"
     original = stored.read_bytes()

@@ -20,7 +20,7 @@ def served(tmp_path_factory):
     card = tmp_path / "model_card.md"
     card.write_text("# Model card\n")
     version, vocabulary = register_tiny_model(settings, documents={"model_card": card})
-    return settings, version, vocabulary, mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    return settings, version, vocabulary, mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}/{version}")
 
 
 def test_the_pyfunc_takes_histories_with_types_and_timestamps(served):
@@ -63,7 +63,7 @@ def test_a_model_trained_to_allow_repeats_serves_seen_items_marked_as_repeats(se
 
     settings = served[0]
     version, _ = register_tiny_model(settings, policy=RepeatPolicy(ALLOW_REPEATS))
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}/{version}")
     out = model.predict(pd.DataFrame({"history": [["i5", "i9", "i4"]]}), params={"k": 500})
     items, repeats = list(out["item_ids"][0]), list(out["is_repeat"][0])
     assert len(items) == len(set(items)) == 28  # every catalogue item, the three seen ones included
@@ -72,7 +72,7 @@ def test_a_model_trained_to_allow_repeats_serves_seen_items_marked_as_repeats(se
 
 def test_the_model_card_travels_with_the_version(served):
     settings, version, vocabulary, model = served
-    folder = mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}")
+    folder = mlflow.artifacts.download_artifacts(f"models:/{settings.model.model_name}/{version}")
     assert (pd.io.common.Path(folder) / "artifacts" / "model_card.md").read_text().startswith("# Model card")
 
 
@@ -111,8 +111,8 @@ def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeyp
     elsewhere, other_version, _, _ = served
     registry.set_champion(registry.configure(elsewhere), elsewhere, other_version, "test")
     configured = get_settings(data_dir=tmp_path / "configured", seq_len=8)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere.mlflow_tracking_uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere.mlflow_tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere.engines.mlflow_tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", elsewhere.engines.mlflow_tracking_uri)
 
     with pytest.raises(LookupError, match="no `champion` alias"):
         registry.champion_version(configured)

@@ -10,8 +10,7 @@ import pytest
 
 from jobs import sessionize
 from model_lib.config import get_settings
-from model_lib.contracts import REASON_CODES
-from model_lib.data import events as ev
+from model_lib.contracts import REASON_CODES, SEQUENCE_COLUMNS
 from model_lib.data import state
 from model_lib.data.sources import SynthSpec, write_synth
 
@@ -20,13 +19,13 @@ SPEC = SynthSpec(users=40, items=30, days=4, malformed_share=0.03, duplicate_sha
 
 
 def sequences(settings, ds):
-    frame = pd.read_parquet(settings.sequences_dir(ds)).sort_values("user_id").reset_index(drop=True)
+    frame = pd.read_parquet(settings.lake.sequences_dir(ds)).sort_values("user_id").reset_index(drop=True)
     return frame.map(lambda v: v.tolist() if hasattr(v, "tolist") else v)
 
 
 @pytest.fixture
 def raw_days(settings):
-    per_day = write_synth(SPEC, settings.raw_events_dir)
+    per_day = write_synth(SPEC, settings.lake.raw_events_dir)
     return [dt.date.fromisoformat(day) for day in sorted(per_day)], per_day
 
 
@@ -36,15 +35,17 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert stats["mode"] == "full" and stats["read"] == sum(per_day.values())
     assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
     assert stats["duplicates"] > 0 and set(stats["quarantined_by_reason"]) == set(REASON_CODES)
-    quarantine = spark.read.parquet(str(settings.quarantine_root))
+    quarantine = spark.read.parquet(str(settings.lake.quarantine_root))
     assert quarantine.count() == stats["quarantined"]
     assert {r["dt"].isoformat() for r in quarantine.select("dt").distinct().collect()} <= set(per_day)
-    table = pd.read_parquet(settings.run_stats_root("sessionize"))
+    table = pd.read_parquet(settings.lake.run_stats_root("sessionize"))
     assert table["read"].tolist() == [stats["read"]] and table["status"].tolist() == ["succeeded"]
     assert table[[f"quarantined_{c}" for c in REASON_CODES]].sum(axis=1).tolist() == [stats["quarantined"]]
     frame = sequences(settings, days[-1])
-    assert len(frame) == stats["users"] and {len(items) for items in frame["item_indices"]} == {settings.seq_len}
-    assert list(frame.columns) == ev.SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
+    assert len(frame) == stats["users"] and {len(items) for items in frame["item_indices"]} == {
+        settings.sessionize.seq_len
+    }
+    assert list(frame.columns) == SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
 
 
 def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
@@ -56,42 +57,45 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
         assert nightly["mode"] == "incremental" and nightly["days_read"] == 1
         assert nightly["read"] == nightly["valid"] + nightly["duplicates"] + nightly["quarantined"]
     incremental = sequences(settings, days[-1])
-    incremental_vocabulary = pd.read_parquet(settings.vocab_dir(days[-1]))
+    incremental_vocabulary = pd.read_parquet(settings.lake.vocab_dir(days[-1]))
     rebuilt = sessionize.run(settings, days[-1], spark=spark, mode="full")
     assert rebuilt["mode"] == "full" and rebuilt["days_read"] == len(days)
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
-    pd.testing.assert_frame_equal(incremental_vocabulary, pd.read_parquet(settings.vocab_dir(days[-1])))
+    pd.testing.assert_frame_equal(incremental_vocabulary, pd.read_parquet(settings.lake.vocab_dir(days[-1])))
     assert incremental["older_item_indices"].map(len).sum() > 0  # windows overflowed, so the state was exercised
     # A re-run of the same night replaces its outputs and gives the same sequences again.
     sessionize.run(settings, days[-1], spark=spark, mode="incremental")
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
     # A quiet day: the producer committed an empty partition; every user's sequence carries over unchanged.
     quiet_day = days[-1] + dt.timedelta(days=1)
-    settings.raw_events_day_dir(quiet_day).mkdir()
+    settings.lake.raw_events_day_dir(quiet_day).mkdir()
     quiet = sessionize.run(settings, quiet_day, spark=spark)
     assert (quiet["status"], quiet["mode"], quiet["read"]) == ("succeeded", "incremental", 0)
     pd.testing.assert_frame_equal(incremental, sequences(settings, quiet_day))
     # A different L cannot continue yesterday's state: auto mode rebuilds.
-    longer = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=settings.seq_len + 2)
+    longer = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=settings.sessionize.seq_len + 2)
     with pytest.raises(RuntimeError, match="other seq_len"):
         sessionize.run(longer, days[-1], spark=spark, mode="incremental")
     changed = sessionize.run(longer, days[-1], spark=spark)
-    assert changed["mode"] == "full" and len(sequences(longer, days[-1])["item_indices"][0]) == settings.seq_len + 2
+    assert (
+        changed["mode"] == "full"
+        and len(sequences(longer, days[-1])["item_indices"][0]) == settings.sessionize.seq_len + 2
+    )
 
 
 def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
     day = dt.date(2024, 3, 1)
-    folder = settings.raw_events_day_dir(day)
+    folder = settings.lake.raw_events_day_dir(day)
     folder.mkdir(parents=True)
     good = [f'{{"user_id":"u{i}","item_id":"i1","event_type":"view","ts":"{day}T10:00:0{i}Z"}}' for i in range(9)]
     with gzip.open(folder / "part-00000.jsonl.gz", "wt") as handle:
         handle.write("\n".join([*good, "{truncated"]) + "\n")
     with pytest.raises(ValueError, match=r"1 of 10 lines \(10.0%\) were quarantined"):
         sessionize.run(settings, day, spark=spark)
-    assert pd.read_parquet(settings.quarantine_dir(day))["reason"].tolist() == ["not_json"]
-    assert pd.read_parquet(settings.run_stats_dir("sessionize", day))["status"].tolist() == ["failed"]
-    assert not settings.sequences_dir(day).exists() and not settings.state_dir(day).exists()
-    relaxed = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=0.2)
+    assert pd.read_parquet(settings.lake.quarantine_dir(day))["reason"].tolist() == ["not_json"]
+    assert pd.read_parquet(settings.lake.run_stats_dir("sessionize", day))["status"].tolist() == ["failed"]
+    assert not settings.lake.sequences_dir(day).exists() and not settings.lake.state_dir(day).exists()
+    relaxed = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=0.2)
     assert sessionize.run(relaxed, day, spark=spark)["users"] == 9
 
 
@@ -112,10 +116,10 @@ def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
         json.dumps({"user_id": f"u{n % 7}", "item_id": f"i{n % 5}", "event_type": "view", **event})
         for n, event in enumerate(poison + good)
     ]
-    folder = settings.raw_events_day_dir(day)
+    folder = settings.lake.raw_events_day_dir(day)
     folder.mkdir(parents=True)
     (folder / "part-00000.jsonl").write_text("\n".join(lines) + "\n")
-    relaxed = get_settings(data_dir=settings.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=1.0)
+    relaxed = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=1.0)
 
     stats = sessionize.run(relaxed, day, spark=spark)
 
@@ -133,11 +137,11 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
     import json
 
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
-    day = settings.sessionized_dir(yesterday)
+    day = settings.lake.sessionized_dir(yesterday)
     day.mkdir(parents=True)
-    (day / state.MANIFEST).write_text(json.dumps({"shape": state.state_shape(settings)}))
+    (day / state.MANIFEST).write_text(json.dumps({"shape": state.state_shape(settings.sessionize)}))
     assert state.plan_run(settings, today, "auto").mode == "incremental"
-    other = get_settings(**{"data_dir": settings.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
+    other = get_settings(**{"data_dir": settings.lake.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
     plan = state.plan_run(other, today, "auto")
     assert plan.mode == "full" and next(iter(changed)) in plan.why
     with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):
@@ -149,10 +153,10 @@ def test_a_state_judged_by_older_validation_rules_is_rebuilt_in_full(settings):
     import json
 
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
-    day = settings.sessionized_dir(yesterday)
+    day = settings.lake.sessionized_dir(yesterday)
     day.mkdir(parents=True)
     older_rules = [code for code in REASON_CODES if code not in ("bad_encoding", "bad_id")]
-    older_shape = {**state.state_shape(settings), "reason_codes": older_rules}
+    older_shape = {**state.state_shape(settings.sessionize), "reason_codes": older_rules}
     (day / state.MANIFEST).write_text(json.dumps({"shape": older_shape}))
     plan = state.plan_run(settings, today, "auto")
     assert plan.mode == "full" and "reason_codes" in plan.why

@@ -32,7 +32,7 @@ def master_state(web_port: int) -> dict:
 
 @pytest.fixture
 def standalone_cluster(tmp_path):
-    env = {**os.environ, **engine_environment(get_settings(data_dir=tmp_path))}
+    env = {**os.environ, **engine_environment(get_settings(data_dir=tmp_path).engines)}
     port, web_port, worker_web_port = free_port(), free_port(), free_port()
     master = start_server(
         [str(BIN / "spark-class"), "org.apache.spark.deploy.master.Master"]
@@ -61,11 +61,13 @@ def standalone_cluster(tmp_path):
 def test_sessionize_on_a_standalone_cluster_equals_local_mode(standalone_cluster, tmp_path, spark):
     port, web_port = standalone_cluster
     cluster_data = tmp_path / "cluster" / "data"
-    per_day = write_synth(SynthSpec(users=30, items=20, days=2), get_settings(data_dir=cluster_data).raw_events_dir)
+    per_day = write_synth(
+        SynthSpec(users=30, items=20, days=2), get_settings(data_dir=cluster_data).lake.raw_events_dir
+    )
     ds = max(per_day)
     env = {
         **os.environ,
-        **engine_environment(get_settings(data_dir=cluster_data)),
+        **engine_environment(get_settings(data_dir=cluster_data).engines),
         "RECO_DATA_DIR": str(cluster_data),
         "RECO_MIN_ITEM_COUNT": "1",
         "RECO_SEQ_LEN": "8",
@@ -77,12 +79,12 @@ def test_sessionize_on_a_standalone_cluster_equals_local_mode(standalone_cluster
     assert f"reco-sessionize-{ds}" in applications  # it really ran on the cluster
 
     local = get_settings(data_dir=tmp_path / "local" / "data", min_item_count=1, seq_len=8)
-    shutil.copytree(get_settings(data_dir=cluster_data).raw_events_dir, local.raw_events_dir)
+    shutil.copytree(get_settings(data_dir=cluster_data).lake.raw_events_dir, local.lake.raw_events_dir)
     sessionize.run(local, dt.date.fromisoformat(ds), spark=spark)
     on_cluster = get_settings(data_dir=cluster_data, min_item_count=1, seq_len=8)
     for folder in ("sequences_dir", "vocab_dir"):
-        expected = pd.read_parquet(getattr(local, folder)(dt.date.fromisoformat(ds)))
-        actual = pd.read_parquet(getattr(on_cluster, folder)(dt.date.fromisoformat(ds)))
+        expected = pd.read_parquet(getattr(local.lake, folder)(dt.date.fromisoformat(ds)))
+        actual = pd.read_parquet(getattr(on_cluster.lake, folder)(dt.date.fromisoformat(ds)))
         sort = "user_id" if "user_id" in expected else "item_index"
         pd.testing.assert_frame_equal(
             actual.sort_values(sort).reset_index(drop=True).map(_plain),

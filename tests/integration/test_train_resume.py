@@ -42,14 +42,14 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     }
     settings = get_settings(data_dir=data, seq_len=8)
     ds = parse_ds(DS)
-    write_sequences(cycle_sequences(300, 40, 8), settings.sequences_dir(ds))
-    settings.vocab_dir(ds).mkdir(parents=True)
+    write_sequences(cycle_sequences(300, 40, 8), settings.lake.sequences_dir(ds))
+    settings.lake.vocab_dir(ds).mkdir(parents=True)
     pd.DataFrame(
         {"item_id": [f"i{k}" for k in range(2, 40)], "item_index": np.arange(2, 40, dtype=np.int32), "count": 10}
-    ).to_parquet(settings.vocab_dir(ds) / "part-0.parquet")
+    ).to_parquet(settings.lake.vocab_dir(ds) / "part-0.parquet")
 
     command = [sys.executable, "-m", "jobs.train", "--ds", DS]
-    state_file = settings.checkpoint_dir(ds) / "loop_state.json"
+    state_file = settings.lake.checkpoint_dir(ds) / "loop_state.json"
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     try:
@@ -63,14 +63,14 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
         first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL
     saved = len(json.loads(state_file.read_text())["history"])
-    run_id = (settings.checkpoint_dir(ds) / "mlflow_run_id").read_text().strip()
+    run_id = (settings.lake.checkpoint_dir(ds) / "mlflow_run_id").read_text().strip()
     assert 2 <= saved < EPOCHS
 
     _, output = run_ok(command, env)
     assert f"resuming after epoch {saved}" in output
     summary = json.loads(output.split("[reco] train summary ", 1)[1].splitlines()[0])
     assert summary["run_id"] == run_id and summary["resumed_after_epoch"] == saved
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(settings.engines.mlflow_tracking_uri)
     steps = {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")}
     assert steps == set(range(1, EPOCHS + 1))
-    assert not settings.checkpoint_dir(ds).exists()  # registered: a re-run of the day starts afresh
+    assert not settings.lake.checkpoint_dir(ds).exists()  # registered: a re-run of the day starts afresh

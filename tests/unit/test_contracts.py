@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-from model_lib.contracts import REASON_CODES
-from model_lib.data import events as ev
+from model_lib.contracts import REASON_CODES, SEQUENCE_COLUMNS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -18,7 +17,7 @@ def documented_columns(title: str) -> list[str]:
 
 
 def test_sequence_columns_are_documented_in_order():
-    assert documented_columns("Sequences") == ev.SEQUENCE_COLUMNS
+    assert documented_columns("Sequences") == SEQUENCE_COLUMNS
 
 
 def test_quarantine_reasons_are_documented_in_checking_order():

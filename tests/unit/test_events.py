@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from model_lib.config import get_settings
 from model_lib.data import events as ev
-from model_lib.data.vocabulary import ranked_candidates, stable_vocabulary
+from model_lib.data.vocabulary import item_counts, ranked_candidates, stable_vocabulary
 
 pytestmark = pytest.mark.spark
 TYPES = ["view", "add_to_cart", "purchase"]
@@ -34,7 +34,7 @@ def lines_frame(spark, lines, day=DAY):
 
 
 def validated(spark, lines, rules, day=DAY):
-    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines, day)), ev.ValidationRules.of(rules))
+    return ev.validate(ev.parse_raw_lines(lines_frame(spark, lines, day)), ev.ValidationRules.of(rules.sessionize))
 
 
 def valid_events(spark, lines, rules):
@@ -43,10 +43,10 @@ def valid_events(spark, lines, rules):
 
 def histories(spark, lines, rules, min_count=1, previous_vocabulary=None):
     events = valid_events(spark, lines, rules)
-    counts = ev.item_counts(events).toPandas()
+    counts = item_counts(events).toPandas()
     vocabulary = stable_vocabulary(ranked_candidates(counts, min_count, 100), previous_vocabulary)
     frame = spark.createDataFrame(vocabulary, "item_id string, item_index int, count long")
-    rows = ev.user_histories(events, frame, ev.SequenceRules.of(rules)).collect()
+    rows = ev.user_histories(events, frame, ev.SequenceRules.of(rules.sessionize)).collect()
     return {r["user_id"]: r for r in rows}, dict(zip(vocabulary["item_id"], vocabulary["item_index"], strict=True))
 
 
@@ -102,7 +102,7 @@ def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rule
     frame = spark.createDataFrame(
         rows, "line binary, dt string, arrival struct<dt: string, file: string, line: bigint>"
     ).withColumn("line", F.col("line").cast("string"))  # what spark.read.text makes of these bytes
-    checked = ev.validate(ev.parse_raw_lines(frame), ev.ValidationRules.of(rules))
+    checked = ev.validate(ev.parse_raw_lines(frame), ev.ValidationRules.of(rules.sessionize))
     assert [r["reason"] for r in checked.orderBy("arrival").collect()] == [None, *["bad_encoding"] * 3]
 
     ev.quarantine_rows(checked).write.parquet(str(tmp_path / "quarantine"))
@@ -186,7 +186,7 @@ def test_histories_take_one_shuffle_by_user(spark, rules):
     events = valid_events(spark, [line(item=i, ts=T0 + k) for k, i in enumerate("abcab")], rules)
     vocabulary = spark.createDataFrame([("a", 2, 2)], "item_id string, item_index int, count long")
     plan = (
-        ev.user_histories(events, vocabulary, ev.SequenceRules.of(rules))
+        ev.user_histories(events, vocabulary, ev.SequenceRules.of(rules.sessionize))
         ._jdf.queryExecution()
         .executedPlan()
         .toString()
@@ -229,7 +229,7 @@ def test_folders_that_are_not_dates_are_not_raw_days(spark, rules, tmp_path):
     from model_lib.data.state import Plan
 
     for folder in ("dt=2023-11-14", "dt=0000-00-00", "dt=garbage"):
-        (rules.raw_events_dir / folder).mkdir(parents=True)
-        (rules.raw_events_dir / folder / "part-0.jsonl").write_text(line() + "\n")
+        (rules.lake.raw_events_dir / folder).mkdir(parents=True)
+        (rules.lake.raw_events_dir / folder / "part-0.jsonl").write_text(line() + "\n")
     lines = extract_raw_lines(spark, rules, dt.date(2023, 11, 14), Plan("full", "test"))
     assert [row["dt"] for row in lines.collect()] == ["2023-11-14"]

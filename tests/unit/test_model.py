@@ -79,8 +79,8 @@ def test_learns_a_sequential_task_far_above_chance(settings, tmp_path, attention
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8)
     files = write_sequences(sequences, tmp_path / "sequences")
-    tuned = settings.model_copy(
-        update={
+    tuned = settings.updated(
+        **{
             "epochs": 12,
             "batch_size": 32,
             "embedding_dim": 16,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from helpers.sequence_files import cycle_sequences
+from model_lib.config import TrainingSettings
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation import baselines
 from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
@@ -39,7 +40,7 @@ def test_the_repeat_mechanism_learns_who_rebuys(settings, tmp_path):
     num_items = 40
     sequences = shoppers_and_explorers(400, num_items, 10)
     files = write_sequences(sequences, tmp_path / "sequences")
-    repeats = settings.model_copy(update={**TINY, "epochs": 20, "patience": 20, "repeat_policy": ALLOW_REPEATS})
+    repeats = settings.updated(**{**TINY, "epochs": 20, "patience": 20, "repeat_policy": ALLOW_REPEATS})
     result = train_next_item_model(files, num_items, repeats, verbose=0)
     assert result.model.repeat_mechanism
     split = protocol_split(sequences)
@@ -107,16 +108,16 @@ def test_cutting_to_the_window_keeps_the_cut_items_excluded():
     assert cut.items.tolist() == [[4, 5, 6]] and cut.older_items[0].tolist() == [2, 3, 9]
 
 
-def test_a_budget_in_updates_does_not_depend_on_the_data_size(settings):
-    small = TrainingBudget.of(settings.model_copy(update={"max_updates": 1000, "eval_every_updates": 300}), 11)
+def test_a_budget_in_updates_does_not_depend_on_the_data_size():
+    small = TrainingBudget.of(TrainingSettings(max_updates=1000, eval_every_updates=300), 11)
     assert (small.rounds, small.steps_per_round, small.total_updates) == (4, 300, 1200)
-    passes = TrainingBudget.of(settings.model_copy(update={"max_updates": 0, "epochs": 5}), 11)
+    passes = TrainingBudget.of(TrainingSettings(max_updates=0, epochs=5), 11)
     assert (passes.rounds, passes.steps_per_round) == (5, 11)
 
 
-def test_early_stopping_ignores_gains_inside_the_noise(settings):
+def test_early_stopping_ignores_gains_inside_the_noise():
     state = {"best_score": -1.0, "best_epoch": 0, "reference_score": -1.0, "waited": 0}
-    rule = settings.model_copy(update={"early_stop_stderr": 0.5})
+    rule = TrainingSettings(early_stop_stderr=0.5)
     for epoch, score in enumerate([0.30, 0.305, 0.302, 0.306], start=1):
         track_early_stopping(state, epoch, score, 0.02, rule)
     assert state["waited"] == 3 and state["best_epoch"] == 4  # no gain beyond 0.01, yet the best weights are kept

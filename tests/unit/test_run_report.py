@@ -16,10 +16,11 @@ def test_headline_picks_the_named_fields_in_order_and_reaches_into_nested_result
 
 def test_collect_joins_spark_stats_and_returned_values_and_ignores_an_earlier_run(settings):
     write_run_stats(
-        {"status": "succeeded", "mode": "incremental", "read": 10, "users": 4}, settings.run_stats_dir("sessionize", DS)
+        {"status": "succeeded", "mode": "incremental", "read": 10, "users": 4},
+        settings.lake.run_stats_dir("sessionize", DS),
     )
     finished = dt.datetime.fromisoformat(
-        __import__("pandas").read_parquet(settings.run_stats_dir("sessionize", DS))["finished_at"][0]
+        __import__("pandas").read_parquet(settings.lake.run_stats_dir("sessionize", DS))["finished_at"][0]
     )
     returned = {"resolve_champion": 2, "publish": {"rows": 40, "users": 4, "model_version": 2, "seconds": 1.5}}
     steps = ("sessionize", "resolve_champion", "recommend", "publish")

@@ -24,7 +24,7 @@ def test_the_java_spark_gets_is_17_or_newer():
 
 
 def test_engine_environment_binds_to_loopback_and_points_at_the_settings(tmp_path):
-    env = engine_environment(get_settings(data_dir=tmp_path, spark_master="local[1]"))
+    env = engine_environment(get_settings(data_dir=tmp_path, spark_master="local[1]").engines)
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert env["AIRFLOW_HOME"] == str(tmp_path / "airflow")
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"

@@ -97,8 +97,8 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8, event_types=3)
     files = write_sequences(sequences, tmp_path / "sequences")
-    tuned = settings.model_copy(
-        update={
+    tuned = settings.updated(
+        **{
             **TINY,
             "epochs": 12,
             "patience": 12,
@@ -122,19 +122,17 @@ def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
 
     files = write_sequences(cycle_sequences(200, 30, 8), tmp_path / "sequences")
     # A shorter budget stands in for the kill, so the learning rate must not depend on the budget here.
-    tuned = settings.model_copy(update={**TINY, "patience": 10, "lr_schedule": "constant"})
+    tuned = settings.updated(**{**TINY, "patience": 10, "lr_schedule": "constant"})
     checkpoints = tmp_path / "checkpoints"
-    first = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 2}), checkpoints, verbose=0)
+    first = train_next_item_model(files, 30, tuned.updated(epochs=2), checkpoints, verbose=0)
     assert first.resumed_after_epoch == 0 and (checkpoints / "loop_state.json").exists()
-    resumed = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 4}), checkpoints, verbose=0)
-    straight = train_next_item_model(files, 30, tuned.model_copy(update={"epochs": 4}), tmp_path / "other", verbose=0)
+    resumed = train_next_item_model(files, 30, tuned.updated(epochs=4), checkpoints, verbose=0)
+    straight = train_next_item_model(files, 30, tuned.updated(epochs=4), tmp_path / "other", verbose=0)
     assert resumed.resumed_after_epoch == 2
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
     for mine, reference in zip(resumed.model.get_weights(), straight.model.get_weights(), strict=True):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
     # other settings never resume a checkpoint
-    fresh = train_next_item_model(
-        files, 30, tuned.model_copy(update={"epochs": 1, "hidden_dim": 8}), checkpoints, verbose=0
-    )
+    fresh = train_next_item_model(files, 30, tuned.updated(epochs=1, hidden_dim=8), checkpoints, verbose=0)
     assert fresh.resumed_after_epoch == 0

@@ -1,0 +1,320 @@
+"""The eight groups `Settings` is made of (model_lib/config/__init__.py): each field, its default, its check."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from model_lib.redaction import redact
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SESSIONIZE_MODES = ("auto", "full", "incremental")
+SOFTMAX_MODES = ("auto", "full", "sampled")
+MISSING_RAW_ACTIONS = ("skip", "fail")
+LR_SCHEDULES = ("cosine", "constant")
+TRAINING_LAUNCHERS = ("local", "kubernetes")
+# The names evaluation.metrics uses (kept import-free here).
+REPEAT_POLICIES = ("exclude_seen", "allow_repeats")
+MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _warehouse_scheme(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("duckdb://", "postgresql://")):
+        raise ValueError(f"unknown warehouse URL scheme in {redact(value)!r}: use duckdb:///path or postgresql://")
+    return value
+
+
+def _top_k_bound(value: int) -> int:
+    if value > MAX_TOP_K:
+        raise ValueError(f"top_k is at most {MAX_TOP_K}, got {value}")
+    return value
+
+
+Positive = Annotated[int, AfterValidator(_positive)]
+NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
+NonNegative = Annotated[float, AfterValidator(_non_negative)]
+Share = Annotated[float, AfterValidator(_share)]
+
+
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {choices}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+class LakeSettings(BaseModel):
+    """Where the data lives (embedded defaults under one project-local folder), and the one place that names every
+    folder of the lake."""
+
+    data_dir: Path = PROJECT_ROOT / "data"
+    lake_dir: Path | None = None  # default: data_dir/lake
+
+    @property
+    def raw_events_dir(self) -> Path:
+        return self.lake_dir / "raw" / "events"
+
+    def raw_events_day_dir(self, day: dt.date) -> Path:
+        """One arrival day of raw events; a producer commits it whole, so once it exists it has landed."""
+        return self.raw_events_dir / f"dt={day.isoformat()}"
+
+    @property
+    def items_dir(self) -> Path:
+        return self.lake_dir / "items"
+
+    @property
+    def sessionized_root(self) -> Path:
+        return self.lake_dir / "sessionized"
+
+    def sessionized_dir(self, ds: dt.date) -> Path:
+        """What sessionize made of a day, committed as ONE unit: sequences/, vocab/, state/ and manifest.json.
+
+        A crash can therefore never leave a day's new sequences beside its old vocabulary: readers find the
+        previous complete day or the new complete one.
+        """
+        return self.sessionized_root / f"ds={ds.isoformat()}"
+
+    def sequences_dir(self, ds: dt.date) -> Path:
+        return self.sessionized_dir(ds) / "sequences"
+
+    def vocab_dir(self, ds: dt.date) -> Path:
+        return self.sessionized_dir(ds) / "vocab"
+
+    def day_item_counts_dir(self, ds: dt.date) -> Path:
+        """Valid new events per item_id that arrived in raw dt=ds (every item, in the vocabulary or not)."""
+        return self.sessionized_dir(ds) / "day_item_counts"
+
+    @property
+    def quarantine_root(self) -> Path:
+        """Rejected raw lines, partitioned like the raw events: quarantine/events/dt=D/."""
+        return self.lake_dir / "quarantine" / "events"
+
+    def quarantine_dir(self, day: dt.date) -> Path:
+        return self.quarantine_root / f"dt={day.isoformat()}"
+
+    def state_dir(self, ds: dt.date) -> Path:
+        """Per-user state after ds (last L+1 events, older items), dedup keys and item counts."""
+        return self.sessionized_dir(ds) / "state"
+
+    def run_stats_root(self, step: str) -> Path:
+        """The run-stats table of a Spark step (sessionize, recommend): one Parquet folder per ds, one row each."""
+        return self.lake_dir / "run_stats" / step
+
+    def run_stats_dir(self, step: str, ds: dt.date) -> Path:
+        return self.run_stats_root(step) / f"ds={ds.isoformat()}"
+
+    def checkpoint_dir(self, ds: dt.date) -> Path:
+        """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""
+        return self.data_dir / "checkpoints" / f"train-ds={ds.isoformat()}"
+
+    def recommendations_dir(self, ds: dt.date) -> Path:
+        return self.lake_dir / "recommendations" / f"ds={ds.isoformat()}"
+
+
+class EngineSettings(BaseModel):
+    """The engines and stores the platform talks to. The stores default to files under lake.data_dir."""
+
+    spark_master: str = "local[2]"
+    # Heap of the driver JVM and of each executor. Under spark-submit (the DAGs) they are passed on its command
+    # line: a running JVM cannot be given more heap from inside the session.
+    spark_driver_memory: str = "4g"
+    spark_executor_memory: str = "2g"
+    spark_shuffle_partitions: int = 8
+    # Where the driver listens and how executors reach it: loopback on one machine; on a cluster, the address of
+    # the machine running the driver (the Airflow worker in client mode) and 0.0.0.0.
+    spark_driver_host: str = "127.0.0.1"
+    spark_bind_address: str = "127.0.0.1"
+    warehouse_url: Annotated[str | None, AfterValidator(_warehouse_scheme)] = None  # duckdb:///abs/path.duckdb
+    mlflow_tracking_uri: str | None = None
+    mlflow_artifact_root: Path | None = None
+    airflow_home: Path | None = None
+
+
+class SessionizeSettings(BaseModel):
+    """The raw-event contract (what a valid event is) and the padded sequences it becomes."""
+
+    event_types: list[str] = Field(default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "like", "rate"])
+    session_gap_minutes: Positive = 30
+    seq_len: Positive = 50  # events the model reads per user (its window L)
+    # Events kept per user in the sequences (0 = seq_len): a longer history lets training cut several windows of
+    # seq_len from one long user (training.window_stride apart) while scoring still reads the last seq_len.
+    history_len: NonNegativeInt = 0
+    min_item_count: Positive = 5
+    max_vocab_size: Positive = 100_000
+    max_gap_bucket: int = 20
+    # An event may arrive in a dt folder up to this long after its own time; older arrivals are `too_late`.
+    allowed_lateness_hours: int = 72
+    # Clocks drift: an event up to this far past the end of its dt is accepted, further is `future_ts`.
+    future_tolerance_minutes: int = 60
+    max_line_chars: Positive = 8192
+    max_id_chars: Positive = 256
+    # The run fails (after writing the quarantine) when more than this share of the lines it read is quarantined.
+    max_quarantine_share: Share = 0.05
+    # auto = incremental from the previous day's state when it exists and matches, else a full rebuild.
+    sessionize_mode: Annotated[str, _one_of(SESSIONIZE_MODES)] = "auto"
+
+    @property
+    def num_event_types(self) -> int:
+        """Event-type vocabulary size: 0 = padding, then the configured types in order."""
+        return len(self.event_types) + 1
+
+    @property
+    def stored_events(self) -> int:
+        """Events per user in the sequence files and the sessionize state: the history, at least the model's window."""
+        return max(self.seq_len, self.history_len)
+
+    @property
+    def num_gap_buckets(self) -> int:
+        """0 = padding, 1 = first event of a user, 2.. = log2-scaled gap seconds up to max_gap_bucket."""
+        return self.max_gap_bucket + 1
+
+
+class ModelSettings(BaseModel):
+    """The network over a window of sessionize.seq_len events: its shape, its loss and its compilation."""
+
+    model_name: str = "reco-lstm-attention"  # its name in the MLflow registry
+    embedding_dim: Positive = 64
+    hidden_dim: Positive = 64
+    lstm_layers: int = 1
+    # 0: one NARM-style attention over the LSTM states; n > 0: n transformer blocks (causal self-attention with
+    # attention_heads heads + feed-forward, residuals, layer norm) over them. See model_lib/model/network.py.
+    attention_blocks: NonNegativeInt = 0
+    attention_heads: Positive = 2
+    dropout: float = 0.1
+    xla: bool = True  # XLA-compiles the train step (the LSTM loop runs much faster on CPU)
+    # full = softmax over the whole catalogue; sampled = `sampled_negatives` items drawn from the unigram^0.75
+    # distribution with the log-Q correction; auto = sampled once the catalogue exceeds sampled_softmax_min_items.
+    softmax: Annotated[str, _one_of(SOFTMAX_MODES)] = "auto"
+    sampled_negatives: Positive = 1000
+    sampled_softmax_min_items: Positive = 100_000
+    # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...); 0 = no auxiliary head.
+    event_type_loss_weight: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _heads_split_hidden(self) -> ModelSettings:
+        if self.attention_blocks and self.hidden_dim % self.attention_heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} does not split into {self.attention_heads} attention heads")
+        return self
+
+    def uses_sampled_softmax(self, num_items: int) -> bool:
+        return self.softmax == "sampled" or (self.softmax == "auto" and num_items > self.sampled_softmax_min_items)
+
+
+class TrainingSettings(BaseModel):
+    """One training run: budget, optimizer, learning-rate schedule, early stopping, and its baselines."""
+
+    learning_rate: float = 2e-3
+    # Small batches: on ML-1M the model needs many updates to leave the most-popular plateau (~4 epochs).
+    batch_size: Positive = 64
+    # Training budget. max_updates > 0: that many optimizer updates, validated every eval_every_updates (0: once per
+    # pass over the data), whatever the data's size; max_updates = 0: `epochs` passes over the data.
+    epochs: Positive = 10
+    max_updates: NonNegativeInt = 0
+    eval_every_updates: NonNegativeInt = 0
+    # Learning rate: linear warm-up over warmup_share of the budget, then cosine decay to min_lr_ratio x
+    # learning_rate at its end (lr_schedule=cosine), or constant.
+    lr_schedule: Annotated[str, _one_of(LR_SCHEDULES)] = "cosine"
+    warmup_share: Share = 0.05
+    min_lr_ratio: Share = 0.1
+    # Early stopping after `patience` validations without a gain of more than early_stop_stderr standard errors
+    # of the validation NDCG (a small validation set is noisy); the best validation's weights are kept.
+    patience: int = 3
+    early_stop_stderr: NonNegative = 0.5
+    window_stride: NonNegativeInt = 0  # training windows over a long history start this many events apart (0: seq_len)
+    seed: int = 42
+    eval_k: int = 10
+    # Spark MLlib ALS (implicit) as a baseline in every training run; defaults tuned on the ML-1M validation target.
+    als_baseline: bool = True
+    als_rank: int = 128
+    als_reg_param: float = 0.01
+    als_alpha: float = 1.0
+    als_max_iter: int = 10
+    # The name of hyper-parameters stored by `reco tune` (data_dir/tuned/<name>.json) that training applies; empty:
+    # the settings as they are.
+    tuned: str = ""
+
+    def als_params(self):
+        from model_lib.evaluation.baselines import AlsParams
+
+        return AlsParams(self.als_rank, self.als_reg_param, self.als_alpha, self.als_max_iter, self.seed)
+
+
+class GateSettings(BaseModel):
+    """The floors a challenger must clear to become champion, and the one a champion must clear to be served."""
+
+    # The challenger must beat the champion's hold-out NDCG@10 by more than this margin, recommend at least this
+    # share of the catalogue (coverage@20) and know at least this share of the hold-out's events.
+    promote_margin: float = 0.0
+    promote_min_coverage: Share = 0.05
+    promote_min_known_share: Share = 0.9
+    # The nightly run refuses a champion that knows less than this share of the day's events: a model trained on
+    # another catalogue would give everybody the popular fallback. Lower than the gate's floor, because a champion
+    # ages between trainings while new items arrive.
+    recommend_min_known_share: Share = 0.5
+
+
+class ServingSettings(BaseModel):
+    """What the nightly run recommends, and every metric (evaluation ranks exactly what would be served)."""
+
+    top_k: Annotated[Positive, AfterValidator(_top_k_bound)] = 20  # recommendations per user, at most MAX_TOP_K
+    # exclude_seen: never recommend an item the user has an event on (movies, books); allow_repeats: seen items stay
+    # candidates (grocery, music, re-orders) and the model learns when people repeat. Under exclude_seen, items with
+    # an event of a type in repeatable_event_types (e.g. ["purchase"]) stay candidates. See evaluation/metrics.py.
+    repeat_policy: Annotated[str, _one_of(REPEAT_POLICIES)] = "exclude_seen"
+    repeatable_event_types: list[str] = Field(default_factory=list)
+
+
+class OrchestrationSettings(BaseModel):
+    """How the DAGs wait for the day's data and where training runs (read when the DAG files are parsed)."""
+
+    # The DAGs wait this long for lake/raw/events/dt=ds, looking every raw_poke_seconds, then skip the run
+    # (downstream tasks skipped, yesterday's recommendations stay the latest) or fail it.
+    raw_wait_minutes: NonNegative = 360.0
+    raw_poke_seconds: NonNegative = 300.0
+    on_missing_raw: Annotated[str, _one_of(MISSING_RAW_ACTIONS)] = "fail"
+    # local = the train task runs in the Airflow worker; kubernetes = a GPU pod (KubernetesPodOperator) runs
+    # `reco train` from training_image, with its RECO_* settings from the Kubernetes secret training_env_secret.
+    training_launcher: Annotated[str, _one_of(TRAINING_LAUNCHERS)] = "local"
+    training_image: str = "reco-platform:latest"
+    training_namespace: str = "reco"
+    training_gpus: NonNegativeInt = 1
+    training_env_secret: str = "reco-settings"
+    training_data_claim: str = "reco-data"  # the PersistentVolumeClaim holding data_dir, mounted at the same path
+
+
+GROUPS: dict[str, type[BaseModel]] = {
+    "lake": LakeSettings,
+    "engines": EngineSettings,
+    "sessionize": SessionizeSettings,
+    "model": ModelSettings,
+    "training": TrainingSettings,
+    "gate": GateSettings,
+    "serving": ServingSettings,
+    "orchestration": OrchestrationSettings,
+}
+# Flat names are the public ones (environment variables, get_settings(...), MLflow params), so each is in one group.
+GROUP_OF_FIELD: dict[str, str] = {field: group for group, model in GROUPS.items() for field in model.model_fields}
+assert len(GROUP_OF_FIELD) == sum(len(model.model_fields) for model in GROUPS.values()), "a field name is in two groups"
