@@ -81,8 +81,9 @@ def model_card(
 **What it does.** Predicts each user's next item from their last {seq_len} events (item, event type, time
 gap): embeddings -> LSTM -> causal attention -> scores over all {num_items - FIRST_ITEM_INDEX:,} items. The nightly
 run recommends the top {top_k} items per user under the repeat policy {policy}
-(with the repeat mechanism when seen items may come back); the reason item is the history item the last step
-attended to most. Users whose history holds only unknown items get the most popular items instead.
+(with the repeat mechanism when seen items may come back); each item's reason is the history item the last step
+attended to that is most like it (attention x (1 + cosine) / 2). Users whose history holds only unknown items get
+the most popular items instead.
 
 **Data.** Sequences of lake/sessionized/ds={ds}/sequences ({split_users:,} users); events from {window}; vocabulary
 lake/sessionized/ds={ds}/vocab (travels inside this model). Code version {code_version()}.

@@ -68,7 +68,7 @@ def score_partition(
                 "item_id": recommender.item_ids[result.items[users, ranks]],
                 "score": result.scores[users, ranks].astype(np.float64),
                 "source": np.where(result.repeats[users, ranks], SOURCE_REPEAT, result.sources[users]),
-                "reason_item_id": reason_ids[users],
+                "reason_item_id": reason_ids[users, ranks],
                 "model_name": model_name,
                 "model_version": np.int32(version),
             }

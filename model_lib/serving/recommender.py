@@ -55,7 +55,7 @@ class Recommendations:
     scores: np.ndarray  # (B, K) float32
     repeats: np.ndarray  # (B, K) bool: the user already has an event on the item
     sources: np.ndarray  # (B,) str: model, or popular for a user with no known item
-    reasons: np.ndarray  # (B,) int item index, -1 when there is no reason (popular fallback)
+    reasons: np.ndarray  # (B, K) int: the history item explaining each recommendation (explaining_items), -1: none
 
 
 @dataclass
@@ -86,6 +86,8 @@ class ModelScorer:
         table = np.asarray(self.model.item_embedding.embeddings, dtype=np.float32)
         bias = np.where(self.rankable, np.asarray(self.model.item_bias, dtype=np.float32), -np.inf)
         self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :].astype(np.float32)]))
+        # Unit-length item embeddings: cosine similarity between items for the reasons (explaining_items).
+        self.unit_items = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
 
     def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> LastStep:
         """(B, T) inputs -> LastStep, in batches of at most `batch_size` users."""
@@ -148,6 +150,28 @@ def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items:
     return logits
 
 
+def explaining_items(
+    chosen: np.ndarray, items: np.ndarray, attention: np.ndarray, unit_items: np.ndarray
+) -> np.ndarray:
+    """The history item that explains each recommendation best under the model.
+
+    chosen (B, K) recommended item indices; items (B, T) the window's item indices; attention (B, T) the last step's
+    attention row (how much the user vector drew on each position); unit_items (V, D) unit-length item embeddings.
+    Returns (B, K): for each recommended item r, the window item at the position t maximising
+        attention[t] x (1 + cos(item_t, r)) / 2
+    over the known positions (index >= FIRST_ITEM_INDEX): an item the model both attended to and finds similar to r.
+    The similarity is mapped to [0, 1] so that the order stays meaningful when every cosine is negative (an attended
+    dissimilar item still beats an ignored dissimilar one). A recommended repeat is explained by itself when the
+    model attended to it (cosine 1). Ties go to the earliest position; -1 for a user without a known item.
+    Cost K x T x D per user.
+    """
+    known = items >= FIRST_ITEM_INDEX
+    similarity = np.einsum("bkd,btd->bkt", unit_items[chosen], unit_items[items])
+    weight = np.where(known[:, None, :], attention[:, None, :] * (1.0 + similarity) * 0.5, -np.inf)
+    reasons = np.take_along_axis(items, weight.argmax(axis=2), axis=1)
+    return np.where(known.any(axis=1)[:, None], reasons, -1)
+
+
 def repeat_flags(chosen: np.ndarray, items: np.ndarray, older_items: list[np.ndarray]) -> np.ndarray:
     """(B, K) chosen item indices -> (B, K) bool: the user already has an event on the item (window or older)."""
     flags = (chosen[:, :, None] == items[:, None, :]).any(axis=2)
@@ -192,7 +216,7 @@ class Recommender:
         """Top-K items per user under the repeat policy (default: the one the model was trained under); users with
         no known item in their history get the most popular ones.
 
-        `timings`, when given, accumulates the seconds of each phase: encode, multiply, top_k (benchmarks).
+        `timings`, when given, accumulates the seconds of each phase: encode, multiply, top_k, reasons (benchmarks).
         """
         policy = policy or self.policy
         clock = _PhaseClock(timings)
@@ -201,7 +225,7 @@ class Recommender:
         last = self.scorer.encode(inputs)
         clock.lap("encode")
         known = (items >= FIRST_ITEM_INDEX).any(axis=1)
-        top_items, top_scores = [], []
+        top_items, top_scores, top_reasons = [], [], []
         # One score block reused for every batch: a fresh 50 MB array per batch would be fresh pages to fault in.
         block = np.empty((SCORING_BATCH, self.num_items), np.float32)
         for start in range(0, len(items), SCORING_BATCH):
@@ -215,13 +239,12 @@ class Recommender:
             top_items.append(chosen)
             top_scores.append(values)
             clock.lap("top_k")
+            top_reasons.append(explaining_items(chosen, items[window], last.attention[window], self.scorer.unit_items))
+            clock.lap("reasons")
         width = min(k, self.num_items)
         top = np.concatenate(top_items) if top_items else np.zeros((0, width), np.int64)
         scores = np.concatenate(top_scores) if top_scores else np.zeros((0, width), np.float32)
-        # Reason: the known history item the last step attended to most.
-        weights = np.where(items >= FIRST_ITEM_INDEX, last.attention, -1.0)
-        reason_positions = weights.argmax(axis=1)
-        reasons = np.where(known, items[np.arange(len(items)), reason_positions], -1)
+        reasons = np.concatenate(top_reasons) if top_reasons else np.zeros((0, width), np.int64)
         sources = np.where(known, SOURCE_MODEL, SOURCE_POPULAR)
         repeats = repeat_flags(top, items, older_items) & np.isfinite(scores)
         return Recommendations(top, scores, repeats, sources, reasons)

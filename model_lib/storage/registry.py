@@ -102,8 +102,9 @@ def configure(settings: Settings) -> MlflowClient:
 
 def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_len: int, k: int) -> pd.DataFrame:
     """`history` (raw item ids, oldest first) and optional aligned `event_types` and `timestamps` (ISO-8601) per row
-    -> top-K raw item ids with scores, whether each is a repeat (an item of the history), the reason item and the
-    source ('model', or 'popular' for a history of unknown items only), under the model's repeat policy."""
+    -> top-K raw item ids with scores, whether each is a repeat (an item of the history), the history item that
+    explains each (recommender.explaining_items; None for the popular fallback) and the source ('model', or 'popular'
+    for a history of unknown items only), under the model's repeat policy."""
 
     def column(name: str) -> list:
         if name not in frame:
@@ -123,7 +124,9 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
             "item_ids": [list(ids[row[keep]]) for row, keep in zip(result.items, valid, strict=True)],
             "scores": [list(map(float, row[keep])) for row, keep in zip(result.scores, valid, strict=True)],
             "is_repeat": [list(map(bool, row[keep])) for row, keep in zip(result.repeats, valid, strict=True)],
-            "reason_item_id": [ids[r] if r >= 0 else None for r in result.reasons],
+            "reason_item_ids": [
+                [ids[r] if r >= 0 else None for r in row[keep]] for row, keep in zip(result.reasons, valid, strict=True)
+            ],
             "source": result.sources,
         }
     )
@@ -132,8 +135,8 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """pyfunc: a DataFrame with `history` (list of raw item ids, oldest first) and optionally `event_types` and
     `timestamps` (aligned lists) -> a DataFrame with `item_ids`, `scores` (top-K items under the model's repeat
-    policy, best first), `is_repeat`, `reason_item_id` and `source`. The parameter `k` overrides the number of
-    recommendations."""
+    policy, best first), `is_repeat`, `reason_item_ids` (aligned with `item_ids`) and `source`. The parameter `k`
+    overrides the number of recommendations."""
 
     def __init__(self, seq_len: int = 50, top_k: int = 20):
         self.seq_len = seq_len

@@ -42,7 +42,7 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
     out = model.predict(pd.DataFrame({"history": [history], "event_types": [["view"] * 3]}), params={"k": 5})
     recommended = list(out["item_ids"][0])
     assert len(set(recommended)) == 5 and not set(recommended) & set(history)
-    assert set(recommended) <= set(vocabulary["item_id"]) and out["reason_item_id"][0] in history
+    assert set(recommended) <= set(vocabulary["item_id"]) and set(out["reason_item_ids"][0]) <= set(history)
 
 
 def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
