@@ -1,5 +1,9 @@
 """Contract constants shared by Spark, TensorFlow and the warehouse code (kept free of heavy imports)."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 # Item indices: 0 pads sequences on the left, 1 stands for any item outside the vocabulary, real items start at 2.
 PAD_INDEX = 0
 UNKNOWN_ITEM_INDEX = 1
@@ -28,22 +32,49 @@ REASON_CODES = (
 )
 
 
-# One recommendation row (lake/recommendations and the warehouse table `recommendations`): name, Spark type, SQL
-# type, nullable. The Spark schema of the scoring output, the table's DDL and every column list derive from it.
-RECOMMENDATION_FIELDS = (
-    ("ds", "string", "DATE", False),
-    ("user_id", "string", "VARCHAR", False),
-    ("rank", "int", "INTEGER", False),
-    ("item_id", "string", "VARCHAR", False),
-    ("score", "double", "DOUBLE PRECISION", False),
-    ("source", "string", "VARCHAR", False),
-    ("reason_item_id", "string", "VARCHAR", True),
-    ("model_name", "string", "VARCHAR", False),
-    ("model_version", "int", "INTEGER", False),
+@dataclass(frozen=True)
+class Table:
+    """A table the nightly run writes to the lake (lake/<name>/ds=D) and publishes to the warehouse.
+
+    `fields`: (name, Spark type, SQL type, nullable) in column order. The Spark schema of the job's output, the
+    table's DDL and every column list derive from it, so a column is added in one place."""
+
+    name: str
+    fields: tuple[tuple[str, str, str, bool], ...]
+    key: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [name for name, *_ in self.fields]
+
+    @property
+    def spark_schema(self) -> str:
+        return ", ".join(f"{name} {spark_type}" for name, spark_type, *_ in self.fields)
+
+    @property
+    def array_columns(self) -> list[str]:
+        return [name for name, _, sql_type, _ in self.fields if sql_type.endswith("[]")]
+
+
+# Every nightly table starts with the day and ends with the champion that produced it.
+DAY = ("ds", "string", "DATE", False)
+USER = ("user_id", "string", "VARCHAR", False)
+MODEL = (("model_name", "string", "VARCHAR", False), ("model_version", "int", "INTEGER", False))
+
+RECOMMENDATIONS = Table(
+    "recommendations",
+    (
+        DAY,
+        USER,
+        ("rank", "int", "INTEGER", False),
+        ("item_id", "string", "VARCHAR", False),
+        ("score", "double", "DOUBLE PRECISION", False),
+        ("source", "string", "VARCHAR", False),
+        ("reason_item_id", "string", "VARCHAR", True),
+        *MODEL,
+    ),
+    ("ds", "user_id", "rank"),
 )
-RECOMMENDATION_COLUMNS = [name for name, *_ in RECOMMENDATION_FIELDS]
-RECOMMENDATION_SPARK_SCHEMA = ", ".join(f"{name} {spark_type}" for name, spark_type, *_ in RECOMMENDATION_FIELDS)
-RECOMMENDATION_KEY = ("ds", "user_id", "rank")
 
 # The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
 RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
@@ -65,3 +96,17 @@ SEQUENCE_COLUMNS = [
 ]
 # The state's user rows keep the sequence columns too, so a user the next day does not touch is carried as is.
 STATE_COLUMNS = [*SEQUENCE_COLUMNS, "events", "older_item_ids"]
+# The chance that each user's next event is of each type (the model's event-type head), one row per type.
+USER_NEXT_BEHAVIOUR = Table(
+    "user_next_behaviour",
+    (
+        DAY,
+        USER,
+        ("event_type", "string", "VARCHAR", False),
+        ("probability", "double", "DOUBLE PRECISION", False),
+        *MODEL,
+    ),
+    ("ds", "user_id", "event_type"),
+)
+# What one nightly run publishes, in one transaction per day (storage/warehouse.py).
+NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR)

@@ -1,13 +1,21 @@
 """Warehouse adapters: the tables analysts and downstream services read.
 
+    the nightly tables (contracts.NIGHTLY_TABLES), each keyed by ds and naming the model version that wrote it:
     recommendations(ds, user_id, rank, item_id, score, source, reason_item_id, model_name, model_version)
         one row per (ds, user_id, rank)
+    user_next_behaviour(ds, user_id, event_type, probability, model_name, model_version)
+        one row per (ds, user_id, event_type)
     recommendation_runs(ds, run_id, model_version, users, rows, coverage, started_at, finished_at, status)
         one row per publish attempt; status 'success' or 'failed'
+    published_tables(ds, run_id, table_name, rows, model_version)
+        the rows each nightly table received from a successful publish
 
-A day is published atomically and idempotently: the day's Parquet files are bulk-loaded into a session-private
-staging table and checked, then one transaction deletes the day and inserts it, so readers see the old day or the
-new day, never a mix, and a re-run replaces the day. A failed publish rolls back, leaves the old day, and is still
+A day is published atomically and idempotently, across all its tables: each table's Parquet files are bulk-loaded
+into a session-private staging table and checked (the day, one model version across every table), then one
+transaction deletes the day from every nightly table and inserts what this run produced, so readers see the old
+day or the new day of every table, never a mix of days or versions, and a re-run replaces the day. A table this
+run did not produce (a champion without the event-type head writes no next-behaviour rows) is left empty for the
+day rather than keeping another version's rows. A failed publish rolls back, leaves the old day, and is still
 recorded in recommendation_runs.
 
 Two adapters share that logic and differ only in how they connect and bulk-load:
@@ -32,18 +40,19 @@ from pathlib import Path
 import pandas as pd
 
 from model_lib.config import check_identifier
-from model_lib.contracts import RECOMMENDATION_COLUMNS, RECOMMENDATION_FIELDS, RECOMMENDATION_KEY
+from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS, Table
 from model_lib.progress import say
 from model_lib.redaction import redact
 
-RECOMMENDATIONS_DDL = (
-    "\nCREATE TABLE IF NOT EXISTS {table} (\n"
-    + "".join(
-        f"    {name} {sql_type}{'' if nullable else ' NOT NULL'},\n"
-        for name, _, sql_type, nullable in RECOMMENDATION_FIELDS
+
+def table_ddl(table: Table, name: str) -> str:
+    """CREATE TABLE for a nightly table's contract, under the (validated) name `name`."""
+    columns = "".join(
+        f"    {column} {sql_type}{'' if nullable else ' NOT NULL'},\n" for column, _, sql_type, nullable in table.fields
     )
-    + f"    PRIMARY KEY ({', '.join(RECOMMENDATION_KEY)})\n)"
-)
+    return f"\nCREATE TABLE IF NOT EXISTS {name} (\n{columns}    PRIMARY KEY ({', '.join(table.key)})\n)"
+
+
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
     ds DATE NOT NULL,
@@ -56,8 +65,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     finished_at TIMESTAMP NOT NULL,
     status VARCHAR NOT NULL
 )"""
-STAGING_DDL = "CREATE TEMP TABLE staging ({columns})"
-COLUMNS = RECOMMENDATION_COLUMNS
+PUBLISHED_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    ds DATE NOT NULL,
+    run_id VARCHAR NOT NULL,
+    table_name VARCHAR NOT NULL,
+    rows BIGINT NOT NULL,
+    model_version INTEGER
+)"""
 
 
 def _utc_now() -> dt.datetime:
@@ -67,9 +82,17 @@ def _utc_now() -> dt.datetime:
 class Warehouse:
     """Publishing and reading, written once over a DB-API connection in autocommit mode (explicit BEGIN/COMMIT)."""
 
-    def __init__(self, recommendations: str = "recommendations", runs: str = "recommendation_runs"):
+    def __init__(
+        self,
+        recommendations: str = RECOMMENDATIONS.name,
+        runs: str = "recommendation_runs",
+        published: str = "published_tables",
+    ):
         self.recommendations = check_identifier(recommendations)
         self.runs = check_identifier(runs)
+        self.published = check_identifier(published)
+        # Contract name -> table name (the recommendations table's name is configurable, the others are not).
+        self.names = {table.name: table.name for table in NIGHTLY_TABLES} | {RECOMMENDATIONS.name: self.recommendations}
 
     # Longest wait for another session's lock (a DuckDB file, a PostgreSQL row or advisory lock) before giving up.
     lock_wait_seconds = 300.0
@@ -88,23 +111,41 @@ class Warehouse:
         """Runs one statement with `?` placeholders; returns a cursor."""
         raise NotImplementedError
 
-    def _stage(self, connection, files: list[str]) -> None:
-        """Bulk-loads the Parquet files into the temporary table `staging` (COLUMNS, ds as DATE)."""
+    def _stage(self, connection, table: Table, files: list[str]) -> None:
+        """Bulk-loads the Parquet files into the temporary table staging_<table.name> (its columns, ds as DATE)."""
         raise NotImplementedError
 
     # --- shared ---
     def connect(self):
         """A writing connection; creates the tables on first use."""
         connection = self._connect(read_only=False)
-        self._execute(connection, RECOMMENDATIONS_DDL.format(table=self.recommendations))
+        for table in NIGHTLY_TABLES:
+            self._execute(connection, table_ddl(table, self.names[table.name]))
         self._execute(connection, RUNS_DDL.format(table=self.runs))
+        self._execute(connection, PUBLISHED_DDL.format(table=self.published))
         return connection
 
     def publish(
-        self, ds: dt.date, parquet_dir: Path, run_id: str, catalogue_size: int, started_at: dt.datetime
+        self,
+        ds: dt.date,
+        parquet_dir: Path,
+        run_id: str,
+        catalogue_size: int,
+        started_at: dt.datetime,
+        other_tables: dict[str, Path] | None = None,
     ) -> dict:
-        files = sorted(str(p) for p in Path(parquet_dir).glob("*.parquet"))
-        if not files:
+        """Publishes the day's recommendations (`parquet_dir`) and the other nightly tables this run produced
+        (`other_tables`: contract name -> Parquet folder; a table not given, or given an empty folder, gets no rows
+        for the day) in one transaction."""
+        folders = {
+            RECOMMENDATIONS.name: Path(parquet_dir),
+            **{name: Path(f) for name, f in (other_tables or {}).items()},
+        }
+        unknown = sorted(set(folders) - set(self.names))
+        if unknown:
+            raise ValueError(f"{unknown} are not nightly tables {sorted(self.names)}")
+        files = {name: sorted(str(p) for p in folder.glob("*.parquet")) for name, folder in folders.items()}
+        if not files[RECOMMENDATIONS.name]:
             raise FileNotFoundError(f"no recommendation files in {parquet_dir}: run the recommend step first")
         connection = self.connect()
         try:
@@ -119,26 +160,59 @@ class Warehouse:
         return summary
 
     def _publish_staged(self, connection, ds, files, run_id, catalogue_size, started_at) -> dict:
-        self._stage(connection, files)
-        bad_days = self._execute(connection, "SELECT count(*) FROM staging WHERE ds <> ?", [ds]).fetchone()[0]
-        if bad_days:
-            raise ValueError(f"{bad_days} staged rows are not for ds={ds}")
-        users, rows, versions, distinct_items, version = self._execute(
+        staged = [table for table in NIGHTLY_TABLES if files.get(table.name)]
+        for table in staged:
+            self._stage(connection, table, files[table.name])
+        versions = self._check_staged(connection, ds, staged)
+        users, rows, distinct_items = self._execute(
             connection,
-            "SELECT count(DISTINCT user_id), count(*), count(DISTINCT model_version), count(DISTINCT item_id), "
-            "min(model_version) FROM staging",
+            f"SELECT count(DISTINCT user_id), count(*), count(DISTINCT item_id) FROM staging_{RECOMMENDATIONS.name}",
         ).fetchone()
-        if versions != 1:
-            raise ValueError(f"the day mixes {versions} model versions; a run must use exactly one")
         coverage = distinct_items / max(catalogue_size, 1)
-        columns = ", ".join(COLUMNS)
         self._execute(connection, "BEGIN")
         self._lock_day(connection, ds)
-        self._execute(connection, f"DELETE FROM {self.recommendations} WHERE ds = ?", [ds])
-        self._execute(connection, f"INSERT INTO {self.recommendations} ({columns}) SELECT {columns} FROM staging")
-        self._record_run(connection, ds, run_id, version, users, rows, coverage, started_at, "success")
+        table_rows = {}
+        for table in NIGHTLY_TABLES:
+            name = self.names[table.name]
+            self._execute(connection, f"DELETE FROM {name} WHERE ds = ?", [ds])
+            if table in staged:
+                columns = ", ".join(table.columns)
+                self._execute(connection, f"INSERT INTO {name} ({columns}) SELECT {columns} FROM staging_{table.name}")
+                table_rows[table.name] = self._execute(
+                    connection, f"SELECT count(*) FROM staging_{table.name}"
+                ).fetchone()[0]
+                self._execute(
+                    connection,
+                    f"INSERT INTO {self.published} VALUES (?, ?, ?, ?, ?)",
+                    [ds, run_id, table.name, table_rows[table.name], versions[0]],
+                )
+        self._record_run(connection, ds, run_id, versions[0], users, rows, coverage, started_at, "success")
         self._execute(connection, "COMMIT")
-        return {"ds": ds.isoformat(), "users": users, "rows": rows, "model_version": version, "coverage": coverage}
+        return {
+            "ds": ds.isoformat(),
+            "users": users,
+            "rows": rows,
+            "model_version": versions[0],
+            "coverage": coverage,
+            "tables": table_rows,
+        }
+
+    def _check_staged(self, connection, ds: dt.date, staged: list[Table]) -> list[int]:
+        """Every staged row is for `ds` and all tables come from one model version; -> [that version]."""
+        versions = set()
+        for table in staged:
+            bad_days, *found = self._execute(
+                connection,
+                f"SELECT count(*) FILTER (WHERE ds <> ?), min(model_version), max(model_version) "
+                f"FROM staging_{table.name}",
+                [ds],
+            ).fetchone()
+            if bad_days:
+                raise ValueError(f"{bad_days} staged {table.name} rows are not for ds={ds}")
+            versions |= {version for version in found if version is not None}
+        if len(versions) != 1:
+            raise ValueError(f"the day mixes {len(versions)} model versions; a run must use exactly one")
+        return sorted(versions)
 
     def _record_failure(self, connection, ds, run_id, started_at, error: Exception) -> None:
         try:
@@ -241,9 +315,9 @@ class DuckDBWarehouse(Warehouse):
     def _execute(self, connection, sql, params=None):
         return connection.execute(sql, params or [])
 
-    def _stage(self, connection, files):
+    def _stage(self, connection, table, files):
         connection.execute(
-            f"CREATE TEMP TABLE staging AS SELECT CAST(ds AS DATE) AS ds, {', '.join(COLUMNS[1:])} "
+            f"CREATE TEMP TABLE staging_{table.name} AS SELECT CAST(ds AS DATE) AS ds, {', '.join(table.columns[1:])} "
             "FROM read_parquet(?)",
             [files],
         )
@@ -288,21 +362,42 @@ class PostgresWarehouse(Warehouse):
         # psycopg binds with %s; our SQL holds no literal '?' or '%'.
         return connection.execute(sql.replace("?", "%s"), params or None)
 
-    def _stage(self, connection, files):
+    def _stage(self, connection, table, files):
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
+        columns = ", ".join(table.columns)
+        staging = f"staging_{table.name}"
         connection.execute(
-            f"CREATE TEMP TABLE staging AS SELECT {', '.join(COLUMNS)} FROM {self.recommendations} WITH NO DATA"
+            f"CREATE TEMP TABLE {staging} AS SELECT {columns} FROM {self.names[table.name]} WITH NO DATA"
         )
         with connection.cursor() as cursor:
-            with cursor.copy(f"COPY staging ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)") as copy:
+            with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
                 for file in files:
                     buffer = io.BytesIO()
-                    pacsv.write_csv(
-                        pq.read_table(file, columns=COLUMNS), buffer, pacsv.WriteOptions(include_header=False)
-                    )
+                    rows = pq.read_table(file, columns=table.columns)
+                    pacsv.write_csv(postgres_arrays(rows, table), buffer, pacsv.WriteOptions(include_header=False))
                     copy.write(buffer.getvalue())
+
+
+def postgres_arrays(rows, table: Table):
+    """The table's list columns as PostgreSQL array literals ({1.5,2} / {"a","b \\"c\\""}), which COPY in CSV form
+    reads into DOUBLE PRECISION[] / VARCHAR[]; CSV itself has no lists."""
+    import pyarrow as pa
+
+    for name in table.array_columns:
+        values = rows.column(name).to_pylist()
+        literals = [None if value is None else "{" + ",".join(map(_array_element, value)) + "}" for value in values]
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pa.array(literals, pa.string()))
+    return rows
+
+
+def _array_element(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def open_warehouse(url: str) -> Warehouse:

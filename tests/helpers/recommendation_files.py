@@ -28,3 +28,23 @@ def write_day(folder, users, version=1, ds=DS, k=3, files=1):
     )
     for part in range(files):
         rows.iloc[part::files].to_parquet(folder / f"part-{part}.parquet", index=False)
+
+
+def write_next_behaviour(folder, users, version=1, ds=DS, types=("view", "purchase")):
+    """The user_next_behaviour rows of a day (contracts.USER_NEXT_BEHAVIOUR), probabilities summing to one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = pd.DataFrame(
+        [
+            {
+                "ds": ds.isoformat(),
+                "user_id": u,
+                "event_type": kind,
+                "probability": 1.0 / len(types),
+                "model_name": "m",
+                "model_version": version,
+            }
+            for u in users
+            for kind in types
+        ]
+    )
+    rows.to_parquet(folder / "part-0.parquet", index=False)

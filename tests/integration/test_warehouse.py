@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers.recommendation_files import DS, write_day
+from helpers.recommendation_files import DS, write_day, write_next_behaviour
 from model_lib.storage.warehouse import open_warehouse
 
 STARTED = dt.datetime(2024, 1, 11)
@@ -31,6 +31,38 @@ def test_republishing_a_day_replaces_it(warehouse_url, tmp_path):
     # NULL reasons survive the bulk load as NULL, not as empty strings.
     reasons = warehouse.query("SELECT count(*) AS n FROM recommendations WHERE reason_item_id IS NULL")
     assert reasons["n"][0] == 2
+
+
+def test_every_nightly_table_of_a_day_is_replaced_in_one_transaction_from_one_model_version(warehouse_url, tmp_path):
+    warehouse = open_warehouse(warehouse_url)
+    write_day(tmp_path / "v1", ["u1", "u2"])
+    write_next_behaviour(tmp_path / "v1-next", ["u1", "u2"])
+    first = warehouse.publish(DS, tmp_path / "v1", "run-1", 10, STARTED, {"user_next_behaviour": tmp_path / "v1-next"})
+    assert first["tables"] == {"recommendations": 6, "user_next_behaviour": 4}
+
+    def day() -> dict:
+        return {
+            table: warehouse.query(f"SELECT count(*) AS n, max(model_version) AS v FROM {table}").iloc[0].tolist()
+            for table in ("recommendations", "user_next_behaviour")
+        }
+
+    # Another table from another version: refused before anything changes.
+    write_day(tmp_path / "v2", ["u1"], version=2)
+    with pytest.raises(ValueError, match="mixes 2 model versions"):
+        warehouse.publish(DS, tmp_path / "v2", "run-2", 10, STARTED, {"user_next_behaviour": tmp_path / "v1-next"})
+    assert day() == {"recommendations": [6, 1], "user_next_behaviour": [4, 1]}
+    # A run whose champion has no event-type head: its day has no next-behaviour rows, not version 1's.
+    second = warehouse.publish(DS, tmp_path / "v2", "run-3", 10, STARTED)
+    assert second["tables"] == {"recommendations": 3}
+    assert day() == {"recommendations": [3, 2], "user_next_behaviour": [0, None]}
+    published = warehouse.query("SELECT run_id, table_name, rows, model_version FROM published_tables ORDER BY 1, 2")
+    assert published.values.tolist() == [
+        ["run-1", "recommendations", 6, 1],
+        ["run-1", "user_next_behaviour", 4, 1],
+        ["run-3", "recommendations", 3, 2],
+    ]
+    with pytest.raises(ValueError, match="not nightly tables"):
+        warehouse.publish(DS, tmp_path / "v2", "run-4", 10, STARTED, {"user_secrets": tmp_path / "v2"})
 
 
 def test_a_failed_publish_leaves_the_previous_day_and_is_recorded(warehouse_url, tmp_path):

@@ -28,18 +28,31 @@ def test_quarantine_reasons_are_documented_in_checking_order():
     assert positions == sorted(positions)
 
 
-def test_recommendation_columns_are_documented_with_their_sql_types_in_order():
-    """The one recommendation-row definition (contracts.RECOMMENDATION_FIELDS) is what the README's SQL shows."""
+def documented_tables() -> dict[str, list[tuple[str, str]]]:
+    """The README's "Warehouse tables" SQL: table name -> [(column, SQL type)] in order, comments dropped."""
     import re
 
-    from model_lib.contracts import RECOMMENDATION_FIELDS
-    from model_lib.storage.warehouse import RECOMMENDATIONS_DDL
-
-    block = README[README.index("recommendations(ds DATE") : README.index("recommendation_runs(")]
+    section = README[README.index("## Warehouse tables") :]
+    block = section[section.index("```sql") + 6 : section.index("```", section.index("```sql") + 6)]
     code = re.sub(r"--[^\n]*", "", block)
-    documented = re.findall(r"(\w+) (DATE|VARCHAR|INTEGER|DOUBLE PRECISION)", code)
-    assert documented == [(name, sql_type) for name, _, sql_type, _ in RECOMMENDATION_FIELDS]
-    assert all(f"{name} {sql_type}" in RECOMMENDATIONS_DDL for name, sql_type in documented)
+    parts = re.split(r"^(\w+)\(", code, flags=re.M)[1:]
+    types = r"(\w+) (DATE|VARCHAR|INTEGER|DOUBLE PRECISION|BIGINT|TIMESTAMP)(\[\])?"
+    return {
+        name: [(column, sql + array) for column, sql, array in re.findall(types, body)]
+        for name, body in zip(parts[::2], parts[1::2], strict=True)
+    }
+
+
+def test_every_nightly_table_is_documented_with_its_sql_types_in_order():
+    """Each table's one definition (contracts.NIGHTLY_TABLES) is what the README's SQL shows and what the DDL makes."""
+    from model_lib.contracts import NIGHTLY_TABLES
+    from model_lib.storage.warehouse import table_ddl
+
+    documented = documented_tables()
+    for table in NIGHTLY_TABLES:
+        assert documented[table.name] == [(name, sql_type) for name, _, sql_type, _ in table.fields], table.name
+        assert all(f"{name} {sql_type}" in table_ddl(table, table.name) for name, sql_type in documented[table.name])
+    assert {"recommendation_runs", "published_tables"} <= set(documented)
 
 
 def test_the_catalogue_size_covers_every_index_including_free_ones():
