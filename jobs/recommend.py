@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.contracts import RECOMMENDATION_SPARK_SCHEMA
+from model_lib.contracts import RECOMMENDATIONS
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
 from model_lib.serving import batch_scoring
@@ -97,7 +97,7 @@ def recommend(
         policy=settings.repeat_rule(),
         window=settings.sessionize.seq_len,
     )
-    return has_history.mapInPandas(body, RECOMMENDATION_SPARK_SCHEMA)
+    return has_history.mapInPandas(body, RECOMMENDATIONS.spark_schema)
 
 
 def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:
