@@ -108,5 +108,5 @@ USER_NEXT_BEHAVIOUR = Table(
     ),
     ("ds", "user_id", "event_type"),
 )
-# What one nightly run publishes, in one transaction per day (storage/warehouse.py).
+# What one nightly run publishes, in one transaction per day (storage/warehouse/base.py).
 NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR)

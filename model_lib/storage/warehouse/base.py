@@ -33,16 +33,12 @@ commit and then replaces its rows; every lock wait is bounded (`lock_timeout`) a
 from __future__ import annotations
 
 import datetime as dt
-import io
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from model_lib.config import check_identifier
 from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS, Table
-from model_lib.progress import say
-from model_lib.redaction import redact
 
 
 def table_ddl(table: Table, name: str) -> str:
@@ -270,142 +266,3 @@ class Warehouse:
             [ds],
         )
         return runs.to_dict("records")[0] if len(runs) else None
-
-
-class DuckDBWarehouse(Warehouse):
-    """The embedded default: one DuckDB file."""
-
-    # A DuckDB file has one writing process at a time (and readers only beside other readers); two runs that
-    # publish different days together (backfills) take turns. Waiting longer than lock_wait_seconds means something
-    # else holds the file (an open notebook, say).
-
-    def __init__(self, path: Path, **tables):
-        super().__init__(**tables)
-        self.path = Path(path)
-
-    def _missing_table_errors(self):
-        import duckdb
-
-        return (duckdb.CatalogException,)
-
-    def _connect(self, read_only: bool):
-        import duckdb
-
-        if read_only and not self.path.exists():
-            raise LookupError(f"no warehouse file {self.path} yet: run reco_nightly (its publish step) first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        started, announced = time.monotonic(), False
-        while True:
-            try:
-                return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.IOException as error:
-                if "Conflicting lock" not in str(error):
-                    raise
-                held_by = str(error).partition("Conflicting lock is held in ")[2].split(". See")[0]
-                waited = time.monotonic() - started
-                if waited > self.lock_wait_seconds:
-                    raise TimeoutError(
-                        f"{self.path} has been in use by {held_by} for {waited:.0f} s: close that session, then re-run"
-                    ) from None
-                if not announced:
-                    say(f"{self.path} is in use by {held_by}; waiting for it")
-                    announced = True
-                time.sleep(1)
-
-    def _execute(self, connection, sql, params=None):
-        return connection.execute(sql, params or [])
-
-    def _stage(self, connection, table, files):
-        connection.execute(
-            f"CREATE TEMP TABLE staging_{table.name} AS SELECT CAST(ds AS DATE) AS ds, {', '.join(table.columns[1:])} "
-            "FROM read_parquet(?)",
-            [files],
-        )
-
-
-class PostgresWarehouse(Warehouse):
-    """A PostgreSQL server, through psycopg 3; the connection string comes from configuration (or PG* variables)."""
-
-    def __init__(self, url: str, **tables):
-        super().__init__(**tables)
-        self.url = url
-
-    def _connect(self, read_only: bool):
-        import psycopg
-
-        # Readers run in read-only transactions (a read-only role suffices); writers bound every lock wait.
-        options = (
-            "-c default_transaction_read_only=on" if read_only else f"-c lock_timeout={self.lock_wait_seconds:.0f}s"
-        )
-        return psycopg.connect(self.url, autocommit=True, options=options)
-
-    def _missing_table_errors(self):
-        import psycopg
-
-        return (psycopg.errors.UndefinedTable,)
-
-    def _lock_day(self, connection, ds: dt.date) -> None:
-        import psycopg
-
-        try:
-            # Released at COMMIT or ROLLBACK; the key is (table, day), so other days publish in parallel.
-            self._execute(
-                connection, "SELECT pg_advisory_xact_lock(hashtext(?), ?)", [self.recommendations, ds.toordinal()]
-            )
-        except psycopg.errors.LockNotAvailable:
-            raise TimeoutError(
-                f"another publish of ds={ds} held the day for more than {self.lock_wait_seconds:.0f} s (lock_timeout); "
-                "see pg_stat_activity for the session, then re-run"
-            ) from None
-
-    def _execute(self, connection, sql, params=None):
-        # psycopg binds with %s; our SQL holds no literal '?' or '%'.
-        return connection.execute(sql.replace("?", "%s"), params or None)
-
-    def _stage(self, connection, table, files):
-        import pyarrow.csv as pacsv
-        import pyarrow.parquet as pq
-
-        columns = ", ".join(table.columns)
-        staging = f"staging_{table.name}"
-        connection.execute(
-            f"CREATE TEMP TABLE {staging} AS SELECT {columns} FROM {self.names[table.name]} WITH NO DATA"
-        )
-        with connection.cursor() as cursor:
-            with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                for file in files:
-                    buffer = io.BytesIO()
-                    rows = pq.read_table(file, columns=table.columns)
-                    pacsv.write_csv(postgres_arrays(rows, table), buffer, pacsv.WriteOptions(include_header=False))
-                    copy.write(buffer.getvalue())
-
-
-def postgres_arrays(rows, table: Table):
-    """The table's list columns as PostgreSQL array literals ({1.5,2} / {"a","b \\"c\\""}), which COPY in CSV form
-    reads into DOUBLE PRECISION[] / VARCHAR[]; CSV itself has no lists."""
-    import pyarrow as pa
-
-    for name in table.array_columns:
-        values = rows.column(name).to_pylist()
-        literals = [None if value is None else "{" + ",".join(map(_array_element, value)) + "}" for value in values]
-        rows = rows.set_column(rows.schema.get_field_index(name), name, pa.array(literals, pa.string()))
-    return rows
-
-
-def _array_element(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def open_warehouse(url: str) -> Warehouse:
-    """duckdb:///absolute/path.duckdb or postgresql://... -> the adapter for it."""
-    if url.startswith("duckdb:///"):
-        return DuckDBWarehouse(Path(url.removeprefix("duckdb://")))
-    if url.startswith("postgresql://"):
-        return PostgresWarehouse(url)
-    raise ValueError(
-        f"unsupported warehouse URL {redact(url)!r}: use duckdb:///absolute/path.duckdb or postgresql://..."
-    )
