@@ -90,6 +90,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
         # --- transform: train, then test on the held-out last event of every user ---
         result = _fit(settings, files, num_items, split, checkpoint_dir)
         results = _test_with_baselines(settings, ds, result, split, num_items)
+        next_type = _test_next_type(settings, result, split)
         # --- load: metrics, pictures, the model, the registry ---
         version = _log_and_register(settings, ds, window, vocabulary, split, num_items, client, run, result, results)
     # Registered: a re-run of this ds trains afresh instead of resuming a finished run.
@@ -100,6 +101,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
         "version": version,
         "test": results[MODEL],
         "baselines": {name: metrics for name, metrics in results.items() if name != MODEL},
+        "next_event_type": next_type,
         "train_seconds": round(result.seconds, 1),
         "resumed_after_epoch": result.resumed_after_epoch,
     }
@@ -175,6 +177,24 @@ def _test_with_baselines(settings: Settings, ds: dt.date, result, split, num_ite
             if spark is not None:
                 spark.stop()
         report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
+    return results
+
+
+def _test_next_type(settings: Settings, result, split) -> dict[str, dict]:
+    """With the event-type head: the test hold-out's next event type by the model and by the majority-type and
+    last-type baselines (accuracy, log-loss, AUC per type), logged as test_next_type_* metrics."""
+    import mlflow
+
+    from model_lib.evaluation import next_behaviour
+
+    results = next_behaviour.compare(result.model, split, settings.sessionize.event_types)
+    for name, metrics in results.items():
+        prefix = "test_next_type" if name == next_behaviour.MODEL else f"{name.split()[0]}_type_test"
+        mlflow.log_metrics({f"{prefix}_{key}": value for key, value in metrics.items()})
+        say(
+            f"next event type, {name}: accuracy {metrics['accuracy']:.4f}, log-loss {metrics['log_loss']:.4f}"
+            + "".join(f", {key.upper()} {value:.4f}" for key, value in metrics.items() if key.startswith("auc_"))
+        )
     return results
 
 

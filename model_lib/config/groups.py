@@ -210,8 +210,9 @@ class ModelSettings(BaseModel):
     softmax: Annotated[str, _one_of(SOFTMAX_MODES)] = "auto"
     sampled_negatives: Positive = 1000
     sampled_softmax_min_items: Positive = 100_000
-    # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...); 0 = no auxiliary head.
-    event_type_loss_weight: NonNegative = 0.0
+    # Weight of the auxiliary next-event-type loss (view / cart / purchase / like ...). The head is trained only when
+    # the data holds several event types (it feeds the nightly user_next_behaviour table); 0 = never.
+    event_type_loss_weight: NonNegative = 0.2
 
     @model_validator(mode="after")
     def _heads_split_hidden(self) -> ModelSettings:

@@ -122,14 +122,15 @@ class Sequences:
 
 @dataclass(frozen=True)
 class HoldOut:
-    """Inputs to rank from and the single target item per user."""
+    """Inputs to rank from, the single target item per user and that event's type (1-based type index)."""
 
     inputs: Sequences
     targets: np.ndarray
+    target_types: np.ndarray | None = None
 
     def last_events(self, steps: int) -> HoldOut:
         """The same hold-out with inputs cut to the model's window (Sequences.last_events)."""
-        return HoldOut(self.inputs.last_events(steps), self.targets)
+        return HoldOut(self.inputs.last_events(steps), self.targets, self.target_types)
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ def leave_one_out(sequences: Sequences) -> Split:
     evaluated = sequences.subset(np.flatnonzero(is_held))
     return Split(
         train=sequences.drop_last(np.where(is_held, 2, 0)),
-        validation=HoldOut(evaluated.drop_last(2), evaluated.items[:, -2].copy()),
-        test=HoldOut(evaluated.drop_last(1), evaluated.items[:, -1].copy()),
+        validation=HoldOut(evaluated.drop_last(2), evaluated.items[:, -2].copy(), evaluated.event_types[:, -2].copy()),
+        test=HoldOut(evaluated.drop_last(1), evaluated.items[:, -1].copy(), evaluated.event_types[:, -1].copy()),
     )
 
 
@@ -181,7 +182,11 @@ def _holdout_after(sequences: Sequences, cutoff: int, until: int | None) -> Hold
     held = (n_after > 0) & (n_before > 0) & ((target_time <= until) if until is not None else True)
     chosen = np.flatnonzero(held)
     inputs = sequences.subset(chosen).drop_last(n_after[chosen])
-    return HoldOut(inputs, sequences.items[chosen, target_column[chosen]].copy())
+    return HoldOut(
+        inputs,
+        sequences.items[chosen, target_column[chosen]].copy(),
+        sequences.event_types[chosen, target_column[chosen]].copy(),
+    )
 
 
 def time_split(sequences: Sequences, validation_cutoff: int, test_cutoff: int) -> Split:

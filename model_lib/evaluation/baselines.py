@@ -212,3 +212,29 @@ def all_baselines(spark, split, num_items: int, settings) -> dict[str, dict[str,
     if spark is not None and settings.training.als_baseline:
         results["ALS (implicit)"] = als(spark, split.test, num_items, settings.training.als_params(), policy)
     return results
+
+
+# --- next event type (metrics.next_type_metrics); both learn from the training pairs only ---
+def type_pairs(train: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """(type of an event, type of the event after it) for every consecutive pair of the training sequences."""
+    current, following = train.event_types[:, :-1].ravel(), train.event_types[:, 1:].ravel()
+    real = (current > 0) & (following > 0)
+    return current[real], following[real]
+
+
+def majority_type(train: Sequences, holdout: HoldOut, num_types: int) -> np.ndarray:
+    """Every user gets the training frequencies of next event types (add-one smoothed): (N, num_types)."""
+    _, following = type_pairs(train)
+    counts = np.bincount(following - 1, minlength=num_types)[:num_types] + 1.0
+    return np.tile(counts / counts.sum(), (len(holdout.targets), 1))
+
+
+def last_type(train: Sequences, holdout: HoldOut, num_types: int) -> np.ndarray:
+    """Each user gets P(next type | type of their last event), estimated from the training pairs (add-one
+    smoothed): a first-order Markov chain over event types, (N, num_types)."""
+    current, following = type_pairs(train)
+    transitions = np.ones((num_types, num_types))
+    np.add.at(transitions, (current - 1, following - 1), 1.0)
+    transitions /= transitions.sum(axis=1, keepdims=True)
+    last = holdout.inputs.event_types[:, -1]
+    return transitions[np.clip(last - 1, 0, num_types - 1)]

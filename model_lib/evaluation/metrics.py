@@ -24,6 +24,13 @@ Protocol: full ranking over exactly the candidates the served list would rank. F
     coverage@K = |union of all users' top-K lists| / (V - 2)
     repeat_target_share = share of targets the user has an event on already (whatever the policy): near 0 for
                  movies, large for re-purchase data, where exclude_seen caps HR@K at 1 - this share
+
+Next event type (`next_type_metrics`): p (N, E) the predicted chance of each configured type for the held-out
+event, y its actual type.
+    accuracy   = mean [argmax p == y] (ties to the first type)
+    log_loss   = mean -ln max(p[y], 1e-7)
+    auc_<t>    = ROC AUC of p[t] separating events of type t from the others: P(p of a t-event > p of another)
+                 + P(equal) / 2 (Mann-Whitney); undefined (absent) when the hold-out has no event of t or only those
 """
 
 from __future__ import annotations
@@ -235,3 +242,33 @@ def popularity_scores(train_items: np.ndarray, num_items: int) -> np.ndarray:
     counts = np.bincount(train_items.ravel(), minlength=num_items).astype(np.float32)
     counts[:FIRST_ITEM_INDEX] = 0
     return counts
+
+
+def next_type_metrics(probabilities: np.ndarray, targets: np.ndarray, names: list[str]) -> dict[str, float]:
+    """probabilities (N, E) over the event types `names` (column j is 1-based type index j + 1), targets (N,) 1-based
+    type indices -> accuracy, log_loss and auc_<name> for every type (see the module docstring)."""
+    columns = np.asarray(targets, dtype=np.int64) - 1
+    picked = probabilities[np.arange(len(columns)), columns]
+    result = {
+        "accuracy": float(np.mean(probabilities.argmax(axis=1) == columns)) if len(columns) else float("nan"),
+        "log_loss": float(np.mean(-np.log(np.maximum(picked, 1e-7)))) if len(columns) else float("nan"),
+    }
+    for column, name in enumerate(names):
+        positive = columns == column
+        if 0 < positive.sum() < len(columns):
+            result[f"auc_{name}"] = roc_auc(probabilities[:, column], positive)
+    return result
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney U over average ranks)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    # Average rank of each group of equal scores (1-based).
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    positives = int(positive.sum())
+    negatives = len(scores) - positives
+    return float((ranks[positive].sum() - positives * (positives + 1) / 2) / (positives * negatives))

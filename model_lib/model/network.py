@@ -175,7 +175,8 @@ class NextItemModel(keras.Model):
                           "repeat_gate": (B, T) and "repeat_weights": (B, T, T) when `repeat_mechanism`, else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `encode_last(inputs)` -> the last step's (user vector (B, D), attention row (B, T), repeat gate (B,),
-                             repeat row (B, T)); gate and repeat row are zeros without the repeat mechanism.
+                             repeat row (B, T), next event type probabilities (B, num_event_types)); gate and
+                             repeat row are zeros without the repeat mechanism, the probabilities without the head.
     Scores of the next item from those: model_lib.serving.recommender.ModelScorer (the one scoring path).
     """
 
@@ -284,22 +285,21 @@ class NextItemModel(keras.Model):
 
     def encode_last(self, inputs):
         """-> (user vector after the last event (B, D), that step's attention row (B, T), repeat gate (B,), repeat
-        row (B, T)); batch scoring multiplies the vectors with the item table outside the model."""
+        row (B, T), next event type probabilities (B, num_event_types)); batch scoring multiplies the vectors with
+        the item table outside the model. Without the repeat mechanism the gate and row are zeros; without the
+        event-type head the probabilities are zeros. Index 0 of the event types is padding: probability 0."""
         outputs = self.forward(inputs, training=False)
         attention = outputs["attention"][:, -1, :]
+        vectors = outputs["user_vectors"][:, -1, :]
+        if outputs["event_type_logits"] is None:
+            next_types = ops.zeros((ops.shape(vectors)[0], self.num_event_types), "float32")
+        else:
+            logits = ops.cast(outputs["event_type_logits"][:, -1, :], "float32")
+            padding = ops.one_hot(ops.zeros_like(logits[:, 0], "int32"), self.num_event_types) > 0
+            next_types = ops.softmax(ops.where(padding, -1e9, logits), axis=-1)
         if outputs["repeat_gate"] is None:
-            return (
-                outputs["user_vectors"][:, -1, :],
-                attention,
-                ops.zeros_like(attention[:, 0]),
-                ops.zeros_like(attention),
-            )
-        return (
-            outputs["user_vectors"][:, -1, :],
-            attention,
-            outputs["repeat_gate"][:, -1],
-            outputs["repeat_weights"][:, -1, :],
-        )
+            return vectors, attention, ops.zeros_like(attention[:, 0]), ops.zeros_like(attention), next_types
+        return vectors, attention, outputs["repeat_gate"][:, -1], outputs["repeat_weights"][:, -1, :], next_types
 
     def get_config(self):
         return {

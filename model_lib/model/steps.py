@@ -11,7 +11,9 @@ from model_lib.model.losses import next_item_loss
 from model_lib.model.schedule import learning_rate_schedule
 
 
-def build_next_item_model(num_items: int, settings: Settings):
+def build_next_item_model(num_items: int, settings: Settings, event_type_head: bool = False):
+    """The configured network over `num_items` indices, built; with the next-event-type head when asked
+    (training asks for it when the data has several event types: training.trains_event_types)."""
     from model_lib.model.network import NextItemModel
     from model_lib.serving.recommender import build_model
 
@@ -23,7 +25,7 @@ def build_next_item_model(num_items: int, settings: Settings):
         hidden_dim=settings.model.hidden_dim,
         lstm_layers=settings.model.lstm_layers,
         dropout=settings.model.dropout,
-        event_type_head=settings.model.event_type_loss_weight > 0,
+        event_type_head=event_type_head,
         repeat_mechanism=settings.repeat_rule().allows_repeats,
         attention_blocks=settings.model.attention_blocks,
         attention_heads=settings.model.attention_heads,
@@ -32,13 +34,15 @@ def build_next_item_model(num_items: int, settings: Settings):
     return model
 
 
-def build_optimizer_and_model(strategy, num_items: int, settings: Settings, total_updates: int, mixed: bool):
+def build_optimizer_and_model(
+    strategy, num_items: int, settings: Settings, total_updates: int, mixed: bool, event_type_head: bool
+):
     """The model, its Adam optimizer (loss-scaled under mixed precision) and the round counter, on the strategy."""
     import keras
     import tensorflow as tf
 
     with strategy.scope():
-        model = build_next_item_model(num_items, settings)
+        model = build_next_item_model(num_items, settings, event_type_head)
         optimizer = keras.optimizers.Adam(learning_rate_schedule(settings.training, total_updates))
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_lib.config import Settings, TrainingSettings
+from model_lib.config import ModelSettings, Settings, TrainingSettings
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
@@ -138,6 +138,14 @@ def evaluate_model(
     return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values, policy=policy)
 
 
+def trains_event_types(validation: HoldOut, model_settings: ModelSettings) -> bool:
+    """Whether the next-event-type head is trained: its loss has a weight and the data holds more than one event
+    type (on single-type data it could only learn a constant). Decided on the validation hold-out, which every
+    worker reads whole, so all workers build the same network."""
+    types = np.unique(validation.inputs.event_types)
+    return model_settings.event_type_loss_weight > 0 and int((types > PAD_INDEX).sum()) > 1
+
+
 # --- the settings a checkpoint must match (Checkpoints and resumable in model_lib/model/checkpoints.py) ---
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
@@ -156,6 +164,11 @@ def training_banner(rows, files, settings: Settings, pipeline, workers, budget, 
         f"{result.replicas} replica(s) [{result.strategy}], {'sampled' if sampled else 'full'} softmax over "
         f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
         + (" with the repeat mechanism" if result.model.repeat_mechanism else "")
+        + (
+            f", next event type head (loss weight {settings.model.event_type_loss_weight:g})"
+            if result.model.event_type_head
+            else ""
+        )
     )
 
 
@@ -217,7 +230,7 @@ def set_up_run(
     local_replicas = max(1, strategy.num_replicas_in_sync // workers)
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
     model, optimizer, epoch_counter = build_optimizer_and_model(
-        strategy, num_items, settings, budget.total_updates, mixed
+        strategy, num_items, settings, budget.total_updates, mixed, trains_event_types(validation, settings.model)
     )
     log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
     distributed_step = make_train_step(model, optimizer, strategy, settings.model, log_q, mixed)

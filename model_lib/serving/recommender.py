@@ -56,17 +56,22 @@ class Recommendations:
     repeats: np.ndarray  # (B, K) bool: the user already has an event on the item
     sources: np.ndarray  # (B,) str: model, or popular for a user with no known item
     reasons: np.ndarray  # (B, K) int: the history item explaining each recommendation (explaining_items), -1: none
+    # (B, E) the chance that the user's next event is of each configured type (in the model's event-type order);
+    # None when the model has no event-type head.
+    next_event_types: np.ndarray | None = None
 
 
 @dataclass
 class LastStep:
     """What the model says after each user's last event: vectors with a trailing 1 (B, D + 1), attention row
-    (B, T), repeat gate (B,) and repeat row (B, T) (zeros without the repeat mechanism)."""
+    (B, T), repeat gate (B,) and repeat row (B, T) (zeros without the repeat mechanism), next event type
+    probabilities (B, num_event_types), index 0 = padding (zeros without the event-type head)."""
 
     vectors: np.ndarray
     attention: np.ndarray
     gate: np.ndarray
     repeat: np.ndarray
+    next_types: np.ndarray
 
 
 class ModelScorer:
@@ -77,6 +82,7 @@ class ModelScorer:
         self.model = model
         self.num_items = int(model.num_items)
         self.repeat_mechanism = bool(getattr(model, "repeat_mechanism", False))
+        self.event_type_head = bool(getattr(model, "event_type_head", False))
         self.rankable = np.arange(self.num_items) >= FIRST_ITEM_INDEX if rankable is None else rankable
         self._encode_last = None
         self.refresh()
@@ -117,10 +123,11 @@ class ModelScorer:
         if not parts:
             width = self.item_matrix.shape[0]
             empty_rows = np.zeros((0, steps), np.float32)
-            return LastStep(np.zeros((0, width), np.float32), empty_rows, np.zeros(0, np.float32), empty_rows)
-        vectors, attention, gate, repeat = (np.concatenate(column) for column in zip(*parts, strict=True))
+            no_types = np.zeros((0, int(self.model.num_event_types)), np.float32)
+            return LastStep(np.zeros((0, width), np.float32), empty_rows, np.zeros(0, np.float32), empty_rows, no_types)
+        vectors, attention, gate, repeat, next_types = (np.concatenate(column) for column in zip(*parts, strict=True))
         ones = np.ones((len(vectors), 1), np.float32)
-        return LastStep(np.hstack([vectors, ones]), attention, gate, repeat)
+        return LastStep(np.hstack([vectors, ones]), attention, gate, repeat, next_types)
 
     def scores_into(self, last: LastStep, rows: slice, items: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The (b, V) float32 next-item scores of the users `rows` of `last`, whose window items are `items` (b, T);
@@ -247,7 +254,8 @@ class Recommender:
         reasons = np.concatenate(top_reasons) if top_reasons else np.zeros((0, width), np.int64)
         sources = np.where(known, SOURCE_MODEL, SOURCE_POPULAR)
         repeats = repeat_flags(top, items, older_items) & np.isfinite(scores)
-        return Recommendations(top, scores, repeats, sources, reasons)
+        next_types = last.next_types[:, 1:] if self.scorer.event_type_head else None
+        return Recommendations(top, scores, repeats, sources, reasons, next_types)
 
     def translation_from(self, item_ids: np.ndarray) -> np.ndarray:
         """index -> raw id of another vocabulary (e.g. the day's) -> an array mapping its indices to this model's.

@@ -146,3 +146,44 @@ def test_exclude_seen_scatters_minus_infinity():
         [True, True, False, True, False, True],
         [True, True, True, False, False, False],
     ]
+
+
+def test_next_type_metrics_follow_their_written_definitions():
+    from model_lib.evaluation.metrics import next_type_metrics, roc_auc
+
+    # Three types; targets are 1-based type indices.
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]])
+    targets = np.array([1, 2, 2, 3])
+    found = next_type_metrics(probabilities, targets, ["view", "cart", "purchase"])
+    assert found["accuracy"] == 0.75  # the third is wrong
+    assert found["log_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.8, 0.4, 0.6])))
+    # purchase: the one purchase (0.6) outranks all three others (0.1, 0.1, 0.1) -> 1.0
+    assert found["auc_purchase"] == 1.0
+    # cart: positives 0.8 and 0.4 vs negatives 0.2 and 0.2 -> every pair ordered right
+    assert found["auc_cart"] == 1.0
+    # Ties count half, and a constant scorer is 0.5 whatever the labels.
+    assert roc_auc(np.array([0.3, 0.3, 0.3, 0.3]), np.array([True, False, True, False])) == 0.5
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == 0.75
+    one_class = next_type_metrics(probabilities[:2], np.array([1, 1]), ["view", "cart", "purchase"])
+    assert "auc_view" not in one_class and one_class["accuracy"] == 0.5
+
+
+def test_next_type_baselines_learn_from_the_training_pairs_only():
+    from model_lib.data.splits import HoldOut, Sequences
+    from model_lib.evaluation.baselines import last_type, majority_type
+
+    # Training pairs: a view (1) is always followed by a purchase (2); a purchase twice by a view, once by a purchase.
+    types = np.array([[0, 1, 2, 1, 2, 1, 2, 2]])
+    train = Sequences(np.array(["u"]), np.full((1, 8), 5), types, np.ones((1, 8), int), [np.zeros(0, int)])
+    holdout_inputs = Sequences(
+        np.array(["a", "b"]),
+        np.full((2, 2), 5),
+        np.array([[0, 1], [1, 2]]),
+        np.ones((2, 2), int),
+        [np.zeros(0, int)] * 2,
+    )
+    holdout = HoldOut(holdout_inputs, np.array([5, 5]), np.array([2, 1]))
+    majority = majority_type(train, holdout, 2)
+    np.testing.assert_allclose(majority, [[3 / 8, 5 / 8]] * 2)  # next types: 2 views, 4 purchases, add-one
+    markov = last_type(train, holdout, 2)
+    np.testing.assert_allclose(markov, [[1 / 5, 4 / 5], [3 / 5, 2 / 5]])  # rows: after a view, after a purchase

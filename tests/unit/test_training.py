@@ -4,6 +4,7 @@ head, and checkpoints that resume exactly where a run stopped."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers.sequence_files import cycle_sequences
@@ -90,9 +91,9 @@ def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
 
 
 def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_path):
-    import keras
-
+    from model_lib.evaluation import next_behaviour
     from model_lib.model.training import evaluate_model, train_next_item_model
+    from model_lib.serving.recommender import Recommender
 
     num_items = 62
     sequences = cycle_sequences(600, num_items, 8, event_types=3)
@@ -111,10 +112,28 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
     result = train_next_item_model(files, num_items, tuned, verbose=0)
     split = protocol_split(sequences)
     assert evaluate_model(result.model, split.test, num_items, (5,))["hr_5"] > 0.8
-    inputs = {name: keras.ops.convert_to_numpy(v) for name, v in split.test.inputs.model_inputs().items()}
-    type_logits = keras.ops.convert_to_numpy(result.model.forward(inputs)["event_type_logits"])[:, -1, :]
-    next_type = sequences.event_types[np.isin(sequences.user_ids, split.test.inputs.user_ids), -1]
-    assert (type_logits.argmax(axis=1) == next_type).mean() > 0.9  # chance: 1/3
+    # The head the data called for: it learns the types' cycle (which the last-type chain knows exactly here).
+    found = next_behaviour.compare(result.model, split, ["view", "cart", "buy"])
+    model, majority = found[next_behaviour.MODEL], found["majority type"]
+    assert model["accuracy"] > 0.9 and majority["accuracy"] < 0.5  # chance: 1/3
+    assert model["log_loss"] < majority["log_loss"] / 10 and model["auc_buy"] > 0.9
+    assert found["last type (Markov)"]["accuracy"] > 0.9
+    # Served: each user's probabilities over the three types sum to one (the padding type left out).
+    recommender = Recommender(result.model, toy_vocabulary(num_items), ["view", "cart", "buy"])
+    served = recommender.recommend(split.test.inputs.model_inputs(), split.test.inputs.older_items, 5)
+    assert served.next_event_types.shape == (len(split.test.targets), 3)
+    np.testing.assert_allclose(served.next_event_types.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_event_type_head_is_built_only_for_data_with_several_event_types():
+    from model_lib.config import ModelSettings
+    from model_lib.model.training import trains_event_types
+
+    one_type = protocol_split(cycle_sequences(20, 12, 6, event_types=1)).validation
+    three_types = protocol_split(cycle_sequences(20, 12, 6, event_types=3)).validation
+    assert trains_event_types(three_types, ModelSettings(event_type_loss_weight=0.2))
+    assert not trains_event_types(one_type, ModelSettings(event_type_loss_weight=0.2))  # nothing to learn
+    assert not trains_event_types(three_types, ModelSettings(event_type_loss_weight=0.0))  # switched off
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
@@ -136,3 +155,8 @@ def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
     # other settings never resume a checkpoint
     fresh = train_next_item_model(files, 30, tuned.updated(epochs=1, hidden_dim=8), checkpoints, verbose=0)
     assert fresh.resumed_after_epoch == 0
+
+
+def toy_vocabulary(num_items: int) -> pd.DataFrame:
+    indices = np.arange(2, num_items)
+    return pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
