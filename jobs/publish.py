@@ -1,7 +1,9 @@
 """Step 5 — publish: one day of recommendations into the warehouse, atomically and idempotently.
 
-Reads   lake/recommendations/ds=D/, lake/sessionized/ds=D/vocab/ (catalogue size for coverage)
-Writes  warehouse tables `recommendations` (the day replaced in one transaction) and `recommendation_runs`
+Reads   lake/<table>/ds=D/ for every nightly table (contracts.NIGHTLY_TABLES), lake/sessionized/ds=D/vocab/
+        (catalogue size for coverage)
+Writes  the warehouse's nightly tables (the day replaced in all of them in one transaction), `recommendation_runs`
+        and `published_tables`
 
 Run as `python -m jobs.publish --ds D` or `reco publish --ds D`.
 """
@@ -14,6 +16,7 @@ import json
 import uuid
 
 from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS
 from model_lib.progress import say, stage
 from model_lib.redaction import redact
 from model_lib.storage.lake import read_parquet_folder
@@ -31,6 +34,11 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
             run_id or f"manual-{uuid.uuid4().hex[:12]}",
             catalogue_size,
             started_at,
+            {
+                table.name: settings.lake.nightly_table_dir(table.name, ds)
+                for table in NIGHTLY_TABLES
+                if table is not RECOMMENDATIONS
+            },
         )
         report(**{k: v for k, v in summary.items() if k != "ds"})
     summary["seconds"] = round((dt.datetime.now(dt.UTC).replace(tzinfo=None) - started_at).total_seconds(), 1)

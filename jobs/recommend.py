@@ -2,7 +2,9 @@
 
 Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once
         by the caller)
-Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K unseen items with scores, source and reason
+Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K items with scores, source and each one's reason
+        lake/user_next_behaviour/ds=D/  one row per (user, event type): the chance the next event is of that type
+                                        (empty when the champion has no event-type head)
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 
 Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
@@ -10,8 +12,10 @@ Before any scoring the model is checked against the day: a champion trained on o
 turned into popular-items lists for everybody.
 
 Each Python worker loads the model once and scores whole Arrow batches: one forward pass, one matrix multiply
-against the item table, seen items excluded, top-K. Run as `spark-submit jobs/recommend.py --ds D --model-version N`
-or `reco recommend --ds D` (which resolves the champion itself).
+against the item table, seen items excluded, top-K, one row per user (batch_scoring.SCORED_USER_SCHEMA); native
+Spark functions turn those rows into the nightly tables, so every table comes from the same single pass. Run as
+`spark-submit jobs/recommend.py --ds D --model-version N` or `reco recommend --ds D` (which resolves the champion
+itself).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import time
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.contracts import RECOMMENDATIONS
+from model_lib.contracts import RECOMMENDATIONS, USER_NEXT_BEHAVIOUR
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
 from model_lib.serving import batch_scoring
@@ -82,9 +87,8 @@ def check_model_fits_day(settings: Settings, version: int, event_counts: pd.Data
     return share
 
 
-def recommend(
-    sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int, ds: dt.date
-) -> DataFrame:
+def score_users(sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int) -> DataFrame:
+    """Sequences -> one scored row per user with history (batch_scoring.SCORED_USER_SCHEMA)."""
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
         batch_scoring.score_partition,
@@ -92,21 +96,68 @@ def recommend(
         model_name=settings.model.model_name,
         version=version,
         k=k,
-        ds=ds.isoformat(),
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
         window=settings.sessionize.seq_len,
     )
-    return has_history.mapInPandas(body, RECOMMENDATIONS.spark_schema)
+    return has_history.mapInPandas(body, batch_scoring.SCORED_USER_SCHEMA)
 
 
-def load(recommendations: DataFrame, settings: Settings, ds: dt.date) -> None:
-    final = settings.lake.recommendations_dir(ds)
-    staged = staging_path(final)
+def champion_columns(ds: dt.date, model_name: str, version: int) -> tuple[list, list]:
+    """The day and the model version, the first and last columns of every nightly table."""
+    day = [F.lit(ds.isoformat()).alias("ds")]
+    return day, [F.lit(model_name).alias("model_name"), F.lit(version).cast("int").alias("model_version")]
+
+
+def recommendation_rows(scored: DataFrame, ds: dt.date, model_name: str, version: int) -> DataFrame:
+    """Scored users -> the recommendations table (one row per user and rank)."""
+    day, model = champion_columns(ds, model_name, version)
+    listed = F.arrays_zip("item_ids", "scores", "sources", "reason_item_ids")
+    ranked = scored.select("user_id", F.posexplode(listed).alias("position", "item"))
+    return ranked.select(
+        *day,
+        "user_id",
+        (F.col("position") + 1).cast("int").alias("rank"),
+        F.col("item.item_ids").alias("item_id"),
+        F.col("item.scores").alias("score"),
+        F.col("item.sources").alias("source"),
+        F.col("item.reason_item_ids").alias("reason_item_id"),
+        *model,
+    ).select(RECOMMENDATIONS.columns)
+
+
+def next_behaviour_rows(
+    scored: DataFrame, event_types: list[str], ds: dt.date, model_name: str, version: int
+) -> DataFrame:
+    """Scored users -> the user_next_behaviour table (one row per user and configured event type)."""
+    day, model = champion_columns(ds, model_name, version)
+    typed = scored.select("user_id", F.posexplode("next_event_types").alias("position", "probability"))
+    names = F.array(*[F.lit(name) for name in event_types])
+    return typed.select(
+        *day, "user_id", F.element_at(names, F.col("position") + 1).alias("event_type"), "probability", *model
+    ).select(USER_NEXT_BEHAVIOUR.columns)
+
+
+def load(table: DataFrame, folder, order: list[str]) -> None:
+    """One day of a nightly table, committed whole."""
+    staged = staging_path(folder)
     # Sorted within each partition, not globally: a global orderBy samples its input first, which would run the
     # scoring twice. The input files and their split are fixed, so the output files are still byte-for-byte stable.
-    recommendations.sortWithinPartitions("user_id", "rank").write.mode("overwrite").parquet(str(staged))
-    commit_folder(staged, final)
+    table.sortWithinPartitions(*order).write.mode("overwrite").parquet(str(staged))
+    commit_folder(staged, folder)
+
+
+def nightly_tables(scored: DataFrame, settings: Settings, ds: dt.date, version: int) -> None:
+    """Every nightly table of the day from one scoring pass (kept while they are written), recommendations last:
+    the publish step needs them, and checks that every table comes from one model version."""
+    name, lake = settings.model.model_name, settings.lake
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        behaviour = next_behaviour_rows(scored, settings.sessionize.event_types, ds, name, version)
+        load(behaviour, lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds), ["user_id", "event_type"])
+        load(recommendation_rows(scored, ds, name, version), lake.recommendations_dir(ds), ["user_id", "rank"])
+    finally:
+        scored.unpersist()
 
 
 def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | None = None) -> dict:
@@ -121,11 +172,14 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        load(recommend(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds), settings, ds)
+        nightly_tables(
+            score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k), settings, ds, version
+        )
         written = spark.read.parquet(str(settings.lake.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
-        report(users=counts["users"], rows=counts["rows"], **by_source)
+        behaviour_rows = spark.read.parquet(str(settings.lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds))).count()
+        report(users=counts["users"], rows=counts["rows"], next_behaviour_rows=behaviour_rows, **by_source)
     summary = {
         "ds": ds.isoformat(),
         "model_version": version,
@@ -135,6 +189,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "known_share": round(known, 4),
         "repeat_policy": settings.repeat_rule().describe(),
         "repeat_rows": int(by_source.get("repeat", 0)),
+        "next_behaviour_rows": behaviour_rows,
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.lake.run_stats_dir("recommend", ds))

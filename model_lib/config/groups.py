@@ -130,8 +130,12 @@ class LakeSettings(BaseModel):
         """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""
         return self.data_dir / "checkpoints" / f"train-ds={ds.isoformat()}"
 
+    def nightly_table_dir(self, table: str, ds: dt.date) -> Path:
+        """One day of a nightly table (contracts.NIGHTLY_TABLES) as the recommend job wrote it: lake/<table>/ds=D."""
+        return self.lake_dir / table / f"ds={ds.isoformat()}"
+
     def recommendations_dir(self, ds: dt.date) -> Path:
-        return self.lake_dir / "recommendations" / f"ds={ds.isoformat()}"
+        return self.nightly_table_dir("recommendations", ds)
 
 
 class EngineSettings(BaseModel):

@@ -19,6 +19,14 @@ from model_lib.evaluation.metrics import RepeatPolicy
 from model_lib.serving.recommender import SOURCE_REPEAT
 from model_lib.storage import registry
 
+# One row per scored user: the top K best first (ids, scores, sources, each item's reason), and the chance of each
+# configured event type for the user's next event (null without the model's event-type head). The recommend job
+# turns it into the nightly tables (jobs/recommend.py).
+SCORED_USER_SCHEMA = (
+    "user_id string, item_ids array<string>, scores array<double>, sources array<string>, "
+    "reason_item_ids array<string>, next_event_types array<double>"
+)
+
 
 @functools.lru_cache(maxsize=2)
 def _cached_recommender(tracking_uri: str, model_name: str, version: int):
@@ -33,16 +41,16 @@ def score_partition(
     model_name: str,
     version: int,
     k: int,
-    ds: str,
     day_item_ids: np.ndarray,
     policy: RepeatPolicy,
     window: int,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> recommendation rows (K per user) under the repeat policy.
+    """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy.
 
     `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
-    A row's source is `repeat` for an item the user already has an event on, else the user's source. The model
-    reads the last `window` events (seq_len) of the stored history.
+    An item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
+    fewer than K candidates gets fewer items. The model reads the last `window` events (seq_len) of the stored
+    history.
     """
     recommender = _cached_recommender(tracking_uri, model_name, version)
     to_model = recommender.translation_from(day_item_ids)
@@ -57,19 +65,26 @@ def score_partition(
             [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]],
         ).last_events(window)
         result = recommender.recommend(sequences.model_inputs(), sequences.older_items, k, policy=policy)
-        # A user with fewer than K unseen items gets fewer rows: trailing -inf positions hold no item.
-        users, ranks = np.nonzero(np.isfinite(result.scores))
-        reason_ids = np.where(result.reasons >= 0, recommender.item_ids[np.maximum(result.reasons, 0)], None)
-        yield pd.DataFrame(
-            {
-                "ds": ds,
-                "user_id": batch["user_id"].to_numpy()[users],
-                "rank": (ranks + 1).astype(np.int32),
-                "item_id": recommender.item_ids[result.items[users, ranks]],
-                "score": result.scores[users, ranks].astype(np.float64),
-                "source": np.where(result.repeats[users, ranks], SOURCE_REPEAT, result.sources[users]),
-                "reason_item_id": reason_ids[users, ranks],
-                "model_name": model_name,
-                "model_version": np.int32(version),
-            }
-        )
+        yield scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids)
+
+
+def scored_users(user_ids: np.ndarray, result, item_ids: np.ndarray) -> pd.DataFrame:
+    """Recommendations (recommender.Recommendations) -> one SCORED_USER_SCHEMA row per user."""
+    listed = np.isfinite(result.scores)  # trailing -inf positions hold no item
+    sources = np.where(result.repeats, SOURCE_REPEAT, result.sources[:, None])
+    reasons = np.where(result.reasons >= 0, item_ids[np.maximum(result.reasons, 0)], None)
+
+    def per_user(values: np.ndarray) -> list[np.ndarray]:
+        return [row[keep] for row, keep in zip(values, listed, strict=True)]
+
+    types = result.next_event_types
+    return pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "item_ids": per_user(item_ids[result.items]),
+            "scores": per_user(result.scores.astype(np.float64)),
+            "sources": per_user(sources),
+            "reason_item_ids": per_user(reasons),
+            "next_event_types": list(types.astype(np.float64)) if types is not None else [None] * len(user_ids),
+        }
+    )

@@ -28,7 +28,9 @@ def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event
     )
 
 
-def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents: dict | None = None, policy=None):
+def register_tiny_model(
+    settings, num_items: int = 30, seed: int = 1, documents: dict | None = None, policy=None, event_type_head=False
+):
     """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
     -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
     import keras
@@ -44,6 +46,7 @@ def register_tiny_model(settings, num_items: int = 30, seed: int = 1, documents:
         settings.sessionize.num_gap_buckets,
         embedding_dim=8,
         hidden_dim=8,
+        event_type_head=event_type_head,
     )
     build_model(model)
     indices = np.arange(2, num_items)

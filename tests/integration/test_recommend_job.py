@@ -14,6 +14,7 @@ from helpers.sequence_files import register_tiny_model
 from model_lib.config import get_settings
 from model_lib.data.splits import Sequences
 from model_lib.storage.lake import read_run_stats, write_sequences
+from model_lib.storage.warehouse import open_warehouse
 
 pytestmark = pytest.mark.spark
 DS = dt.date(2024, 3, 1)
@@ -238,3 +239,42 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
     finally:
         stored.write_bytes(original)
     assert registry.load_recommender(settings, version).num_items == 30
+
+
+def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with_the_day(warehouse_url, tmp_path):
+    """A champion with the event-type head: every scored user gets one row per configured event type, summing to
+    one, from the version that wrote the recommendations; publishing puts both tables in the warehouse at once, and
+    a re-run replaces them."""
+    from jobs import publish, recommend
+
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8, warehouse_url=warehouse_url)
+    version, vocabulary = register_tiny_model(settings, event_type_head=True)
+    vocabulary.to_parquet(mkdir(settings.lake.vocab_dir(DS)) / "part-0.parquet", index=False)
+    rng = np.random.default_rng(5)
+    items = rng.integers(2, 30, size=(40, 8)).astype(np.int32)
+    types = rng.integers(1, len(settings.sessionize.event_types) + 1, size=items.shape).astype(np.int32)
+    users = np.array([f"u{u:03d}" for u in range(40)], dtype=object)
+    write_sequences(
+        Sequences(users, items, types, np.full_like(items, 3), [np.zeros(0, np.int64)] * 40),
+        settings.lake.sequences_dir(DS),
+        files=2,
+    )
+    summary = recommend.run(settings, DS, version=version, k=5)
+    behaviour = pd.read_parquet(settings.lake.nightly_table_dir("user_next_behaviour", DS))
+    assert summary["next_behaviour_rows"] == len(behaviour) == 40 * len(settings.sessionize.event_types)
+    assert set(behaviour["event_type"]) == set(settings.sessionize.event_types)
+    np.testing.assert_allclose(behaviour.groupby("user_id")["probability"].sum(), 1.0, rtol=1e-5)
+    assert set(behaviour["model_version"]) == {version}
+
+    for run_id in ("first", "again"):
+        published = publish.run(settings, DS, run_id)
+    assert published["tables"] == {"recommendations": 200, "user_next_behaviour": len(behaviour)}
+    warehouse_rows = open_warehouse(warehouse_url).query(
+        "SELECT count(*) AS n, count(DISTINCT user_id) AS users, min(model_version) AS v FROM user_next_behaviour"
+    )
+    assert warehouse_rows.iloc[0].tolist() == [len(behaviour), 40, version]
+
+
+def mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
