@@ -2,13 +2,14 @@
 ### reco_nightly — wait for raw events -> resolve champion -> sessionize -> recommend -> publish -> report
 
 Every day: waits for the day's raw partition, pins the `champion` model version once, merges the day's events into
-the users' sequences (incrementally, from yesterday's state), scores every user with history (top-K unseen items,
-with the reason item), and publishes the day into the warehouse tables `recommendations` and
-`recommendation_runs` in one transaction. A re-run replaces the day, never duplicates it.
+the users' sequences (incrementally, from yesterday's state), scores every user with history in one pass (top-K
+items, each with its reason; with a multi-behaviour champion, the chance of each next event type), and publishes
+the day into the warehouse tables `recommendations` and `user_next_behaviour` (plus `recommendation_runs`,
+`published_tables`) in one transaction. A re-run replaces the day, never duplicates it.
 
 **Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
 **Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`,
-`lake/run_stats/*/ds=ds`, the warehouse.
+`lake/user_next_behaviour/ds=ds`, `lake/run_stats/*/ds=ds`, the warehouse.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
 date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):
@@ -85,14 +86,16 @@ def reco_nightly():
             "{{ params.repeat_policy or 'default' }}",
         ],
         "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes top-K per user to "
-        "lake/recommendations/ds and counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on "
-        "other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",
+        "lake/recommendations/ds, next-event-type probabilities to lake/user_next_behaviour/ds (one scoring pass) and "
+        "counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on other items or event types "
+        "(RECO_RECOMMEND_MIN_KNOWN_SHARE).",
     )
 
     @task(
         outlets=[RECOMMENDATIONS_ASSET],
-        doc_md="Reads lake/recommendations/ds; replaces the day in the warehouse table `recommendations` in one "
-        "transaction and records it in `recommendation_runs` (with this Airflow run id).",
+        doc_md="Reads lake/<table>/ds of every nightly table; replaces the day in the warehouse tables "
+        "`recommendations` and `user_next_behaviour` in one transaction and records it in `recommendation_runs` and "
+        "`published_tables` (with this Airflow run id).",
     )
     def publish(params: dict | None = None, ds: str | None = None, run_id: str | None = None, outlet_events=None):
         from jobs import publish as job
