@@ -119,7 +119,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
     from jobs import sessionize
     from model_lib.contracts import FIRST_ITEM_INDEX
     from model_lib.data.splits import protocol_split
-    from model_lib.evaluation import baselines
+    from model_lib.evaluation import baselines, next_behaviour
     from model_lib.model.training import evaluate_model, train_next_item_model
     from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
     from model_lib.storage.spark import spark_session
@@ -143,6 +143,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
             found = baselines.all_baselines(spark, split, num_items, settings)
             scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
             report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
+            next_type = next_behaviour.compare(trained.model, split, settings.sessionize.event_types)
     finally:
         spark.stop()
     return {
@@ -169,6 +170,8 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         **{name: _rounded(metrics) for name, metrics in scorers.items()},
         "summary_ndcg_10": {name: round(metrics["ndcg_10"], 4) for name, metrics in scorers.items()},
         "summary_hr_10": {name: round(metrics["hr_10"], 4) for name, metrics in scorers.items()},
+        # The next event's type (multi-behaviour data only): model vs majority-type and last-type baselines.
+        "next_event_type": {name: _rounded(metrics) for name, metrics in next_type.items()},
         "reference": REFERENCE,
         "seconds": round(time.perf_counter() - started, 1),
     }
