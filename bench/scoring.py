@@ -7,7 +7,10 @@ For each data set, in the same run and for the same users (top-K over the whole 
   job        jobs/recommend.py's transform + Parquet write on the local Spark session (mapInPandas, Arrow), users/s;
              `cold` includes each Python worker's TensorFlow import and model load, `warm` is a second run
   in-process the same users in one process, phase by phase (Recommender.recommend's timings): the forward pass,
-             the scoring multiply (GFLOP/s), the exclusion + top-K selection, users/s each
+             the scoring multiply (GFLOP/s), the exclusion + top-K selection, each item's reason, users/s each
+  extras     what the outputs beyond top-K cost (issue 18: at most 30% more): in-process, the reasons' seconds over
+             the forward pass + multiply + top-K; in the job, a warm run of the same model with the next-event-type
+             head (its user_next_behaviour table written too) over the warm run without it
   numpy      numpy float32 matmul of the same shapes (the machine's rate for this multiply), and of 2048^3
   tf.top_k   tf.math.top_k(K) over the same score blocks, users/s
   ALS        Spark MLlib ALS (implicit, rank 128 on ML-1M and 64 on the synthetic set; fitted for 1 iteration,
@@ -104,7 +107,7 @@ def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tu
     return sequences, vocabulary
 
 
-def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
+def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame, event_type_head: bool = False):
     import keras
 
     from model_lib.model.steps import build_next_item_model
@@ -112,7 +115,7 @@ def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame):
 
     keras.utils.set_random_seed(settings.training.seed)
     # The configured model (with the repeat mechanism when the repeat policy allows repeats).
-    model = build_next_item_model(catalogue_size(vocabulary), settings)
+    model = build_next_item_model(catalogue_size(vocabulary), settings, event_type_head)
     return Recommender(model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
 
 
@@ -137,7 +140,9 @@ def in_process(recommender, sequences: Sequences) -> dict:
         "multiply_users_per_s": users / timings["multiply"],
         "multiply_gflops": flops / timings["multiply"] / 1e9,
         "top_k_users_per_s": users / timings["top_k"],
+        "reasons_users_per_s": users / timings["reasons"],
         "total_users_per_s": users / sum(timings.values()),
+        "reasons_vs_top_k_alone": timings["reasons"] / (timings["encode"] + timings["multiply"] + timings["top_k"]),
     }
 
 
@@ -223,6 +228,14 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
         result["job_cold_users_per_s"] = job_users_per_second(settings, version, len(sequences))
         result["job_warm_users_per_s"] = job_users_per_second(settings, version, len(sequences))
         report(cold=round(result["job_cold_users_per_s"]), warm=round(result["job_warm_users_per_s"]))
+    with stage(f"bench scoring {name}: the recommend job with the next-event-type head (warm)") as report:
+        with_head = untrained_recommender(settings, vocabulary, event_type_head=True)
+        head_version = registry.register_recommender(
+            with_head, settings, f"bench-{name}-head", {"purpose": "benchmark"}
+        )
+        job_users_per_second(settings, head_version, len(sequences))  # its workers load the second model
+        result["job_warm_next_behaviour_users_per_s"] = job_users_per_second(settings, head_version, len(sequences))
+        report(warm=round(result["job_warm_next_behaviour_users_per_s"]))
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K})") as report:
             result["als"] = als_users_per_second(spark, sequences, ALS_RANK[name], root / "als")
@@ -240,6 +253,9 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
         "multiply_vs_numpy_square": phases["multiply_gflops"] / result["numpy"]["square_gflops"],
         "top_k_vs_multiply": phases["top_k_users_per_s"] / phases["multiply_users_per_s"],
         "top_k_vs_tf_top_k": phases["top_k_users_per_s"] / result["tf_top_k_users_per_s"],
+        # Seconds with the extra outputs / seconds without them, minus one (target <= 0.30).
+        "extra_reasons_in_process": phases["reasons_vs_top_k_alone"],
+        "extra_next_behaviour_job": result["job_warm_users_per_s"] / result["job_warm_next_behaviour_users_per_s"] - 1,
     }
     result["reference"] = REFERENCE
     return _rounded(result)
