@@ -5,6 +5,9 @@ Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<versi
 Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K items with scores, source and each one's reason
         lake/user_next_behaviour/ds=D/  one row per (user, event type): the chance the next event is of that type
                                         (empty when the champion has no event-type head)
+        lake/user_profiles/ds=D/, lake/user_segments/ds=D/  each user's vector and segment; each segment's size,
+                                        characteristic items and place in a 2-D picture (logged to MLflow's
+                                        reco-nightly experiment)
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 
 Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
@@ -33,10 +36,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.contracts import RECOMMENDATIONS, USER_NEXT_BEHAVIOUR
+from model_lib.contracts import RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
-from model_lib.serving import batch_scoring
+from model_lib.serving import batch_scoring, profiles
 from model_lib.serving.recommender import IncompatibleModelError
 from model_lib.storage import registry
 from model_lib.storage.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
@@ -138,6 +141,43 @@ def next_behaviour_rows(
     ).select(USER_NEXT_BEHAVIOUR.columns)
 
 
+def profile_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, ds: dt.date, version: int):
+    """Scored users -> (user_profiles rows, user_segments rows, the segmented users): KMeans over the user vectors,
+    each segment described by its most characteristic items (titles where lake/items has them)."""
+    spark = scored.sparkSession
+    day, model = champion_columns(ds, settings.model.model_name, version)
+    rules = profiles.SegmentRules(settings.serving.profile_segments, settings.training.seed)
+    segmented = profiles.segment_users(scored, rules).persist(StorageLevel.MEMORY_AND_DISK)
+    vocabulary = spark.read.parquet(str(settings.lake.vocab_dir(ds)))
+    top_items = profiles.characteristic_items(segmented, sequences, vocabulary, rules)
+    titles_file = settings.lake.items_dir / "items.parquet"
+    titles = spark.read.parquet(str(titles_file)) if titles_file.exists() else None
+    segments = profiles.segment_rows(segmented, top_items, titles, rules).select(*day, "*", *model)
+    users = segmented.select(*day, "user_id", "segment", "embedding", *model)
+    return users.select(USER_PROFILES.columns), segments.select(USER_SEGMENTS.columns), segmented
+
+
+def log_segments(settings: Settings, ds: dt.date, version: int, segmented: DataFrame, segments: pd.DataFrame):
+    """The day's segments picture and table in an MLflow run of the reco-nightly experiment, for model owners."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from model_lib.evaluation.report import segments_picture
+
+    points = segmented.select("x", "y", "segment").limit(3000).toPandas()
+    registry.configure(settings, registry.NIGHTLY_EXPERIMENT)
+    with mlflow.start_run(run_name=f"nightly-{ds}"), tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tags({"ds": ds.isoformat(), "model_name": settings.model.model_name, "model_version": version})
+        mlflow.log_params({"profile_segments": settings.serving.profile_segments})
+        mlflow.log_metrics({"scored_users": float(segments["users"].sum()), "segments": float(len(segments))})
+        mlflow.log_artifact(str(segments_picture(points, segments, Path(tmp) / "user_segments.png")))
+        mlflow.log_table(
+            segments.drop(columns=["ds"]).astype({"top_item_ids": str}), artifact_file="user_segments.json"
+        )
+
+
 def load(table: DataFrame, folder, order: list[str]) -> None:
     """One day of a nightly table, committed whole."""
     staged = staging_path(folder)
@@ -147,7 +187,7 @@ def load(table: DataFrame, folder, order: list[str]) -> None:
     commit_folder(staged, folder)
 
 
-def nightly_tables(scored: DataFrame, settings: Settings, ds: dt.date, version: int) -> None:
+def nightly_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, ds: dt.date, version: int) -> None:
     """Every nightly table of the day from one scoring pass (kept while they are written), recommendations last:
     the publish step needs them, and checks that every table comes from one model version."""
     name, lake = settings.model.model_name, settings.lake
@@ -155,6 +195,14 @@ def nightly_tables(scored: DataFrame, settings: Settings, ds: dt.date, version: 
     try:
         behaviour = next_behaviour_rows(scored, settings.sessionize.event_types, ds, name, version)
         load(behaviour, lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds), ["user_id", "event_type"])
+        if not scored.isEmpty():
+            users, segments, segmented = profile_tables(scored, sequences, settings, ds, version)
+            load(users, lake.nightly_table_dir(USER_PROFILES.name, ds), ["user_id"])
+            load(segments.coalesce(1), lake.nightly_table_dir(USER_SEGMENTS.name, ds), ["segment"])
+            log_segments(
+                settings, ds, version, segmented, pd.read_parquet(lake.nightly_table_dir(USER_SEGMENTS.name, ds))
+            )
+            segmented.unpersist()
         load(recommendation_rows(scored, ds, name, version), lake.recommendations_dir(ds), ["user_id", "rank"])
     finally:
         scored.unpersist()
@@ -172,9 +220,8 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        nightly_tables(
-            score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k), settings, ds, version
-        )
+        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k)
+        nightly_tables(scored, sequences, settings, ds, version)
         written = spark.read.parquet(str(settings.lake.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}

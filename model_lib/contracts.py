@@ -108,5 +108,32 @@ USER_NEXT_BEHAVIOUR = Table(
     ),
     ("ds", "user_id", "event_type"),
 )
+# Each user's vector (the model's state after their last event), the segment it falls in (serving/profiles.py).
+USER_PROFILES = Table(
+    "user_profiles",
+    (
+        DAY,
+        USER,
+        ("segment", "int", "INTEGER", False),
+        ("embedding", "array<double>", "DOUBLE PRECISION[]", False),
+        *MODEL,
+    ),
+    ("ds", "user_id"),
+)
+# One row per segment: its size, its most characteristic items, a readable description, its place in the 2-D picture.
+USER_SEGMENTS = Table(
+    "user_segments",
+    (
+        DAY,
+        ("segment", "int", "INTEGER", False),
+        ("users", "long", "BIGINT", False),
+        ("top_item_ids", "array<string>", "VARCHAR[]", False),
+        ("description", "string", "VARCHAR", False),
+        ("x", "double", "DOUBLE PRECISION", False),
+        ("y", "double", "DOUBLE PRECISION", False),
+        *MODEL,
+    ),
+    ("ds", "segment"),
+)
 # What one nightly run publishes, in one transaction per day (storage/warehouse/base.py).
-NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR)
+NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS)

@@ -290,6 +290,8 @@ class ServingSettings(BaseModel):
     # an event of a type in repeatable_event_types (e.g. ["purchase"]) stay candidates. See evaluation/metrics.py.
     repeat_policy: Annotated[str, _one_of(REPEAT_POLICIES)] = "exclude_seen"
     repeatable_event_types: list[str] = Field(default_factory=list)
+    # User profiles: the nightly run clusters the users' vectors into this many segments (serving/profiles.py).
+    profile_segments: Positive = 8
 
 
 class OrchestrationSettings(BaseModel):

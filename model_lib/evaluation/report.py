@@ -41,6 +41,22 @@ def training_curves(history: list[dict[str, float]], k: int, path: Path) -> Path
     return path
 
 
+def segments_picture(points: pd.DataFrame, segments: pd.DataFrame, path: Path) -> Path:
+    """The users' vectors in 2-D (principal components), coloured by segment, each segment labelled at its mean
+    with its size and description. points: x, y, segment (a sample); segments: segment, users, x, y, description."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(10, 7))
+    axes.scatter(points["x"], points["y"], c=points["segment"], cmap="tab10", s=6, alpha=0.5)
+    for row in segments.itertuples():
+        label = f"{row.segment}: {row.users:,} users\n{row.description[:60]}"
+        axes.annotate(label, (row.x, row.y), fontsize=8, ha="center", bbox={"boxstyle": "round", "fc": "white"})
+    axes.set(title="user segments (KMeans on the model's user vectors), first two principal components")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def comparison_chart(results: dict[str, dict[str, float]], path: Path) -> Path:
     """Grouped bars: the model and each baseline on the same test split."""
     plt = _pyplot()

@@ -19,12 +19,12 @@ from model_lib.evaluation.metrics import RepeatPolicy
 from model_lib.serving.recommender import SOURCE_REPEAT
 from model_lib.storage import registry
 
-# One row per scored user: the top K best first (ids, scores, sources, each item's reason), and the chance of each
-# configured event type for the user's next event (null without the model's event-type head). The recommend job
-# turns it into the nightly tables (jobs/recommend.py).
+# One row per scored user: the top K best first (ids, scores, sources, each item's reason), the chance of each
+# configured event type for the user's next event (null without the model's event-type head) and the user's vector.
+# The recommend job turns it into the nightly tables (jobs/recommend.py).
 SCORED_USER_SCHEMA = (
     "user_id string, item_ids array<string>, scores array<double>, sources array<string>, "
-    "reason_item_ids array<string>, next_event_types array<double>"
+    "reason_item_ids array<string>, next_event_types array<double>, embedding array<double>"
 )
 
 
@@ -86,5 +86,6 @@ def scored_users(user_ids: np.ndarray, result, item_ids: np.ndarray) -> pd.DataF
             "sources": per_user(sources),
             "reason_item_ids": per_user(reasons),
             "next_event_types": list(types.astype(np.float64)) if types is not None else [None] * len(user_ids),
+            "embedding": list(result.user_vectors.astype(np.float64)),
         }
     )

@@ -59,6 +59,8 @@ class Recommendations:
     # (B, E) the chance that the user's next event is of each configured type (in the model's event-type order);
     # None when the model has no event-type head.
     next_event_types: np.ndarray | None = None
+    # (B, D) each user's vector after their last event (what scores the items; user profiles cluster it).
+    user_vectors: np.ndarray | None = None
 
 
 @dataclass
@@ -255,7 +257,7 @@ class Recommender:
         sources = np.where(known, SOURCE_MODEL, SOURCE_POPULAR)
         repeats = repeat_flags(top, items, older_items) & np.isfinite(scores)
         next_types = last.next_types[:, 1:] if self.scorer.event_type_head else None
-        return Recommendations(top, scores, repeats, sources, reasons, next_types)
+        return Recommendations(top, scores, repeats, sources, reasons, next_types, last.vectors[:, :-1])
 
     def translation_from(self, item_ids: np.ndarray) -> np.ndarray:
         """index -> raw id of another vocabulary (e.g. the day's) -> an array mapping its indices to this model's.

@@ -35,6 +35,7 @@ from model_lib.serving.recommender import RECOMMENDER_FILES, IncompatibleModelEr
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "reco-training"
+NIGHTLY_EXPERIMENT = "reco-nightly"  # one run per nightly day: its user segments picture and counts
 NO_ITEMS = np.zeros(0, np.int64)  # no older items beyond the given history
 CHECKSUM_TAG = "recommender_sha256"
 RECOMMENDER_ARTIFACT = "recommender"  # the folder inside each version's artifacts
@@ -84,19 +85,20 @@ def use_configured_store(settings: Settings) -> None:
     mlflow.set_registry_uri(uri)
 
 
-def configure(settings: Settings) -> MlflowClient:
-    """Points MLflow at the configured store and makes sure the experiment keeps artifacts where we say."""
+def configure(settings: Settings, experiment_name: str = EXPERIMENT) -> MlflowClient:
+    """Points MLflow at the configured store and makes sure the experiment (training's, or the nightly runs')
+    keeps artifacts where we say."""
     use_configured_store(settings)
     if settings.engines.mlflow_tracking_uri.startswith("sqlite:///"):
         Path(settings.engines.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        experiment = mlflow.get_experiment_by_name(experiment_name)
     except MlflowException as error:
         raise _unavailable(settings, error) from None
     if experiment is None:
         settings.engines.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=settings.engines.mlflow_artifact_root.as_uri())
-    mlflow.set_experiment(EXPERIMENT)
+        mlflow.create_experiment(experiment_name, artifact_location=settings.engines.mlflow_artifact_root.as_uri())
+    mlflow.set_experiment(experiment_name)
     return MlflowClient()
 
 

@@ -266,13 +266,39 @@ def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with
     np.testing.assert_allclose(behaviour.groupby("user_id")["probability"].sum(), 1.0, rtol=1e-5)
     assert set(behaviour["model_version"]) == {version}
 
+    # User profiles: every scored user in one of at most RECO_PROFILE_SEGMENTS segments, with the model's vector.
+    profiles = pd.read_parquet(settings.lake.nightly_table_dir("user_profiles", DS))
+    segments = pd.read_parquet(settings.lake.nightly_table_dir("user_segments", DS))
+    assert len(profiles) == 40 and profiles["embedding"].map(len).eq(8).all()
+    assert set(profiles["segment"]) == set(segments["segment"]) and len(segments) <= settings.serving.profile_segments
+    assert segments["users"].sum() == 40 and segments["description"].str.len().gt(0).all()
+
     for run_id in ("first", "again"):
         published = publish.run(settings, DS, run_id)
-    assert published["tables"] == {"recommendations": 200, "user_next_behaviour": len(behaviour)}
-    warehouse_rows = open_warehouse(warehouse_url).query(
+    assert published["tables"] == {
+        "recommendations": 200,
+        "user_next_behaviour": len(behaviour),
+        "user_profiles": 40,
+        "user_segments": len(segments),
+    }
+    warehouse = open_warehouse(warehouse_url)
+    warehouse_rows = warehouse.query(
         "SELECT count(*) AS n, count(DISTINCT user_id) AS users, min(model_version) AS v FROM user_next_behaviour"
     )
     assert warehouse_rows.iloc[0].tolist() == [len(behaviour), 40, version]
+    # Arrays survive both bulk loads: the vectors exactly, the segments' item lists in order.
+    stored = warehouse.query("SELECT user_id, embedding FROM user_profiles ORDER BY user_id")
+    np.testing.assert_allclose(np.stack(stored["embedding"]), np.stack(profiles.sort_values("user_id")["embedding"]))
+    lists = warehouse.query("SELECT segment, top_item_ids FROM user_segments ORDER BY segment")
+    assert [list(v) for v in lists["top_item_ids"]] == [
+        list(v) for v in segments.sort_values("segment")["top_item_ids"]
+    ]
+    # The model owner's picture of the day's segments, in the reco-nightly experiment.
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["reco-nightly"], filter_string=f"tags.ds = '{DS.isoformat()}'")
+    assert len(runs) == 1
+    assert "user_segments.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(runs["run_id"][0])]
 
 
 def mkdir(folder: Path) -> Path:
