@@ -95,8 +95,8 @@ def reco_nightly():
     @task(
         outlets=[RECOMMENDATIONS_ASSET],
         doc_md="Reads lake/<table>/ds of every nightly table; replaces the day in the warehouse tables "
-        "`recommendations`, `user_next_behaviour`, `user_profiles` and `user_segments` in one transaction and records it in `recommendation_runs` and "
-        "`published_tables` (with this Airflow run id).",
+        "`recommendations`, `user_next_behaviour`, `user_profiles` and `user_segments` in one transaction and "
+        "records it in `recommendation_runs` and `published_tables` (with this Airflow run id).",
     )
     def publish(params: dict | None = None, ds: str | None = None, run_id: str | None = None, outlet_events=None):
         from jobs import publish as job
