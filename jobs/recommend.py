@@ -203,6 +203,10 @@ def nightly_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, 
                 settings, ds, version, segmented, pd.read_parquet(lake.nightly_table_dir(USER_SEGMENTS.name, ds))
             )
             segmented.unpersist()
+        else:  # nobody to segment (KMeans needs a point): the day's profile tables are empty, not yesterday's
+            for table in (USER_PROFILES, USER_SEGMENTS):
+                empty = scored.sparkSession.createDataFrame([], table.spark_schema)
+                load(empty, lake.nightly_table_dir(table.name, ds), table.key[1:])
         load(recommendation_rows(scored, ds, name, version), lake.recommendations_dir(ds), ["user_id", "rank"])
     finally:
         scored.unpersist()

@@ -304,3 +304,21 @@ def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with
 def mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def test_a_day_without_any_history_writes_empty_profile_tables_not_an_older_days(registered):
+    from jobs import recommend
+
+    settings, version, vocabulary = registered
+    day = DS + dt.timedelta(days=7)
+    vocabulary.to_parquet(mkdir(settings.lake.vocab_dir(day)) / "part-0.parquet", index=False)
+    stale = mkdir(settings.lake.nightly_table_dir("user_profiles", day))
+    pd.DataFrame({"user_id": ["someone"]}).to_parquet(stale / "old.parquet")
+    empty = np.zeros((3, 8), np.int32)
+    users = np.array(["u1", "u2", "u3"], dtype=object)
+    write_sequences(
+        Sequences(users, empty, empty, empty, [np.zeros(0, np.int64)] * 3), settings.lake.sequences_dir(day)
+    )
+    assert recommend.run(settings, day, version=version)["users"] == 0
+    for table in ("user_profiles", "user_segments"):
+        assert len(pd.read_parquet(settings.lake.nightly_table_dir(table, day))) == 0, table
