@@ -89,7 +89,14 @@ def _summary(args) -> None:
     titles = item_titles(settings)
     for user in warehouse.some_users(ds, args.users):
         rows = warehouse.user_recommendations(user, ds, max_rank=5)
-        print(format_recommendations(user, ds, rows, titles) + "\n")
+        chances = warehouse.next_behaviour(user, ds)
+        behaviour = ", ".join(f"{kind} {p:.0%}" for kind, p in chances.items())
+        print(
+            format_recommendations(user, ds, rows, titles) + (f"\n  next event: {behaviour}" if chances else "") + "\n"
+        )
+    print(f"user segments on {ds} (table user_segments; picture in MLflow experiment reco-nightly):")
+    for segment in warehouse.segments(ds).itertuples():
+        print(f"  {segment.segment}: {segment.users:>6,} users  {segment.description[:100]}")
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     tags = client.get_model_version(settings.model.model_name, str(champion)).tags if champion else {}

@@ -241,3 +241,28 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     assert registry.alias_version(client, settings, registry.CHAMPION) == 1
     tags = client.get_model_version(settings.model.model_name, str(passing)).tags
     assert tags["gate_decision"] == "passed, not promoted (auto_promote off)"
+
+
+def test_the_nightly_run_publishes_next_behaviour_and_profiles_from_the_same_champion(pipeline):
+    """The synthetic clickstream has views, carts, purchases and likes: the champion was trained with the event-type
+    head, and the nightly run published every table of the day from that one version."""
+    from model_lib.storage.warehouse import open_warehouse
+
+    settings, ds = pipeline.settings, pipeline.ds
+    warehouse = open_warehouse(settings.engines.warehouse_url)
+    served = warehouse.query(
+        "SELECT count(DISTINCT user_id) AS n, min(model_version) AS v FROM recommendations WHERE ds = ?", [ds]
+    )
+    scored, version = served["n"][0], served["v"][0]
+    behaviour = warehouse.query(
+        "SELECT user_id, sum(probability) AS total, count(*) AS types, min(model_version) AS v, "
+        "max(model_version) AS w FROM user_next_behaviour WHERE ds = ? GROUP BY user_id",
+        [ds],
+    )
+    assert len(behaviour) == scored and (behaviour["types"] == len(settings.sessionize.event_types)).all()
+    assert np.allclose(behaviour["total"], 1.0, atol=1e-5) and set(behaviour["v"]) == set(behaviour["w"]) == {version}
+    profiles = warehouse.query("SELECT count(*) AS n FROM user_profiles WHERE ds = ?", [ds])["n"][0]
+    segments = warehouse.segments(ds)
+    assert profiles == scored == segments["users"].sum()
+    tables = warehouse.query("SELECT DISTINCT table_name FROM published_tables WHERE ds = ?", [ds])
+    assert set(tables["table_name"]) == {"recommendations", "user_next_behaviour", "user_profiles", "user_segments"}

@@ -253,6 +253,21 @@ class Warehouse:
             [ds, user_id, max_rank or 2**31 - 1],
         )
 
+    def next_behaviour(self, user_id: str, ds: dt.date) -> dict[str, float]:
+        """event type -> the chance that the user's next event is of it (empty without the event-type head)."""
+        rows = self.query(
+            "SELECT event_type, probability FROM user_next_behaviour WHERE ds = ? AND user_id = ? "
+            "ORDER BY probability DESC",
+            [ds, user_id],
+        )
+        return dict(zip(rows["event_type"], rows["probability"], strict=True))
+
+    def segments(self, ds: dt.date) -> pd.DataFrame:
+        """The day's user segments, largest first."""
+        return self.query(
+            "SELECT segment, users, description FROM user_segments WHERE ds = ? ORDER BY users DESC, segment", [ds]
+        )
+
     def some_users(self, ds: dt.date, limit: int) -> list[str]:
         users = self.query(
             f"SELECT DISTINCT user_id FROM {self.recommendations} WHERE ds = ? ORDER BY user_id LIMIT ?", [ds, limit]
