@@ -3,13 +3,15 @@
 
 Every day: waits for the day's raw partition, pins the `champion` model version once, merges the day's events into
 the users' sequences (incrementally, from yesterday's state), scores every user with history in one pass (top-K
-items, each with its reason; with a multi-behaviour champion, the chance of each next event type), and publishes
-the day into the warehouse tables `recommendations`, `user_next_behaviour`, `user_profiles` and `user_segments`
-(plus `recommendation_runs`, `published_tables`) in one transaction. A re-run replaces the day, never duplicates it.
+items, each with its reason; with a multi-behaviour champion, the chance of each next event type; each user's
+vector and segment; how surprising the day's events were), and publishes the day into the warehouse tables
+`recommendations`, `user_next_behaviour`, `user_profiles`, `user_segments` and `user_anomalies` (plus
+`recommendation_runs`, `published_tables`) in one transaction. A re-run replaces the day, never duplicates it.
 
 **Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
 **Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`,
-`lake/user_next_behaviour/ds=ds`, `lake/user_profiles/ds=ds`, `lake/user_segments/ds=ds`, `lake/run_stats/*/ds=ds`,
+`lake/user_next_behaviour/ds=ds`, `lake/user_profiles/ds=ds`, `lake/user_segments/ds=ds`,
+`lake/user_anomalies/ds=ds`, `lake/run_stats/*/ds=ds`,
 the warehouse, and an MLflow run `nightly-<ds>` (experiment `reco-nightly`) with the day's user-segments picture.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
@@ -95,8 +97,8 @@ def reco_nightly():
     @task(
         outlets=[RECOMMENDATIONS_ASSET],
         doc_md="Reads lake/<table>/ds of every nightly table; replaces the day in the warehouse tables "
-        "`recommendations`, `user_next_behaviour`, `user_profiles` and `user_segments` in one transaction and "
-        "records it in `recommendation_runs` and `published_tables` (with this Airflow run id).",
+        "`recommendations`, `user_next_behaviour`, `user_profiles`, `user_segments` and `user_anomalies` in one "
+        "transaction and records it in `recommendation_runs` and `published_tables` (with this Airflow run id).",
     )
     def publish(params: dict | None = None, ds: str | None = None, run_id: str | None = None, outlet_events=None):
         from jobs import publish as job

@@ -97,6 +97,13 @@ def _summary(args) -> None:
     print(f"user segments on {ds} (table user_segments; picture in MLflow experiment reco-nightly):")
     for segment in warehouse.segments(ds).itertuples():
         print(f"  {segment.segment}: {segment.users:>6,} users  {segment.description[:100]}")
+    print(f"most anomalous users on {ds} (table user_anomalies: how unlikely the model found their day's events):")
+    for user in warehouse.anomalies(ds, 5).itertuples():
+        item = titles.get(user.most_surprising_item_id, user.most_surprising_item_id)
+        print(
+            f"  {user.user_id}: score {user.score:.2f} (percentile {user.percentile:.3f}, {user.events} events), "
+            f"least expected: {item}"
+        )
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
     tags = client.get_model_version(settings.model.model_name, str(champion)).tags if champion else {}

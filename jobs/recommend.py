@@ -8,6 +8,8 @@ Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K items with s
         lake/user_profiles/ds=D/, lake/user_segments/ds=D/  each user's vector and segment; each segment's size,
                                         characteristic items and place in a 2-D picture (logged to MLflow's
                                         reco-nightly experiment)
+        lake/user_anomalies/ds=D/       the users whose events of day D the model found least likely (at or above
+                                        RECO_ANOMALY_PERCENTILE of the day's scores)
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 
 Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
@@ -32,11 +34,11 @@ import time
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.contracts import RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS
+from model_lib.contracts import RECOMMENDATIONS, USER_ANOMALIES, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
 from model_lib.serving import batch_scoring, profiles
@@ -90,7 +92,9 @@ def check_model_fits_day(settings: Settings, version: int, event_counts: pd.Data
     return share
 
 
-def score_users(sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int) -> DataFrame:
+def score_users(
+    sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int, ds: dt.date
+) -> DataFrame:
     """Sequences -> one scored row per user with history (batch_scoring.SCORED_USER_SCHEMA)."""
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
@@ -102,8 +106,38 @@ def score_users(sequences: DataFrame, day_item_ids: np.ndarray, settings: Settin
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
         window=settings.sessionize.seq_len,
+        day=day_bounds(ds),
+        top_g=settings.serving.anomaly_top_g,
     )
     return has_history.mapInPandas(body, batch_scoring.SCORED_USER_SCHEMA)
+
+
+def day_bounds(ds: dt.date) -> tuple[int, int]:
+    """[start, end) of the day in epoch seconds, UTC (the sequences' event_times)."""
+    start = int(dt.datetime.combine(ds, dt.time(), dt.UTC).timestamp())
+    return start, start + 86_400
+
+
+def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: str, version: int) -> DataFrame:
+    """Scored users -> the user_anomalies table: users with a scored event that day, ranked by their score among all
+    such users (percent_rank: 0 the least surprising, 1 the most), those at or above `percentile`."""
+    day, model = champion_columns(ds, model_name, version)
+    scored_today = scored.where(F.col("anomaly_score").isNotNull())
+    ranked = scored_today.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
+    return (
+        ranked.where(F.col("percentile") >= percentile)
+        .select(
+            *day,
+            "user_id",
+            F.col("anomaly_score").alias("score"),
+            "percentile",
+            F.col("anomaly_events").alias("events"),
+            "outside_top_share",
+            "most_surprising_item_id",
+            *model,
+        )
+        .select(USER_ANOMALIES.columns)
+    )
 
 
 def champion_columns(ds: dt.date, model_name: str, version: int) -> tuple[list, list]:
@@ -207,6 +241,8 @@ def nightly_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, 
             for table in (USER_PROFILES, USER_SEGMENTS):
                 empty = scored.sparkSession.createDataFrame([], table.spark_schema)
                 load(empty, lake.nightly_table_dir(table.name, ds), table.key[1:])
+        anomalous = anomaly_rows(scored, settings.serving.anomaly_percentile, ds, name, version)
+        load(anomalous, lake.nightly_table_dir(USER_ANOMALIES.name, ds), ["user_id"])
         load(recommendation_rows(scored, ds, name, version), lake.recommendations_dir(ds), ["user_id", "rank"])
     finally:
         scored.unpersist()
@@ -224,13 +260,20 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k)
+        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds)
         nightly_tables(scored, sequences, settings, ds, version)
         written = spark.read.parquet(str(settings.lake.recommendations_dir(ds)))
         counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
         by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
         behaviour_rows = spark.read.parquet(str(settings.lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds))).count()
-        report(users=counts["users"], rows=counts["rows"], next_behaviour_rows=behaviour_rows, **by_source)
+        anomalous = spark.read.parquet(str(settings.lake.nightly_table_dir(USER_ANOMALIES.name, ds))).count()
+        report(
+            users=counts["users"],
+            rows=counts["rows"],
+            next_behaviour_rows=behaviour_rows,
+            anomalous_users=anomalous,
+            **by_source,
+        )
     summary = {
         "ds": ds.isoformat(),
         "model_version": version,
@@ -241,6 +284,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         "repeat_policy": settings.repeat_rule().describe(),
         "repeat_rows": int(by_source.get("repeat", 0)),
         "next_behaviour_rows": behaviour_rows,
+        "anomalous_users": anomalous,
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.lake.run_stats_dir("recommend", ds))

@@ -135,5 +135,20 @@ USER_SEGMENTS = Table(
     ),
     ("ds", "segment"),
 )
+# The day's most surprising users under the model (serving/anomalies.py): those at or above the configured percentile.
+USER_ANOMALIES = Table(
+    "user_anomalies",
+    (
+        DAY,
+        USER,
+        ("score", "double", "DOUBLE PRECISION", False),
+        ("percentile", "double", "DOUBLE PRECISION", False),
+        ("events", "int", "INTEGER", False),
+        ("outside_top_share", "double", "DOUBLE PRECISION", False),
+        ("most_surprising_item_id", "string", "VARCHAR", False),
+        *MODEL,
+    ),
+    ("ds", "user_id"),
+)
 # What one nightly run publishes, in one transaction per day (storage/warehouse/base.py).
-NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS)
+NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS, USER_ANOMALIES)

@@ -292,6 +292,10 @@ class ServingSettings(BaseModel):
     repeatable_event_types: list[str] = Field(default_factory=list)
     # User profiles: the nightly run clusters the users' vectors into this many segments (serving/profiles.py).
     profile_segments: Positive = 8
+    # Anomalies: users whose day's events the model found least likely, at or above this percentile of the day's
+    # scores, are published; an event outside the model's top anomaly_top_g counts as a miss (serving/anomalies.py).
+    anomaly_percentile: Share = 0.99
+    anomaly_top_g: Positive = 10
 
 
 class OrchestrationSettings(BaseModel):

@@ -301,6 +301,15 @@ class NextItemModel(keras.Model):
             return vectors, attention, ops.zeros_like(attention[:, 0]), ops.zeros_like(attention), next_types
         return vectors, attention, outputs["repeat_gate"][:, -1], outputs["repeat_weights"][:, -1, :], next_types
 
+    def encode_steps(self, inputs):
+        """-> (user vectors after every step (B, T, D), repeat gate (B, T), repeat rows (B, T, T)); gate and rows
+        are zeros without the repeat mechanism. Anomaly scores read the model's prediction before each event."""
+        outputs = self.forward(inputs, training=False)
+        if outputs["repeat_gate"] is None:
+            zeros = ops.zeros_like(outputs["attention"])
+            return outputs["user_vectors"], zeros[:, :, 0], zeros
+        return outputs["user_vectors"], outputs["repeat_gate"], outputs["repeat_weights"]
+
     def get_config(self):
         return {
             **super().get_config(),

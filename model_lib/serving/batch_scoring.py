@@ -16,6 +16,7 @@ import pandas as pd
 from model_lib.config import get_settings
 from model_lib.data.splits import Sequences
 from model_lib.evaluation.metrics import RepeatPolicy
+from model_lib.serving.anomalies import DaySurprise, day_surprise
 from model_lib.serving.recommender import SOURCE_REPEAT
 from model_lib.storage import registry
 
@@ -24,7 +25,9 @@ from model_lib.storage import registry
 # The recommend job turns it into the nightly tables (jobs/recommend.py).
 SCORED_USER_SCHEMA = (
     "user_id string, item_ids array<string>, scores array<double>, sources array<string>, "
-    "reason_item_ids array<string>, next_event_types array<double>, embedding array<double>"
+    "reason_item_ids array<string>, next_event_types array<double>, embedding array<double>, "
+    # How surprising the user's events of the day were (serving/anomalies.py); null without a scored event that day.
+    "anomaly_score double, anomaly_events int, outside_top_share double, most_surprising_item_id string"
 )
 
 
@@ -44,13 +47,16 @@ def score_partition(
     day_item_ids: np.ndarray,
     policy: RepeatPolicy,
     window: int,
+    day: tuple[int, int],
+    top_g: int,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy.
 
     `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
     An item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
     fewer than K candidates gets fewer items. The model reads the last `window` events (seq_len) of the stored
-    history.
+    history. `day` = [start, end) in epoch seconds: the events whose time falls in it are the day's, scored for
+    anomalies (outside the model's top `top_g` counts as a miss).
     """
     recommender = _cached_recommender(tracking_uri, model_name, version)
     to_model = recommender.translation_from(day_item_ids)
@@ -63,9 +69,30 @@ def score_partition(
             np.stack(batch["event_type_indices"].to_numpy()).astype(np.int32),
             np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
             [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]],
+            np.stack(batch["event_times"].to_numpy()).astype(np.int64),
         ).last_events(window)
-        result = recommender.recommend(sequences.model_inputs(), sequences.older_items, k, policy=policy)
-        yield scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids)
+        inputs = sequences.model_inputs()
+        result = recommender.recommend(inputs, sequences.older_items, k, policy=policy)
+        in_day = (sequences.times >= day[0]) & (sequences.times < day[1])
+        surprise = day_surprise(recommender.scorer, inputs, in_day, top_g)
+        yield with_surprise(
+            scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids), surprise, recommender.item_ids
+        )
+
+
+def with_surprise(frame: pd.DataFrame, surprise: DaySurprise, item_ids: np.ndarray) -> pd.DataFrame:
+    """The anomaly columns of SCORED_USER_SCHEMA (null for users without a scored event that day)."""
+    columns = {
+        "anomaly_score": surprise.score,
+        "anomaly_events": surprise.events,
+        "outside_top_share": surprise.outside_top_share,
+        "most_surprising_item_id": item_ids[surprise.most_surprising],
+    }
+    for name, values in columns.items():
+        column = pd.Series([None] * len(frame), dtype=object)
+        column.iloc[surprise.users] = list(values)
+        frame[name] = column
+    return frame
 
 
 def scored_users(user_ids: np.ndarray, result, item_ids: np.ndarray) -> pd.DataFrame:

@@ -87,6 +87,7 @@ class ModelScorer:
         self.event_type_head = bool(getattr(model, "event_type_head", False))
         self.rankable = np.arange(self.num_items) >= FIRST_ITEM_INDEX if rankable is None else rankable
         self._encode_last = None
+        self._encode_steps = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -100,27 +101,8 @@ class ModelScorer:
     def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> LastStep:
         """(B, T) inputs -> LastStep, in batches of at most `batch_size` users."""
         if self._encode_last is None:
-            import tensorflow as tf
-
-            # XLA-compiled (the LSTM loop runs ~1.5x faster on CPU), once per input shape: batches are padded to a
-            # power of two up to `batch_size` rows, so a worker compiles a handful of shapes per sequence length.
-            spec = tf.TensorSpec((None, None), tf.int32)
-            self._encode_last = tf.function(
-                self.model.encode_last,
-                input_signature=[{"items": spec, "event_types": spec, "gaps": spec}],
-                jit_compile=True,
-            )
-        users = len(inputs["items"])
-        batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
-        parts = []
-        for start in range(0, users, batch_size):
-            rows = min(batch_size, users - start)
-            batch = {}
-            for name in ("items", "event_types", "gaps"):
-                padded = np.zeros((batch_size, inputs[name].shape[1]), np.int32)
-                padded[:rows] = inputs[name][start : start + rows]
-                batch[name] = padded
-            parts.append([np.asarray(output, dtype=np.float32)[:rows] for output in self._encode_last(batch)])
+            self._encode_last = _compiled(self.model.encode_last)
+        parts = _batched(self._encode_last, inputs, batch_size)
         steps = inputs["items"].shape[1] if np.ndim(inputs["items"]) == 2 else 0
         if not parts:
             width = self.item_matrix.shape[0]
@@ -130,6 +112,16 @@ class ModelScorer:
         vectors, attention, gate, repeat, next_types = (np.concatenate(column) for column in zip(*parts, strict=True))
         ones = np.ones((len(vectors), 1), np.float32)
         return LastStep(np.hstack([vectors, ones]), attention, gate, repeat, next_types)
+
+    def encode_steps(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH):
+        """(B, T) inputs (B > 0) -> (vectors with a trailing 1 after every step (B, T, D + 1), repeat gate (B, T),
+        repeat rows (B, T, T)): what the model predicted before each event (serving/anomalies.py)."""
+        if self._encode_steps is None:
+            self._encode_steps = _compiled(self.model.encode_steps)
+        vectors, gate, repeat = (
+            np.concatenate(column) for column in zip(*_batched(self._encode_steps, inputs, batch_size), strict=True)
+        )
+        return np.concatenate([vectors, np.ones((*vectors.shape[:2], 1), np.float32)], axis=2), gate, repeat
 
     def scores_into(self, last: LastStep, rows: slice, items: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The (b, V) float32 next-item scores of the users `rows` of `last`, whose window items are `items` (b, T);
@@ -142,6 +134,32 @@ class ModelScorer:
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, T) inputs -> (B, V) float32 scores of the next item after the last event (-inf: never rankable)."""
         return self.scores_into(self.encode(inputs), slice(None), np.asarray(inputs["items"]))
+
+
+def _compiled(function):
+    """XLA-compiled (the LSTM loop runs ~1.5x faster on CPU), once per input shape: batches are padded to a power of
+    two up to the batch size, so a worker compiles a handful of shapes per sequence length."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, None), tf.int32)
+    return tf.function(function, input_signature=[{"items": spec, "event_types": spec, "gaps": spec}], jit_compile=True)
+
+
+def _batched(function, inputs: dict[str, np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
+    """`function` over (B, T) inputs in padded batches of at most `batch_size` users -> its float32 outputs per batch
+    (padding rows dropped)."""
+    users = len(inputs["items"])
+    batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
+    parts = []
+    for start in range(0, users, batch_size):
+        rows = min(batch_size, users - start)
+        batch = {}
+        for name in ("items", "event_types", "gaps"):
+            padded = np.zeros((batch_size, inputs[name].shape[1]), np.int32)
+            padded[:rows] = inputs[name][start : start + rows]
+            batch[name] = padded
+        parts.append([np.asarray(output, dtype=np.float32)[:rows] for output in function(batch)])
+    return parts
 
 
 def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items: np.ndarray) -> np.ndarray:

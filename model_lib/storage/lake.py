@@ -167,6 +167,8 @@ def write_sequences(sequences, folder: Path, files: int = 2) -> list[Path]:
             "gap_buckets": list(sequences.gaps),
             "older_item_indices": list(sequences.older_items),
             "length": sequences.lengths.astype(np.int32),
+            # Epoch seconds per event; without times every event is at 0 (no event falls on a scored day).
+            "event_times": list(sequences.times if sequences.times is not None else np.zeros_like(sequences.items)),
         }
     )
     paths = []

@@ -265,4 +265,8 @@ def test_the_nightly_run_publishes_next_behaviour_and_profiles_from_the_same_cha
     segments = warehouse.segments(ds)
     assert profiles == scored == segments["users"].sum()
     tables = warehouse.query("SELECT DISTINCT table_name FROM published_tables WHERE ds = ?", [ds])
-    assert set(tables["table_name"]) == {"recommendations", "user_next_behaviour", "user_profiles", "user_segments"}
+    assert set(tables["table_name"]) >= {"recommendations", "user_next_behaviour", "user_profiles", "user_segments"}
+    # Anomalies: only users with events on the day are scored, and only the top percentile is published.
+    anomalous = warehouse.query("SELECT percentile, model_version FROM user_anomalies WHERE ds = ?", [ds])
+    assert (anomalous["percentile"] >= settings.serving.anomaly_percentile).all()
+    assert set(anomalous["model_version"]) <= {version}

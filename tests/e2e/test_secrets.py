@@ -81,6 +81,7 @@ def test_no_password_reaches_logs_stdout_mlflow_run_stats_or_xcom(pipeline):
     assert len(runs) >= 1 and any(run.data.params for run in runs) and len(xcoms) >= 4
     assert "postgresql://reco:***@127.0.0.1" in captured["airflow dags test nightly"]  # printed, masked
     assert "last run" in captured["reco summary"] and "user segments on" in captured["reco summary"]
+    assert "most anomalous users on" in captured["reco summary"]
 
 
 def test_credentials_leave_the_url_for_the_client_variables():

@@ -241,10 +241,10 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
     assert registry.load_recommender(settings, version).num_items == 30
 
 
-def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with_the_day(warehouse_url, tmp_path):
+def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_day(warehouse_url, tmp_path):
     """A champion with the event-type head: every scored user gets one row per configured event type, summing to
-    one, from the version that wrote the recommendations; publishing puts both tables in the warehouse at once, and
-    a re-run replaces them."""
+    one, a profile and a segment, and users with events that day an anomaly score, all from the version that wrote
+    the recommendations; publishing puts every table in the warehouse at once, and a re-run replaces them."""
     from jobs import publish, recommend
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8, warehouse_url=warehouse_url)
@@ -254,8 +254,12 @@ def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with
     items = rng.integers(2, 30, size=(40, 8)).astype(np.int32)
     types = rng.integers(1, len(settings.sessionize.event_types) + 1, size=items.shape).astype(np.int32)
     users = np.array([f"u{u:03d}" for u in range(40)], dtype=object)
+    # Hourly events; the last two of the first 30 users fall on DS, the other ten users' all on earlier days.
+    start = int(dt.datetime.combine(DS, dt.time(), dt.UTC).timestamp())
+    times = start - 3600 * np.arange(6, -2, -1)[None, :].repeat(40, axis=0) + 1800
+    times[30:] -= 3 * 86_400
     write_sequences(
-        Sequences(users, items, types, np.full_like(items, 3), [np.zeros(0, np.int64)] * 40),
+        Sequences(users, items, types, np.full_like(items, 3), [np.zeros(0, np.int64)] * 40, times),
         settings.lake.sequences_dir(DS),
         files=2,
     )
@@ -265,6 +269,13 @@ def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with
     assert set(behaviour["event_type"]) == set(settings.sessionize.event_types)
     np.testing.assert_allclose(behaviour.groupby("user_id")["probability"].sum(), 1.0, rtol=1e-5)
     assert set(behaviour["model_version"]) == {version}
+
+    # Anomalies: the users with events that day ranked by how unlikely the model found them; the top 1% published.
+    anomalous = pd.read_parquet(settings.lake.nightly_table_dir("user_anomalies", DS))
+    assert summary["anomalous_users"] == len(anomalous) == 1 and anomalous["percentile"].tolist() == [1.0]
+    assert anomalous["user_id"].iloc[0] in users[:30] and anomalous["events"].tolist() == [2]
+    row = int(anomalous["user_id"].iloc[0][1:])
+    assert anomalous["most_surprising_item_id"].iloc[0] in {f"i{i}" for i in items[row, -2:]}
 
     # User profiles: every scored user in one of at most RECO_PROFILE_SEGMENTS segments, with the model's vector.
     profiles = pd.read_parquet(settings.lake.nightly_table_dir("user_profiles", DS))
@@ -280,6 +291,7 @@ def test_the_next_behaviour_table_comes_from_the_same_pass_and_is_published_with
         "user_next_behaviour": len(behaviour),
         "user_profiles": 40,
         "user_segments": len(segments),
+        "user_anomalies": 1,
     }
     warehouse = open_warehouse(warehouse_url)
     warehouse_rows = warehouse.query(

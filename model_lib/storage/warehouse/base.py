@@ -268,6 +268,14 @@ class Warehouse:
             "SELECT segment, users, description FROM user_segments WHERE ds = ? ORDER BY users DESC, segment", [ds]
         )
 
+    def anomalies(self, ds: dt.date, limit: int) -> pd.DataFrame:
+        """The day's most surprising users, most surprising first."""
+        return self.query(
+            "SELECT user_id, score, percentile, events, most_surprising_item_id FROM user_anomalies WHERE ds = ? "
+            "ORDER BY score DESC, user_id LIMIT ?",
+            [ds, limit],
+        )
+
     def some_users(self, ds: dt.date, limit: int) -> list[str]:
         users = self.query(
             f"SELECT DISTINCT user_id FROM {self.recommendations} WHERE ds = ? ORDER BY user_id LIMIT ?", [ds, limit]
