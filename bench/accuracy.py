@@ -119,7 +119,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
     from jobs import sessionize
     from model_lib.contracts import FIRST_ITEM_INDEX
     from model_lib.data.splits import protocol_split
-    from model_lib.evaluation import baselines, next_behaviour
+    from model_lib.evaluation import baselines, injected_anomalies, next_behaviour
     from model_lib.model.training import evaluate_model, train_next_item_model
     from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
     from model_lib.storage.spark import spark_session
@@ -144,6 +144,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
             scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
             report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
             next_type = next_behaviour.compare(trained.model, split, settings.sessionize.event_types)
+            anomalies = injected_anomalies.compare(trained.model, split, num_items, settings.serving.anomaly_top_g)
     finally:
         spark.stop()
     return {
@@ -172,6 +173,8 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "summary_hr_10": {name: round(metrics["hr_10"], 4) for name, metrics in scorers.items()},
         # The next event's type (multi-behaviour data only): model vs majority-type and last-type baselines.
         "next_event_type": {name: _rounded(metrics) for name, metrics in next_type.items()},
+        # Injected anomalous days on the test hold-out: the model's day score against item popularity.
+        "anomalies": {key: _rounded(value) if isinstance(value, dict) else value for key, value in anomalies.items()},
         "reference": REFERENCE,
         "seconds": round(time.perf_counter() - started, 1),
     }

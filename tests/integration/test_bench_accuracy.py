@@ -42,6 +42,12 @@ def test_bench_accuracy_prints_one_json_line_with_the_model_and_every_baseline(t
     # (from the validation hold-out) allows repeats and the model gets its repeat mechanism.
     assert result["validation_repeat_share"] > 0.05 and result["policy"] == "allow_repeats"
     assert result["repeat_mechanism"] is True and result["test_repeat_share"] > 0.05
+    # Several event types: the next event type is reported against both baselines, and injected anomalous days
+    # against item popularity (figures of a 20-update model are not judged, only their presence and range).
+    assert set(result["next_event_type"]) == {"LSTM + attention", "majority type", "last type (Markov)"}
+    assert sum(result["anomalies"]["injected"].values()) >= 2
+    for scorer in ("model", "item popularity"):
+        assert 0 <= result["anomalies"][scorer]["roc_auc"] <= 1
     for scorer in ("model", "popular", "personal_popular", "item_knn", "als"):
         metrics = result[scorer]
         assert metrics["users"] == result["users"]

@@ -69,3 +69,23 @@ def test_a_trained_model_finds_injected_days_that_popularity_cannot(settings, tm
     assert np.isin(top, injected).mean() > 0.8  # precision at the number injected
     assert found.outside_top_share[truth].mean() > found.outside_top_share[~truth].mean()
     assert np.isin(found.most_surprising[truth], items[injected, -3:]).all()
+
+
+def test_injection_replaces_only_the_chosen_users_days_and_the_report_follows_its_definitions():
+    from model_lib.evaluation import injected_anomalies
+
+    items = np.arange(2, 2 + 40 * 6).reshape(40, 6) % 50 + 2
+    eligible = np.arange(40)
+    injected, kinds = injected_anomalies.inject(items, eligible, 0.1, 3, 52, seed=1)
+    changed = (injected != items).any(axis=1)
+    assert sorted(kinds[kinds != ""]) == ["burst", "burst", "hijack", "hijack"]
+    assert not changed[kinds == ""].any() and (injected[:, :-3] == items[:, :-3]).all()
+    for user in np.flatnonzero(kinds == "hijack"):  # someone else's last three events
+        assert any((injected[user, -3:] == items[other, -3:]).all() for other in range(40) if other != user)
+    scores = np.where(kinds != "", 2.0, 1.0)
+    report = injected_anomalies.scores_report(scores, kinds)
+    assert report == {"roc_auc": 1.0, "precision_at_n": 1.0, "roc_auc_hijack": 1.0, "roc_auc_burst": 1.0}
+    day = np.zeros(items.shape, bool)
+    day[:, -1] = True
+    rare = injected_anomalies.popularity_surprise(np.array([2, 2, 2, 3]), np.array([[2], [3]]), day[:2, -1:], 4)
+    assert rare[1] > rare[0]  # the rarer item is the more surprising
