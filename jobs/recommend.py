@@ -118,28 +118,6 @@ def day_bounds(ds: dt.date) -> tuple[int, int]:
     return start, start + 86_400
 
 
-def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: str, version: int) -> DataFrame:
-    """Scored users -> the user_anomalies table: users with a scored event that day, ranked by their score among all
-    such users (percent_rank: 0 the least surprising, 1 the most), those at or above `percentile`."""
-    day, model = champion_columns(ds, model_name, version)
-    scored_today = scored.where(F.col("anomaly_score").isNotNull())
-    ranked = scored_today.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
-    return (
-        ranked.where(F.col("percentile") >= percentile)
-        .select(
-            *day,
-            "user_id",
-            F.col("anomaly_score").alias("score"),
-            "percentile",
-            F.col("anomaly_events").alias("events"),
-            "outside_top_share",
-            "most_surprising_item_id",
-            *model,
-        )
-        .select(USER_ANOMALIES.columns)
-    )
-
-
 def champion_columns(ds: dt.date, model_name: str, version: int) -> tuple[list, list]:
     """The day and the model version, the first and last columns of every nightly table."""
     day = [F.lit(ds.isoformat()).alias("ds")]
@@ -210,6 +188,28 @@ def log_segments(settings: Settings, ds: dt.date, version: int, segmented: DataF
         mlflow.log_table(
             segments.drop(columns=["ds"]).astype({"top_item_ids": str}), artifact_file="user_segments.json"
         )
+
+
+def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: str, version: int) -> DataFrame:
+    """Scored users -> the user_anomalies table: users with a scored event that day, ranked by their score among all
+    such users (percent_rank: 0 the least surprising, 1 the most), those at or above `percentile`."""
+    day, model = champion_columns(ds, model_name, version)
+    scored_today = scored.where(F.col("anomaly_score").isNotNull())
+    ranked = scored_today.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
+    return (
+        ranked.where(F.col("percentile") >= percentile)
+        .select(
+            *day,
+            "user_id",
+            F.col("anomaly_score").alias("score"),
+            "percentile",
+            F.col("anomaly_events").alias("events"),
+            "outside_top_share",
+            "most_surprising_item_id",
+            *model,
+        )
+        .select(USER_ANOMALIES.columns)
+    )
 
 
 def load(table: DataFrame, folder, order: list[str]) -> None:
