@@ -159,7 +159,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "validation_repeat_share": round(validation_repeat_share, 4),
         "test_repeat_share": round(scorers["model"]["repeat_target_share"], 4),
         "protocol": "leave-one-out, full ranking over the served candidates, items < min_item_count dropped once",
-        "hyper_parameters": {key: settings.flat()[key] for key in REPORTED_SETTINGS},
+        "hyper_parameters": settings.pick(REPORTED_SETTINGS),
         "strategy": trained.strategy,
         "repeat_mechanism": bool(trained.model.repeat_mechanism),
         "train_seconds": round(trained.seconds, 1),

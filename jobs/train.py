@@ -117,7 +117,7 @@ def _log_params(settings: Settings, ds: dt.date, files: list[Path], num_items: i
 
     mlflow.log_params(
         {
-            **{key: settings.flat()[key] for key in TRAINING_PARAMS},
+            **settings.pick(TRAINING_PARAMS),
             "ds": ds.isoformat(),
             "users": len(split.train),
             "items": num_items - FIRST_ITEM_INDEX,

@@ -33,7 +33,7 @@ def trial_trainer(files: list, num_items: int, validation, eval_k: int):
 
     def train_trial(trial_settings: Settings, report) -> float:
         with mlflow.start_run(run_name="trial", nested=True):
-            mlflow.log_params({key: trial_settings.flat()[key] for key in tuning.TUNABLE})
+            mlflow.log_params(trial_settings.pick(tuning.TUNABLE))
 
             def log_round(round_number: int, record: dict) -> None:
                 mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=round_number)

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         """Every field under its flat name (the RECO_<FIELD> name without the prefix)."""
         return {field: getattr(getattr(self, group), field) for field, group in GROUP_OF_FIELD.items()}
 
+    def pick(self, names) -> dict[str, Any]:
+        """The fields `names` (flat names), in that order."""
+        flat = self.flat()
+        return {name: flat[name] for name in names}
+
     def explicit_fields(self) -> set[str]:
         """Flat names of the fields given by the environment or the caller (not left at their default)."""
         return {field for group in GROUPS for field in getattr(self, group).model_fields_set}

@@ -89,7 +89,7 @@ def model_card(
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in table[columns].to_dict("records"):
         rows.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in record.values()) + " |")
-    hyper = ", ".join(f"{name}={settings.flat()[name]}" for name in HYPER_PARAMETERS)
+    hyper = ", ".join(f"{name}={value}" for name, value in settings.pick(HYPER_PARAMETERS).items())
     seq_len, top_k, policy = settings.sessionize.seq_len, settings.serving.top_k, settings.repeat_rule().describe()
     path.write_text(
         f"""# Model card: {settings.model.model_name}

@@ -150,7 +150,7 @@ def trains_event_types(validation: HoldOut, model_settings: ModelSettings) -> bo
 def run_signature(settings: Settings, num_items: int, files: list[Path]) -> dict:
     """What a checkpoint must match to be resumed: the data it read and every setting that shapes training."""
     return {
-        **{key: settings.flat()[key] for key in HYPER_PARAMETERS},
+        **settings.pick(HYPER_PARAMETERS),
         "num_items": num_items,
         "files": [path.name for path in files],
     }
