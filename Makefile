@@ -31,8 +31,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	@$(ENGINE_ENV); export $(DEMO_SETTINGS); \
 	start=$$(date +%s); \
-	echo "==> [1/4] MovieLens-1M -> raw events (lake/raw/events/dt=*)"; \
-	$(BIN)/reco data movielens; \
+	echo "==> [1/4] MovieLens-1M -> raw events (lake/raw/events/dt=*): 4-5 star ratings as like events, the others rate"; \
+	$(BIN)/reco data movielens --like-from 4; \
 	echo "==> [2/4] Airflow metadata database"; \
 	mkdir -p $$AIRFLOW_HOME; $(BIN)/airflow db migrate > $$AIRFLOW_HOME/db-migrate.log 2>&1; \
 	t=$$(date +%s); echo "==> [3/4] reco_training for $(DEMO_DS): wait for raw events -> sessionize -> train -> promote -> report"; \

@@ -4,25 +4,30 @@
     reco bench scoring --dataset ml-1m | synthetic [--users N --items M] [--no-als]
 
 For each data set, in the same run and for the same users (top-K over the whole catalogue, K = 20):
-  job        jobs/recommend.py's transform + Parquet write on the local Spark session (mapInPandas, Arrow), users/s;
-             `cold` includes each Python worker's TensorFlow import and model load, `warm` is a second run
+  job        jobs/recommend.py's transform + Parquet writes on the local Spark session (mapInPandas, Arrow), users/s;
+             `cold` includes each Python worker's TensorFlow import and model load, `warm` is a later run; the last
+             event of --active-share of the users (default 0.1) falls on the scored day, so their day is scored for
+             anomalies (1: every user, the most a night can have)
   in-process the same users in one process, phase by phase (Recommender.recommend's timings): the forward pass,
              the scoring multiply (GFLOP/s), the exclusion + top-K selection, each item's reason, users/s each
-  extras     what the outputs beyond top-K cost (issue 18: at most 30% more): in-process, the reasons' seconds over
-             the forward pass + multiply + top-K; in the job, a warm run of the same model with the next-event-type
-             head (its user_next_behaviour table written too) over the warm run without it
+  extras     what the outputs beyond top-K cost (target: at most 30% more): the warm job writing every nightly table
+             (next behaviour, profiles and segments, anomalies) over the warm job writing recommendations alone
+             (RECO_NIGHTLY_EXTRAS=[]), the faster of two runs each, alternating; in-process, each item's reason
+             (part of the recommendations) over the forward pass + multiply + top-K
   numpy      numpy float32 matmul of the same shapes (the machine's rate for this multiply), and of 2048^3
   tf.top_k   tf.math.top_k(K) over the same score blocks, users/s
   ALS        Spark MLlib ALS (implicit, rank 128 on ML-1M and 64 on the synthetic set; fitted for 1 iteration,
              which does not change the recommend cost) recommendForAllUsers(K) + Parquet write, users/s. ALS does
              not exclude seen items; the job does.
-The model has the configured sizes (embedding 64, hidden 64, sequence length RECO_SEQ_LEN, default 50) and seeded
-untrained weights: the cost of scoring does not depend on the weights. Prints one JSON line per data set.
+The model has the configured sizes (embedding 64, hidden 64, sequence length RECO_SEQ_LEN, default 50), the
+event-type head, user segments fitted as training fits them, and seeded untrained weights: the cost of scoring does
+not depend on the weights. Prints one JSON line per data set.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -74,6 +79,16 @@ def sequences_from_interactions(users: np.ndarray, items: np.ndarray, seq_len: i
     )
 
 
+def with_day(sequences: Sequences, active_share: float, seed: int = 5) -> Sequences:
+    """Event times: every event before the day DS, except the last event of a random `active_share` of the users,
+    which falls on DS (the users the anomaly scores read)."""
+    day_start = int(dt.datetime.combine(DS, dt.time(), dt.UTC).timestamp())
+    times = np.where(sequences.items > 0, day_start - 3600, 0).astype(np.int64)
+    active = np.random.default_rng(seed).random(len(sequences)) < active_share
+    times[active, -1] = day_start + 60
+    return dataclasses.replace(sequences, times=times)
+
+
 def movielens_inputs(seq_len: int) -> tuple[Sequences, pd.DataFrame]:
     from model_lib.data.sources import movielens_folder, read_movielens_ratings
 
@@ -107,25 +122,41 @@ def synthetic_inputs(users: int, items: int, seq_len: int, seed: int = 11) -> tu
     return sequences, vocabulary
 
 
-def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame, event_type_head: bool = False):
+def untrained_recommender(settings: Settings, vocabulary: pd.DataFrame, spark=None, sequences: Sequences | None = None):
+    """The configured model (with the repeat mechanism when the repeat policy allows repeats) and the event-type head;
+    with `spark` and `sequences`, its user segments fitted on them as training fits them."""
     import keras
 
     from model_lib.model.steps import build_next_item_model
+    from model_lib.serving import profiles
     from model_lib.serving.recommender import Recommender
 
     keras.utils.set_random_seed(settings.training.seed)
-    # The configured model (with the repeat mechanism when the repeat policy allows repeats).
-    model = build_next_item_model(catalogue_size(vocabulary), settings, event_type_head)
-    return Recommender(model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
+    model = build_next_item_model(catalogue_size(vocabulary), settings, event_type_head=True)
+    recommender = Recommender(model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
+    if spark is not None:
+        rules = profiles.SegmentRules(settings.serving.profile_segments, settings.training.seed)
+        profiles.segments_of_model(spark, recommender, sequences, settings.sessionize.seq_len, rules)
+    return recommender
 
 
 # --- measurements ---------------------------------------------------------------------------------------------
-def job_users_per_second(settings: Settings, version: int, users: int) -> float:
+def job_seconds(settings: Settings, version: int) -> float:
     from jobs import recommend
 
     started = time.perf_counter()
     recommend.run(settings, DS, version=version, k=K)
-    return users / (time.perf_counter() - started)
+    return time.perf_counter() - started
+
+
+def extras_cost(settings: Settings, version: int, repeats: int = 2) -> dict:
+    """Warm job seconds with every nightly table and with recommendations alone, alternating, the faster of each."""
+    top_k_alone = settings.updated(nightly_extras=[])
+    every_table, alone = [], []
+    for _ in range(repeats):
+        alone.append(job_seconds(top_k_alone, version))
+        every_table.append(job_seconds(settings, version))
+    return {"every_table_seconds": min(every_table), "top_k_alone_seconds": min(alone)}
 
 
 def in_process(recommender, sequences: Sequences) -> dict:
@@ -204,38 +235,39 @@ def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -
 
 
 # --- the benchmark --------------------------------------------------------------------------------------------
-def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
+def run(name: str, root: Path, users: int, items: int, with_als: bool, active_share: float) -> dict:
     from model_lib.storage import registry
     from model_lib.storage.lake import write_sequences
     from model_lib.storage.spark import spark_session
 
     shutil.rmtree(root, ignore_errors=True)
     settings = get_settings(data_dir=root / "data")
-    with stage(f"bench scoring {name}: inputs") as report:
+    spark = spark_session(settings.engines, f"reco-bench-scoring-{name}")
+    with stage(f"bench scoring {name}: inputs and the model's segments") as report:
         if name == "ml-1m":
             sequences, vocabulary = movielens_inputs(settings.sessionize.seq_len)
         else:
             sequences, vocabulary = synthetic_inputs(users, items, settings.sessionize.seq_len)
-        write_sequences(sequences, settings.lake.sequences_dir(DS), files=4)
+        write_sequences(with_day(sequences, active_share), settings.lake.sequences_dir(DS), files=4)
         settings.lake.vocab_dir(DS).mkdir(parents=True)
         vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-00000.parquet", index=False)
-        recommender = untrained_recommender(settings, vocabulary)
+        recommender = untrained_recommender(settings, vocabulary, spark, sequences)
         version = registry.register_recommender(recommender, settings, f"bench-{name}", {"purpose": "benchmark"})
         report(users=len(sequences), items=len(vocabulary), seq_len=settings.sessionize.seq_len)
-    spark = spark_session(settings.engines, f"reco-bench-scoring-{name}")
-    result: dict = {"benchmark": "scoring", "dataset": name, "users": len(sequences), "items": len(vocabulary), "k": K}
-    with stage(f"bench scoring {name}: the recommend job (cold, then warm)") as report:
-        result["job_cold_users_per_s"] = job_users_per_second(settings, version, len(sequences))
-        result["job_warm_users_per_s"] = job_users_per_second(settings, version, len(sequences))
-        report(cold=round(result["job_cold_users_per_s"]), warm=round(result["job_warm_users_per_s"]))
-    with stage(f"bench scoring {name}: the recommend job with the next-event-type head (warm)") as report:
-        with_head = untrained_recommender(settings, vocabulary, event_type_head=True)
-        head_version = registry.register_recommender(
-            with_head, settings, f"bench-{name}-head", {"purpose": "benchmark"}
-        )
-        job_users_per_second(settings, head_version, len(sequences))  # its workers load the second model
-        result["job_warm_next_behaviour_users_per_s"] = job_users_per_second(settings, head_version, len(sequences))
-        report(warm=round(result["job_warm_next_behaviour_users_per_s"]))
+    result: dict = {
+        "benchmark": "scoring",
+        "dataset": name,
+        "users": len(sequences),
+        "items": len(vocabulary),
+        "k": K,
+        "active_share": active_share,
+    }
+    with stage(f"bench scoring {name}: the recommend job, cold, then warm with and without the extra tables") as report:
+        result["job_cold_users_per_s"] = len(sequences) / job_seconds(settings, version)
+        result["extras"] = extras_cost(settings, version)
+        result["job_warm_users_per_s"] = len(sequences) / result["extras"]["every_table_seconds"]
+        result["job_warm_top_k_alone_users_per_s"] = len(sequences) / result["extras"]["top_k_alone_seconds"]
+        report(**{key: round(value, 1) for key, value in result["extras"].items()})
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K})") as report:
             result["als"] = als_users_per_second(spark, sequences, ALS_RANK[name], root / "als")
@@ -254,8 +286,8 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool) -> dict:
         "top_k_vs_multiply": phases["top_k_users_per_s"] / phases["multiply_users_per_s"],
         "top_k_vs_tf_top_k": phases["top_k_users_per_s"] / result["tf_top_k_users_per_s"],
         # Seconds with the extra outputs / seconds without them, minus one (target <= 0.30).
+        "extra_tables_job": result["extras"]["every_table_seconds"] / result["extras"]["top_k_alone_seconds"] - 1,
         "extra_reasons_in_process": phases["reasons_vs_top_k_alone"],
-        "extra_next_behaviour_job": result["job_warm_users_per_s"] / result["job_warm_next_behaviour_users_per_s"] - 1,
     }
     result["reference"] = REFERENCE
     return _rounded(result)
@@ -275,12 +307,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--users", type=int, default=100_000, help="synthetic users")
     parser.add_argument("--items", type=int, default=50_000, help="synthetic catalogue size")
     parser.add_argument("--no-als", action="store_true", help="skip the ALS reference")
+    parser.add_argument(
+        "--active-share",
+        type=float,
+        default=0.1,
+        help="share of the users with an event on the scored day (their day gets anomaly scores; 1 = every user)",
+    )
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "scoring")
     args = parser.parse_args(argv)
     names = ["ml-1m", "synthetic"] if args.dataset == "both" else [args.dataset]
     results = []
     for name in names:
-        result = run(name, args.root / name, args.users, args.items, not args.no_als)
+        result = run(name, args.root / name, args.users, args.items, not args.no_als, args.active_share)
         print(json.dumps(result), flush=True)
         results.append(result)
     return results

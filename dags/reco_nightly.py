@@ -11,8 +11,7 @@ vector and segment; how surprising the day's events were), and publishes the day
 **Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
 **Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`,
 `lake/user_next_behaviour/ds=ds`, `lake/user_profiles/ds=ds`, `lake/user_segments/ds=ds`,
-`lake/user_anomalies/ds=ds`, `lake/run_stats/*/ds=ds`,
-the warehouse, and an MLflow run `nightly-<ds>` (experiment `reco-nightly`) with the day's user-segments picture.
+`lake/user_anomalies/ds=ds`, `lake/run_stats/*/ds=ds`, and the warehouse.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
 date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):

@@ -29,7 +29,7 @@ def _data(args) -> None:
 
     settings = get_settings()
     if args.source == "movielens":
-        per_day = convert_movielens(settings.lake.raw_events_dir, settings.lake.items_dir)
+        per_day = convert_movielens(settings.lake.raw_events_dir, settings.lake.items_dir, args.like_from)
     else:
         shape = {
             "malformed_share": args.malformed_share,
@@ -91,10 +91,14 @@ def _summary(args) -> None:
         rows = warehouse.user_recommendations(user, ds, max_rank=5)
         chances = warehouse.next_behaviour(user, ds)
         behaviour = ", ".join(f"{kind} {p:.0%}" for kind, p in chances.items())
+        segment = warehouse.user_segment(user, ds)
         print(
-            format_recommendations(user, ds, rows, titles) + (f"\n  next event: {behaviour}" if chances else "") + "\n"
+            format_recommendations(user, ds, rows, titles)
+            + (f"\n  next event: {behaviour}" if chances else "")
+            + (f"\n  segment {segment[0]}: {segment[1][:100]}" if segment else "")
+            + "\n"
         )
-    print(f"user segments on {ds} (table user_segments; picture in MLflow experiment reco-nightly):")
+    print(f"user segments on {ds} (table user_segments; picture in the champion's training run):")
     for segment in warehouse.segments(ds).itertuples():
         print(f"  {segment.segment}: {segment.users:>6,} users  {segment.description[:100]}")
     print(f"most anomalous users on {ds} (table user_anomalies: how unlikely the model found their day's events):")
@@ -153,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--late-share", type=float, default=0.02, help="lines landing in a later dt folder")
     data.add_argument("--duplicate-share", type=float, default=0.01)
     data.add_argument("--seed", type=int, default=7)
+    data.add_argument(
+        "--like-from",
+        type=float,
+        help="movielens: ratings with at least this many stars become `like` events, the others `rate` "
+        "(default: every rating is a `rate` event)",
+    )
     data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
     data.set_defaults(handler=_data)
 

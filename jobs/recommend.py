@@ -5,11 +5,12 @@ Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<versi
 Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K items with scores, source and each one's reason
         lake/user_next_behaviour/ds=D/  one row per (user, event type): the chance the next event is of that type
                                         (empty when the champion has no event-type head)
-        lake/user_profiles/ds=D/, lake/user_segments/ds=D/  each user's vector and segment; each segment's size,
-                                        characteristic items and place in a 2-D picture (logged to MLflow's
-                                        reco-nightly experiment)
+        lake/user_profiles/ds=D/, lake/user_segments/ds=D/  each user's vector and segment of the model (fitted
+                                        when it was trained, serving/segments.py); each segment's users that day,
+                                        characteristic items and mean place in the 2-D picture
         lake/user_anomalies/ds=D/       the users whose events of day D the model found least likely (at or above
                                         RECO_ANOMALY_PERCENTILE of the day's scores)
+        (a table left out of RECO_NIGHTLY_EXTRAS is not computed and has no rows for the day)
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 
 Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
@@ -29,7 +30,11 @@ import argparse
 import datetime as dt
 import functools
 import json
+import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,13 +43,21 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
-from model_lib.contracts import RECOMMENDATIONS, USER_ANOMALIES, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS
+from model_lib.contracts import (
+    RECOMMENDATIONS,
+    USER_ANOMALIES,
+    USER_NEXT_BEHAVIOUR,
+    USER_PROFILES,
+    USER_SEGMENTS,
+    Table,
+)
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
-from model_lib.serving import batch_scoring, profiles
-from model_lib.serving.recommender import IncompatibleModelError
+from model_lib.serving import batch_scoring
+from model_lib.serving.recommender import SOURCE_MODEL, SOURCE_POPULAR, SOURCE_REPEAT, IncompatibleModelError
+from model_lib.serving.segments import Segments
 from model_lib.storage import registry
-from model_lib.storage.lake import commit_folder, read_parquet_folder, staging_path, write_run_stats
+from model_lib.storage.lake import commit_folder, parquet_rows, read_parquet_folder, staging_path, write_run_stats
 from model_lib.storage.spark import spark_session
 
 
@@ -69,11 +82,12 @@ def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataF
     return day_vocabulary, "the events so far (the day brought none)"
 
 
-def check_model_fits_day(settings: Settings, version: int, event_counts: pd.DataFrame, basis: str) -> float:
-    """The share of `event_counts` (described by `basis`) the model knows; raises IncompatibleModelError when the
-    model cannot score the day meaningfully."""
-
-    model_vocabulary, model_event_types = registry.trained_on(settings, version)
+def check_model_fits_day(
+    settings: Settings, version: int, trained_on: registry.TrainedOn, event_counts: pd.DataFrame, basis: str
+) -> float:
+    """The share of `event_counts` (described by `basis`) the model (`trained_on`) knows; raises
+    IncompatibleModelError when the model cannot score the day meaningfully."""
+    model_vocabulary, model_event_types = trained_on.vocabulary, trained_on.event_types
     share = known_share(model_vocabulary, event_counts)
     problems = fit_problems(
         share,
@@ -106,8 +120,9 @@ def score_users(
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
         window=settings.sessionize.seq_len,
-        day=day_bounds(ds),
+        day=day_bounds(ds) if USER_ANOMALIES.name in settings.serving.nightly_extras else None,
         top_g=settings.serving.anomaly_top_g,
+        profiles=bool({USER_PROFILES.name, USER_SEGMENTS.name} & set(settings.serving.nightly_extras)),
     )
     return has_history.mapInPandas(body, batch_scoring.SCORED_USER_SCHEMA)
 
@@ -153,41 +168,39 @@ def next_behaviour_rows(
     ).select(USER_NEXT_BEHAVIOUR.columns)
 
 
-def profile_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, ds: dt.date, version: int):
-    """Scored users -> (user_profiles rows, user_segments rows, the segmented users): KMeans over the user vectors,
-    each segment described by its most characteristic items (titles where lake/items has them)."""
-    spark = scored.sparkSession
-    day, model = champion_columns(ds, settings.model.model_name, version)
-    rules = profiles.SegmentRules(settings.serving.profile_segments, settings.training.seed)
-    segmented = profiles.segment_users(scored, rules).persist(StorageLevel.MEMORY_AND_DISK)
-    vocabulary = spark.read.parquet(str(settings.lake.vocab_dir(ds)))
-    top_items = profiles.characteristic_items(segmented, sequences, vocabulary, rules)
-    titles_file = settings.lake.items_dir / "items.parquet"
-    titles = spark.read.parquet(str(titles_file)) if titles_file.exists() else None
-    segments = profiles.segment_rows(segmented, top_items, titles, rules).select(*day, "*", *model)
-    users = segmented.select(*day, "user_id", "segment", "embedding", *model)
-    return users.select(USER_PROFILES.columns), segments.select(USER_SEGMENTS.columns), segmented
+def profile_rows(scored: DataFrame, ds: dt.date, model_name: str, version: int) -> DataFrame:
+    """Scored users -> the user_profiles table: each user's vector and segment of the model."""
+    day, model = champion_columns(ds, model_name, version)
+    segmented = scored.where(F.col("segment").isNotNull())
+    return segmented.select(*day, "user_id", "segment", "embedding", *model).select(USER_PROFILES.columns)
 
 
-def log_segments(settings: Settings, ds: dt.date, version: int, segmented: DataFrame, segments: pd.DataFrame):
-    """The day's segments picture and table in an MLflow run of the reco-nightly experiment, for model owners."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    from model_lib.evaluation.report import segments_picture
-
-    points = segmented.select("x", "y", "segment").limit(3000).toPandas()
-    registry.configure(settings, registry.NIGHTLY_EXPERIMENT)
-    with mlflow.start_run(run_name=f"nightly-{ds}"), tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({"ds": ds.isoformat(), "model_name": settings.model.model_name, "model_version": version})
-        mlflow.log_params({"profile_segments": settings.serving.profile_segments})
-        mlflow.log_metrics({"scored_users": float(segments["users"].sum()), "segments": float(len(segments))})
-        mlflow.log_artifact(str(segments_picture(points, segments, Path(tmp) / "user_segments.png")))
-        mlflow.log_table(
-            segments.drop(columns=["ds"]).astype({"top_item_ids": str}), artifact_file="user_segments.json"
-        )
+def segment_rows(scored: DataFrame, segments: Segments, ds: dt.date, model_name: str, version: int) -> DataFrame:
+    """Scored users and the model's segments -> the user_segments table: per segment with users that day, their
+    number and mean place in the picture, beside the segment's characteristic items and description (looked up in
+    literal arrays indexed by segment: a handful of values, no join)."""
+    day, model = champion_columns(ds, model_name, version)
+    # A centroid KMeans left without training users has no description.
+    by_segment = {entry["segment"]: entry for entry in segments.described}
+    described = [by_segment.get(n, {"top_item_ids": [], "description": ""}) for n in range(len(segments.centroids))]
+    items = F.array(*[F.array(*[F.lit(item) for item in entry["top_item_ids"]]) for entry in described])
+    descriptions = F.array(*[F.lit(entry["description"]) for entry in described])
+    today = (
+        scored.where(F.col("segment").isNotNull())
+        .groupBy("segment")
+        .agg(F.count("*").alias("users"), F.avg("x").alias("x"), F.avg("y").alias("y"))
+    )
+    position = F.col("segment") + 1
+    return today.select(
+        *day,
+        "segment",
+        "users",
+        F.element_at(items, position).cast("array<string>").alias("top_item_ids"),
+        F.element_at(descriptions, position).alias("description"),
+        "x",
+        "y",
+        *model,
+    ).select(USER_SEGMENTS.columns)
 
 
 def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: str, version: int) -> DataFrame:
@@ -212,79 +225,97 @@ def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: 
     )
 
 
-def load(table: DataFrame, folder, order: list[str]) -> None:
-    """One day of a nightly table, committed whole."""
-    staged = staging_path(folder)
-    # Sorted within each partition, not globally: a global orderBy samples its input first, which would run the
-    # scoring twice. The input files and their split are fixed, so the output files are still byte-for-byte stable.
-    table.sortWithinPartitions(*order).write.mode("overwrite").parquet(str(staged))
-    commit_folder(staged, folder)
+def load(tables: dict[Table, tuple[Callable[[], DataFrame], Path]]) -> None:
+    """Each table's day, built and written to a staging folder, the tables side by side (Spark runs the jobs of
+    several driver threads concurrently, so one table's fixed costs overlap another's work), then committed whole
+    one by one in the given order."""
+    staged = {table: staging_path(folder) for table, (_, folder) in tables.items()}
+
+    def write(table: Table) -> None:
+        frame = tables[table][0]()
+        # Sorted within each partition, not globally: a global orderBy samples its input first, which would run
+        # the scoring twice. The input files and their split are fixed, so the output files are byte-for-byte stable.
+        frame.sortWithinPartitions(*table.key[1:]).write.mode("overwrite").parquet(str(staged[table]))
+
+    with ThreadPoolExecutor(max_workers=len(tables)) as pool:
+        for written in [pool.submit(write, table) for table in tables]:
+            written.result()
+    for table, (_, folder) in tables.items():
+        commit_folder(staged[table], folder)
 
 
-def nightly_tables(scored: DataFrame, sequences: DataFrame, settings: Settings, ds: dt.date, version: int) -> None:
-    """Every nightly table of the day from one scoring pass (kept while they are written), recommendations last:
-    the publish step needs them, and checks that every table comes from one model version."""
+def nightly_tables(
+    scored: DataFrame, settings: Settings, ds: dt.date, version: int, segments: Segments | None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Every nightly table of the day from one scoring pass (kept while they are written), recommendations committed
+    last: the publish step needs them, and checks that every table comes from one model version. A table left out
+    of RECO_NIGHTLY_EXTRAS, or one the model cannot fill (profiles without segments) has no rows for the day: an
+    older run's folder for the day is removed, not kept. Returns the rows written per table, and the
+    recommendations per source (model, popular, repeat) with the users listed."""
     name, lake = settings.model.model_name, settings.lake
+    wanted = set(settings.serving.nightly_extras) - (
+        {USER_PROFILES.name, USER_SEGMENTS.name} if segments is None else set()
+    )
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        behaviour = next_behaviour_rows(scored, settings.sessionize.event_types, ds, name, version)
-        load(behaviour, lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds), ["user_id", "event_type"])
-        if not scored.isEmpty():
-            users, segments, segmented = profile_tables(scored, sequences, settings, ds, version)
-            load(users, lake.nightly_table_dir(USER_PROFILES.name, ds), ["user_id"])
-            load(segments.coalesce(1), lake.nightly_table_dir(USER_SEGMENTS.name, ds), ["segment"])
-            log_segments(
-                settings, ds, version, segmented, pd.read_parquet(lake.nightly_table_dir(USER_SEGMENTS.name, ds))
-            )
-            segmented.unpersist()
-        else:  # nobody to segment (KMeans needs a point): the day's profile tables are empty, not yesterday's
-            for table in (USER_PROFILES, USER_SEGMENTS):
-                empty = scored.sparkSession.createDataFrame([], table.spark_schema)
-                load(empty, lake.nightly_table_dir(table.name, ds), table.key[1:])
-        anomalous = anomaly_rows(scored, settings.serving.anomaly_percentile, ds, name, version)
-        load(anomalous, lake.nightly_table_dir(USER_ANOMALIES.name, ds), ["user_id"])
-        load(recommendation_rows(scored, ds, name, version), lake.recommendations_dir(ds), ["user_id", "rank"])
+        with stage("recommend: score every user with history") as report:
+            report(users=scored.count())
+        event_types = settings.sessionize.event_types
+        extras = {
+            USER_NEXT_BEHAVIOUR: lambda: next_behaviour_rows(scored, event_types, ds, name, version),
+            USER_PROFILES: lambda: profile_rows(scored, ds, name, version),
+            USER_SEGMENTS: lambda: segment_rows(scored, segments, ds, name, version),
+            USER_ANOMALIES: lambda: anomaly_rows(scored, settings.serving.anomaly_percentile, ds, name, version),
+        }
+        tables = {table: rows for table, rows in extras.items() if table.name in wanted}
+        tables[RECOMMENDATIONS] = lambda: recommendation_rows(scored, ds, name, version)
+        for table in set(extras) - set(tables):
+            shutil.rmtree(lake.nightly_table_dir(table.name, ds), ignore_errors=True)
+        with stage(f"recommend: write {', '.join(table.name for table in tables)}"):
+            load({table: (rows, lake.nightly_table_dir(table.name, ds)) for table, rows in tables.items()})
+        listed = recommendation_counts(scored)
     finally:
         scored.unpersist()
+    rows = {table.name: parquet_rows(lake.nightly_table_dir(table.name, ds)) for table in tables}
+    return rows, listed
+
+
+def recommendation_counts(scored: DataFrame) -> dict[str, int]:
+    """Scored users -> users with at least one recommendation, and recommendations per source (one Spark job)."""
+    per_source = [
+        F.sum(F.size("sources") - F.size(F.array_remove("sources", source))).alias(source)
+        for source in (SOURCE_MODEL, SOURCE_POPULAR, SOURCE_REPEAT)
+    ]
+    counts = scored.agg(F.sum((F.size("item_ids") > 0).cast("long")).alias("users"), *per_source).first()
+    return {key: int(value or 0) for key, value in counts.asDict().items()}
 
 
 def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | None = None) -> dict:
     if version is None:
-        from model_lib.storage import registry
-
         version = registry.champion_version(settings)
     k = k or settings.serving.top_k
     started = time.time()
     day_vocabulary = extract_day_vocabulary(settings, ds)
-    known = check_model_fits_day(settings, version, *extract_day_events(settings, ds, day_vocabulary))
+    trained_on = registry.trained_on(settings, version)
+    known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds)
-        nightly_tables(scored, sequences, settings, ds, version)
-        written = spark.read.parquet(str(settings.lake.recommendations_dir(ds)))
-        counts = written.agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).first()
-        by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}
-        behaviour_rows = spark.read.parquet(str(settings.lake.nightly_table_dir(USER_NEXT_BEHAVIOUR.name, ds))).count()
-        anomalous = spark.read.parquet(str(settings.lake.nightly_table_dir(USER_ANOMALIES.name, ds))).count()
-        report(
-            users=counts["users"],
-            rows=counts["rows"],
-            next_behaviour_rows=behaviour_rows,
-            anomalous_users=anomalous,
-            **by_source,
-        )
+        rows, listed = nightly_tables(scored, settings, ds, version, trained_on.segments)
+        report(**rows, **listed)
     summary = {
         "ds": ds.isoformat(),
         "model_version": version,
         "k": k,
-        "users": counts["users"],
-        "rows": counts["rows"],
+        "users": listed["users"],
+        "rows": rows[RECOMMENDATIONS.name],
         "known_share": round(known, 4),
         "repeat_policy": settings.repeat_rule().describe(),
-        "repeat_rows": int(by_source.get("repeat", 0)),
-        "next_behaviour_rows": behaviour_rows,
-        "anomalous_users": anomalous,
+        "repeat_rows": listed[SOURCE_REPEAT],
+        "next_behaviour_rows": rows.get(USER_NEXT_BEHAVIOUR.name, 0),
+        "segmented_users": rows.get(USER_PROFILES.name, 0),
+        "anomalous_users": rows.get(USER_ANOMALIES.name, 0),
         "seconds": round(time.time() - started, 1),
     }
     write_run_stats(summary, settings.lake.run_stats_dir("recommend", ds))

@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
 from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import protocol_split
@@ -67,15 +69,16 @@ def run(settings: Settings, ds: dt.date) -> dict:
             )
             report(epochs=len(result.history), best_epoch=result.best_epoch)
         return {"ds": ds.isoformat(), "worker": True, "epochs": len(result.history)}
-    window = data_window(sequences.times)
-    return _train_and_register(settings, ds, files, vocabulary, num_items, split, window, checkpoint_dir)
+    return _train_and_register(settings, ds, files, vocabulary, num_items, sequences, split, checkpoint_dir)
 
 
-def _train_and_register(settings, ds, files, vocabulary, num_items, split, window: str, checkpoint_dir: Path) -> dict:
+def _train_and_register(settings, ds, files, vocabulary, num_items, sequences, split, checkpoint_dir: Path) -> dict:
     import mlflow
 
     from model_lib.model import training
+    from model_lib.serving.recommender import Recommender
     from model_lib.storage import registry
+    from model_lib.storage.spark import spark_session
 
     client = registry.configure(settings)
     # A retry after a crash continues the same MLflow run, as training continues from its checkpoint.
@@ -89,10 +92,17 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, split, windo
             _log_params(settings, ds, files, num_items, split)
         # --- transform: train, then test on the held-out last event of every user ---
         result = _fit(settings, files, num_items, split, checkpoint_dir)
-        results = _test_with_baselines(settings, ds, result, split, num_items)
-        next_type = _test_next_type(settings, result, split)
+        recommender = Recommender(result.model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
+        spark = spark_session(settings.engines, f"reco-train-{ds}")
+        try:
+            results = _test_with_baselines(settings, spark, result, split, num_items)
+            next_type = _test_next_type(settings, result, split)
+            _fit_segments(settings, spark, recommender, sequences)
+        finally:
+            spark.stop()
         # --- load: metrics, pictures, the model, the registry ---
-        version = _log_and_register(settings, ds, window, vocabulary, split, num_items, client, run, result, results)
+        window = data_window(sequences.times)
+        version = _log_and_register(settings, ds, window, recommender, split, num_items, client, run, result, results)
     # Registered: a re-run of this ds trains afresh instead of resuming a finished run.
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     summary = {
@@ -158,24 +168,17 @@ def _fit(settings: Settings, files: list[Path], num_items: int, split, checkpoin
     return result
 
 
-def _test_with_baselines(settings: Settings, ds: dt.date, result, split, num_items: int) -> dict[str, dict]:
-    """The model and every baseline on the test hold-out, under the same repeat policy."""
+def _test_with_baselines(settings: Settings, spark, result, split, num_items: int) -> dict[str, dict]:
+    """The model and every baseline on the test hold-out, under the same repeat policy (ALS on `spark` when
+    RECO_ALS_BASELINE)."""
     from model_lib.evaluation import baselines
     from model_lib.model import training
 
     with stage("train: test metrics and baselines") as report:
         policy = settings.repeat_rule()
         results = {MODEL: training.evaluate_model(result.model, split.test, num_items, policy=policy)}
-        spark = None
-        if settings.training.als_baseline:
-            from model_lib.storage.spark import spark_session
-
-            spark = spark_session(settings.engines, f"reco-train-als-{ds}")
-        try:
-            results.update(baselines.all_baselines(spark, split, num_items, settings))
-        finally:
-            if spark is not None:
-                spark.stop()
+        als_spark = spark if settings.training.als_baseline else None
+        results.update(baselines.all_baselines(als_spark, split, num_items, settings))
         report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
     return results
 
@@ -198,13 +201,32 @@ def _test_next_type(settings: Settings, result, split) -> dict[str, dict]:
     return results
 
 
-def _log_and_register(settings, ds, window, vocabulary, split, num_items, client, run, result, results) -> int:
+def _fit_segments(settings: Settings, spark, recommender, sequences) -> None:
+    """The version's user segments (serving/profiles.py) over every user's vector, with the segments picture and
+    table logged to the run: what the nightly user_profiles and user_segments tables assign users to."""
+    import mlflow
+
+    from model_lib.evaluation.report import segments_picture
+    from model_lib.serving import profiles
+
+    with stage("train: user segments (KMeans over the users' vectors)") as report:
+        titles_file = settings.lake.items_dir / "items.parquet"
+        titles = pd.read_parquet(titles_file) if titles_file.exists() else None
+        rules = profiles.SegmentRules(settings.serving.profile_segments, settings.training.seed)
+        points = profiles.segments_of_model(spark, recommender, sequences, settings.sessionize.seq_len, rules, titles)
+        described = pd.DataFrame(recommender.segments.described)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(segments_picture(points, described, Path(tmp) / "user_segments.png")))
+        mlflow.log_table(described.astype({"top_item_ids": str}), artifact_file="user_segments.json")
+        report(users=len(sequences), segments=len(described))
+
+
+def _log_and_register(settings, ds, window, recommender, split, num_items, client, run, result, results) -> int:
     """Test metrics, the metrics table, curves, chart and model card to the MLflow run; the recommender registered
     as a new version with alias challenger. Returns the version."""
     import mlflow
 
     from model_lib.evaluation import baselines
-    from model_lib.serving.recommender import Recommender
     from model_lib.storage import registry
 
     test = results[MODEL]
@@ -215,7 +237,6 @@ def _log_and_register(settings, ds, window, vocabulary, split, num_items, client
     mlflow.log_metrics({"train_seconds": result.seconds, "best_epoch": result.best_epoch})
     table = metrics_table(results)
     mlflow.log_table(table, artifact_file="test_metrics_table.json")
-    recommender = Recommender(result.model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
     with tempfile.TemporaryDirectory() as tmp, stage("train: log + register model") as report:
         mlflow.log_artifact(
             str(training_curves(result.history, settings.training.eval_k, Path(tmp) / "training_curves.png"))
@@ -237,7 +258,7 @@ def _log_and_register(settings, ds, window, vocabulary, split, num_items, client
                 "ds": ds.isoformat(),
                 "data_window": window,
                 # The vocabulary travels inside the model; this says which lake version it is.
-                "vocabulary": f"lake/sessionized/ds={ds.isoformat()}/vocab ({len(vocabulary):,} items)",
+                "vocabulary": f"lake/sessionized/ds={ds.isoformat()}/vocab ({len(recommender.index_of):,} items)",
                 "run_id": run.info.run_id,
                 **{f"test_{name}": f"{test[name]:.5f}" for name in ("hr_10", "ndcg_10", "coverage_20")},
                 "code_version": code_version(),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS
 from model_lib.redaction import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,20 @@ Positive = Annotated[int, AfterValidator(_positive)]
 NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
 NonNegative = Annotated[float, AfterValidator(_non_negative)]
 Share = Annotated[float, AfterValidator(_share)]
+
+
+# The nightly tables that may be left out (recommendations are always written).
+NIGHTLY_EXTRAS = tuple(table.name for table in NIGHTLY_TABLES if table is not RECOMMENDATIONS)
+
+
+def _each_one_of(choices: tuple[str, ...]) -> AfterValidator:
+    def check(values: list[str]) -> list[str]:
+        unknown = sorted(set(values) - set(choices))
+        if unknown:
+            raise ValueError(f"each must be one of {choices}, got {unknown}")
+        return values
+
+    return AfterValidator(check)
 
 
 def _one_of(choices: tuple[str, ...]) -> AfterValidator:
@@ -296,6 +311,9 @@ class ServingSettings(BaseModel):
     # scores, are published; an event outside the model's top anomaly_top_g counts as a miss (serving/anomalies.py).
     anomaly_percentile: Share = 0.99
     anomaly_top_g: Positive = 10
+    # The tables the nightly run writes beside recommendations; one left out gets no rows for the day (its
+    # outputs are not computed: bench/scoring.py measures what they cost).
+    nightly_extras: Annotated[list[str], _each_one_of(NIGHTLY_EXTRAS)] = list(NIGHTLY_EXTRAS)
 
 
 class OrchestrationSettings(BaseModel):

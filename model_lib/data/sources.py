@@ -66,14 +66,17 @@ def read_movielens_items(folder: Path) -> pd.DataFrame:
     )
 
 
-def ratings_to_raw_events(ratings: pd.DataFrame) -> pd.DataFrame:
-    """Every rating becomes one `rate` event; the stable sort keeps file order for equal timestamps."""
+def ratings_to_raw_events(ratings: pd.DataFrame, like_from: float | None = None) -> pd.DataFrame:
+    """Every rating becomes one `rate` event, or with `like_from` a `like` event when it has at least that many
+    stars (the user liked the movie; its `value` keeps the stars either way); the stable sort keeps file order for
+    equal timestamps."""
     ordered = ratings.sort_values("timestamp", kind="stable")
+    liked = ordered["rating"].to_numpy() >= like_from if like_from is not None else np.zeros(len(ordered), bool)
     return pd.DataFrame(
         {
             "user_id": ordered["user_id"].to_numpy(),
             "item_id": ordered["item_id"].to_numpy(),
-            "event_type": "rate",
+            "event_type": np.where(liked, "like", "rate"),
             "ts": ordered["timestamp"].to_numpy() * 1000,
             "value": ordered["rating"].to_numpy(),
         }
@@ -108,16 +111,19 @@ def write_raw_events(events: pd.DataFrame, raw_dir: Path, arrival_ms: np.ndarray
     return written
 
 
-def convert_movielens(raw_dir: Path, items_dir: Path) -> dict[str, int]:
-    """`reco data movielens`: ML-1M -> raw events (one dt per day of the data) + the items table."""
+def convert_movielens(raw_dir: Path, items_dir: Path, like_from: float | None = None) -> dict[str, int]:
+    """`reco data movielens`: ML-1M -> raw events (one dt per day of the data; ratings_to_raw_events) + the items
+    table."""
     folder = movielens_folder()
     with stage("read MovieLens-1M") as report:
         ratings = read_movielens_ratings(folder)
         items = read_movielens_items(folder)
         report(ratings=len(ratings), users=ratings["user_id"].nunique(), items=ratings["item_id"].nunique())
     with stage("write raw events") as report:
-        per_day = write_raw_events(ratings_to_raw_events(ratings), raw_dir)
-        report(days=len(per_day), events=sum(per_day.values()), first=min(per_day), last=max(per_day))
+        events = ratings_to_raw_events(ratings, like_from)
+        per_day = write_raw_events(events, raw_dir)
+        types = events["event_type"].value_counts()
+        report(days=len(per_day), events=sum(per_day.values()), first=min(per_day), last=max(per_day), **types)
     write_items(items, items_dir)
     return per_day
 

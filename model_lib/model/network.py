@@ -288,7 +288,20 @@ class NextItemModel(keras.Model):
         row (B, T), next event type probabilities (B, num_event_types)); batch scoring multiplies the vectors with
         the item table outside the model. Without the repeat mechanism the gate and row are zeros; without the
         event-type head the probabilities are zeros. Index 0 of the event types is padding: probability 0."""
+        return self._last_step(self.forward(inputs, training=False))
+
+    def encode_steps(self, inputs):
+        """-> (user vectors after every step (B, T, D), repeat gate (B, T), repeat rows (B, T, T)); gate and rows
+        are zeros without the repeat mechanism. Anomaly scores read the model's prediction before each event."""
+        return self._every_step(self.forward(inputs, training=False))
+
+    def encode_last_and_steps(self, inputs):
+        """-> encode_last's five outputs, then encode_steps' three, from one forward pass (the nightly scoring of a
+        user with events that day needs both)."""
         outputs = self.forward(inputs, training=False)
+        return (*self._last_step(outputs), *self._every_step(outputs))
+
+    def _last_step(self, outputs):
         attention = outputs["attention"][:, -1, :]
         vectors = outputs["user_vectors"][:, -1, :]
         if outputs["event_type_logits"] is None:
@@ -301,10 +314,7 @@ class NextItemModel(keras.Model):
             return vectors, attention, ops.zeros_like(attention[:, 0]), ops.zeros_like(attention), next_types
         return vectors, attention, outputs["repeat_gate"][:, -1], outputs["repeat_weights"][:, -1, :], next_types
 
-    def encode_steps(self, inputs):
-        """-> (user vectors after every step (B, T, D), repeat gate (B, T), repeat rows (B, T, T)); gate and rows
-        are zeros without the repeat mechanism. Anomaly scores read the model's prediction before each event."""
-        outputs = self.forward(inputs, training=False)
+    def _every_step(self, outputs):
         if outputs["repeat_gate"] is None:
             zeros = ops.zeros_like(outputs["attention"])
             return outputs["user_vectors"], zeros[:, :, 0], zeros

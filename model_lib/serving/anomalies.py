@@ -44,33 +44,43 @@ def scored_events(items: np.ndarray, day: np.ndarray) -> np.ndarray:
     return day & (items >= FIRST_ITEM_INDEX) & follows_an_event
 
 
-def event_log_likelihoods(scorer, inputs: dict[str, np.ndarray], rows, columns, top_g: int):
+def event_log_likelihoods(scorer, inputs: dict[str, np.ndarray], rows, columns, top_g: int, steps=None):
     """ln P and 'outside the top g' of the events at (rows, columns) of `inputs`, each predicted from the step
-    before it; `scorer` is a recommender.ModelScorer."""
+    before it; `scorer` is a recommender.ModelScorer, `steps` its encode_steps(inputs) if already made."""
     from model_lib.serving.recommender import mix_repeats
 
     items = np.asarray(inputs["items"])
-    vectors, gate, repeat = scorer.encode_steps(inputs)
+    vectors, gate, repeat = scorer.encode_steps(inputs) if steps is None else steps
     targets = items[rows, columns]
     log_p = np.empty(len(rows), np.float64)
     outside = np.empty(len(rows), bool)
+    # One (events x catalogue) block reused, each pass over it in place: at 50,000 items the passes over the block
+    # cost more than its multiply.
+    block = np.empty((min(BLOCK, len(rows)), scorer.item_matrix.shape[1]), np.float32)
     for start in range(0, len(rows), BLOCK):
         part = slice(start, start + BLOCK)
         r, c = rows[part], columns[part] - 1
-        logits = vectors[r, c] @ scorer.item_matrix
+        logits = np.matmul(vectors[r, c], scorer.item_matrix, out=block[: len(r)])
         if scorer.repeat_mechanism:
-            scores = mix_repeats(logits, gate[r, c], repeat[r, c], items[r])
-        else:
-            peak = logits.max(axis=1, keepdims=True)
-            scores = logits - (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
-        target_scores = scores[np.arange(len(r)), targets[part]]
-        log_p[part] = target_scores
-        outside[part] = (scores > target_scores[:, None]).sum(axis=1) >= top_g
+            mix_repeats(logits, gate[r, c], repeat[r, c], items[r])  # log-probabilities, in place
+        target = logits[np.arange(len(r)), targets[part]].astype(np.float64)
+        # The rank before normalising: softmax keeps the order.
+        outside[part] = np.count_nonzero(logits > target[:, None].astype(np.float32), axis=1) >= top_g
+        log_p[part] = target if scorer.repeat_mechanism else target - log_normaliser(logits)
     return log_p, outside
 
 
-def day_surprise(scorer, inputs: dict[str, np.ndarray], day: np.ndarray, top_g: int) -> DaySurprise:
-    """inputs (B, T) as the model reads them; day (B, T) bool marks each user's events of the day."""
+def log_normaliser(logits: np.ndarray) -> np.ndarray:
+    """(b, V) logits -> (b,) float64 log of the sum of their exponentials; overwrites `logits`."""
+    peak = logits.max(axis=1, keepdims=True)
+    np.subtract(logits, peak, out=logits)
+    np.exp(logits, out=logits)
+    return peak[:, 0].astype(np.float64) + np.log(logits.sum(axis=1, dtype=np.float64))
+
+
+def day_surprise(scorer, inputs: dict[str, np.ndarray], day: np.ndarray, top_g: int, steps=None) -> DaySurprise:
+    """inputs (B, T) as the model reads them; day (B, T) bool marks each user's events of the day. `steps`, when
+    given, is ModelScorer.encode_steps of the users with a scored event (scored_events(...).any(axis=1)), in order."""
     items = np.asarray(inputs["items"])
     scored = scored_events(items, day)
     users = np.flatnonzero(scored.any(axis=1))
@@ -78,7 +88,9 @@ def day_surprise(scorer, inputs: dict[str, np.ndarray], day: np.ndarray, top_g: 
         empty = np.zeros(0)
         return DaySurprise(users, empty, empty.astype(int), empty, empty.astype(int))
     rows, columns = np.nonzero(scored[users])
-    log_p, outside = event_log_likelihoods(scorer, {k: v[users] for k, v in inputs.items()}, rows, columns, top_g)
+    log_p, outside = event_log_likelihoods(
+        scorer, {k: v[users] for k, v in inputs.items()}, rows, columns, top_g, steps
+    )
     nll = -log_p
     events = np.bincount(rows, minlength=len(users))
     worst = np.full(len(users), -np.inf)

@@ -16,16 +16,18 @@ import pandas as pd
 from model_lib.config import get_settings
 from model_lib.data.splits import Sequences
 from model_lib.evaluation.metrics import RepeatPolicy
-from model_lib.serving.anomalies import DaySurprise, day_surprise
+from model_lib.serving.anomalies import DaySurprise, day_surprise, scored_events
 from model_lib.serving.recommender import SOURCE_REPEAT
 from model_lib.storage import registry
 
 # One row per scored user: the top K best first (ids, scores, sources, each item's reason), the chance of each
-# configured event type for the user's next event (null without the model's event-type head) and the user's vector.
-# The recommend job turns it into the nightly tables (jobs/recommend.py).
+# configured event type for the user's next event (null without the model's event-type head), the user's vector,
+# and the user's segment of the model with its place in the segments picture (null when the model has no segments
+# or profiles are not wanted). The recommend job turns it into the nightly tables (jobs/recommend.py).
 SCORED_USER_SCHEMA = (
     "user_id string, item_ids array<string>, scores array<double>, sources array<string>, "
     "reason_item_ids array<string>, next_event_types array<double>, embedding array<double>, "
+    "segment int, x double, y double, "
     # How surprising the user's events of the day were (serving/anomalies.py); null without a scored event that day.
     "anomaly_score double, anomaly_events int, outside_top_share double, most_surprising_item_id string"
 )
@@ -47,8 +49,9 @@ def score_partition(
     day_item_ids: np.ndarray,
     policy: RepeatPolicy,
     window: int,
-    day: tuple[int, int],
+    day: tuple[int, int] | None,
     top_g: int,
+    profiles: bool,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy.
 
@@ -56,7 +59,8 @@ def score_partition(
     An item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
     fewer than K candidates gets fewer items. The model reads the last `window` events (seq_len) of the stored
     history. `day` = [start, end) in epoch seconds: the events whose time falls in it are the day's, scored for
-    anomalies (outside the model's top `top_g` counts as a miss).
+    anomalies (outside the model's top `top_g` counts as a miss); None: no anomaly scores. `profiles`: assign each
+    user to the model's segments.
     """
     recommender = _cached_recommender(tracking_uri, model_name, version)
     to_model = recommender.translation_from(day_item_ids)
@@ -72,12 +76,21 @@ def score_partition(
             np.stack(batch["event_times"].to_numpy()).astype(np.int64),
         ).last_events(window)
         inputs = sequences.model_inputs()
-        result = recommender.recommend(inputs, sequences.older_items, k, policy=policy)
-        in_day = (sequences.times >= day[0]) & (sequences.times < day[1])
-        surprise = day_surprise(recommender.scorer, inputs, in_day, top_g)
-        yield with_surprise(
-            scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids), surprise, recommender.item_ids
-        )
+        # Users with events that day need every step's prediction too: one forward pass gives both.
+        with_steps = np.zeros(len(batch), bool)
+        if day is not None:
+            in_day = (sequences.times >= day[0]) & (sequences.times < day[1])
+            with_steps = scored_events(inputs["items"], in_day).any(axis=1)
+        last, steps = recommender.scorer.encode_with_steps(inputs, with_steps)
+        result = recommender.recommend(inputs, sequences.older_items, k, policy=policy, last=last)
+        scored = scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids)
+        if profiles and recommender.segments is not None:
+            segment, plane = recommender.segments.assign(result.user_vectors)
+            scored["segment"], scored["x"], scored["y"] = segment, plane[:, 0], plane[:, 1]
+        if day is not None:
+            surprise = day_surprise(recommender.scorer, inputs, in_day, top_g, steps)
+            scored = with_surprise(scored, surprise, recommender.item_ids)
+        yield scored
 
 
 def with_surprise(frame: pd.DataFrame, surprise: DaySurprise, item_ids: np.ndarray) -> pd.DataFrame:
@@ -95,8 +108,12 @@ def with_surprise(frame: pd.DataFrame, surprise: DaySurprise, item_ids: np.ndarr
     return frame
 
 
+# The columns filled after scored_users (segments, anomaly scores): null until then.
+LATER_COLUMNS = ("segment", "x", "y", "anomaly_score", "anomaly_events", "outside_top_share", "most_surprising_item_id")
+
+
 def scored_users(user_ids: np.ndarray, result, item_ids: np.ndarray) -> pd.DataFrame:
-    """Recommendations (recommender.Recommendations) -> one SCORED_USER_SCHEMA row per user."""
+    """Recommendations (recommender.Recommendations) -> one SCORED_USER_SCHEMA row per user (LATER_COLUMNS null)."""
     listed = np.isfinite(result.scores)  # trailing -inf positions hold no item
     sources = np.where(result.repeats, SOURCE_REPEAT, result.sources[:, None])
     reasons = np.where(result.reasons >= 0, item_ids[np.maximum(result.reasons, 0)], None)
@@ -114,5 +131,6 @@ def scored_users(user_ids: np.ndarray, result, item_ids: np.ndarray) -> pd.DataF
             "reason_item_ids": per_user(reasons),
             "next_event_types": list(types.astype(np.float64)) if types is not None else [None] * len(user_ids),
             "embedding": list(result.user_vectors.astype(np.float64)),
+            **{name: [None] * len(user_ids) for name in LATER_COLUMNS},
         }
     )

@@ -120,6 +120,13 @@ def parquet_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet"))
 
 
+def parquet_rows(folder: Path) -> int:
+    """The rows of a Spark-written Parquet folder, from the files' footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in parquet_files(folder))
+
+
 def read_parquet_folder(folder: Path) -> pd.DataFrame:
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")

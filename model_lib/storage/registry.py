@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -31,11 +32,11 @@ from model_lib.config import Settings
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.redaction import redact, split_credentials
 from model_lib.serving.recommender import RECOMMENDER_FILES, IncompatibleModelError, Recommender
+from model_lib.serving.segments import Segments
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "reco-training"
-NIGHTLY_EXPERIMENT = "reco-nightly"  # one run per nightly day: its user segments picture and counts
 NO_ITEMS = np.zeros(0, np.int64)  # no older items beyond the given history
 CHECKSUM_TAG = "recommender_sha256"
 RECOMMENDER_ARTIFACT = "recommender"  # the folder inside each version's artifacts
@@ -280,8 +281,17 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
         return Recommender.load(folder)
 
 
-def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str]]:
-    """The vocabulary and event types a registered version was trained with, read from its artifacts without
+@dataclass(frozen=True)
+class TrainedOn:
+    """What a registered version was trained with, read from its artifacts without loading the network."""
+
+    vocabulary: pd.DataFrame
+    event_types: list[str]
+    segments: Segments | None  # its user segments (None for versions registered before segments existed)
+
+
+def trained_on(settings: Settings, version: int) -> TrainedOn:
+    """The vocabulary, event types and user segments of a registered version, read from its artifacts without
     loading the network (so the nightly run can check them before any scoring)."""
     use_configured_store(settings)
     folder = f"models:/{settings.model.model_name}/{version}/artifacts/{RECOMMENDER_ARTIFACT}"
@@ -299,7 +309,8 @@ def trained_on(settings: Settings, version: int) -> tuple[pd.DataFrame, list[str
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise LookupError(f"{settings.model.model_name} has no version {version} in the registry") from None
             raise _unavailable(settings, error) from None
-    return vocabulary, config["event_types"]
+    segments = Segments.from_config(config["segments"]) if "segments" in config else None
+    return TrainedOn(vocabulary, config["event_types"], segments)
 
 
 def set_champion(client: MlflowClient, settings: Settings, version: int, reason: str) -> None:

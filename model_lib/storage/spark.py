@@ -25,6 +25,9 @@ def spark_session(engines: EngineSettings, app_name: str) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        # Every write goes to a staging folder that storage/lake.commit_folder swaps into place whole; Spark's own
+        # second round of renames at job commit (algorithm 1) would only repeat that work.
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version", "2")
     )
     # spark-submit starts the JVM first and hands its port over; then the master and the application name
     # (the DAG's per-run name) come from its command line.

@@ -264,6 +264,19 @@ def test_the_nightly_run_publishes_next_behaviour_and_profiles_from_the_same_cha
     profiles = warehouse.query("SELECT count(*) AS n FROM user_profiles WHERE ds = ?", [ds])["n"][0]
     segments = warehouse.segments(ds)
     assert profiles == scored == segments["users"].sum()
+    # The segments are the champion's own, fitted when reco_training trained it; its run holds their picture.
+    import mlflow
+
+    from model_lib.storage import registry
+
+    described = {
+        entry["segment"]: entry["description"] for entry in registry.trained_on(settings, version).segments.described
+    }
+    assert 0 < len(described) <= settings.serving.profile_segments
+    assert all(described[row.segment] == row.description for row in segments.itertuples())
+    client = registry.configure(settings)
+    run_id = client.get_model_version(settings.model.model_name, str(version)).tags["run_id"]
+    assert "user_segments.png" in [artifact.path for artifact in mlflow.MlflowClient().list_artifacts(run_id)]
     tables = warehouse.query("SELECT DISTINCT table_name FROM published_tables WHERE ds = ?", [ds])
     assert set(tables["table_name"]) >= {"recommendations", "user_next_behaviour", "user_profiles", "user_segments"}
     # Anomalies: only users with events on the day are scored, and only the top percentile is published.

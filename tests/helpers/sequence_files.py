@@ -29,10 +29,18 @@ def cycle_sequences(users: int, num_items: int, steps: int, seed: int = 0, event
 
 
 def register_tiny_model(
-    settings, num_items: int = 30, seed: int = 1, documents: dict | None = None, policy=None, event_type_head=False
+    settings,
+    num_items: int = 30,
+    seed: int = 1,
+    documents: dict | None = None,
+    policy=None,
+    event_type_head=False,
+    spark=None,
+    segment_users=None,
 ):
     """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
-    -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item."""
+    -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item. With `spark` and
+    `segment_users` (Sequences in the model's indices), its user segments are fitted on them as training does."""
     import keras
 
     from model_lib.model.network import NextItemModel
@@ -52,4 +60,9 @@ def register_tiny_model(
     indices = np.arange(2, num_items)
     vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
     recommender = Recommender(model, vocabulary, settings.sessionize.event_types, policy)
+    if spark is not None:
+        from model_lib.serving import profiles
+
+        rules = profiles.SegmentRules(settings.serving.profile_segments, settings.training.seed)
+        profiles.segments_of_model(spark, recommender, segment_users, settings.sessionize.seq_len, rules)
     return registry.register_recommender(recommender, settings, "tiny", {"purpose": "test"}, documents), vocabulary

@@ -25,11 +25,18 @@ def file_digests(folder) -> list[str]:
     return sorted(hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.glob("*.parquet"))
 
 
+def random_users(users: int, seed: int, steps: int = 8) -> Sequences:
+    items = np.random.default_rng(seed).integers(2, 30, size=(users, steps)).astype(np.int32)
+    ids = np.array([f"u{u:03d}" for u in range(users)], dtype=object)
+    return Sequences(ids, items, np.ones_like(items), np.full_like(items, 3), [np.zeros(0, np.int64)] * users)
+
+
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory):
-    """One tiny model in a real MLflow store, shared by the module's days -> (settings, version, vocabulary)."""
+def registered(tmp_path_factory, spark):
+    """One tiny model with user segments in a real MLflow store, shared by the module's days -> (settings, version,
+    vocabulary)."""
     settings = get_settings(data_dir=tmp_path_factory.mktemp("recommend") / "data", seq_len=8)
-    return settings, *register_tiny_model(settings)
+    return settings, *register_tiny_model(settings, spark=spark, segment_users=random_users(50, seed=8))
 
 
 def test_batch_scoring(spark, registered):
@@ -241,14 +248,17 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
     assert registry.load_recommender(settings, version).num_items == 30
 
 
-def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_day(warehouse_url, tmp_path):
-    """A champion with the event-type head: every scored user gets one row per configured event type, summing to
-    one, a profile and a segment, and users with events that day an anomaly score, all from the version that wrote
-    the recommendations; publishing puts every table in the warehouse at once, and a re-run replaces them."""
+def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_day(spark, warehouse_url, tmp_path):
+    """A champion with the event-type head and user segments: every scored user gets one row per configured event
+    type, summing to one, a profile in the model's segments, and users with events that day an anomaly score, all
+    from the version that wrote the recommendations; publishing puts every table in the warehouse at once, a re-run
+    replaces them, and a run with the extra tables switched off leaves them without rows for the day."""
     from jobs import publish, recommend
+    from model_lib.storage import registry
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8, warehouse_url=warehouse_url)
-    version, vocabulary = register_tiny_model(settings, event_type_head=True)
+    trained_on = random_users(60, seed=4)
+    version, vocabulary = register_tiny_model(settings, event_type_head=True, spark=spark, segment_users=trained_on)
     vocabulary.to_parquet(mkdir(settings.lake.vocab_dir(DS)) / "part-0.parquet", index=False)
     rng = np.random.default_rng(5)
     items = rng.integers(2, 30, size=(40, 8)).astype(np.int32)
@@ -277,12 +287,18 @@ def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_
     row = int(anomalous["user_id"].iloc[0][1:])
     assert anomalous["most_surprising_item_id"].iloc[0] in {f"i{i}" for i in items[row, -2:]}
 
-    # User profiles: every scored user in one of at most RECO_PROFILE_SEGMENTS segments, with the model's vector.
+    # User profiles: every scored user in the nearest of the model's segments (fitted when it was registered), with
+    # the model's vector; each segment with users that day described as the model describes it.
     profiles = pd.read_parquet(settings.lake.nightly_table_dir("user_profiles", DS))
     segments = pd.read_parquet(settings.lake.nightly_table_dir("user_segments", DS))
+    model_segments = registry.trained_on(settings, version).segments
     assert len(profiles) == 40 and profiles["embedding"].map(len).eq(8).all()
+    nearest, _ = model_segments.assign(np.stack(profiles["embedding"]))
+    assert profiles["segment"].tolist() == nearest.tolist()
     assert set(profiles["segment"]) == set(segments["segment"]) and len(segments) <= settings.serving.profile_segments
     assert segments["users"].sum() == 40 and segments["description"].str.len().gt(0).all()
+    described = {entry["segment"]: entry["description"] for entry in model_segments.described}
+    assert all(described[row.segment] == row.description for row in segments.itertuples())
 
     for run_id in ("first", "again"):
         published = publish.run(settings, DS, run_id)
@@ -305,12 +321,18 @@ def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_
     assert [list(v) for v in lists["top_item_ids"]] == [
         list(v) for v in segments.sort_values("segment")["top_item_ids"]
     ]
-    # The model owner's picture of the day's segments, in the reco-nightly experiment.
-    import mlflow
 
-    runs = mlflow.search_runs(experiment_names=["reco-nightly"], filter_string=f"tags.ds = '{DS.isoformat()}'")
-    assert len(runs) == 1
-    assert "user_segments.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(runs["run_id"][0])]
+    # Top-K alone (RECO_NIGHTLY_EXTRAS=[]): the day's other tables go, in the lake and, once published, in the
+    # warehouse; nothing of the earlier run stays beside the new recommendations.
+    alone = recommend.run(settings.updated(nightly_extras=[]), DS, version=version, k=5)
+    assert alone["rows"] == 200 and alone["next_behaviour_rows"] == alone["anomalous_users"] == 0
+    assert [table for table in EXTRA_TABLES if settings.lake.nightly_table_dir(table, DS).exists()] == []
+    assert publish.run(settings, DS, "alone")["tables"]["recommendations"] == 200
+    for table in EXTRA_TABLES:
+        assert warehouse.query(f"SELECT count(*) AS n FROM {table}")["n"].iloc[0] == 0, table
+
+
+EXTRA_TABLES = ("user_next_behaviour", "user_profiles", "user_segments", "user_anomalies")
 
 
 def mkdir(folder: Path) -> Path:
@@ -332,5 +354,6 @@ def test_a_day_without_any_history_writes_empty_profile_tables_not_an_older_days
         Sequences(users, empty, empty, empty, [np.zeros(0, np.int64)] * 3), settings.lake.sequences_dir(day)
     )
     assert recommend.run(settings, day, version=version)["users"] == 0
+    assert not (stale / "old.parquet").exists()
     for table in ("user_profiles", "user_segments"):
         assert len(pd.read_parquet(settings.lake.nightly_table_dir(table, day))) == 0, table

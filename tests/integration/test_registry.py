@@ -120,7 +120,7 @@ def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeyp
     registry.set_champion(registry.configure(configured), configured, version, "test")
 
     assert registry.champion_version(configured) == version
-    trained_vocabulary, _ = registry.trained_on(configured, version)
+    trained_vocabulary = registry.trained_on(configured, version).vocabulary
     assert trained_vocabulary["item_id"].tolist() == vocabulary["item_id"].tolist()
     recommender = registry.load_recommender(configured, version)
     assert recommender.num_items == 12 and set(recommender.item_ids[2:]) == set(vocabulary["item_id"])

@@ -13,17 +13,22 @@ from model_lib.storage.lake import write_sequences
 keras = pytest.importorskip("keras")
 
 
-@pytest.mark.parametrize("repeat_mechanism", [False, True], ids=["softmax", "repeat_mixture"])
-def test_each_event_is_scored_by_the_distribution_the_scoring_path_gives_before_it(repeat_mechanism):
+def tiny_scorer(seed: int, repeat_mechanism: bool, items: np.ndarray):
+    """A seeded untrained model over 30 items -> (its ModelScorer, the inputs of the window `items`)."""
     from model_lib.model.network import NextItemModel
     from model_lib.serving.recommender import ModelScorer, build_model
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     model = NextItemModel(30, 4, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=repeat_mechanism)
     build_model(model)
-    scorer = ModelScorer(model)
-    items = np.array([[0, 0, 5, 6, 7, 5], [2, 3, 4, 5, 6, 7]], np.int32)
     inputs = {"items": items, "event_types": np.where(items > 0, 1, 0), "gaps": np.where(items > 0, 2, 0)}
+    return ModelScorer(model), inputs
+
+
+@pytest.mark.parametrize("repeat_mechanism", [False, True], ids=["softmax", "repeat_mixture"])
+def test_each_event_is_scored_by_the_distribution_the_scoring_path_gives_before_it(repeat_mechanism):
+    items = np.array([[0, 0, 5, 6, 7, 5], [2, 3, 4, 5, 6, 7]], np.int32)
+    scorer, inputs = tiny_scorer(3, repeat_mechanism, items)
     rows, columns = np.array([0, 1, 1]), np.array([5, 5, 3])
     log_p, outside = anomalies.event_log_likelihoods(scorer, inputs, rows, columns, top_g=5)
     for k, (row, column) in enumerate(zip(rows, columns, strict=True)):
@@ -32,6 +37,23 @@ def test_each_event_is_scored_by_the_distribution_the_scoring_path_gives_before_
         expected = scores - np.log(np.exp(scores - scores.max()).sum()) - scores.max()
         assert log_p[k] == pytest.approx(expected[items[row, column]], abs=1e-4)
         assert outside[k] == ((expected > expected[items[row, column]]).sum() >= 5)
+
+
+@pytest.mark.parametrize("repeat_mechanism", [False, True], ids=["softmax", "repeat_mixture"])
+def test_one_forward_pass_gives_the_last_step_of_every_user_and_the_steps_of_the_days_users(repeat_mechanism):
+    items = np.random.default_rng(2).integers(2, 30, (7, 6)).astype(np.int32)
+    items[0, :3] = 0
+    scorer, inputs = tiny_scorer(5, repeat_mechanism, items)
+    with_steps = np.array([True, False, True, True, False, False, True])
+
+    last, steps = scorer.encode_with_steps(inputs, with_steps)
+    alone = scorer.encode(inputs)
+    for field in ("vectors", "attention", "gate", "repeat", "next_types"):
+        np.testing.assert_allclose(getattr(last, field), getattr(alone, field), atol=1e-5, err_msg=field)
+    subset = {name: values[with_steps] for name, values in inputs.items()}
+    for fused, separate in zip(steps, scorer.encode_steps(subset), strict=True):
+        np.testing.assert_allclose(fused, separate, atol=1e-5)
+    assert scorer.encode_with_steps(inputs, np.zeros(7, bool))[1] is None
 
 
 def test_only_known_items_after_a_real_event_are_scored():

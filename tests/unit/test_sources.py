@@ -49,6 +49,10 @@ def test_movielens_rows_become_rate_events_one_folder_per_day(tmp_path):
     events = ratings_to_raw_events(read_movielens_ratings(folder))
     assert events["item_id"].tolist() == ["Heat (1995)", "Toy Story (1995)", "Heat (1995)", "Jumanji (1995)"]
     assert events["ts"].tolist()[0] == 978200000000 and set(events["event_type"]) == {"rate"}
+    # With a like threshold, ratings of 4 stars and more are likes (the demo's two behaviours), the stars kept.
+    liked = ratings_to_raw_events(read_movielens_ratings(folder), like_from=4)
+    assert liked["event_type"].tolist() == ["like", "like", "rate", "rate"]
+    assert liked["value"].tolist() == [4.0, 5.0, 3.0, 2.0]
     written = write_raw_events(events, tmp_path / "raw")
     assert written == {"2000-12-30": 1, "2000-12-31": 2, "2001-01-02": 1}
     with gzip.open(tmp_path / "raw" / "dt=2000-12-31" / "part-00000.jsonl.gz", "rt") as handle:

@@ -262,6 +262,15 @@ class Warehouse:
         )
         return dict(zip(rows["event_type"], rows["probability"], strict=True))
 
+    def user_segment(self, user_id: str, ds: dt.date) -> tuple[int, str] | None:
+        """The user's segment that day and its description (None when the user has no profile that day)."""
+        rows = self.query(
+            "SELECT p.segment, s.description FROM user_profiles p JOIN user_segments s USING (ds, segment) "
+            "WHERE p.ds = ? AND p.user_id = ?",
+            [ds, user_id],
+        )
+        return (int(rows["segment"].iloc[0]), rows["description"].iloc[0]) if len(rows) else None
+
     def segments(self, ds: dt.date) -> pd.DataFrame:
         """The day's user segments, largest first."""
         return self.query(
