@@ -90,7 +90,8 @@ def _summary(args) -> None:
     for user in warehouse.some_users(ds, args.users):
         rows = warehouse.user_recommendations(user, ds, max_rank=5)
         chances = warehouse.next_behaviour(user, ds)
-        behaviour = ", ".join(f"{kind} {p:.0%}" for kind, p in chances.items())
+        # Configured types the data never had get ~0%: not worth a word.
+        behaviour = ", ".join(f"{kind} {p:.0%}" for kind, p in chances.items() if p >= 0.005)
         segment = warehouse.user_segment(user, ds)
         print(
             format_recommendations(user, ds, rows, titles)

@@ -122,7 +122,7 @@ def convert_movielens(raw_dir: Path, items_dir: Path, like_from: float | None = 
     with stage("write raw events") as report:
         events = ratings_to_raw_events(ratings, like_from)
         per_day = write_raw_events(events, raw_dir)
-        types = events["event_type"].value_counts()
+        types = {kind: int(count) for kind, count in events["event_type"].value_counts().items()}
         report(days=len(per_day), events=sum(per_day.values()), first=min(per_day), last=max(per_day), **types)
     write_items(items, items_dir)
     return per_day

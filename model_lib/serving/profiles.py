@@ -5,8 +5,11 @@ functions over users (user_id, embedding) and their windows (user_id, item_indic
 
     segment      KMeans (k = RECO_PROFILE_SEGMENTS, seeded by RECO_SEED) over the user vectors after each user's
                  last event (the vectors that score the items), Euclidean distance
-    top items    per segment, the items whose share among the segment's users' window events most exceeds their
-                 share among everybody's (lift), among items at least `min_users` of the segment's users have
+    top items    per segment, the items that most set its users apart: share x ln(lift), where share is the part of
+                 the segment's users with the item in their window and lift that share over everybody's (the item's
+                 term in the divergence of the segment's items from everybody's). Raw lift alone would crown items
+                 a handful of users have; the share weighs it by how many of the segment have them. Only items over-
+                 represented in the segment (lift > 1) that at least `min_users` of its users have
     x, y         the first two principal components of the user vectors (the segment's mean for its row)
 """
 
@@ -79,7 +82,7 @@ def segment_users(users: DataFrame, rules: SegmentRules) -> tuple[DataFrame, np.
 
 
 def characteristic_items(segments: DataFrame, windows: DataFrame, vocabulary: DataFrame, rules: SegmentRules):
-    """Per segment the `top_items` item ids with the highest lift (see the module docstring): segment, top_item_ids
+    """Per segment the `top_items` most characteristic item ids (see the module docstring): segment, top_item_ids
     (array<string>, best first). `windows` holds the users' events (user_id, item_indices), `vocabulary` names the
     indices (item_index, item_id)."""
     events = windows.select("user_id", F.explode("item_indices").alias("item_index")).where(
@@ -95,9 +98,12 @@ def characteristic_items(segments: DataFrame, windows: DataFrame, vocabulary: Da
         in_segment.join(sizes, "segment")
         .join(overall, "item_index")
         .where(F.col("segment_users") >= rules.min_users)
-        .withColumn("lift", (F.col("segment_users") / F.col("size")) / (F.col("all_users") / F.lit(everybody)))
+        .withColumn("share", F.col("segment_users") / F.col("size"))
+        .withColumn("lift", F.col("share") / (F.col("all_users") / F.lit(everybody)))
+        .where(F.col("lift") > 1)
+        .withColumn("weight", F.col("share") * F.log("lift"))
     )
-    best = Window.partitionBy("segment").orderBy(F.col("lift").desc(), F.col("segment_users").desc(), "item_index")
+    best = Window.partitionBy("segment").orderBy(F.col("weight").desc(), F.col("segment_users").desc(), "item_index")
     ranked = lift.withColumn("position", F.row_number().over(best)).where(F.col("position") <= rules.top_items)
     named = ranked.join(vocabulary.select("item_index", "item_id"), "item_index")
     ordered = F.array_sort(F.collect_list(F.struct("position", "item_id")))

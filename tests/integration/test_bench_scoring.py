@@ -27,6 +27,10 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
         assert rate > 0
     assert result["in_process"]["multiply_gflops"] > 0 and result["numpy"]["same_shape_gflops"] > 0
     assert set(result["ratios"]) >= {"job_warm_vs_als", "multiply_vs_numpy_same_shape", "top_k_vs_multiply"}
-    assert result["ratios"]["extra_reasons_in_process"] > 0 and result["job_warm_next_behaviour_users_per_s"] > 0
+    # What the tables beyond recommendations cost: the warm job with every table against recommendations alone.
+    assert result["ratios"]["extra_reasons_in_process"] > 0 and result["job_warm_top_k_alone_users_per_s"] > 0
+    extras = result["extras"]
+    ratio = extras["every_table_seconds"] / extras["top_k_alone_seconds"] - 1
+    assert result["ratios"]["extra_tables_job"] == pytest.approx(ratio, abs=0.01)
     written = tmp_path / "b" / "synthetic" / "data" / "lake" / "recommendations" / "ds=2024-01-01"
     assert any(written.glob("*.parquet"))
