@@ -87,14 +87,13 @@ def check_model_fits_day(
 ) -> float:
     """The share of `event_counts` (described by `basis`) the model (`trained_on`) knows; raises
     IncompatibleModelError when the model cannot score the day meaningfully."""
-    model_vocabulary, model_event_types = trained_on.vocabulary, trained_on.event_types
-    share = known_share(model_vocabulary, event_counts)
+    share = known_share(trained_on.vocabulary, event_counts)
     problems = fit_problems(
         share,
         settings.gate.recommend_min_known_share,
         "RECO_RECOMMEND_MIN_KNOWN_SHARE",
         basis,
-        model_event_types,
+        trained_on.event_types,
         settings.sessionize.event_types,
     )
     if problems:
@@ -106,10 +105,24 @@ def check_model_fits_day(
     return share
 
 
+def wanted_extras(settings: Settings, segments: Segments | None) -> set[str]:
+    """The nightly tables beside recommendations this run computes: those in RECO_NIGHTLY_EXTRAS that the model can
+    fill (no profiles without the model's segments)."""
+    unfillable = {USER_PROFILES.name, USER_SEGMENTS.name} if segments is None else set()
+    return set(settings.serving.nightly_extras) - unfillable
+
+
 def score_users(
-    sequences: DataFrame, day_item_ids: np.ndarray, settings: Settings, version: int, k: int, ds: dt.date
+    sequences: DataFrame,
+    day_item_ids: np.ndarray,
+    settings: Settings,
+    version: int,
+    k: int,
+    ds: dt.date,
+    wanted: set[str],
 ) -> DataFrame:
-    """Sequences -> one scored row per user with history (batch_scoring.SCORED_USER_SCHEMA)."""
+    """Sequences -> one scored row per user with history (batch_scoring.SCORED_USER_SCHEMA), with the anomaly and
+    segment columns only when the `wanted` extra tables need them."""
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
         batch_scoring.score_partition,
@@ -120,9 +133,9 @@ def score_users(
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
         window=settings.sessionize.seq_len,
-        day=day_bounds(ds) if USER_ANOMALIES.name in settings.serving.nightly_extras else None,
+        day=day_bounds(ds) if USER_ANOMALIES.name in wanted else None,
         top_g=settings.serving.anomaly_top_g,
-        profiles=bool({USER_PROFILES.name, USER_SEGMENTS.name} & set(settings.serving.nightly_extras)),
+        profiles=bool({USER_PROFILES.name, USER_SEGMENTS.name} & wanted),
     )
     return has_history.mapInPandas(body, batch_scoring.SCORED_USER_SCHEMA)
 
@@ -245,17 +258,14 @@ def load(tables: dict[Table, tuple[Callable[[], DataFrame], Path]]) -> None:
 
 
 def nightly_tables(
-    scored: DataFrame, settings: Settings, ds: dt.date, version: int, segments: Segments | None
+    scored: DataFrame, settings: Settings, ds: dt.date, version: int, segments: Segments | None, wanted: set[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Every nightly table of the day from one scoring pass (kept while they are written), recommendations committed
     last: the publish step needs them, and checks that every table comes from one model version. A table left out
-    of RECO_NIGHTLY_EXTRAS, or one the model cannot fill (profiles without segments) has no rows for the day: an
-    older run's folder for the day is removed, not kept. Returns the rows written per table, and the
-    recommendations per source (model, popular, repeat) with the users listed."""
+    of `wanted` (wanted_extras) has no rows for the day: an older run's folder for the day is removed, not kept.
+    Returns the rows written per table, and the recommendations per source (model, popular, repeat) with the users
+    listed."""
     name, lake = settings.model.model_name, settings.lake
-    wanted = set(settings.serving.nightly_extras) - (
-        {USER_PROFILES.name, USER_SEGMENTS.name} if segments is None else set()
-    )
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with stage("recommend: score every user with history") as report:
@@ -301,8 +311,9 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
-        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds)
-        rows, listed = nightly_tables(scored, settings, ds, version, trained_on.segments)
+        wanted = wanted_extras(settings, trained_on.segments)
+        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds, wanted)
+        rows, listed = nightly_tables(scored, settings, ds, version, trained_on.segments, wanted)
         report(**rows, **listed)
     summary = {
         "ds": ds.isoformat(),
