@@ -1,17 +1,26 @@
-"""The user encoder's last step (NextItemModel.encode_last) in numpy: what the nightly scoring workers need, without
-importing TensorFlow or compiling anything (issue 19: a cold worker spent ~25 s on both before its first user).
+"""The user encoder of a NextItemModel in numpy: what the nightly scoring workers, the promotion gate and the pyfunc
+run, without importing TensorFlow or compiling anything (issue 19: a cold worker spent ~25 s on both before its
+first user).
 
-The same arithmetic as the Keras layers, in float32: the three embeddings summed and zeroed on padding; each LSTM
-layer step by step (gates i, f, c, o; on a padded step the state and the output carry over, as Keras does with a
-mask); then, for the last step only, the causal attention over the real steps, the tanh combination, the
-projection to the user vector, and the optional event-type head and repeat mechanism. Models with self-attention
-blocks (attention_blocks > 0) are not covered: `supports` says so and the caller keeps TensorFlow for them.
-tests/unit/test_numpy_encoder.py holds it equal to TensorFlow's forward pass to 1e-5.
+The same arithmetic as the Keras layers (model_lib/model/network.py), in float32: the three embeddings summed and
+zeroed on padding; each LSTM layer step by step (gates i, f, c, o; on a padded step the state and the output carry
+over, as Keras does with a mask); the causal attention over the real steps, the tanh combination, the projection to
+the user vector, and the optional event-type head and repeat mechanism. `encode_last` computes the heads for the
+last step only; `encode_steps` for every step (the anomaly scores need the prediction before each event).
+
+The arrays travel with each registered version as `encoder.npz` (`save` / `load`, beside the Keras weights), so a
+worker loads them without Keras. Models with self-attention blocks (attention_blocks > 0) are not covered: `supports`
+says so and the caller keeps TensorFlow for them. tests/unit/test_numpy_encoder.py holds every output equal to
+TensorFlow's forward pass to 1e-5.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+ENCODER_FILE = "encoder.npz"
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -20,111 +29,215 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
 
 def _masked_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Softmax over the allowed entries of the last axis; a row with none allowed is all zeros."""
-    logits = np.where(allowed, logits, -1e9)
-    logits = logits - logits.max(axis=-1, keepdims=True)
+    logits = np.where(allowed, logits, np.float32(-1e9))
+    logits -= logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     weights /= weights.sum(axis=-1, keepdims=True)
-    return (weights * allowed).astype(np.float32)
+    weights *= allowed
+    return weights
+
+
+def keras_variables(model) -> dict:
+    """The Keras variables of a NextItemModel (without self-attention blocks), by the names the encoder uses."""
+    variables = {
+        "item_table": model.item_embedding.embeddings,
+        "item_bias": model.item_bias,
+        "type_table": model.type_embedding.embeddings,
+        "gap_table": model.gap_embedding.embeddings,
+        "attention_query": model.attention.query_projection.kernel,
+        "attention_key": model.attention.key_projection.kernel,
+        "combine_kernel": model.combine.kernel,
+        "combine_bias": model.combine.bias,
+        "projection_kernel": model.projection.kernel,
+        "projection_bias": model.projection.bias,
+    }
+    for n, lstm in enumerate(model.lstms):
+        variables[f"lstm{n}_kernel"] = lstm.cell.kernel
+        variables[f"lstm{n}_recurrent"] = lstm.cell.recurrent_kernel
+        variables[f"lstm{n}_bias"] = lstm.cell.bias
+    if model.next_event_type is not None:
+        variables["next_type_kernel"] = model.next_event_type.kernel
+        variables["next_type_bias"] = model.next_event_type.bias
+    if model.repeat_explore is not None:
+        variables["repeat_query"] = model.repeat_explore.query_projection.kernel
+        variables["repeat_key"] = model.repeat_explore.key_projection.kernel
+        variables["repeat_gate_kernel"] = model.repeat_explore.gate.kernel
+        variables["repeat_gate_bias"] = model.repeat_explore.gate.bias
+    return variables
 
 
 class NumpyEncoder:
-    """A NextItemModel's weights as numpy arrays and its last-step forward pass; `arrays` as `from_model` names them."""
+    """A NextItemModel's weights as numpy arrays (named as `keras_variables` names them) and its forward pass.
 
-    def __init__(self, arrays: dict[str, np.ndarray], num_event_types: int):
-        self.arrays = {name: np.asarray(values, np.float32) for name, values in arrays.items()}
-        self.num_event_types = num_event_types
+    `config` is the model's constructor arguments (model_config.json's "model"); it carries the same attributes the
+    scoring path reads from a Keras model: num_items, num_event_types, num_gap_buckets, event_type_head,
+    repeat_mechanism.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], config: dict):
+        self.arrays = {name: np.ascontiguousarray(values, np.float32) for name, values in arrays.items()}
+        self.config = dict(config)
+        self.num_items, self.embedding_dim = self.arrays["item_table"].shape
+        self.num_event_types = len(self.arrays["type_table"])
+        self.num_gap_buckets = len(self.arrays["gap_table"])
         self.lstm_layers = sum(1 for name in arrays if name.endswith("_recurrent"))
         self.event_type_head = "next_type_kernel" in arrays
         self.repeat_mechanism = "repeat_query" in arrays
 
+    # --- from and to Keras, and the file form ---
     @staticmethod
-    def supports(model) -> bool:
-        return not getattr(model, "attention_blocks", 0)
+    def supports(model_or_config) -> bool:
+        blocks = (
+            model_or_config.get("attention_blocks", 0)
+            if isinstance(model_or_config, dict)
+            else getattr(model_or_config, "attention_blocks", 0)
+        )
+        return not blocks
 
     @classmethod
     def from_model(cls, model) -> NumpyEncoder:
         if not cls.supports(model):
             raise ValueError("the numpy encoder covers models without self-attention blocks (attention_blocks = 0)")
+        arrays = {name: np.asarray(variable, np.float32) for name, variable in keras_variables(model).items()}
+        config = {key: value for key, value in model.get_config().items() if key not in ("name", "trainable", "dtype")}
+        return cls(arrays, config)
 
-        def value(variable) -> np.ndarray:
-            return np.asarray(variable, np.float32)
+    def to_model(self):
+        """The Keras NextItemModel with these weights (imports TensorFlow: only for saving a loaded version)."""
+        from model_lib.model.network import NextItemModel
+        from model_lib.serving.recommender import build_model
 
-        arrays = {
-            "item_table": value(model.item_embedding.embeddings),
-            "type_table": value(model.type_embedding.embeddings),
-            "gap_table": value(model.gap_embedding.embeddings),
-            "attention_query": value(model.attention.query_projection.kernel),
-            "attention_key": value(model.attention.key_projection.kernel),
-            "combine_kernel": value(model.combine.kernel),
-            "combine_bias": value(model.combine.bias),
-            "projection_kernel": value(model.projection.kernel),
-            "projection_bias": value(model.projection.bias),
-        }
-        for n, lstm in enumerate(model.lstms):
-            arrays[f"lstm{n}_kernel"] = value(lstm.cell.kernel)
-            arrays[f"lstm{n}_recurrent"] = value(lstm.cell.recurrent_kernel)
-            arrays[f"lstm{n}_bias"] = value(lstm.cell.bias)
-        if model.next_event_type is not None:
-            arrays["next_type_kernel"] = value(model.next_event_type.kernel)
-            arrays["next_type_bias"] = value(model.next_event_type.bias)
-        if model.repeat_explore is not None:
-            arrays["repeat_query"] = value(model.repeat_explore.query_projection.kernel)
-            arrays["repeat_key"] = value(model.repeat_explore.key_projection.kernel)
-            arrays["repeat_gate_kernel"] = value(model.repeat_explore.gate.kernel)
-            arrays["repeat_gate_bias"] = value(model.repeat_explore.gate.bias)
-        return cls(arrays, int(model.num_event_types))
+        model = NextItemModel(**self.config)
+        build_model(model)
+        for name, variable in keras_variables(model).items():
+            variable.assign(self.arrays[name])
+        return model
 
+    def save(self, path: Path) -> Path:
+        with open(path, "wb") as file:  # np.savez would add ".npz" to a name without it
+            np.savez(file, **self.arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path, config: dict) -> NumpyEncoder:
+        with np.load(path, allow_pickle=False) as stored:
+            return cls({name: stored[name] for name in stored.files}, config)
+
+    # --- the forward pass ---
     def lstm(self, layer: int, inputs: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(B, T, E) inputs -> (B, T, H) outputs of one LSTM layer; padded steps carry state and output over."""
         kernel, recurrent = self.arrays[f"lstm{layer}_kernel"], self.arrays[f"lstm{layer}_recurrent"]
+        batch, steps = inputs.shape[:2]
         units = recurrent.shape[0]
-        projected = inputs @ kernel + self.arrays[f"lstm{layer}_bias"]  # every step's input part at once
-        hidden = np.zeros((len(inputs), units), np.float32)
+        # Every step's input part at once, step-major so that each step reads one contiguous (B, 4H) block.
+        projected = np.ascontiguousarray(inputs.transpose(1, 0, 2)).reshape(steps * batch, -1) @ kernel
+        projected = projected.reshape(steps, batch, 4 * units)
+        projected += self.arrays[f"lstm{layer}_bias"]
+        hidden = np.zeros((batch, units), np.float32)
         cell = np.zeros_like(hidden)
-        outputs = np.empty((*inputs.shape[:2], units), np.float32)
-        for step in range(inputs.shape[1]):
-            gates = projected[:, step] + hidden @ recurrent
-            input_gate, forget_gate = _sigmoid(gates[:, :units]), _sigmoid(gates[:, units : 2 * units])
-            candidate, output_gate = np.tanh(gates[:, 2 * units : 3 * units]), _sigmoid(gates[:, 3 * units :])
-            new_cell = forget_gate * cell + input_gate * candidate
-            real = valid[:, step, None]
-            cell = np.where(real, new_cell, cell)
-            hidden = np.where(real, output_gate * np.tanh(new_cell), hidden)
-            outputs[:, step] = hidden
-        return outputs
+        gates = np.empty((batch, 4 * units), np.float32)
+        outputs = np.empty((steps, batch, units), np.float32)
+        real = valid.T[:, :, None]
+        for step in range(steps):
+            np.matmul(hidden, recurrent, out=gates)
+            gates += projected[step]
+            # i, f and o are sigmoids, c a tanh: one tanh over the row, the sigmoid ones taken at half the input.
+            gates[:, : 2 * units] *= 0.5
+            gates[:, 3 * units :] *= 0.5
+            np.tanh(gates, out=gates)
+            gates[:, : 2 * units] += 1.0
+            gates[:, : 2 * units] *= 0.5
+            gates[:, 3 * units :] += 1.0
+            gates[:, 3 * units :] *= 0.5
+            new_cell = gates[:, units : 2 * units] * cell + gates[:, :units] * gates[:, 2 * units : 3 * units]
+            new_hidden = gates[:, 3 * units :] * np.tanh(new_cell)
+            cell = np.where(real[step], new_cell, cell)
+            hidden = np.where(real[step], new_hidden, hidden)
+            outputs[step] = hidden
+        return outputs.transpose(1, 0, 2)
+
+    def _states(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) inputs -> (the last LSTM layer's states (B, T, H), valid (B, T) bool)."""
+        a = self.arrays
+        items = np.asarray(inputs["items"], np.intp)
+        valid = items != 0
+        embedded = a["item_table"][items]
+        embedded += a["type_table"][np.asarray(inputs["event_types"], np.intp)]
+        embedded += a["gap_table"][np.asarray(inputs["gaps"], np.intp)]
+        embedded *= valid[..., None]
+        states = embedded
+        for layer in range(self.lstm_layers):
+            states = self.lstm(layer, states, valid)
+        return states, valid
+
+    def _heads(self, states: np.ndarray, valid: np.ndarray, queries_at: slice) -> dict[str, np.ndarray]:
+        """The attention and everything after it for the steps `queries_at` (each step attends to the real steps up
+        to itself): attention (B, Q, T), combined (B, Q, H), user vectors (B, Q, D), and with the repeat mechanism
+        the gate (B, Q) and repeat weights (B, Q, T)."""
+        a = self.arrays
+        steps = states.shape[1]
+        query_states = states[:, queries_at]
+        positions = np.arange(steps)[queries_at]
+        allowed = (np.arange(steps)[None, :] <= positions[:, None])[None] & valid[:, None, :]
+
+        def attend(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+            logits = np.matmul(queries, keys.transpose(0, 2, 1))
+            logits /= np.sqrt(np.float32(keys.shape[2]))
+            return _masked_softmax(logits, allowed)
+
+        attention = attend(query_states @ a["attention_query"], states @ a["attention_key"])
+        context = np.matmul(attention, states)
+        combined = np.tanh(np.concatenate([query_states, context], axis=2) @ a["combine_kernel"] + a["combine_bias"])
+        heads = {
+            "attention": attention,
+            "combined": combined,
+            "vectors": combined @ a["projection_kernel"] + a["projection_bias"],
+        }
+        if self.repeat_mechanism:
+            heads["repeat"] = attend(combined @ a["repeat_query"], states @ a["repeat_key"])
+            heads["gate"] = _sigmoid(combined @ a["repeat_gate_kernel"] + a["repeat_gate_bias"])[..., 0]
+        return heads
+
+    def _last_outputs(self, heads: dict[str, np.ndarray], row: int) -> tuple[np.ndarray, ...]:
+        """encode_last's five outputs from `_heads`, taking query row `row`."""
+        attention = heads["attention"][:, row]
+        if self.event_type_head:
+            type_logits = heads["combined"][:, row] @ self.arrays["next_type_kernel"] + self.arrays["next_type_bias"]
+            type_logits[:, 0] = -1e9  # index 0 is padding
+            next_types = _masked_softmax(type_logits, np.ones_like(type_logits, bool))
+        else:
+            next_types = np.zeros((len(attention), self.num_event_types), np.float32)
+        if not self.repeat_mechanism:
+            return (
+                heads["vectors"][:, row],
+                attention,
+                np.zeros(len(attention), np.float32),
+                np.zeros_like(attention),
+                next_types,
+            )
+        return heads["vectors"][:, row], attention, heads["gate"][:, row], heads["repeat"][:, row], next_types
+
+    def _step_outputs(self, heads: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """encode_steps' three outputs from `_heads` over every step."""
+        if not self.repeat_mechanism:
+            zeros = np.zeros_like(heads["attention"])
+            return heads["vectors"], zeros[:, :, 0], zeros
+        return heads["vectors"], heads["gate"], heads["repeat"]
 
     def encode_last(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         """(B, T) inputs -> NextItemModel.encode_last's five outputs: user vector (B, D), attention row (B, T), repeat
         gate (B,), repeat row (B, T), next event type probabilities (B, num_event_types)."""
-        a = self.arrays
-        items = np.asarray(inputs["items"], np.int64)
-        valid = items != 0
-        embedded = (
-            a["item_table"][items]
-            + a["type_table"][np.asarray(inputs["event_types"], np.int64)]
-            + a["gap_table"][np.asarray(inputs["gaps"], np.int64)]
-        ) * valid[..., None]
-        states = embedded.astype(np.float32)
-        for layer in range(self.lstm_layers):
-            states = self.lstm(layer, states, valid)
-        last = states[:, -1]
-        units = a["attention_query"].shape[1]
-        keys = states @ a["attention_key"]
-        logits = np.einsum("bh,bth->bt", last @ a["attention_query"], keys) / np.sqrt(np.float32(units))
-        attention = _masked_softmax(logits, valid)  # the last step may look at every real step
-        context = np.einsum("bt,bth->bh", attention, states)
-        combined = np.tanh(np.concatenate([last, context], axis=1) @ a["combine_kernel"] + a["combine_bias"])
-        vectors = combined @ a["projection_kernel"] + a["projection_bias"]
-        if self.event_type_head:
-            type_logits = combined @ a["next_type_kernel"] + a["next_type_bias"]
-            type_logits[:, 0] = -1e9  # index 0 is padding
-            next_types = _masked_softmax(type_logits, np.ones_like(type_logits, bool))
-        else:
-            next_types = np.zeros((len(items), self.num_event_types), np.float32)
-        if not self.repeat_mechanism:
-            return vectors, attention, np.zeros(len(items), np.float32), np.zeros_like(attention), next_types
-        repeat_units = a["repeat_query"].shape[1]
-        repeat_logits = np.einsum("bh,bth->bt", combined @ a["repeat_query"], states @ a["repeat_key"])
-        repeat = _masked_softmax(repeat_logits / np.sqrt(np.float32(repeat_units)), valid)
-        gate = _sigmoid(combined @ a["repeat_gate_kernel"] + a["repeat_gate_bias"])[:, 0]
-        return vectors, attention, gate, repeat, next_types
+        states, valid = self._states(inputs)
+        return self._last_outputs(self._heads(states, valid, slice(-1, None)), 0)
+
+    def encode_steps(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """(B, T) inputs -> NextItemModel.encode_steps' three outputs: user vectors after every step (B, T, D),
+        repeat gate (B, T), repeat rows (B, T, T)."""
+        states, valid = self._states(inputs)
+        return self._step_outputs(self._heads(states, valid, slice(None)))
+
+    def encode_last_and_steps(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """encode_last's five outputs, then encode_steps' three, from one pass."""
+        states, valid = self._states(inputs)
+        heads = self._heads(states, valid, slice(None))
+        return (*self._last_outputs(heads, -1), *self._step_outputs(heads))

@@ -1,18 +1,22 @@
 """A trained model together with its vocabulary: scoring, top-K with reasons, and its on-disk form.
 
 Scoring a batch of users (`ModelScorer`, the one path used by serving, the gate, the pyfunc and every metric): one
-XLA-compiled forward pass gives each user's vector after the last event (B, D), that step's attention row and, with
-the repeat mechanism, its repeat gate and repeat row; one float32 matrix multiply against the item table (D + 1, V),
-with the item bias folded in as a last row, gives the logits. Without the repeat mechanism the scores are those
-logits; with it they are log P(v) = log(g * repeat(v) + (1 - g) * softmax(logits)(v)) (model_lib/model/network.py).
-The repeat policy (model_lib/evaluation/metrics.py) then sets the excluded items to -inf and `metrics.top_k`
-selects the top K.
+forward pass gives each user's vector after the last event (B, D), that step's attention row and, with the repeat
+mechanism, its repeat gate and repeat row. A loaded version runs that pass in numpy (serving/numpy_encoder.py: no
+TensorFlow import, no compilation, so a cold Spark worker scores at once); training's own model runs it
+XLA-compiled, and so does a loaded model the numpy encoder does not cover (self-attention blocks). Then one float32
+matrix multiply against the item table (D + 1, V), with the item bias folded in as a last row, gives the logits.
+Without the repeat mechanism the scores are those logits; with it they are
+log P(v) = log(g * repeat(v) + (1 - g) * softmax(logits)(v)) (model_lib/model/network.py). The repeat policy
+(model_lib/evaluation/metrics.py) then sets the excluded items to -inf and `metrics.top_k` selects the top K.
 
 The folder form (`save` / `load`) is what travels inside each registered MLflow model version:
     model_config.json   format version, constructor arguments of NextItemModel, the event types it was trained
                         with, the repeat policy it was trained under
     model.weights.h5    Keras weights
     vocabulary.parquet  item_index, item_id, count (index 0 = padding, 1 = unknown item)
+    encoder.npz         the same weights as numpy arrays (NumpyEncoder), for models it covers; versions
+                        registered before it existed load with TensorFlow
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pandas as pd
 
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX, UNKNOWN_ITEM_INDEX
 from model_lib.evaluation.metrics import RepeatPolicy, top_k
+from model_lib.serving.numpy_encoder import ENCODER_FILE, NumpyEncoder
 from model_lib.serving.segments import Segments
 
 SOURCE_MODEL = "model"
@@ -41,8 +46,10 @@ READABLE_FORMATS = (2, 3)
 SCORING_BATCH = 256
 # Users per forward pass.
 ENCODE_BATCH = 512
-# The folder form: every file a Recommender is made of (the registry checksums exactly these).
-RECOMMENDER_FILES = ("model_config.json", "model.weights.h5", "vocabulary.parquet")
+# The folder form: every file a Recommender is made of, in the order the registry checksums them; the optional
+# ones count when present (a version registered before encoder.npz existed has the same checksum as then).
+RECOMMENDER_FILES = ("model_config.json", "model.weights.h5", "vocabulary.parquet", ENCODER_FILE)
+OPTIONAL_RECOMMENDER_FILES = (ENCODER_FILE,)
 
 
 @dataclass
@@ -82,49 +89,112 @@ class LastStep:
         return self.vectors[:, :-1]
 
 
-class ModelScorer:
-    """Next-item scores of a NextItemModel after the last event. `rankable` (V,) bool marks the items that may
-    rank at all (default: every index from FIRST_ITEM_INDEX); the others get -inf."""
+class KerasForward:
+    """A Keras NextItemModel's forward passes, XLA-compiled: training's validation (whose weights change between
+    rounds) and models the numpy encoder does not cover. Batches are padded to a power of two (`pads_batches`) so
+    that XLA compiles a handful of shapes."""
 
-    def __init__(self, model, rankable: np.ndarray | None = None):
+    pads_batches = True
+
+    def __init__(self, model):
         self.model = model
-        self.num_items = int(model.num_items)
+        for name in ("num_items", "num_event_types", "num_gap_buckets"):
+            setattr(self, name, int(getattr(model, name)))
         self.repeat_mechanism = bool(getattr(model, "repeat_mechanism", False))
         self.event_type_head = bool(getattr(model, "event_type_head", False))
+        self._compiled = {}
+
+    def item_table(self) -> np.ndarray:
+        return np.asarray(self.model.item_embedding.embeddings, dtype=np.float32)
+
+    def item_bias(self) -> np.ndarray:
+        return np.asarray(self.model.item_bias, dtype=np.float32)
+
+    def run(self, method: str, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's `method` (encode_last, encode_steps or encode_last_and_steps) on one batch."""
+        if method not in self._compiled:
+            self._compiled[method] = _compiled(getattr(self.model, method))
+        return [np.asarray(output, dtype=np.float32) for output in self._compiled[method](batch)]
+
+
+class NumpyForward:
+    """The numpy encoder's forward passes (serving/numpy_encoder.py): no TensorFlow, no compilation, any batch."""
+
+    pads_batches = False
+
+    def __init__(self, encoder: NumpyEncoder):
+        self.encoder = encoder
+        for name in ("num_items", "num_event_types", "num_gap_buckets", "repeat_mechanism", "event_type_head"):
+            setattr(self, name, getattr(encoder, name))
+
+    def item_table(self) -> np.ndarray:
+        return self.encoder.arrays["item_table"]
+
+    def item_bias(self) -> np.ndarray:
+        return self.encoder.arrays["item_bias"]
+
+    def run(self, method: str, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(getattr(self.encoder, method)(batch))
+
+
+def forward_of(model) -> KerasForward | NumpyForward:
+    """The forward passes of a model: a NumpyEncoder runs in numpy, a Keras NextItemModel under XLA."""
+    return NumpyForward(model) if isinstance(model, NumpyEncoder) else KerasForward(model)
+
+
+class ModelScorer:
+    """Next-item scores of a model after the last event: a Keras NextItemModel (training) or its NumpyEncoder
+    (a loaded version: serving, the gate, the pyfunc), through the same code below. `rankable` (V,) bool marks the
+    items that may rank at all (default: every index from FIRST_ITEM_INDEX); the others get -inf."""
+
+    def __init__(self, model, rankable: np.ndarray | None = None):
+        self.forward = forward_of(model)
+        self.num_items = self.forward.num_items
+        self.repeat_mechanism = self.forward.repeat_mechanism
+        self.event_type_head = self.forward.event_type_head
         self.rankable = np.arange(self.num_items) >= FIRST_ITEM_INDEX if rankable is None else rankable
-        self._encode_last = None
-        self._encode_steps = None
-        self._encode_last_and_steps = None
         self.refresh()
 
     def refresh(self) -> None:
         """Re-reads the item table from the model's weights (training changes them between validations)."""
-        table = np.asarray(self.model.item_embedding.embeddings, dtype=np.float32)
-        bias = np.where(self.rankable, np.asarray(self.model.item_bias, dtype=np.float32), -np.inf)
+        table = self.forward.item_table()
+        bias = np.where(self.rankable, self.forward.item_bias(), -np.inf)
         self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :].astype(np.float32)]))
         # Unit-length item embeddings: cosine similarity between items for the reasons (explaining_items).
         self.unit_items = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
 
+    def _batched(self, method: str, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
+        """The forward pass `method` over (B, T) inputs in batches of at most `batch_size` users -> its outputs,
+        concatenated over the batches (padding rows dropped)."""
+        users = len(inputs["items"])
+        if self.forward.pads_batches:
+            batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
+        parts = []
+        for start in range(0, users, batch_size):
+            rows = min(batch_size, users - start)
+            size = batch_size if self.forward.pads_batches else rows
+            batch = {}
+            for name in ("items", "event_types", "gaps"):
+                padded = np.zeros((size, inputs[name].shape[1]), np.int32)
+                padded[:rows] = inputs[name][start : start + rows]
+                batch[name] = padded
+            parts.append([output[:rows] for output in self.forward.run(method, batch)])
+        return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
     def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> LastStep:
         """(B, T) inputs -> LastStep, in batches of at most `batch_size` users."""
-        if self._encode_last is None:
-            self._encode_last = _compiled(self.model.encode_last)
-        parts = _batched(self._encode_last, inputs, batch_size)
-        if not parts:
+        if not len(inputs["items"]):
             steps = inputs["items"].shape[1] if np.ndim(inputs["items"]) == 2 else 0
             width = self.item_matrix.shape[0]
             empty_rows = np.zeros((0, steps), np.float32)
-            no_types = np.zeros((0, int(self.model.num_event_types)), np.float32)
+            no_types = np.zeros((0, self.forward.num_event_types), np.float32)
             return LastStep(np.zeros((0, width), np.float32), empty_rows, np.zeros(0, np.float32), empty_rows, no_types)
-        return _last_step([np.concatenate(column) for column in zip(*parts, strict=True)])
+        return _last_step(self._batched("encode_last", inputs, batch_size))
 
     def encode_steps(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH):
         """(B, T) inputs (B > 0) -> (vectors with a trailing 1 after every step (B, T, D + 1), repeat gate (B, T),
         repeat rows (B, T, T)): what the model predicted before each event (serving/anomalies.py)."""
-        if self._encode_steps is None:
-            self._encode_steps = _compiled(self.model.encode_steps)
-        parts = _batched(self._encode_steps, inputs, batch_size)
-        return _every_step([np.concatenate(column) for column in zip(*parts, strict=True)])
+        return _every_step(self._batched("encode_steps", inputs, batch_size))
 
     def encode_with_steps(self, inputs: dict[str, np.ndarray], with_steps: np.ndarray, batch_size: int = ENCODE_BATCH):
         """(B, T) inputs and (B,) bool -> (the LastStep of every row, encode_steps' outputs for the rows
@@ -132,11 +202,8 @@ class ModelScorer:
         rows = np.flatnonzero(with_steps)
         if not len(rows):
             return self.encode(inputs, batch_size), None
-        if self._encode_last_and_steps is None:
-            self._encode_last_and_steps = _compiled(self.model.encode_last_and_steps)
         subset = {name: values[rows] for name, values in inputs.items()}
-        parts = _batched(self._encode_last_and_steps, subset, batch_size)
-        columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+        columns = self._batched("encode_last_and_steps", subset, batch_size)
         with_last, others = _last_step(columns[:5]), np.flatnonzero(~with_steps)
         last = with_last
         if len(others):
@@ -181,23 +248,6 @@ def _every_step(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     """encode_steps' outputs -> (vectors with a trailing 1 (B, T, D + 1), gate, repeat rows)."""
     vectors, gate, repeat = outputs
     return np.concatenate([vectors, np.ones((*vectors.shape[:2], 1), np.float32)], axis=2), gate, repeat
-
-
-def _batched(function, inputs: dict[str, np.ndarray], batch_size: int) -> list[list[np.ndarray]]:
-    """`function` over (B, T) inputs in padded batches of at most `batch_size` users -> its float32 outputs per batch
-    (padding rows dropped)."""
-    users = len(inputs["items"])
-    batch_size = min(batch_size, 1 << max(0, users - 1).bit_length())
-    parts = []
-    for start in range(0, users, batch_size):
-        rows = min(batch_size, users - start)
-        batch = {}
-        for name in ("items", "event_types", "gaps"):
-            padded = np.zeros((batch_size, inputs[name].shape[1]), np.int32)
-            padded[:rows] = inputs[name][start : start + rows]
-            batch[name] = padded
-        parts.append([np.asarray(output, dtype=np.float32)[:rows] for output in function(batch)])
-    return parts
 
 
 def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -248,6 +298,8 @@ def repeat_flags(chosen: np.ndarray, items: np.ndarray, older_items: list[np.nda
 
 
 class Recommender:
+    """`model`: a Keras NextItemModel (just trained) or a NumpyEncoder (a loaded version whose network it covers)."""
+
     def __init__(self, model, vocabulary: pd.DataFrame, event_types: list[str], policy: RepeatPolicy | None = None):
         self.model = model
         self.event_types = list(event_types)
@@ -343,7 +395,7 @@ class Recommender:
         recent = list(item_ids)[-seq_len:]
         types = list(event_types)[-seq_len:] if event_types is not None else [self.event_types[0]] * len(recent)
         if timestamps is not None:
-            gaps = gap_buckets(list(timestamps)[-seq_len:], int(self.model.num_gap_buckets) - 1)
+            gaps = gap_buckets(list(timestamps)[-seq_len:], self.scorer.forward.num_gap_buckets - 1)
         else:
             gaps = np.array([1] + [2] * (len(recent) - 1), np.int32)[: len(recent)]
         if not len(types) == len(gaps) == len(recent):
@@ -360,9 +412,14 @@ class Recommender:
     # --- folder form ---
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
+        numpy_form = self.model if isinstance(self.model, NumpyEncoder) else None
+        if numpy_form is None and NumpyEncoder.supports(self.model):
+            numpy_form = NumpyEncoder.from_model(self.model)
+        # A loaded version is numpy only; its Keras weights file is rebuilt from the same arrays.
+        keras_model = numpy_form.to_model() if isinstance(self.model, NumpyEncoder) else self.model
         config = {
             "format": FORMAT_VERSION,
-            "model": self.model.get_config(),
+            "model": keras_model.get_config(),
             "event_types": self.event_types,
             "repeat_policy": {"name": self.policy.name, "repeatable_types": list(self.policy.repeatable_types)},
         }
@@ -372,7 +429,9 @@ class Recommender:
         config["model"].pop("trainable", None)
         config["model"].pop("dtype", None)
         (folder / "model_config.json").write_text(json.dumps(config, indent=2))
-        self.model.save_weights(folder / "model.weights.h5")
+        keras_model.save_weights(folder / "model.weights.h5")
+        if numpy_form is not None:
+            numpy_form.save(folder / ENCODER_FILE)
         vocabulary = pd.DataFrame(
             {"item_index": np.arange(self.num_items), "item_id": self.item_ids, "count": self.popularity}
         ).iloc[FIRST_ITEM_INDEX:]
@@ -381,17 +440,22 @@ class Recommender:
 
     @classmethod
     def load(cls, folder: Path) -> Recommender:
-        from model_lib.model.network import NextItemModel
-
-        config = json.loads((Path(folder) / "model_config.json").read_text())
+        """In numpy when the folder has encoder.npz (no TensorFlow import), else the Keras network."""
+        folder = Path(folder)
+        config = json.loads((folder / "model_config.json").read_text())
         if config.get("format") not in READABLE_FORMATS:
             raise IncompatibleModelError(
                 f"the model in {folder} has format {config.get('format')}, this code reads formats {READABLE_FORMATS}: "
                 "retrain it (reco_training) or score it with the code version in its `code_version` tag"
             )
-        model = NextItemModel(**config["model"])
-        build_model(model)
-        model.load_weights(Path(folder) / "model.weights.h5")
+        if (folder / ENCODER_FILE).exists():
+            model = NumpyEncoder.load(folder / ENCODER_FILE, config["model"])
+        else:
+            from model_lib.model.network import NextItemModel
+
+            model = NextItemModel(**config["model"])
+            build_model(model)
+            model.load_weights(folder / "model.weights.h5")
         policy = config.get("repeat_policy", {})
         recommender = cls(
             model,

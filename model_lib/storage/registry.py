@@ -31,7 +31,12 @@ from mlflow.types.schema import ColSpec, Schema
 from model_lib.config import Settings
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.redaction import redact, split_credentials
-from model_lib.serving.recommender import RECOMMENDER_FILES, IncompatibleModelError, Recommender
+from model_lib.serving.recommender import (
+    OPTIONAL_RECOMMENDER_FILES,
+    RECOMMENDER_FILES,
+    IncompatibleModelError,
+    Recommender,
+)
 from model_lib.serving.segments import Segments
 
 CHAMPION = "champion"
@@ -188,10 +193,14 @@ def log_recommender(recommender: Recommender, settings: Settings, documents: dic
 
 
 def recommender_checksum(folder: Path) -> str:
-    """SHA-256 over the recommender's files, names and bytes, in a fixed order."""
+    """SHA-256 over the recommender's files, names and bytes, in a fixed order; an optional file counts when present
+    (so a version registered before it existed keeps its checksum, and removing it from one that has it is seen)."""
     digest = hashlib.sha256()
     for name in RECOMMENDER_FILES:
-        digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes())
+        path = Path(folder) / name
+        if name in OPTIONAL_RECOMMENDER_FILES and not path.exists():
+            continue
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -203,9 +212,13 @@ def _download_recommender(model_uri: str, destination: Path) -> Path:
         base = mlflow.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
     folder = destination / RECOMMENDER_ARTIFACT
     folder.mkdir(parents=True)
+    stored = f"{base}/artifacts/{RECOMMENDER_ARTIFACT}"
+    present = {Path(info.path).name for info in mlflow.artifacts.list_artifacts(artifact_uri=stored)}
     for name in RECOMMENDER_FILES:
+        if name in OPTIONAL_RECOMMENDER_FILES and name not in present:
+            continue  # registered before the file existed
         downloaded = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{base}/artifacts/{RECOMMENDER_ARTIFACT}/{name}", dst_path=str(destination / "download")
+            artifact_uri=f"{stored}/{name}", dst_path=str(destination / "download")
         )
         shutil.move(downloaded, folder / name)
     return folder

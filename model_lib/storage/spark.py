@@ -11,6 +11,8 @@ from model_lib.progress import say
 from model_lib.redaction import redact
 from model_lib.runtime import apply_engine_environment
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def spark_session(engines: EngineSettings, app_name: str) -> SparkSession:
     """Gets (or creates) the session. Under spark-submit the master comes from the command line."""
@@ -29,6 +31,10 @@ def spark_session(engines: EngineSettings, app_name: str) -> SparkSession:
         # second round of renames at job commit (algorithm 1) would only repeat that work.
         .config("spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version", "2")
     )
+    # Spark runs one Python worker per task slot (per core); a BLAS thread pool per worker on top of that
+    # oversubscribes the cores: the scoring's small matrix products ran 8x slower with two workers of two threads.
+    for variable in BLAS_THREAD_VARIABLES:
+        builder = builder.config(f"spark.executorEnv.{variable}", "1")
     # spark-submit starts the JVM first and hands its port over; then the master and the application name
     # (the DAG's per-run name) come from its command line.
     if "PYSPARK_GATEWAY_PORT" not in os.environ:

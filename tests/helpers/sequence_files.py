@@ -37,6 +37,7 @@ def register_tiny_model(
     event_type_head=False,
     spark=None,
     segment_users=None,
+    attention_blocks=0,
 ):
     """An untrained (seeded) model over items i2..i{num_items-1}, registered in the settings' MLflow store
     -> (version, vocabulary). Counts fall with the index, so i2 is the most popular item. With `spark` and
@@ -55,6 +56,7 @@ def register_tiny_model(
         embedding_dim=8,
         hidden_dim=8,
         event_type_head=event_type_head,
+        attention_blocks=attention_blocks,
     )
     build_model(model)
     indices = np.arange(2, num_items)

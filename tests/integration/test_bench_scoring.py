@@ -26,7 +26,12 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
     for rate in (result["job_cold_users_per_s"], result["job_warm_users_per_s"], result["als"]["users_per_s"]):
         assert rate > 0
     assert result["in_process"]["multiply_gflops"] > 0 and result["numpy"]["same_shape_gflops"] > 0
-    assert set(result["ratios"]) >= {"job_warm_vs_als", "multiply_vs_numpy_same_shape", "top_k_vs_multiply"}
+    assert set(result["ratios"]) >= {"job_cold_vs_als", "job_warm_vs_als", "multiply_vs_numpy_same_shape"}
+    cold_ratio = result["job_cold_users_per_s"] / result["als"]["users_per_s"]
+    assert result["ratios"]["job_cold_vs_als"] == pytest.approx(cold_ratio, rel=0.01)
+    assert (
+        result["in_process"]["encode_users_per_s"] > 0 and result["in_process"]["encode_tensorflow_xla_users_per_s"] > 0
+    )
     # What the tables beyond recommendations cost: the warm job with every table against recommendations alone.
     assert result["ratios"]["extra_reasons_in_process"] > 0 and result["job_warm_top_k_alone_users_per_s"] > 0
     extras = result["extras"]

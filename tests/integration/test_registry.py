@@ -145,3 +145,29 @@ def test_a_registry_that_refuses_is_not_reported_as_unreachable(tmp_path, code, 
     message = str(_unavailable(settings, error))
     assert said in message and "hunter2" not in message and "https://ops:***@mlflow.internal" in message
     assert ("Start it" in message) == (code != "PERMISSION_DENIED")
+
+
+def test_a_version_without_the_numpy_encoder_loads_with_tensorflow_under_its_recorded_checksum(tmp_path):
+    """Versions registered before encoder.npz existed, and models it does not cover (self-attention blocks), have
+    only the Keras weights: they still download, verify and score, with TensorFlow. The others load in numpy."""
+    from model_lib.config import get_settings
+    from model_lib.model.network import NextItemModel
+    from model_lib.serving.numpy_encoder import ENCODER_FILE, NumpyEncoder
+    from model_lib.storage import registry
+
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
+    plain, _ = register_tiny_model(settings)
+    blocks, _ = register_tiny_model(settings, attention_blocks=1)
+    stored = f"models:/{settings.model.model_name}/{{}}/artifacts/{registry.RECOMMENDER_ARTIFACT}"
+    files = {
+        version: {info.path.rsplit("/", 1)[-1] for info in mlflow.artifacts.list_artifacts(stored.format(version))}
+        for version in (plain, blocks)
+    }
+    assert ENCODER_FILE in files[plain] and ENCODER_FILE not in files[blocks]
+
+    assert isinstance(registry.load_recommender(settings, plain).model, NumpyEncoder)
+    with_tensorflow = registry.load_recommender(settings, blocks)
+    assert isinstance(with_tensorflow.model, NextItemModel) and with_tensorflow.model.attention_blocks == 1
+    items = np.array([[0, 0, 4, 5, 6, 7, 8, 9]], np.int32)
+    scores = with_tensorflow.score({"items": items, "event_types": (items > 0) * 1, "gaps": (items > 0) * 3})
+    assert np.isfinite(scores[0, 2:]).all()
