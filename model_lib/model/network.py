@@ -23,7 +23,10 @@ Under a mixed-precision policy the layers compute in float16 while attention sof
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
+
+from model_lib.contracts import PAD_INDEX
 
 PACKAGE = "reco"
 
@@ -335,6 +338,12 @@ class NextItemModel(keras.Model):
             "attention_blocks": self.attention_blocks,
             "attention_heads": self.attention_heads,
         }
+
+
+def build_model(model) -> None:
+    """Creates the weights by one call on a dummy batch (a subclassed model builds lazily)."""
+    dummy = np.full((1, 2), PAD_INDEX, dtype=np.int32)
+    model({"items": dummy, "event_types": dummy, "gaps": dummy})
 
 
 def model_inputs(items, event_types, gaps) -> dict:

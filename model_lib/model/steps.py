@@ -14,8 +14,7 @@ from model_lib.model.schedule import learning_rate_schedule
 def build_next_item_model(num_items: int, settings: Settings, event_type_head: bool = False):
     """The configured network over `num_items` indices, built; with the next-event-type head when asked
     (training asks for it when the data has several event types: training.trains_event_types)."""
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import build_model
+    from model_lib.model.network import NextItemModel, build_model
 
     model = NextItemModel(
         num_items=num_items,

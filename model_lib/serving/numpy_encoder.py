@@ -104,8 +104,7 @@ class NumpyEncoder:
 
     def to_model(self):
         """The Keras NextItemModel with these weights (imports TensorFlow: only for saving a loaded version)."""
-        from model_lib.model.network import NextItemModel
-        from model_lib.serving.recommender import build_model
+        from model_lib.model.network import NextItemModel, build_model
 
         model = NextItemModel(**self.config)
         build_model(model)

@@ -451,7 +451,7 @@ class Recommender:
         if (folder / ENCODER_FILE).exists():
             model = NumpyEncoder.load(folder / ENCODER_FILE, config["model"])
         else:
-            from model_lib.model.network import NextItemModel
+            from model_lib.model.network import NextItemModel, build_model
 
             model = NextItemModel(**config["model"])
             build_model(model)
@@ -493,9 +493,3 @@ def gap_buckets(timestamps: list, max_bucket: int) -> np.ndarray:
     gaps = np.maximum(np.diff(seconds), 0.0)
     buckets = np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int32) + 2, max_bucket)
     return np.concatenate([[1], buckets]).astype(np.int32)[: len(timestamps)]
-
-
-def build_model(model) -> None:
-    """Creates the weights by one call on a dummy batch (a subclassed model builds lazily)."""
-    dummy = np.full((1, 2), PAD_INDEX, dtype=np.int32)
-    model({"items": dummy, "event_types": dummy, "gaps": dummy})

@@ -195,8 +195,8 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
 
     from jobs import promote
     from model_lib.data.vocabulary import catalogue_size
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import Recommender
     from model_lib.storage import registry
 
     settings, ds = pipeline.settings, pipeline.ds

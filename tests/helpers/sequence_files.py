@@ -44,8 +44,8 @@ def register_tiny_model(
     `segment_users` (Sequences in the model's indices), its user segments are fitted on them as training does."""
     import keras
 
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import Recommender
     from model_lib.storage import registry
 
     keras.utils.set_random_seed(seed)

@@ -181,8 +181,8 @@ def test_scoring_inputs_at_the_edges_give_unseen_items_and_never_fail(tmp_path):
     import keras
     import pandas as pd
 
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import Recommender
     from model_lib.storage.registry import recommend_from_raw_ids
 
     rules = get_settings(data_dir=tmp_path)

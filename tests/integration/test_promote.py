@@ -12,8 +12,8 @@ keras = pytest.importorskip("keras")
 @pytest.fixture(scope="module")
 def recommender():
     from model_lib.config import get_settings
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import Recommender, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import Recommender
 
     settings = get_settings()
     keras.utils.set_random_seed(2)

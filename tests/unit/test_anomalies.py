@@ -15,8 +15,8 @@ keras = pytest.importorskip("keras")
 
 def tiny_scorer(seed: int, repeat_mechanism: bool, items: np.ndarray):
     """A seeded untrained model over 30 items -> (its ModelScorer, the inputs of the window `items`)."""
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import ModelScorer, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import ModelScorer
 
     keras.utils.set_random_seed(seed)
     model = NextItemModel(30, 4, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=repeat_mechanism)

@@ -14,8 +14,7 @@ keras = pytest.importorskip("keras")
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["narm_attention", "attention_blocks"])
 def model(request):
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import build_model
+    from model_lib.model.network import NextItemModel, build_model
 
     keras.utils.set_random_seed(1)
     m = NextItemModel(

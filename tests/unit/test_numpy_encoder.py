@@ -12,8 +12,7 @@ EVERY_STEP = ("step_vectors", "step_gates", "step_repeats")
 
 
 def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechanism: bool):
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import build_model
+    from model_lib.model.network import NextItemModel, build_model
 
     keras.utils.set_random_seed(11)
     model = NextItemModel(

@@ -69,8 +69,8 @@ def test_the_repeat_mechanism_learns_who_rebuys(settings, tmp_path):
 def test_repeat_mixture_scores_are_a_distribution_that_favours_the_history(settings):
     import keras
 
-    from model_lib.model.network import NextItemModel
-    from model_lib.serving.recommender import ModelScorer, build_model
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving.recommender import ModelScorer
 
     keras.utils.set_random_seed(3)
     model = NextItemModel(20, 3, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=True)
