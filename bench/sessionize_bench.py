@@ -1,24 +1,29 @@
 """Sessionization benchmark: Spark full rebuild vs one incremental nightly day vs the same logic in DuckDB SQL.
 
-    .venv/bin/python -m bench.sessionize_bench                    # 1M and 10M events over 30 days
+    .venv/bin/python -m bench.sessionize_bench                    # histories of 1M, 5M and 10M events, 30 days
     .venv/bin/python -m bench.sessionize_bench --events 1000000   # one size
 
-For each size it writes a seeded synthetic clickstream (reused when already there), then runs, each in its own
-process so that peak memory (RSS of the process and its children, e.g. Spark's JVM) is measured per run:
+For each history size it writes a seeded synthetic clickstream (reused when already there) whose last day is cut
+to the same number of raw lines whatever the history (--day-events, default 30,000: about a 1M history's own day),
+so that the incremental nights of the three sizes differ only in how much history lies behind them. Then it runs,
+each in its own process so that peak memory (RSS of the process and its children, e.g. Spark's JVM) is measured
+per run:
   1. Spark full rebuild up to the day before the last (this makes the state the nightly run continues from),
   2. Spark incremental nightly run for the last day,
   3. Spark full rebuild up to the last day (the reference; for sizes above --check-equality-up-to the rebuild of
      step 1 stands in for it, to save a run),
   4. DuckDB: validation + de-duplication + sessionization + last-L in SQL over the same raw files, up to the last day.
 It checks that 2 and 3 wrote identical sequences (when 3 ran) and that DuckDB found the same users and events, and
-prints one JSON line per size with events/s, the ratios incremental / full (target <= 0.2) and Spark / DuckDB
-(target <= 3), and peak memory.
+prints one JSON line per size with events/s, the ratios incremental / full (targets <= 0.35 at 1M, <= 0.2 at 10M)
+and Spark / DuckDB (target <= 3 at 10M), and peak memory; then one line with the incremental night's seconds per
+history size (the same day each time: its cost should follow the day, not the history).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import json
 import os
 import shutil
@@ -28,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 
@@ -212,14 +218,44 @@ def counts_agree(duck: dict, spark: dict) -> dict[str, bool]:
     return {key: duck[key] == spark[key] for key in ("read", "quarantined", "valid", "duplicates", "users")}
 
 
-def bench_size(events: int, root: Path, check_equality: bool) -> dict:
-    data_dir = root / f"events-{events}"
+def cut_day(day_folder: Path, lines: int, seed: int = 3) -> int:
+    """Keeps a seeded random `lines` of the day's raw lines, in their order (the same day size for every history)."""
+    files = sorted(day_folder.glob("*.jsonl.gz"))
+    with gzip.open(files[0], "rt", encoding="utf-8", errors="surrogateescape") as handle:
+        kept = handle.read().splitlines()
+    if len(kept) > lines:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(kept), lines, replace=False))
+        kept = [kept[i] for i in chosen]
+    with gzip.open(files[0], "wt", encoding="utf-8", errors="surrogateescape", compresslevel=1) as handle:
+        handle.write("\n".join(kept) + "\n")
+    return len(kept)
+
+
+def day_users(day_folder: Path) -> int:
+    """Distinct users among the day's well-formed lines (the users its incremental night has to touch)."""
+    users = set()
+    for file in day_folder.glob("*.jsonl.gz"):
+        with gzip.open(file, "rt", encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                try:
+                    users.add(json.loads(line).get("user_id"))
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+    return len(users - {None})
+
+
+def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -> dict:
+    data_dir = root / f"events-{events}-day-{day_events}"
     settings = get_settings(data_dir=data_dir)
     spec = SynthSpec.for_events(events, DAYS)
     last_day = spec.start + dt.timedelta(days=DAYS - 1)
-    if not (settings.lake.raw_events_dir / f"dt={last_day}").exists():
+    made = data_dir / "synthesised.json"
+    if not made.exists():
+        shutil.rmtree(data_dir, ignore_errors=True)
         started = time.time()
         write_synth(spec, settings.lake.raw_events_dir)
+        day_lines = cut_day(settings.lake.raw_events_day_dir(last_day), day_events)
+        made.write_text(json.dumps({"events": events, "day": str(last_day), "day_lines": day_lines}))
         print(f"[bench] synthesised {events:,} events in {time.time() - started:.1f} s", flush=True)
     print(f"[bench] {events:,} events: Spark full rebuild to {last_day - dt.timedelta(days=1)} (makes the state)")
     previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
@@ -245,6 +281,7 @@ def bench_size(events: int, root: Path, check_equality: bool) -> dict:
     return {
         "events_read_full": full["read"],
         "events_read_incremental_day": incremental["read"],
+        "users_in_incremental_day": day_users(settings.lake.raw_events_day_dir(last_day)),
         "users": full["users"],
         "spark_full_seconds": full["seconds"],
         "spark_full_events_per_s": round(full["read"] / full["seconds"]),
@@ -276,7 +313,10 @@ def bench_size(events: int, root: Path, check_equality: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
+    parser.add_argument(
+        "--day-events", type=int, default=30_000, help="raw lines of the last day, whatever the history size"
+    )
     parser.add_argument(
         "--check-equality-up-to",
         type=int,
@@ -290,10 +330,26 @@ def main(argv: list[str] | None = None) -> None:
         data_dir, ds = Path(args.duckdb_only[0]), dt.date.fromisoformat(args.duckdb_only[1])
         print(json.dumps(duckdb_sessionize(data_dir, ds, data_dir / "duckdb-sequences.parquet")))
         return
+    nights = {}
     for events in args.events:
         result = {"benchmark": "sessionize", "events": events, "days": DAYS, "cores": os.cpu_count()}
-        result.update(bench_size(events, args.root, events <= args.check_equality_up_to))
+        result.update(bench_size(events, args.root, events <= args.check_equality_up_to, args.day_events))
         print(json.dumps(result), flush=True)
+        nights[events] = result["spark_incremental_seconds"]
+    if len(nights) > 1:
+        smallest = min(nights)
+        growth = {f"{events:,}": round(seconds / nights[smallest], 2) for events, seconds in nights.items()}
+        print(
+            json.dumps(
+                {
+                    "benchmark": "sessionize_incremental_by_history",
+                    "day_lines": args.day_events,
+                    "incremental_seconds": {f"{events:,}": seconds for events, seconds in nights.items()},
+                    "over_smallest_history": growth,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

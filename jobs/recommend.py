@@ -17,7 +17,8 @@ Before any scoring the model is checked against the day: a champion trained on o
 `recommend_min_known_share` of the day's events) or on other event types is refused with an error, not silently
 turned into popular-items lists for everybody.
 
-Each Python worker loads the model once and scores whole Arrow batches: one forward pass, one matrix multiply
+The version's files are read from the registry once, here, and broadcast; each Python worker loads them once (in
+numpy: no TensorFlow, no MLflow) and scores whole Arrow batches: one forward pass, one matrix multiply
 against the item table, seen items excluded, top-K, one row per user (batch_scoring.SCORED_USER_SCHEMA); native
 Spark functions turn those rows into the nightly tables, so every table comes from the same single pass. Run as
 `spark-submit jobs/recommend.py --ds D --model-version N` or `reco recommend --ds D` (which resolves the champion
@@ -29,11 +30,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import hashlib
 import json
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +55,35 @@ from model_lib.contracts import (
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
 from model_lib.serving import batch_scoring
-from model_lib.serving.recommender import SOURCE_MODEL, SOURCE_POPULAR, SOURCE_REPEAT, IncompatibleModelError
+from model_lib.serving.recommender import (
+    SOURCE_MODEL,
+    SOURCE_POPULAR,
+    SOURCE_REPEAT,
+    IncompatibleModelError,
+    files_to_score,
+)
 from model_lib.serving.segments import Segments
 from model_lib.storage import registry
 from model_lib.storage.lake import commit_folder, parquet_rows, read_parquet_folder, staging_path, write_run_stats
-from model_lib.storage.spark import spark_session
+from model_lib.storage.spark import side_by_side, spark_session
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
 def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
     return spark.read.parquet(str(settings.lake.sequences_dir(ds)))
+
+
+def extract_model(settings: Settings, version: int) -> dict[str, bytes]:
+    """The pinned version's files, read from the registry once, here, and verified against their checksum
+    (registry.verified_recommender_files): the fit check reads them, the workers get them broadcast."""
+    return registry.verified_recommender_files(settings, version)
+
+
+def broadcast_model(spark: SparkSession, settings: Settings, version: int, files: dict[str, bytes]):
+    """The files the workers score with, broadcast -> (a key naming the version and its bytes, the Broadcast)."""
+    files = files_to_score(files)
+    digest = hashlib.sha256(b"".join(files[name] for name in sorted(files))).hexdigest()[:16]
+    return f"{settings.model.model_name} v{version} {digest}", spark.sparkContext.broadcast(files)
 
 
 def extract_day_vocabulary(settings: Settings, ds: dt.date) -> pd.DataFrame:
@@ -116,19 +136,18 @@ def score_users(
     sequences: DataFrame,
     day_item_ids: np.ndarray,
     settings: Settings,
-    version: int,
+    model: tuple[str, object],
     k: int,
     ds: dt.date,
     wanted: set[str],
 ) -> DataFrame:
     """Sequences -> one scored row per user with history (batch_scoring.SCORED_USER_SCHEMA), with the anomaly and
-    segment columns only when the `wanted` extra tables need them."""
+    segment columns only when the `wanted` extra tables need them. `model`: (its key, the Broadcast of its files)."""
     has_history = sequences.where(F.col("length") > 0)
     body = functools.partial(
         batch_scoring.score_partition,
-        tracking_uri=settings.engines.mlflow_tracking_uri,
-        model_name=settings.model.model_name,
-        version=version,
+        model_key=model[0],
+        model_files=model[1],
         k=k,
         day_item_ids=day_item_ids,
         policy=settings.repeat_rule(),
@@ -250,9 +269,7 @@ def load(tables: dict[Table, tuple[Callable[[], DataFrame], Path]]) -> None:
         # the scoring twice. The input files and their split are fixed, so the output files are byte-for-byte stable.
         frame.sortWithinPartitions(*table.key[1:]).write.mode("overwrite").parquet(str(staged[table]))
 
-    with ThreadPoolExecutor(max_workers=len(tables)) as pool:
-        for written in [pool.submit(write, table) for table in tables]:
-            written.result()
+    side_by_side([functools.partial(write, table) for table in tables])
     for table, (_, folder) in tables.items():
         commit_folder(staged[table], folder)
 
@@ -306,14 +323,19 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     k = k or settings.serving.top_k
     started = time.time()
     day_vocabulary = extract_day_vocabulary(settings, ds)
-    trained_on = registry.trained_on(settings, version)
+    model_files = extract_model(settings, version)
+    trained_on = registry.TrainedOn.of_files(model_files)
     known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
     spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         wanted = wanted_extras(settings, trained_on.segments)
-        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, version, k, ds, wanted)
-        rows, listed = nightly_tables(scored, settings, ds, version, trained_on.segments, wanted)
+        model = broadcast_model(spark, settings, version, model_files)
+        scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, model, k, ds, wanted)
+        try:
+            rows, listed = nightly_tables(scored, settings, ds, version, trained_on.segments, wanted)
+        finally:
+            model[1].destroy()
         report(**rows, **listed)
     summary = {
         "ds": ds.isoformat(),

@@ -48,6 +48,7 @@ from model_lib.storage.lake import (
 )
 from model_lib.storage.spark import spark_session
 
+SEQUENCE_FILES = 2  # the sequences of a day, for the readers (training reads them file by file)
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
 
 
@@ -186,14 +187,19 @@ def write_histories(
                 previous["users"], events, vocabulary_frame, changed_frame, ev.SequenceRules.of(settings.sessionize)
             )
         histories = histories.select(STATE_COLUMNS).cache()
+        users = histories.count()  # computes the cache once, before the writes read it side by side
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])
         written = write_day(
             {
-                "sequences": histories.select(SEQUENCE_COLUMNS).orderBy("user_id"),
-                "vocab": vocabulary_frame.orderBy("item_index"),
-                "day_item_counts": item_counts(events.where(F.col("arrival.dt") == ds.isoformat())),
+                # Hash-partitioned and sorted within each file, not sorted globally (which samples its input in a
+                # job of its own): the files are the same whichever way the histories were computed.
+                "sequences": histories.select(SEQUENCE_COLUMNS)
+                .repartition(SEQUENCE_FILES, "user_id")
+                .sortWithinPartitions("user_id"),
+                "vocab": vocabulary_frame.coalesce(1).sortWithinPartitions("item_index"),
+                "day_item_counts": item_counts(events.where(F.col("arrival.dt") == ds.isoformat())).coalesce(1),
                 "users": histories.select(STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,
@@ -201,6 +207,7 @@ def write_histories(
             settings,
             ds,
             plan,
+            users,
         )
         report(users=written["users"], path=str(settings.lake.sessionized_dir(ds)))
     return histories, written["users"]

@@ -9,18 +9,19 @@ reader or a crash sees the previous complete day or the new one, never a mix.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
 from model_lib.config import SessionizeSettings, Settings
 from model_lib.contracts import REASON_CODES
 from model_lib.data.events import SequenceRules, ValidationRules
 from model_lib.storage.lake import commit_folder, latest_version_before, staging_path
+from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 
@@ -76,17 +77,18 @@ def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame 
     }
 
 
-def write_day(frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan) -> dict[str, int]:
-    """Writes sequences, vocabulary and state into one staging folder, the manifest last, then commits the day
-    with one swap (lake.commit_folder). Returns the rows written per output."""
+def write_day(
+    frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan, users: int
+) -> dict[str, int]:
+    """Writes sequences, vocabulary and state (`frames` by output name) into one staging folder, side by side, the
+    manifest last, then commits the day with one swap (lake.commit_folder). `users`: the rows of the sequences.
+    Returns the rows written per output."""
     final = settings.lake.sessionized_dir(ds)
     staged = staging_path(final)
-    partitions = {"sequences": 2, "vocab": 1, "day_item_counts": 1}
-    for name in ("sequences", "vocab", "day_item_counts"):
-        frames[name].coalesce(partitions[name]).write.parquet(str(staged / name))
-    for name in ("users", "dedup_keys", "item_counts"):
-        frames[name].write.parquet(str(staged / "state" / name))
-    rows = {"users": pq.ParquetDataset(staged / "sequences").read(columns=["user_id"]).num_rows}
+    places = {name: staged / name for name in ("sequences", "vocab", "day_item_counts")}
+    places.update({name: staged / "state" / name for name in ("users", "dedup_keys", "item_counts")})
+    side_by_side([functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()])
+    rows = {"users": users}
     manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)

@@ -1,24 +1,24 @@
 """Batch scoring inside Spark Python workers (jobs/recommend.py runs it through mapInPandas).
 
 In the library, not in the job: under spark-submit the job file is `__main__`, which the workers cannot import, so a
-function defined there cannot be sent to them by reference. Above `registry` and `recommender` (which never import
-it).
+function defined there cannot be sent to them by reference.
+
+The workers never talk to MLflow: the job reads the pinned version's files once, verified against their checksum,
+and broadcasts them; each Python worker loads them once (numpy, serving/numpy_encoder.py) and keeps them for every
+later task (Spark reuses its Python workers). So a cold worker imports numpy, pandas and this package, nothing else.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
-from model_lib.config import get_settings
 from model_lib.data.splits import Sequences
 from model_lib.evaluation.metrics import RepeatPolicy
 from model_lib.serving.anomalies import DaySurprise, day_surprise, scored_events
-from model_lib.serving.recommender import SOURCE_REPEAT
-from model_lib.storage import registry
+from model_lib.serving.recommender import SOURCE_REPEAT, Recommender
 
 # One row per scored user: the top K best first (ids, scores, sources, each item's reason), the chance of each
 # configured event type for the user's next event (null without the model's event-type head), the user's vector,
@@ -33,18 +33,24 @@ SCORED_USER_SCHEMA = (
 )
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_recommender(tracking_uri: str, model_name: str, version: int):
-    """Loaded once per Python worker process (workers are reused across tasks)."""
-    return registry.load_recommender(get_settings(mlflow_tracking_uri=tracking_uri, model_name=model_name), version)
+# The model this Python worker process loaded, by its key: a worker serves many tasks of one run.
+_LOADED: dict[str, Recommender] = {}
+
+
+def loaded_recommender(key: str, files) -> Recommender:
+    """The Recommender of `files` (a Broadcast of {file name: bytes}), loaded on this worker's first task for `key`
+    (model name, version and checksum) and kept; a new key replaces it."""
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = Recommender.from_files(files.value)
+    return _LOADED[key]
 
 
 def score_partition(
     batches: Iterator[pd.DataFrame],
     *,
-    tracking_uri: str,
-    model_name: str,
-    version: int,
+    model_key: str,
+    model_files,
     k: int,
     day_item_ids: np.ndarray,
     policy: RepeatPolicy,
@@ -53,7 +59,8 @@ def score_partition(
     top_g: int,
     profiles: bool,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy.
+    """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy, with the
+    model of `model_files` (loaded_recommender).
 
     `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
     An item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
@@ -62,7 +69,7 @@ def score_partition(
     anomalies (outside the model's top `top_g` counts as a miss); None: no anomaly scores. `profiles`: assign each
     user to the model's segments.
     """
-    recommender = _cached_recommender(tracking_uri, model_name, version)
+    recommender = loaded_recommender(model_key, model_files)
     to_model = recommender.translation_from(day_item_ids)
     for batch in batches:
         if batch.empty:

@@ -22,6 +22,7 @@ The folder form (`save` / `load`) is what travels inside each registered MLflow 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,14 @@ SCORING_BATCH = 256
 ENCODE_BATCH = 512
 # The folder form: every file a Recommender is made of, in the order the registry checksums them; the optional
 # ones count when present (a version registered before encoder.npz existed has the same checksum as then).
-RECOMMENDER_FILES = ("model_config.json", "model.weights.h5", "vocabulary.parquet", ENCODER_FILE)
+KERAS_WEIGHTS = "model.weights.h5"
+RECOMMENDER_FILES = ("model_config.json", KERAS_WEIGHTS, "vocabulary.parquet", ENCODER_FILE)
 OPTIONAL_RECOMMENDER_FILES = (ENCODER_FILE,)
+
+
+def files_to_score(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The files `Recommender.from_files` reads: with encoder.npz, not the Keras weights (the same arrays again)."""
+    return {name: content for name, content in files.items() if not (name == KERAS_WEIGHTS and ENCODER_FILE in files)}
 
 
 @dataclass
@@ -429,7 +436,7 @@ class Recommender:
         config["model"].pop("trainable", None)
         config["model"].pop("dtype", None)
         (folder / "model_config.json").write_text(json.dumps(config, indent=2))
-        keras_model.save_weights(folder / "model.weights.h5")
+        keras_model.save_weights(folder / KERAS_WEIGHTS)
         if numpy_form is not None:
             numpy_form.save(folder / ENCODER_FILE)
         vocabulary = pd.DataFrame(
@@ -437,6 +444,14 @@ class Recommender:
         ).iloc[FIRST_ITEM_INDEX:]
         vocabulary.to_parquet(folder / "vocabulary.parquet", index=False)
         return folder
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> Recommender:
+        """`load` of the folder form held in memory, {file name: bytes} (what the nightly job ships to workers)."""
+        with tempfile.TemporaryDirectory(prefix="reco-recommender-") as folder:
+            for name, content in files.items():
+                (Path(folder) / name).write_bytes(content)
+            return cls.load(Path(folder))  # reads every file into memory
 
     @classmethod
     def load(cls, folder: Path) -> Recommender:
@@ -455,7 +470,7 @@ class Recommender:
 
             model = NextItemModel(**config["model"])
             build_model(model)
-            model.load_weights(folder / "model.weights.h5")
+            model.load_weights(folder / KERAS_WEIGHTS)
         policy = config.get("repeat_policy", {})
         recommender = cls(
             model,

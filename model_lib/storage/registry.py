@@ -14,6 +14,7 @@ register a version cannot run code in the scheduler or the executors through its
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -266,8 +267,13 @@ def champion_version(settings: Settings) -> int:
 
 
 def load_recommender(settings: Settings, version: int) -> Recommender:
-    """The Recommender of a registered version, from its plain files only, checked against the checksum recorded
-    at registration; loaded only from the configured registry. Nothing is unpickled."""
+    """The Recommender of a registered version (verified_recommender_files). Nothing is unpickled."""
+    return Recommender.from_files(verified_recommender_files(settings, version))
+
+
+def verified_recommender_files(settings: Settings, version: int) -> dict[str, bytes]:
+    """The plain files of a registered version, by name, checked against the checksum recorded at registration;
+    read only from the configured registry. The nightly job reads them once and ships them to its workers."""
     use_configured_store(settings)
     uri = store_uri(settings)
     client = MlflowClient(uri, uri)
@@ -291,7 +297,7 @@ def load_recommender(settings: Settings, version: int) -> Recommender:
                 f"registered ({CHECKSUM_TAG} {recorded[:12]}…, files {actual[:12]}…): they changed since; "
                 "refusing to load them"
             )
-        return Recommender.load(folder)
+        return {path.name: path.read_bytes() for path in folder.iterdir()}
 
 
 @dataclass(frozen=True)
@@ -302,28 +308,33 @@ class TrainedOn:
     event_types: list[str]
     segments: Segments | None  # its user segments (None for versions registered before segments existed)
 
+    @classmethod
+    def of_files(cls, files: dict[str, bytes]) -> TrainedOn:
+        """From the version's vocabulary.parquet and model_config.json (bytes by file name)."""
+        vocabulary = pd.read_parquet(io.BytesIO(files["vocabulary.parquet"]))
+        config = json.loads(files["model_config.json"])
+        segments = Segments.from_config(config["segments"]) if "segments" in config else None
+        return cls(vocabulary, config["event_types"], segments)
+
 
 def trained_on(settings: Settings, version: int) -> TrainedOn:
     """The vocabulary, event types and user segments of a registered version, read from its artifacts without
-    loading the network (so the nightly run can check them before any scoring)."""
+    loading the network (so a run can check them before any scoring)."""
     use_configured_store(settings)
     folder = f"models:/{settings.model.model_name}/{version}/artifacts/{RECOMMENDER_ARTIFACT}"
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            vocabulary = pd.read_parquet(
-                mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/vocabulary.parquet", dst_path=tmp)
-            )
-            config = json.loads(
-                Path(
-                    mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/model_config.json", dst_path=tmp)
-                ).read_text()
-            )
+            files = {
+                name: Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/{name}", dst_path=tmp)
+                ).read_bytes()
+                for name in ("vocabulary.parquet", "model_config.json")
+            }
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise LookupError(f"{settings.model.model_name} has no version {version} in the registry") from None
             raise _unavailable(settings, error) from None
-    segments = Segments.from_config(config["segments"]) if "segments" in config else None
-    return TrainedOn(vocabulary, config["event_types"], segments)
+    return TrainedOn.of_files(files)
 
 
 def set_champion(client: MlflowClient, settings: Settings, version: int, reason: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import SparkSession
 
@@ -66,3 +68,11 @@ def _bytes(size: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     text = size.strip().lower().removesuffix("b")
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def side_by_side(jobs: list[Callable[[], object]]) -> list:
+    """Runs each function (each starting its own Spark jobs, e.g. a write) from its own driver thread and returns
+    their results in order. Spark schedules the jobs of several threads concurrently, so one job's fixed costs
+    (planning, code generation, commit) overlap another's work: most of a small job's time on two cores."""
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        return [future.result() for future in [pool.submit(job) for job in jobs]]
