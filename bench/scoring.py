@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.memory import PeakRss
 from model_lib.config import PROJECT_ROOT, Settings, get_settings
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import Sequences
@@ -275,16 +277,23 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
         "k": K,
         "active_share": active_share,
     }
+    peaks = {}
     with stage(f"bench scoring {name}: the recommend job, cold, then warm with and without the extra tables") as report:
-        result["job_cold_users_per_s"] = len(sequences) / job_seconds(settings, version)
-        result["extras"] = extras_cost(settings, version)
+        with PeakRss(os.getpid()) as peaks["job_cold"]:
+            result["job_cold_users_per_s"] = len(sequences) / job_seconds(settings, version)
+        with PeakRss(os.getpid()) as peaks["job_warm"]:
+            result["extras"] = extras_cost(settings, version)
         result["job_warm_users_per_s"] = len(sequences) / result["extras"]["every_table_seconds"]
         result["job_warm_top_k_alone_users_per_s"] = len(sequences) / result["extras"]["top_k_alone_seconds"]
         report(**{key: round(value, 1) for key, value in result["extras"].items()})
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K})") as report:
-            result["als"] = als_users_per_second(spark, sequences, ALS_RANK[name], root / "als")
+            with PeakRss(os.getpid()) as peaks["als"]:
+                result["als"] = als_users_per_second(spark, sequences, ALS_RANK[name], root / "als")
             report(users_per_s=round(result["als"]["users_per_s"]))
+    # The process tree: this Python driver, Spark's JVM (driver and executors in local mode), the Python workers.
+    # The JVM keeps the heap it grew, so a later phase's peak includes what an earlier one left.
+    result["peak_rss_mib"] = {phase: {"tree": peak.tree, "jvm": peak.jvm} for phase, peak in peaks.items()}
     spark.stop()
     with stage(f"bench scoring {name}: in-process phases, numpy and tf.top_k references") as report:
         result["in_process"] = in_process(registry.load_recommender(settings, version), sequences, recommender)

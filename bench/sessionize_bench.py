@@ -26,22 +26,23 @@ import datetime as dt
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 
+from bench.memory import PeakRss
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.data.sources import SynthSpec, write_synth
 from model_lib.runtime import engine_environment
 
 DAYS = 30
+SESSION_ID = re.compile(r'"session_id":"([^"]*)"')
 DUCKDB_SQL = """
 CREATE TEMP TABLE lines AS
 SELECT line, CAST(dt AS VARCHAR) AS dt, filename, row_number() OVER () AS line_order
@@ -174,26 +175,9 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
     in local mode the JVM is driver and executors at once, its heap capped by spark.driver.memory."""
     started = time.time()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = {"tree": 0, "python_driver": 0, "jvm": 0}
-
-    def sample() -> None:
-        root = psutil.Process(process.pid)
-        while process.poll() is None:
-            try:
-                children = [p for p in root.children(recursive=True) if p.is_running()]
-                own, jvm = root.memory_info().rss, sum(p.memory_info().rss for p in children if p.name() == "java")
-                peak["tree"] = max(peak["tree"], own + sum(p.memory_info().rss for p in children))
-                peak["python_driver"] = max(peak["python_driver"], own)
-                peak["jvm"] = max(peak["jvm"], jvm)
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output = process.stdout.read()
-    process.wait()
-    sampler.join()
+    with PeakRss(process.pid) as peak:
+        output = process.stdout.read()
+        process.wait()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
     result = [
@@ -203,9 +187,9 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
     return {
         **payload,
         "wall_seconds": round(time.time() - started, 1),
-        "peak_rss_mib": round(peak["tree"] / 2**20),
-        "python_driver_peak_rss_mib": round(peak["python_driver"] / 2**20),
-        "jvm_peak_rss_mib": round(peak["jvm"] / 2**20),
+        "peak_rss_mib": peak.tree,
+        "python_driver_peak_rss_mib": peak.own,
+        "jvm_peak_rss_mib": peak.jvm,
     }
 
 
@@ -219,16 +203,23 @@ def counts_agree(duck: dict, spark: dict) -> dict[str, bool]:
 
 
 def cut_day(day_folder: Path, lines: int, seed: int = 3) -> int:
-    """Keeps a seeded random `lines` of the day's raw lines, in their order (the same day size for every history)."""
+    """Keeps about `lines` of the day's raw lines, in their order, as whole sessions drawn at random (seeded), so
+    that the day looks like a smaller day of the same site rather than a thinned one: the same day size, and about
+    the same number of users, whatever the history. Lines without a readable session_id count as sessions of one."""
     files = sorted(day_folder.glob("*.jsonl.gz"))
     with gzip.open(files[0], "rt", encoding="utf-8", errors="surrogateescape") as handle:
-        kept = handle.read().splitlines()
-    if len(kept) > lines:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(kept), lines, replace=False))
-        kept = [kept[i] for i in chosen]
+        day = handle.read().splitlines()
+    if len(day) > lines:
+        sessions = [match.group(1) if (match := SESSION_ID.search(line)) else f"line {n}" for n, line in enumerate(day)]
+        codes = np.unique(sessions, return_inverse=True)[1]
+        sizes = np.bincount(codes)
+        order = np.random.default_rng(seed).permutation(len(sizes))
+        chosen = order[: int(np.searchsorted(np.cumsum(sizes[order]), lines)) + 1]
+        keep = np.isin(codes, chosen)
+        day = [line for line, kept in zip(day, keep, strict=True) if kept]
     with gzip.open(files[0], "wt", encoding="utf-8", errors="surrogateescape", compresslevel=1) as handle:
-        handle.write("\n".join(kept) + "\n")
-    return len(kept)
+        handle.write("\n".join(day) + "\n")
+    return len(day)
 
 
 def day_users(day_folder: Path) -> int:

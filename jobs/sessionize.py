@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -154,10 +156,16 @@ def run_stats(
     }
 
 
-def refuse_too_much_quarantine(stats: dict, settings: Settings, ds: dt.date, started: float) -> None:
-    """Above max_quarantine_share the run records itself as failed and stops before sequences, vocabulary or state."""
+def refuse_too_much_quarantine(
+    stats: dict, settings: Settings, ds: dt.date, started: float, write_rejects: Callable[[], None]
+) -> None:
+    """Above max_quarantine_share the run writes the rejected lines (`write_rejects`), records itself as failed and
+    stops before sequences, vocabulary or state."""
     quarantined, read = stats["quarantined_by_reason"], stats["read"]
     if stats["quarantined_share"] > settings.sessionize.max_quarantine_share:
+        with stage("sessionize: write quarantine") as report:
+            write_rejects()
+            report(rows=stats["quarantined"], path=str(settings.lake.quarantine_root))
         write_sessionize_stats(
             {**stats, "status": "failed", "users": 0, "seconds": round(time.time() - started, 1)}, settings, ds
         )
@@ -170,11 +178,21 @@ def refuse_too_much_quarantine(stats: dict, settings: Settings, ds: dt.date, sta
 
 
 def write_histories(
-    spark, settings: Settings, ds: dt.date, plan: Plan, previous, events, counts, vocabulary, previous_vocabulary
+    spark,
+    settings: Settings,
+    ds: dt.date,
+    plan: Plan,
+    previous,
+    events,
+    counts,
+    vocabulary,
+    previous_vocabulary,
+    write_rejects: Callable[[], None],
 ):
     """Sessions and the last L events per user (a full build, or yesterday's state merged with the day), written
-    with the vocabulary and the state as one committed day. Returns the cached histories and the users written."""
-    with stage("sessionize: sessions + last L per user, write") as report:
+    with the vocabulary and the state as one committed day; the rejected lines (`write_rejects`) are written beside
+    them and committed before the day. Returns the cached histories and the users written."""
+    with stage("sessionize: sessions + last L per user; write the day and the quarantine") as report:
         vocabulary_frame = spark.createDataFrame(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
@@ -208,6 +226,7 @@ def write_histories(
             ds,
             plan,
             users,
+            alongside=[write_rejects],
         )
         report(users=written["users"], path=str(settings.lake.sessionized_dir(ds)))
     return histories, written["users"]
@@ -250,13 +269,10 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
 
-    with stage("sessionize: write quarantine") as report:
-        write_quarantine(ev.quarantine_rows(validated), settings, days_read)
-        report(rows=stats["quarantined"], days=len(days_read), path=str(settings.lake.quarantine_root))
-    refuse_too_much_quarantine(stats, settings, ds, started)
-
+    write_rejects = functools.partial(write_quarantine, ev.quarantine_rows(validated), settings, days_read)
+    refuse_too_much_quarantine(stats, settings, ds, started, write_rejects)
     histories, stats["users"] = write_histories(
-        spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary
+        spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary, write_rejects
     )
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)

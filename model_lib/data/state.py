@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,16 +79,22 @@ def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame 
 
 
 def write_day(
-    frames: dict[str, DataFrame], settings: Settings, ds: dt.date, plan: Plan, users: int
+    frames: dict[str, DataFrame],
+    settings: Settings,
+    ds: dt.date,
+    plan: Plan,
+    users: int,
+    alongside: list[Callable[[], object]] = (),
 ) -> dict[str, int]:
-    """Writes sequences, vocabulary and state (`frames` by output name) into one staging folder, side by side, the
-    manifest last, then commits the day with one swap (lake.commit_folder). `users`: the rows of the sequences.
-    Returns the rows written per output."""
+    """Writes sequences, vocabulary and state (`frames` by output name) into one staging folder, side by side with
+    the `alongside` writes (which must finish first), the manifest last, then commits the day with one swap
+    (lake.commit_folder). `users`: the rows of the sequences. Returns the rows written per output."""
     final = settings.lake.sessionized_dir(ds)
     staged = staging_path(final)
     places = {name: staged / name for name in ("sequences", "vocab", "day_item_counts")}
     places.update({name: staged / "state" / name for name in ("users", "dedup_keys", "item_counts")})
-    side_by_side([functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()])
+    writes = [functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()]
+    side_by_side([*writes, *alongside])
     rows = {"users": users}
     manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))

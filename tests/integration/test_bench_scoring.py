@@ -37,5 +37,7 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
     extras = result["extras"]
     ratio = extras["every_table_seconds"] / extras["top_k_alone_seconds"] - 1
     assert result["ratios"]["extra_tables_job"] == pytest.approx(ratio, abs=0.01)
+    assert set(result["peak_rss_mib"]) == {"job_cold", "job_warm", "als"}
+    assert all(peak["tree"] >= peak["jvm"] > 0 for peak in result["peak_rss_mib"].values())
     written = tmp_path / "b" / "synthetic" / "data" / "lake" / "recommendations" / "ds=2024-01-01"
     assert any(written.glob("*.parquet"))

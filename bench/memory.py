@@ -1,0 +1,41 @@
+"""Peak memory of a process tree, sampled while a benchmark phase runs (shared by the benchmarks)."""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+
+class PeakRss:
+    """Samples every `every` seconds, in a thread, the resident memory of process `pid` and all its children (Spark's
+    JVM, its Python workers) while the `with` block runs. Afterwards: `tree`, `own` (the process alone) and `jvm`
+    (its Java children), each the peak in MiB."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.pid, self.every = pid, every
+        self.tree = self.own = self.jvm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        root = psutil.Process(self.pid)
+        while not self._stop.is_set():
+            try:
+                children = [child for child in root.children(recursive=True) if child.is_running()]
+                own = root.memory_info().rss
+                sizes = [(child.name(), child.memory_info().rss) for child in children]
+                self.tree = max(self.tree, round((own + sum(rss for _, rss in sizes)) / 2**20))
+                self.own = max(self.own, round(own / 2**20))
+                self.jvm = max(self.jvm, round(sum(rss for name, rss in sizes if name == "java") / 2**20))
+            except psutil.Error:
+                pass  # the process or a child ended between listing and reading it
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
