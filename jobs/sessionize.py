@@ -209,7 +209,7 @@ def write_histories(
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])
-        written = write_day(
+        write_day(
             {
                 # Hash-partitioned and sorted within each file, not sorted globally (which samples its input in a
                 # job of its own): the files are the same whichever way the histories were computed.
@@ -228,8 +228,8 @@ def write_histories(
             users,
             alongside=[write_rejects],
         )
-        report(users=written["users"], path=str(settings.lake.sessionized_dir(ds)))
-    return histories, written["users"]
+        report(users=users, path=str(settings.lake.sessionized_dir(ds)))
+    return histories, users
 
 
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:

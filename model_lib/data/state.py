@@ -85,10 +85,10 @@ def write_day(
     plan: Plan,
     users: int,
     alongside: list[Callable[[], object]] = (),
-) -> dict[str, int]:
+) -> None:
     """Writes sequences, vocabulary and state (`frames` by output name) into one staging folder, side by side with
-    the `alongside` writes (which must finish first), the manifest last, then commits the day with one swap
-    (lake.commit_folder). `users`: the rows of the sequences. Returns the rows written per output."""
+    the `alongside` writes (which must finish first), the manifest last (with `users`, the rows of the sequences),
+    then commits the day with one swap (lake.commit_folder)."""
     final = settings.lake.sessionized_dir(ds)
     staged = staging_path(final)
     places = {name: staged / name for name in ("sequences", "vocab", "day_item_counts")}
@@ -99,4 +99,3 @@ def write_day(
     manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
-    return rows

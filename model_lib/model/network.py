@@ -340,6 +340,11 @@ class NextItemModel(keras.Model):
         }
 
 
+def constructor_arguments(model: NextItemModel) -> dict:
+    """The arguments that rebuild the model (what model_config.json stores): its config without Keras' own keys."""
+    return {key: value for key, value in model.get_config().items() if key not in ("name", "trainable", "dtype")}
+
+
 def build_model(model) -> None:
     """Creates the weights by one call on a dummy batch (a subclassed model builds lazily)."""
     dummy = np.full((1, 2), PAD_INDEX, dtype=np.int32)

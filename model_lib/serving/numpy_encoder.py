@@ -77,7 +77,7 @@ class NumpyEncoder:
     def __init__(self, arrays: dict[str, np.ndarray], config: dict):
         self.arrays = {name: np.ascontiguousarray(values, np.float32) for name, values in arrays.items()}
         self.config = dict(config)
-        self.num_items, self.embedding_dim = self.arrays["item_table"].shape
+        self.num_items = len(self.arrays["item_table"])
         self.num_event_types = len(self.arrays["type_table"])
         self.num_gap_buckets = len(self.arrays["gap_table"])
         self.lstm_layers = sum(1 for name in arrays if name.endswith("_recurrent"))
@@ -98,9 +98,10 @@ class NumpyEncoder:
     def from_model(cls, model) -> NumpyEncoder:
         if not cls.supports(model):
             raise ValueError("the numpy encoder covers models without self-attention blocks (attention_blocks = 0)")
+        from model_lib.model.network import constructor_arguments  # the model is Keras: TensorFlow is loaded
+
         arrays = {name: np.asarray(variable, np.float32) for name, variable in keras_variables(model).items()}
-        config = {key: value for key, value in model.get_config().items() if key not in ("name", "trainable", "dtype")}
-        return cls(arrays, config)
+        return cls(arrays, constructor_arguments(model))
 
     def to_model(self):
         """The Keras NextItemModel with these weights (imports TensorFlow: only for saving a loaded version)."""
@@ -171,8 +172,8 @@ class NumpyEncoder:
 
     def _heads(self, states: np.ndarray, valid: np.ndarray, queries_at: slice) -> dict[str, np.ndarray]:
         """The attention and everything after it for the steps `queries_at` (each step attends to the real steps up
-        to itself): attention (B, Q, T), combined (B, Q, H), user vectors (B, Q, D), and with the repeat mechanism
-        the gate (B, Q) and repeat weights (B, Q, T)."""
+        to itself): attention (B, Q, T), combined (B, Q, H), user vectors (B, Q, D), the repeat gate (B, Q) and
+        repeat weights (B, Q, T) (zeros without the repeat mechanism, as the Keras model returns them)."""
         a = self.arrays
         steps = states.shape[1]
         query_states = states[:, queries_at]
@@ -195,6 +196,9 @@ class NumpyEncoder:
         if self.repeat_mechanism:
             heads["repeat"] = attend(combined @ a["repeat_query"], states @ a["repeat_key"])
             heads["gate"] = _sigmoid(combined @ a["repeat_gate_kernel"] + a["repeat_gate_bias"])[..., 0]
+        else:
+            heads["repeat"] = np.zeros_like(attention)
+            heads["gate"] = np.zeros(attention.shape[:2], np.float32)
         return heads
 
     def _last_outputs(self, heads: dict[str, np.ndarray], row: int) -> tuple[np.ndarray, ...]:
@@ -206,21 +210,11 @@ class NumpyEncoder:
             next_types = _masked_softmax(type_logits, np.ones_like(type_logits, bool))
         else:
             next_types = np.zeros((len(attention), self.num_event_types), np.float32)
-        if not self.repeat_mechanism:
-            return (
-                heads["vectors"][:, row],
-                attention,
-                np.zeros(len(attention), np.float32),
-                np.zeros_like(attention),
-                next_types,
-            )
         return heads["vectors"][:, row], attention, heads["gate"][:, row], heads["repeat"][:, row], next_types
 
-    def _step_outputs(self, heads: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    @staticmethod
+    def _step_outputs(heads: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         """encode_steps' three outputs from `_heads` over every step."""
-        if not self.repeat_mechanism:
-            zeros = np.zeros_like(heads["attention"])
-            return heads["vectors"], zeros[:, :, 0], zeros
         return heads["vectors"], heads["gate"], heads["repeat"]
 
     def encode_last(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -418,23 +418,22 @@ class Recommender:
 
     # --- folder form ---
     def save(self, folder: Path) -> Path:
+        from model_lib.model.network import constructor_arguments
+
         folder.mkdir(parents=True, exist_ok=True)
-        numpy_form = self.model if isinstance(self.model, NumpyEncoder) else None
-        if numpy_form is None and NumpyEncoder.supports(self.model):
-            numpy_form = NumpyEncoder.from_model(self.model)
-        # A loaded version is numpy only; its Keras weights file is rebuilt from the same arrays.
-        keras_model = numpy_form.to_model() if isinstance(self.model, NumpyEncoder) else self.model
+        if isinstance(self.model, NumpyEncoder):  # a loaded version: its Keras weights are rebuilt from the arrays
+            numpy_form, keras_model = self.model, self.model.to_model()
+        else:
+            keras_model = self.model
+            numpy_form = NumpyEncoder.from_model(keras_model) if NumpyEncoder.supports(keras_model) else None
         config = {
             "format": FORMAT_VERSION,
-            "model": keras_model.get_config(),
+            "model": constructor_arguments(keras_model),
             "event_types": self.event_types,
             "repeat_policy": {"name": self.policy.name, "repeatable_types": list(self.policy.repeatable_types)},
         }
         if self.segments is not None:
             config["segments"] = self.segments.to_config()
-        config["model"].pop("name", None)
-        config["model"].pop("trainable", None)
-        config["model"].pop("dtype", None)
         (folder / "model_config.json").write_text(json.dumps(config, indent=2))
         keras_model.save_weights(folder / KERAS_WEIGHTS)
         if numpy_form is not None:
