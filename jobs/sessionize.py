@@ -5,12 +5,13 @@ Two modes, same result (a test checks that they agree exactly):
 - full rebuild (a backfill, the first run, or a changed L / validation rule): reads every raw day up to D.
 `--mode auto` (the default) runs incrementally when D-1's state exists and was built with the same settings.
 
-Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/sessionized/ds=D-1/ (state and vocabulary)
+Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/sessionized/ds=D-1/ (state, sequences, vocabulary)
 Writes  lake/sessionized/ds=D/, one unit committed by one atomic swap:
           sequences/     one row per user: last L events (left-padded) — see README "Data contracts"
           vocab/         item_id <-> item_index, stable across days
           day_item_counts/  the day's own valid new events per item_id (what the nightly model-fit check weighs)
-          state/         users (last L+1 events, older items), dedup_keys, item_counts
+          state/         users (last L+1 events, older items: one layer per night, see model_lib/data/state.py),
+                         dedup_keys, item_counts
           manifest.json  written last: ds, mode, the settings the state was built with, row counts
         lake/quarantine/events/dt=X/   every rejected line with its raw text and a reason code
         lake/run_stats/sessionize/ds=D/  read = valid + duplicates + quarantined, per run
@@ -37,7 +38,7 @@ from pyspark.sql import functions as F
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
 from model_lib.contracts import EVENT_FIELDS, REASON_CODES, SEQUENCE_COLUMNS, STATE_COLUMNS
 from model_lib.data import events as ev
-from model_lib.data.state import Plan, plan_run, read_previous_state, write_day
+from model_lib.data.state import Plan, compacted, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import VOCABULARY_COLUMNS, item_counts, stable_vocabulary, vocabulary_candidates
 from model_lib.progress import say, stage
 from model_lib.storage.lake import (
@@ -189,47 +190,55 @@ def write_histories(
     previous_vocabulary,
     write_rejects: Callable[[], None],
 ):
-    """Sessions and the last L events per user (a full build, or yesterday's state merged with the day), written
-    with the vocabulary and the state as one committed day; the rejected lines (`write_rejects`) are written beside
-    them and committed before the day. Returns the cached histories and the users written."""
+    """Sessions and the last L events per user (a full build, or the users the day touched merged from yesterday's
+    state), written with the vocabulary and tonight's state layer as one committed day; the rejected lines
+    (`write_rejects`) are written beside them and committed before the day. Returns the cached histories (the
+    users recomputed tonight) and the manifest's row counts."""
     with stage("sessionize: sessions + last L per user; write the day and the quarantine") as report:
         vocabulary_frame = spark.createDataFrame(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
+        rules = ev.SequenceRules.of(settings.sessionize)
         if previous is None:
-            histories = ev.user_histories(events, vocabulary_frame, ev.SequenceRules.of(settings.sessionize))
+            histories = ev.user_histories(events, vocabulary_frame, rules)
         else:
             changed = changed_items(previous_vocabulary, vocabulary)
             changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
-            histories = ev.merge_day(
-                previous["users"], events, vocabulary_frame, changed_frame, ev.SequenceRules.of(settings.sessionize)
-            )
-        histories = histories.select(STATE_COLUMNS).cache()
-        users = histories.count()  # computes the cache once, before the writes read it side by side
+            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, rules)
+        histories = histories.cache()
+        touched = histories.count()  # computes the cache once, before the writes read it side by side
+        sequences = histories.select(SEQUENCE_COLUMNS)
+        if previous is not None:
+            sequences = ev.carried_sequences(previous["sequences"], histories).unionByName(sequences)
+        compacting = plan.compacts(touched)
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
             keys = keys.unionByName(previous["dedup_keys"])
-        write_day(
+        rows = write_day(
             {
                 # Hash-partitioned and sorted within each file, not sorted globally (which samples its input in a
                 # job of its own): the files are the same whichever way the histories were computed.
-                "sequences": histories.select(SEQUENCE_COLUMNS)
-                .repartition(SEQUENCE_FILES, "user_id")
-                .sortWithinPartitions("user_id"),
+                "sequences": sequences.repartition(SEQUENCE_FILES, "user_id").sortWithinPartitions("user_id"),
                 "vocab": vocabulary_frame.coalesce(1).sortWithinPartitions("item_index"),
                 "day_item_counts": item_counts(events.where(F.col("arrival.dt") == ds.isoformat())).coalesce(1),
-                "users": histories.select(STATE_COLUMNS),
+                "users": compacted(previous["users"], histories) if compacting else histories.select(STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,
             },
             settings,
             ds,
             plan,
-            users,
+            compacting,
             alongside=[write_rejects],
         )
-        report(users=users, path=str(settings.lake.sessionized_dir(ds)))
-    return histories, users
+        report(
+            users=rows["users"],
+            recomputed=touched,
+            state_layers=len(rows["state_layers"]),
+            compacted=compacting,
+            path=str(settings.lake.sessionized_dir(ds)),
+        )
+    return histories, rows
 
 
 def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
@@ -271,9 +280,10 @@ def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode
 
     write_rejects = functools.partial(write_quarantine, ev.quarantine_rows(validated), settings, days_read)
     refuse_too_much_quarantine(stats, settings, ds, started, write_rejects)
-    histories, stats["users"] = write_histories(
+    histories, rows = write_histories(
         spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary, write_rejects
     )
+    stats["users"] = rows["users"]
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
     say(f"sessionize stats {json.dumps(stats, default=str)}")

@@ -94,8 +94,9 @@ SEQUENCE_COLUMNS = [
     "older_item_indices",
     "last_event_ts",
 ]
-# The state's user rows keep the sequence columns too, so a user the next day does not touch is carried as is.
-STATE_COLUMNS = [*SEQUENCE_COLUMNS, "events", "older_item_ids"]
+# What the state keeps per user to continue the next night (the last L+1 events, the items of older ones); a user the
+# night does not touch keeps yesterday's sequence row, so the sequence columns need not be stored twice.
+STATE_COLUMNS = ["user_id", "events", "older_item_ids"]
 # The chance that each user's next event is of each type (the model's event-type head), one row per type.
 USER_NEXT_BEHAVIOUR = Table(
     "user_next_behaviour",

@@ -367,27 +367,36 @@ def merge_day(
     changed_items: DataFrame | None,
     rules: SequenceRules,
 ) -> DataFrame:
-    """Yesterday's user rows (STATE_COLUMNS) + the day's new events -> today's user rows, recomputing only the users
-        the day touched: those with new events, and those whose stored items changed index in today's vocabulary
-        (`changed_items`: an item_id column of the items that entered, left or moved). Every other row is carried over
-        as it is. The result equals `user_histories` over all history (tests/integration/
-    test_sessionize_job.py checks it).
+    """Yesterday's state (its layers: STATE_COLUMNS plus `layer`, see state.py) + the day's new events -> today's
+    rows (sequence and state columns) of the users the day touched only: those with new events, and those whose
+    stored items changed index in today's vocabulary (`changed_items`: an item_id column of the items that entered,
+    left or moved). Every other user keeps yesterday's sequence row (`carried_sequences`) and state row. Merged
+    with those, the result equals `user_histories` over all history (tests/integration/test_sessionize_job.py).
 
-        Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
-        and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
+    Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
+    and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
     touched_users = events.select("user_id")
     if changed_items is not None:
         stored_items = F.concat(F.transform("events", lambda event: event["item_id"]), F.col("older_item_ids"))
+        # Older layers may name items the user's newest row no longer holds: recomputing such a user gives the
+        # same row again, so the superset is harmless and spares a newest-row pass over every user.
         holding_changed = (
             previous_users.select("user_id", F.explode(stored_items).alias("item_id"))
             .join(changed_items.select("item_id"), "item_id", "left_semi")
             .select("user_id")
         )
         touched_users = touched_users.unionByName(holding_changed)
-    touched = touched_users.distinct().withColumn("_touched", F.lit(True))
-    flagged = previous_users.join(touched, "user_id", "left").withColumn(
-        "_touched", F.coalesce(F.col("_touched"), F.lit(False))
-    )
-    carried = flagged.where(~F.col("_touched")).select(STATE_COLUMNS)
-    recomputed = user_histories(events, vocabulary, rules, flagged.where(F.col("_touched")))
-    return carried.unionByName(recomputed.select(STATE_COLUMNS))
+    touched = newest_state_rows(previous_users.join(touched_users.distinct(), "user_id", "left_semi"))
+    return user_histories(events, vocabulary, rules, touched)
+
+
+def newest_state_rows(layers: DataFrame) -> DataFrame:
+    """Each user's row from the newest `layer` that has one (STATE_COLUMNS): a night writes only the rows of the
+    users it touched, as a layer of its own, so a user's older rows stay behind in older layers."""
+    newest = Window.partitionBy("user_id").orderBy(F.col("layer").desc())
+    return layers.withColumn("_newest", F.row_number().over(newest)).where("_newest = 1").select(STATE_COLUMNS)
+
+
+def carried_sequences(previous_sequences: DataFrame, touched: DataFrame) -> DataFrame:
+    """Yesterday's sequence rows of the users the day did not touch (`touched` has their user_id), as they were."""
+    return previous_sequences.join(touched.select("user_id"), "user_id", "left_anti")

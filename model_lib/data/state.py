@@ -4,6 +4,14 @@ yesterday's state (its shape), and reading and writing a day as one committed un
 A day, `lake/sessionized/ds=D/`: sequences/, vocab/, day_item_counts/, state/ (users, dedup_keys, item_counts) and
 manifest.json, all written into one staging folder (the manifest last) and committed by one atomic swap, so a
 reader or a crash sees the previous complete day or the new one, never a mix.
+
+The users' state is layered, so that a night writes what the day changed rather than every user: `state/users/`
+holds one `layer=X` folder per night since the last compaction, each with the rows of the users that night touched
+(a full rebuild or a compaction writes every user into one layer). A day's folder hard-links the earlier layers'
+files from yesterday's (no copy: a file is shared by the days that hold it, and deleting an old day frees nothing
+a newer one still holds). A user's current row is the one in the newest layer that has it. When the layers hold
+more rows than twice the users, the night compacts them into one (reading them then costs at most twice a compact
+state). `sequences/` stays complete and flat for every reader: one row per user, whatever the layers.
 """
 
 from __future__ import annotations
@@ -19,12 +27,14 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from model_lib.config import SessionizeSettings, Settings
-from model_lib.contracts import REASON_CODES
-from model_lib.data.events import SequenceRules, ValidationRules
-from model_lib.storage.lake import commit_folder, latest_version_before, staging_path
+from model_lib.contracts import REASON_CODES, STATE_COLUMNS
+from model_lib.data.events import SequenceRules, ValidationRules, newest_state_rows
+from model_lib.storage.lake import commit_folder, latest_version_before, link_files, parquet_rows, staging_path
 from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
+STATE_LAYOUT = "user layers"  # a state stored otherwise (before layers: every user rewritten each night) is rebuilt
+LAYER = "layer"  # the partition column of state/users: the night that wrote the row
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,14 @@ class Plan:
     why: str
     previous_state: Path | None = None
     previous_vocabulary: Path | None = None
+    previous_sequences: Path | None = None
+    previous_layers: dict[str, int] | None = None  # yesterday's state layers: layer ds -> user rows
+    previous_users: int = 0
+
+    def compacts(self, touched_users: int) -> bool:
+        """Whether tonight folds the layers into one: when they would hold more rows than twice the users."""
+        layered = sum((self.previous_layers or {}).values()) + touched_users
+        return self.previous_layers is not None and layered > 2 * max(self.previous_users, touched_users)
 
 
 def state_shape(sessionize: SessionizeSettings) -> dict:
@@ -44,6 +62,7 @@ def state_shape(sessionize: SessionizeSettings) -> dict:
         **asdict(ValidationRules.of(sessionize)),
         # A new validation rule comes with a new reason code; the events an older state accepted must be re-judged.
         "reason_codes": list(REASON_CODES),
+        "state_layout": STATE_LAYOUT,
     }
     return json.loads(json.dumps(shape))  # as the manifest stores it (tuples become lists)
 
@@ -57,10 +76,19 @@ def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
         why = f"no state for {yesterday}"
     else:
         state, vocabulary = settings.lake.state_dir(yesterday), settings.lake.vocab_dir(yesterday)
-        built_with = json.loads(manifest.read_text())["shape"]
+        written = json.loads(manifest.read_text())
+        built_with = written["shape"]
         changed = sorted(key for key, value in state_shape(settings.sessionize).items() if built_with.get(key) != value)
         if not changed:
-            return Plan("incremental", f"continuing the state of {yesterday}", state, vocabulary)
+            return Plan(
+                "incremental",
+                f"continuing the state of {yesterday}",
+                state,
+                vocabulary,
+                settings.lake.sequences_dir(yesterday),
+                written["rows"]["state_layers"],
+                written["rows"]["users"],
+            )
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
     if requested == "incremental":
         raise RuntimeError(f"cannot sessionize {ds} incrementally: {why}; run with --mode full")
@@ -72,10 +100,17 @@ def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame 
     if plan.previous_state is None:
         return None
     return {
-        "users": spark.read.parquet(str(plan.previous_state / "users")),
+        "users": spark.read.parquet(str(plan.previous_state / "users")),  # every layer, with its `layer` column
         "dedup_keys": spark.read.parquet(str(plan.previous_state / "dedup_keys")),
         "item_counts": spark.read.parquet(str(plan.previous_state / "item_counts")),
+        "sequences": spark.read.parquet(str(plan.previous_sequences)),
     }
+
+
+def compacted(previous_users: DataFrame, touched: DataFrame) -> DataFrame:
+    """One layer for every user: the touched users' new rows and every other user's newest row."""
+    untouched = newest_state_rows(previous_users.join(touched.select("user_id"), "user_id", "left_anti"))
+    return untouched.unionByName(touched.select(STATE_COLUMNS))
 
 
 def write_day(
@@ -83,19 +118,27 @@ def write_day(
     settings: Settings,
     ds: dt.date,
     plan: Plan,
-    users: int,
+    compacting: bool,
     alongside: list[Callable[[], object]] = (),
-) -> None:
-    """Writes sequences, vocabulary and state (`frames` by output name) into one staging folder, side by side with
-    the `alongside` writes (which must finish first), the manifest last (with `users`, the rows of the sequences),
-    then commits the day with one swap (lake.commit_folder)."""
+) -> dict:
+    """Writes sequences, vocabulary and state (`frames` by output name; `users` is tonight's state layer) into one
+    staging folder, side by side with the `alongside` writes (which must finish first); links yesterday's layers
+    beside tonight's unless `compacting` (tonight's layer then holds every user); writes the manifest last and
+    commits the day with one swap (lake.commit_folder). Returns the manifest's row counts."""
     final = settings.lake.sessionized_dir(ds)
     staged = staging_path(final)
+    users = staged / "state" / "users"
     places = {name: staged / name for name in ("sequences", "vocab", "day_item_counts")}
-    places.update({name: staged / "state" / name for name in ("users", "dedup_keys", "item_counts")})
+    places.update({name: staged / "state" / name for name in ("dedup_keys", "item_counts")})
+    places["users"] = users / f"{LAYER}={ds.isoformat()}"
     writes = [functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()]
     side_by_side([*writes, *alongside])
-    rows = {"users": users}
+    layers = {} if compacting or plan.previous_layers is None else dict(plan.previous_layers)
+    for layer in layers:
+        link_files(plan.previous_state / "users" / f"{LAYER}={layer}", users / f"{LAYER}={layer}")
+    layers[ds.isoformat()] = parquet_rows(places["users"])
+    rows = {"users": parquet_rows(places["sequences"]), "state_layers": dict(sorted(layers.items()))}
     manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
+    return rows

@@ -113,6 +113,22 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(error, os.strerror(error), str(second))
 
 
+def link_files(source: Path, target: Path) -> int:
+    """Hard-links the visible files of `source` into a new folder `target` (a copy where the file system cannot
+    link, e.g. across devices); a later commit that replaces `source`'s day leaves `target`'s names intact.
+    Returns the files linked."""
+    target.mkdir(parents=True)
+    files = [path for path in source.iterdir() if path.is_file() and not path.name.startswith((".", "_"))]
+    for path in files:
+        try:
+            os.link(path, target / path.name)
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copy2(path, target / path.name)
+    return len(files)
+
+
 def parquet_files(folder: Path) -> list[Path]:
     """The data files of a Spark-written Parquet folder, in name order."""
     if not folder.exists():

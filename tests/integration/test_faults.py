@@ -106,7 +106,7 @@ def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_be
 
 # Where the same day's re-run is killed: once its sequences are completely written (the old job had committed them
 # by then), and once sequences, vocabulary and state users are (the old job had committed two of three).
-KILL_POINTS = ("sequences", "state/users")
+KILL_POINTS = ("sequences", "state/users/layer=*")
 
 
 def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
@@ -127,7 +127,7 @@ def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the
     for kill_after in KILL_POINTS:
         # The job and its JVM, SIGKILLed once the named output is complete (Spark's _SUCCESS marker) inside the
         # run's staging folder.
-        job = start_server(sessionize, env, tmp_path / f"killed-{kill_after.replace('/', '-')}.log")
+        job = start_server(sessionize, env, tmp_path / f"killed-{kill_after.replace('/', '-').strip('*=')}.log")
         deadline = time.time() + 300
         while not list(day.parent.glob(f".tmp-{day.name}.*/{kill_after}/_SUCCESS")) and time.time() < deadline:
             if job.poll() is not None:

@@ -3,6 +3,7 @@ threshold, and incremental nightly runs that agree exactly with a full rebuild."
 
 import datetime as dt
 import gzip
+import json
 import re
 
 import pandas as pd
@@ -48,14 +49,27 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert list(frame.columns) == SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
 
 
+def state_layers(settings, ds) -> dict:
+    return json.loads((settings.lake.sessionized_dir(ds) / state.MANIFEST).read_text())["rows"]["state_layers"]
+
+
 def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
     days, _ = raw_days
     first = sessionize.run(settings, days[0], spark=spark)
-    assert first["mode"] == "full"
+    assert first["mode"] == "full" and list(state_layers(settings, days[0])) == [days[0].isoformat()]
+    layers, touched_only = [], []
     for day in days[1:]:
         nightly = sessionize.run(settings, day, spark=spark)
         assert nightly["mode"] == "incremental" and nightly["days_read"] == 1
         assert nightly["read"] == nightly["valid"] + nightly["duplicates"] + nightly["quarantined"]
+        layers.append(state_layers(settings, day))
+        assert max(layers[-1]) == day.isoformat()  # each night writes a layer of its own
+        touched_only.append(layers[-1][day.isoformat()] < nightly["users"])
+    # The nights both stacked layers (only the touched users written) and compacted them (more rows than twice the
+    # users), and the last night still equals a rebuild: the newest row of each user was the one merged.
+    print(f"state layers per night: {layers}")
+    assert any(len(night) > 1 for night in layers) and any(len(night) == 1 for night in layers)
+    assert any(touched_only)  # a layer of the touched users only
     incremental = sequences(settings, days[-1])
     incremental_vocabulary = pd.read_parquet(settings.lake.vocab_dir(days[-1]))
     rebuilt = sessionize.run(settings, days[-1], spark=spark, mode="full")
@@ -134,12 +148,8 @@ def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
 def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, changed):
     """Carried-over users keep yesterday's encoded gap buckets and sessions, so continuing a state built with other
     encodings would mix two encodings in one day's sequences."""
-    import json
-
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
-    day = settings.lake.sessionized_dir(yesterday)
-    day.mkdir(parents=True)
-    (day / state.MANIFEST).write_text(json.dumps({"shape": state.state_shape(settings.sessionize)}))
+    write_manifest(settings.lake.sessionized_dir(yesterday), state.state_shape(settings.sessionize))
     assert state.plan_run(settings, today, "auto").mode == "incremental"
     other = get_settings(**{"data_dir": settings.lake.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
     plan = state.plan_run(other, today, "auto")
@@ -150,13 +160,25 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
 
 def test_a_state_judged_by_older_validation_rules_is_rebuilt_in_full(settings):
     """A state from before a rule was added (here bad_encoding and bad_id) holds events the new rule rejects."""
-    import json
-
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
-    day = settings.lake.sessionized_dir(yesterday)
-    day.mkdir(parents=True)
     older_rules = [code for code in REASON_CODES if code not in ("bad_encoding", "bad_id")]
     older_shape = {**state.state_shape(settings.sessionize), "reason_codes": older_rules}
-    (day / state.MANIFEST).write_text(json.dumps({"shape": older_shape}))
+    write_manifest(settings.lake.sessionized_dir(yesterday), older_shape)
     plan = state.plan_run(settings, today, "auto")
     assert plan.mode == "full" and "reason_codes" in plan.why
+
+
+def test_a_state_stored_before_layers_is_rebuilt_in_full(settings):
+    """Before layers every night rewrote every user's row (with its sequence columns) in one folder: such a state
+    has no `layer` partitions to take each user's newest row from."""
+    yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
+    unlayered = {key: value for key, value in state.state_shape(settings.sessionize).items() if key != "state_layout"}
+    write_manifest(settings.lake.sessionized_dir(yesterday), unlayered)
+    plan = state.plan_run(settings, today, "auto")
+    assert plan.mode == "full" and "state_layout" in plan.why
+
+
+def write_manifest(day, shape: dict) -> None:
+    day.mkdir(parents=True)
+    rows = {"users": 0, "state_layers": {}}
+    (day / state.MANIFEST).write_text(json.dumps({"shape": shape, "rows": rows}))
