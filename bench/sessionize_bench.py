@@ -9,10 +9,13 @@ so that the incremental nights of the three sizes differ only in how much histor
 each in its own process so that peak memory (RSS of the process and its children, e.g. Spark's JVM) is measured
 per run:
   1. Spark full rebuild up to the day before the last (this makes the state the nightly run continues from),
-  2. Spark incremental nightly run for the last day,
+  2. Spark incremental nightly run for the last day (its users' state a layer of the touched users), then the same
+     night again folding the state's layers into one (`--compact`: what a night costs when it compacts),
   3. Spark full rebuild up to the last day (the reference; for sizes above --check-equality-up-to the rebuild of
      step 1 stands in for it, to save a run),
   4. DuckDB: validation + de-duplication + sessionization + last-L in SQL over the same raw files, up to the last day.
+  5. Spark's floor: a fresh process that starts a session, reads the last day's raw lines, counts them and writes
+     them to one Parquet folder (no rule applied): what any Spark night costs on this machine.
 It checks that 2 and 3 wrote identical sequences (when 3 ran) and that DuckDB found the same users and events, and
 prints one JSON line per size with events/s, the ratios incremental / full (targets <= 0.35 at 1M, <= 0.2 at 10M)
 and Spark / DuckDB (target <= 3 at 10M), and peak memory; then one line with the incremental night's seconds per
@@ -193,9 +196,22 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
     }
 
 
-def spark_run(data_dir: Path, ds: dt.date, mode: str) -> dict:
+def spark_run(data_dir: Path, ds: dt.date, mode: str, *options: str) -> dict:
     env = {**os.environ, **engine_environment(get_settings(data_dir=data_dir).engines), "RECO_DATA_DIR": str(data_dir)}
-    return measured([sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode], env)
+    return measured([sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode, *options], env)
+
+
+def spark_floor(data_dir: Path, ds: dt.date) -> dict:
+    """Run in its own process: session start, the day's raw lines read, counted and written as they are."""
+    from model_lib.storage.spark import spark_session
+
+    started = time.time()
+    settings = get_settings(data_dir=data_dir)
+    spark = spark_session(settings.engines, "reco-bench-floor")
+    lines = spark.read.text(str(settings.lake.raw_events_day_dir(ds)))
+    read = lines.count()
+    lines.write.mode("overwrite").parquet(str(data_dir / "floor-lines"))
+    return {"read": read, "seconds": round(time.time() - started, 1)}
 
 
 def counts_agree(duck: dict, spark: dict) -> dict[str, bool]:
@@ -252,16 +268,24 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
     previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
     print(f"[bench] {events:,} events: Spark incremental {last_day}", flush=True)
     incremental = spark_run(data_dir, last_day, "incremental")
+    layers = json.loads((settings.lake.sessionized_dir(last_day) / "manifest.json").read_text())["rows"]
+    incremental_sequences = data_dir / "incremental-sequences"
+    shutil.rmtree(incremental_sequences, ignore_errors=True)
+    shutil.copytree(settings.lake.sequences_dir(last_day), incremental_sequences)
+    print(f"[bench] {events:,} events: Spark incremental {last_day} again, compacting the state", flush=True)
+    compacting = spark_run(data_dir, last_day, "incremental", "--compact")
+    incremental_frame = pd.read_parquet(incremental_sequences)
+    compacted_same = incremental_frame.equals(pd.read_parquet(settings.lake.sequences_dir(last_day)))
+    print(f"[bench] {events:,} events: Spark floor (start, read the day, write it)", flush=True)
+    env = {**os.environ, **engine_environment(settings.engines), "RECO_DATA_DIR": str(data_dir)}
+    floor = measured(
+        [sys.executable, "-m", "bench.sessionize_bench", "--floor-only", str(data_dir), last_day.isoformat()], env
+    )
     identical = None
     if check_equality:
-        incremental_sequences = data_dir / "incremental-sequences"
-        shutil.rmtree(incremental_sequences, ignore_errors=True)
-        shutil.copytree(settings.lake.sequences_dir(last_day), incremental_sequences)
         print(f"[bench] {events:,} events: Spark full rebuild to {last_day}", flush=True)
         full = spark_run(data_dir, last_day, "full")
-        identical = pd.read_parquet(incremental_sequences).equals(
-            pd.read_parquet(settings.lake.sequences_dir(last_day))
-        )
+        identical = incremental_frame.equals(pd.read_parquet(settings.lake.sequences_dir(last_day)))
     else:
         full = previous  # the rebuild of the previous day: 29 of the 30 days, a slight under-estimate of the full cost
     print(f"[bench] {events:,} events: DuckDB SQL full rebuild to {last_day}", flush=True)
@@ -279,14 +303,23 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
         "spark_incremental_seconds": incremental["seconds"],
         "spark_incremental_events_per_s": round(incremental["read"] / incremental["seconds"]),
         "spark_full_previous_day_seconds": previous["seconds"],
+        # The state the incremental night wrote: rows in tonight's layer and in all layers, and the users.
+        "incremental_state_layer_rows": layers["state_layers"][last_day.isoformat()],
+        "incremental_state_rows_all_layers": sum(layers["state_layers"].values()),
+        "spark_incremental_compacting_seconds": compacting["seconds"],
+        "compacted_equals_incremental": compacted_same,
+        "spark_floor_seconds": floor["seconds"],
+        "ratio_floor_over_full": round(floor["seconds"] / full["seconds"], 3),
         "full_rebuild_reference": f"{full['days_read']} days",
         "duckdb_seconds": duck["seconds"],
         "duckdb_events_per_s": round(duck["read"] / duck["seconds"]),
         "ratio_incremental_over_full": round(incremental["seconds"] / full["seconds"], 3),
+        "ratio_compacting_night_over_full": round(compacting["seconds"] / full["seconds"], 3),
         "ratio_spark_over_duckdb": round(full["seconds"] / duck["seconds"], 2),
         "peak_rss_mib": {
             "spark_full": full["peak_rss_mib"],
             "spark_incremental": incremental["peak_rss_mib"],
+            "spark_incremental_compacting": compacting["peak_rss_mib"],
             "duckdb": duck["peak_rss_mib"],
         },
         # The driver: the Python process (what it collects) and the JVM (driver + executors in local mode).
@@ -316,7 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "sessionize")
     parser.add_argument("--duckdb-only", nargs=2, metavar=("DATA_DIR", "DS"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor-only", nargs=2, metavar=("DATA_DIR", "DS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.floor_only:
+        print(json.dumps(spark_floor(Path(args.floor_only[0]), dt.date.fromisoformat(args.floor_only[1]))))
+        return
     if args.duckdb_only:
         data_dir, ds = Path(args.duckdb_only[0]), dt.date.fromisoformat(args.duckdb_only[1])
         print(json.dumps(duckdb_sessionize(data_dir, ds, data_dir / "duckdb-sequences.parquet")))

@@ -65,7 +65,7 @@ from model_lib.serving.recommender import (
 from model_lib.serving.segments import Segments
 from model_lib.storage import registry
 from model_lib.storage.lake import commit_folder, parquet_rows, read_parquet_folder, staging_path, write_run_stats
-from model_lib.storage.spark import side_by_side, spark_session, start_python_workers
+from model_lib.storage.spark import side_by_side, spark_session
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
@@ -322,14 +322,11 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         version = registry.champion_version(settings)
     k = k or settings.serving.top_k
     started = time.time()
-    spark = spark_session(settings.engines, "reco-recommend")
-    # The workers start while the driver fetches and checks the model (the night starts cold: seconds either way).
-    workers = start_python_workers(spark, batch_scoring.__name__)
     day_vocabulary = extract_day_vocabulary(settings, ds)
     model_files = extract_model(settings, version)
     trained_on = registry.TrainedOn.of_files(model_files)
     known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
-    workers.result()
+    spark = spark_session(settings.engines, "reco-recommend")
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         wanted = wanted_extras(settings, trained_on.segments)

@@ -241,9 +241,11 @@ def write_histories(
     return histories, rows
 
 
-def run(settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None) -> dict:
+def run(
+    settings: Settings, ds: dt.date, spark: SparkSession | None = None, mode: str | None = None, compact: bool = False
+) -> dict:
     started = time.time()
-    plan = plan_run(settings, ds, mode or settings.sessionize.sessionize_mode)
+    plan = plan_run(settings, ds, mode or settings.sessionize.sessionize_mode, compact)
     say(f"sessionize ds={ds}: {plan.mode} ({plan.why})")
     spark = spark or spark_session(settings.engines, "reco-sessionize")
     previous = read_previous_state(spark, plan)
@@ -296,8 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ds", required=True, help="logical date YYYY-MM-DD: events up to this day are used")
     parser.add_argument("--mode", choices=SESSIONIZE_MODES, help="default: RECO_SESSIONIZE_MODE (auto)")
+    parser.add_argument(
+        "--compact", action="store_true", help="fold the users' state layers into one tonight (incremental runs)"
+    )
     args = parser.parse_args(argv)
-    return run(get_settings(), parse_ds(args.ds), mode=args.mode)
+    return run(get_settings(), parse_ds(args.ds), mode=args.mode, compact=args.compact)
 
 
 if __name__ == "__main__":

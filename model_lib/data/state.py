@@ -46,11 +46,15 @@ class Plan:
     previous_sequences: Path | None = None
     previous_layers: dict[str, int] | None = None  # yesterday's state layers: layer ds -> user rows
     previous_users: int = 0
+    compact: bool = False  # fold the layers into one tonight, however many rows they hold
 
     def compacts(self, touched_users: int) -> bool:
-        """Whether tonight folds the layers into one: when they would hold more rows than twice the users."""
-        layered = sum((self.previous_layers or {}).values()) + touched_users
-        return self.previous_layers is not None and layered > 2 * max(self.previous_users, touched_users)
+        """Whether tonight folds the layers into one: when asked, or when they would hold more rows than twice the
+        users."""
+        if self.previous_layers is None:
+            return False
+        layered = sum(self.previous_layers.values()) + touched_users
+        return self.compact or layered > 2 * max(self.previous_users, touched_users)
 
 
 def state_shape(sessionize: SessionizeSettings) -> dict:
@@ -67,7 +71,7 @@ def state_shape(sessionize: SessionizeSettings) -> dict:
     return json.loads(json.dumps(shape))  # as the manifest stores it (tuples become lists)
 
 
-def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
+def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = False) -> Plan:
     yesterday = ds - dt.timedelta(days=1)
     manifest = settings.lake.sessionized_dir(yesterday) / MANIFEST
     if requested == "full":
@@ -88,6 +92,7 @@ def plan_run(settings: Settings, ds: dt.date, requested: str) -> Plan:
                 settings.lake.sequences_dir(yesterday),
                 written["rows"]["state_layers"],
                 written["rows"]["users"],
+                compact,
             )
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
     if requested == "incremental":

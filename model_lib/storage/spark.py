@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import SparkSession
 
@@ -77,27 +76,3 @@ def side_by_side(jobs: list[Callable[[], object]]) -> list:
     (planning, code generation, commit) overlap another's work: most of a small job's time on two cores."""
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         return [future.result() for future in [pool.submit(job) for job in jobs]]
-
-
-def start_python_workers(spark: SparkSession, module: str) -> Future:
-    """Starts Spark's Python workers, one per task slot, and imports `module` in each, from a driver thread; returns
-    the Future of that small job. A nightly job starts cold, and a worker's start (its fork, then numpy, pandas,
-    pyarrow and `module`) costs seconds; started while the driver does other work (e.g. fetching a model), it
-    overlaps that work instead of following it. Spark keeps idle workers for later tasks (spark.python.worker.reuse,
-    on by default), so the job's own tasks find them started."""
-    slots = spark.sparkContext.defaultParallelism
-    started = spark.range(slots, numPartitions=slots).mapInPandas(
-        lambda batches: _imported(module, batches), "imported string"
-    )
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(started.collect)
-    pool.shutdown(wait=False)
-    return future
-
-
-def _imported(module: str, batches: Iterator) -> Iterator:
-    import pandas as pd
-
-    importlib.import_module(module)
-    for _ in batches:
-        yield pd.DataFrame({"imported": [module]})

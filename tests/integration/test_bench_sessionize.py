@@ -27,6 +27,12 @@ def test_bench_sessionize_prints_the_ratios_for_histories_of_different_sizes_wit
         assert 250 <= result["events_read_incremental_day"] < 250 + 60
         assert 0 < result["users_in_incremental_day"] < 60
         assert result["incremental_equals_full"] is True
+        # The night wrote the touched users' state only, as a layer beside the rebuild's; compacting them into one
+        # layer gives the same sequences.
+        assert 0 < result["incremental_state_layer_rows"] < result["users"]
+        assert result["incremental_state_rows_all_layers"] > result["users"]
+        assert result["compacted_equals_incremental"] is True and result["spark_incremental_compacting_seconds"] > 0
+        assert 0 < result["spark_floor_seconds"] < result["spark_full_seconds"]
         assert result["duckdb_agrees"] == {key: True for key in ("read", "quarantined", "valid", "duplicates", "users")}
         ratio = result["spark_incremental_seconds"] / result["spark_full_seconds"]
         assert result["ratio_incremental_over_full"] == pytest.approx(ratio, abs=0.001)

@@ -77,9 +77,11 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
     pd.testing.assert_frame_equal(incremental_vocabulary, pd.read_parquet(settings.lake.vocab_dir(days[-1])))
     assert incremental["older_item_indices"].map(len).sum() > 0  # windows overflowed, so the state was exercised
-    # A re-run of the same night replaces its outputs and gives the same sequences again.
-    sessionize.run(settings, days[-1], spark=spark, mode="incremental")
+    # A re-run of the same night replaces its outputs and gives the same sequences again, here folding the layers
+    # into one on request.
+    sessionize.run(settings, days[-1], spark=spark, mode="incremental", compact=True)
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
+    assert list(state_layers(settings, days[-1])) == [days[-1].isoformat()]
     # A quiet day: the producer committed an empty partition; every user's sequence carries over unchanged.
     quiet_day = days[-1] + dt.timedelta(days=1)
     settings.lake.raw_events_day_dir(quiet_day).mkdir()
