@@ -38,6 +38,7 @@ from model_lib.contracts import (
     REASON_UNKNOWN_EVENT_TYPE,
     REQUIRED_FIELDS,
     STATE_COLUMNS,
+    STATE_LAYER_COLUMN,
     UNKNOWN_ITEM_INDEX,
 )
 
@@ -391,9 +392,9 @@ def merge_day(
 
 
 def newest_state_rows(layers: DataFrame) -> DataFrame:
-    """Each user's row from the newest `layer` that has one (STATE_COLUMNS): a night writes only the rows of the
-    users it touched, as a layer of its own, so a user's older rows stay behind in older layers."""
-    newest = Window.partitionBy("user_id").orderBy(F.col("layer").desc())
+    """Each user's row from the newest layer (STATE_LAYER_COLUMN) that has one (STATE_COLUMNS): a night writes only
+    the rows of the users it touched, as a layer of its own, so a user's older rows stay behind in older layers."""
+    newest = Window.partitionBy("user_id").orderBy(F.col(STATE_LAYER_COLUMN).desc())
     return layers.withColumn("_newest", F.row_number().over(newest)).where("_newest = 1").select(STATE_COLUMNS)
 
 

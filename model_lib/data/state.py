@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
 from model_lib.config import SessionizeSettings, Settings
-from model_lib.contracts import REASON_CODES, STATE_COLUMNS
+from model_lib.contracts import REASON_CODES, STATE_COLUMNS, STATE_LAYER_COLUMN
 from model_lib.data.events import SequenceRules, ValidationRules, newest_state_rows
 from model_lib.storage.lake import commit_folder, latest_version_before, link_files, parquet_rows, staging_path
 from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 STATE_LAYOUT = "user layers"  # a state stored otherwise (before layers: every user rewritten each night) is rebuilt
-LAYER = "layer"  # the partition column of state/users: the night that wrote the row
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Plan:
     previous_sequences: Path | None = None
     previous_layers: dict[str, int] | None = None  # yesterday's state layers: layer ds -> user rows
     previous_users: int = 0
+    previous_schemas: dict[str, dict] | None = None  # the Spark schema each of yesterday's tables was written with
     compact: bool = False  # fold the layers into one tonight, however many rows they hold
 
     def compacts(self, touched_users: int) -> bool:
@@ -92,6 +93,7 @@ def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = Fa
                 settings.lake.sequences_dir(yesterday),
                 written["rows"]["state_layers"],
                 written["rows"]["users"],
+                written["schemas"],
                 compact,
             )
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
@@ -102,18 +104,18 @@ def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = Fa
 
 
 def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame | pd.DataFrame] | None:
-    """Yesterday's state tables and sequences. Each read starts a small Spark job (the Parquet schema), so they run
-    side by side: in a night of a small day they are seconds of its fixed cost."""
+    """Yesterday's state tables and sequences, read with the schemas the manifest recorded: inferring a Parquet
+    schema is a Spark job of its own, seconds of a small night's fixed cost."""
     if plan.previous_state is None:
         return None
     folders = {
-        "users": plan.previous_state / "users",  # every layer, with its `layer` column
+        "users": plan.previous_state / "users",  # every layer, with its STATE_LAYER_COLUMN
         "dedup_keys": plan.previous_state / "dedup_keys",
         "item_counts": plan.previous_state / "item_counts",
         "sequences": plan.previous_sequences,
     }
-    frames = side_by_side([functools.partial(spark.read.parquet, str(folder)) for folder in folders.values()])
-    return dict(zip(folders, frames, strict=True))
+    schemas = {name: T.StructType.fromJson(schema) for name, schema in plan.previous_schemas.items()}
+    return {name: spark.read.schema(schemas[name]).parquet(str(folder)) for name, folder in folders.items()}
 
 
 def compacted(previous_users: DataFrame, touched: DataFrame) -> DataFrame:
@@ -139,15 +141,26 @@ def write_day(
     users = staged / "state" / "users"
     places = {name: staged / name for name in ("sequences", "vocab", "day_item_counts")}
     places.update({name: staged / "state" / name for name in ("dedup_keys", "item_counts")})
-    places["users"] = users / f"{LAYER}={ds.isoformat()}"
+    places["users"] = users / f"{STATE_LAYER_COLUMN}={ds.isoformat()}"
     writes = [functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()]
     side_by_side([*writes, *alongside])
     layers = {} if compacting or plan.previous_layers is None else dict(plan.previous_layers)
     for layer in layers:
-        link_files(plan.previous_state / "users" / f"{LAYER}={layer}", users / f"{LAYER}={layer}")
+        folder = f"{STATE_LAYER_COLUMN}={layer}"
+        link_files(plan.previous_state / "users" / folder, users / folder)
     layers[ds.isoformat()] = parquet_rows(places["users"])
     rows = {"users": parquet_rows(places["sequences"]), "state_layers": dict(sorted(layers.items()))}
-    manifest = {"ds": ds.isoformat(), "mode": plan.mode, "shape": state_shape(settings.sessionize), "rows": rows}
+    schemas = {name: frames[name].schema for name in ("sequences", "dedup_keys", "item_counts")}
+    # As the layers read back: with the partition column (a new StructType: a frame's own schema is cached by PySpark).
+    layered = [*frames["users"].schema.fields, T.StructField(STATE_LAYER_COLUMN, T.DateType())]
+    schemas["users"] = T.StructType(layered)
+    manifest = {
+        "ds": ds.isoformat(),
+        "mode": plan.mode,
+        "shape": state_shape(settings.sessionize),
+        "rows": rows,
+        "schemas": {name: schema.jsonValue() for name, schema in schemas.items()},
+    }
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2))
     commit_folder(staged, final)
     return rows

@@ -160,7 +160,9 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     A row with fewer than k rankable items ends in -inf scores; callers drop those positions. The K best items lie
     in the K blocks (of up to TOP_K_BLOCK consecutive items) with the largest maxima: every item outside them scores
     at most the K-th largest block maximum, and those K maxima are candidates themselves. So only K blocks per row
-    are partitioned instead of all V items.
+    are looked at instead of all V items, and within them only the items scoring at least that K-th maximum (at
+    least K per row, the block maxima; typically not many more) are sorted. A narrow catalogue (fewer than 32K
+    items) skips the blocks: its candidates are the items scoring at least the row's K-th largest score.
     """
     rows, width = scores.shape
     k = min(k, width)
@@ -171,18 +173,33 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         starts = np.arange(0, width, block)
         block_max = np.maximum.reduceat(scores, starts, axis=1)
         best_blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]
+        threshold = np.take_along_axis(block_max, best_blocks, axis=1).min(axis=1)
+        # Where more than K blocks reach the K-th maximum, the lowest-numbered of the tied blocks must be the ones
+        # taken, or an equal score of a lower item could be left out; model scores rarely tie, popular counts do.
+        tied = (block_max >= threshold[:, None]).sum(axis=1) > k
+        if tied.any():
+            best_blocks[tied] = np.argsort(-block_max[tied], axis=1, kind="stable")[:, :k]
         columns = (starts[best_blocks][:, :, None] + np.arange(block)).reshape(rows, -1)
         inside = columns < width  # the last block may be short
         columns = np.minimum(columns, width - 1)
         values = np.where(inside, np.take_along_axis(scores, columns, axis=1), -np.inf)
     else:
-        columns = np.broadcast_to(np.arange(width), (rows, width))
-        values = scores
-    chosen = np.argpartition(-values, k - 1, axis=1)[:, :k]
-    top_columns = np.take_along_axis(columns, chosen, axis=1)
-    top_values = np.take_along_axis(values, chosen, axis=1)
-    order = np.lexsort((top_columns, -top_values), axis=1)
-    return np.take_along_axis(top_columns, order, axis=1), np.take_along_axis(top_values, order, axis=1)
+        values, columns = scores, np.broadcast_to(np.arange(width), (rows, width))
+        threshold = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # each row's K-th largest score
+    return _best_candidates(values, columns, values >= threshold[:, None], k)
+
+
+def _best_candidates(
+    values: np.ndarray, columns: np.ndarray, candidate: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) values and their item columns, and which of them are candidates (at least k per row) -> the k best
+    candidates per row, best first, ties in item order: one sort of every row's candidates together."""
+    row, position = np.nonzero(candidate)  # row-major: grouped by row, in row order
+    candidate_values, candidate_columns = values[row, position], columns[row, position]
+    order = np.lexsort((candidate_columns, -candidate_values, row))
+    first = np.concatenate(([0], np.cumsum(np.bincount(row, minlength=len(values)))[:-1]))
+    best = order[first[:, None] + np.arange(k)]
+    return candidate_columns[best], candidate_values[best]
 
 
 def top_k_items(scores: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarray:

@@ -183,4 +183,4 @@ def test_a_state_stored_before_layers_is_rebuilt_in_full(settings):
 def write_manifest(day, shape: dict) -> None:
     day.mkdir(parents=True)
     rows = {"users": 0, "state_layers": {}}
-    (day / state.MANIFEST).write_text(json.dumps({"shape": shape, "rows": rows}))
+    (day / state.MANIFEST).write_text(json.dumps({"shape": shape, "rows": rows, "schemas": {}}))

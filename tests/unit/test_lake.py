@@ -4,6 +4,7 @@ run's folder."""
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,3 +123,24 @@ def test_a_commit_removes_what_killed_runs_left_but_not_a_live_runs_folder(tmp_p
     finally:
         live.kill()
         live.wait()
+
+
+def test_linked_layer_files_outlive_the_day_they_came_from_and_its_replacement(tmp_path):
+    """A day's state links the earlier layers' files from yesterday's folder: replacing or deleting yesterday (a
+    re-run, a retention sweep) must leave today's files whole."""
+    yesterday = tmp_path / "ds=1" / "users" / "layer=1"
+    yesterday.mkdir(parents=True)
+    (yesterday / "part-0.parquet").write_bytes(b"rows of night 1")
+    (yesterday / "_SUCCESS").write_bytes(b"")
+    (yesterday / ".part-0.parquet.crc").write_bytes(b"crc")
+    today = tmp_path / "ds=2" / "users" / "layer=1"
+    assert lake.link_files(yesterday, today) == 1  # the data file; markers and checksums stay behind
+    assert sorted(path.name for path in today.iterdir()) == ["part-0.parquet"]
+    assert (today / "part-0.parquet").stat().st_ino == (yesterday / "part-0.parquet").stat().st_ino  # no copy
+    replacement = tmp_path / "staged"
+    (replacement / "users" / "layer=1").mkdir(parents=True)
+    (replacement / "users" / "layer=1" / "part-0.parquet").write_bytes(b"a re-run of night 1")
+    lake.commit_folder(replacement, tmp_path / "ds=1")
+    assert (today / "part-0.parquet").read_bytes() == b"rows of night 1"
+    shutil.rmtree(tmp_path / "ds=1")
+    assert (today / "part-0.parquet").read_bytes() == b"rows of night 1"

@@ -126,6 +126,9 @@ def test_top_k_matches_a_full_sort_with_ties_and_exclusions(width):
         np.testing.assert_array_equal(values, expected)
         np.testing.assert_array_equal(np.take_along_axis(scores, items, axis=1), values)
         finite = np.isfinite(values)
+        # Equal scores in item order: the same items as a stable sort of every item.
+        stable = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, width)]
+        np.testing.assert_array_equal(np.where(finite, items, -1), np.where(finite, stable, -1))
         for row in range(64):
             assert len(set(items[row][finite[row]])) == finite[row].sum()  # no item twice
         again = top_k(scores.copy(), k)
