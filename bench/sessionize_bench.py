@@ -196,9 +196,13 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
     }
 
 
+def spark_environment(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, **engine_environment(get_settings(data_dir=data_dir).engines), "RECO_DATA_DIR": str(data_dir)}
+
+
 def spark_run(data_dir: Path, ds: dt.date, mode: str, *options: str) -> dict:
-    env = {**os.environ, **engine_environment(get_settings(data_dir=data_dir).engines), "RECO_DATA_DIR": str(data_dir)}
-    return measured([sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode, *options], env)
+    command = [sys.executable, "-m", "jobs.sessionize", "--ds", ds.isoformat(), "--mode", mode, *options]
+    return measured(command, spark_environment(data_dir))
 
 
 def spark_floor(data_dir: Path, ds: dt.date) -> dict:
@@ -277,9 +281,9 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
     incremental_frame = pd.read_parquet(incremental_sequences)
     compacted_same = incremental_frame.equals(pd.read_parquet(settings.lake.sequences_dir(last_day)))
     print(f"[bench] {events:,} events: Spark floor (start, read the day, write it)", flush=True)
-    env = {**os.environ, **engine_environment(settings.engines), "RECO_DATA_DIR": str(data_dir)}
     floor = measured(
-        [sys.executable, "-m", "bench.sessionize_bench", "--floor-only", str(data_dir), last_day.isoformat()], env
+        [sys.executable, "-m", "bench.sessionize_bench", "--floor-only", str(data_dir), last_day.isoformat()],
+        spark_environment(data_dir),
     )
     identical = None
     if check_equality:

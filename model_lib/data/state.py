@@ -44,18 +44,21 @@ class Plan:
     previous_state: Path | None = None
     previous_vocabulary: Path | None = None
     previous_sequences: Path | None = None
-    previous_layers: dict[str, int] | None = None  # yesterday's state layers: layer ds -> user rows
-    previous_users: int = 0
-    previous_schemas: dict[str, dict] | None = None  # the Spark schema each of yesterday's tables was written with
+    # Yesterday's manifest: its rows (users, state_layers: layer ds -> user rows) and each table's Spark schema.
+    previous_manifest: dict | None = None
     compact: bool = False  # fold the layers into one tonight, however many rows they hold
+
+    @property
+    def previous_layers(self) -> dict[str, int]:
+        return self.previous_manifest["rows"]["state_layers"] if self.previous_manifest else {}
 
     def compacts(self, touched_users: int) -> bool:
         """Whether tonight folds the layers into one: when asked, or when they would hold more rows than twice the
         users."""
-        if self.previous_layers is None:
+        if self.previous_manifest is None:
             return False
         layered = sum(self.previous_layers.values()) + touched_users
-        return self.compact or layered > 2 * max(self.previous_users, touched_users)
+        return self.compact or layered > 2 * max(self.previous_manifest["rows"]["users"], touched_users)
 
 
 def state_shape(sessionize: SessionizeSettings) -> dict:
@@ -91,9 +94,7 @@ def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = Fa
                 state,
                 vocabulary,
                 settings.lake.sequences_dir(yesterday),
-                written["rows"]["state_layers"],
-                written["rows"]["users"],
-                written["schemas"],
+                written,
                 compact,
             )
         why = f"the state of {yesterday} was built with other {', '.join(changed)}"
@@ -114,7 +115,7 @@ def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame 
         "item_counts": plan.previous_state / "item_counts",
         "sequences": plan.previous_sequences,
     }
-    schemas = {name: T.StructType.fromJson(schema) for name, schema in plan.previous_schemas.items()}
+    schemas = {name: T.StructType.fromJson(schema) for name, schema in plan.previous_manifest["schemas"].items()}
     return {name: spark.read.schema(schemas[name]).parquet(str(folder)) for name, folder in folders.items()}
 
 
@@ -144,7 +145,7 @@ def write_day(
     places["users"] = users / f"{STATE_LAYER_COLUMN}={ds.isoformat()}"
     writes = [functools.partial(frames[name].write.parquet, str(path)) for name, path in places.items()]
     side_by_side([*writes, *alongside])
-    layers = {} if compacting or plan.previous_layers is None else dict(plan.previous_layers)
+    layers = {} if compacting else dict(plan.previous_layers)
     for layer in layers:
         folder = f"{STATE_LAYER_COLUMN}={layer}"
         link_files(plan.previous_state / "users" / folder, users / folder)

@@ -161,7 +161,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     in the K blocks (of up to TOP_K_BLOCK consecutive items) with the largest maxima: every item outside them scores
     at most the K-th largest block maximum, and those K maxima are candidates themselves. So only K blocks per row
     are looked at instead of all V items, and within them only the items scoring at least that K-th maximum (at
-    least K per row, the block maxima; typically not many more) are sorted. A narrow catalogue (fewer than 32K
+    least K per row, the block maxima; typically not many more) are sorted. A narrow catalogue (fewer than 32 x K
     items) skips the blocks: its candidates are the items scoring at least the row's K-th largest score.
     """
     rows, width = scores.shape
