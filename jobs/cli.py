@@ -11,6 +11,7 @@ reco show --user U [--ds D]    a user's recommendations with titles and reasons
 reco bench accuracy | scoring | sessionize | training_speed   the benchmarks under bench/ (one JSON line per result)
 reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
+reco spark-class-archive       make setup: record the Spark JVM's class-data archive (faster cold starts)
 """
 
 from __future__ import annotations
@@ -54,6 +55,44 @@ def _data(args) -> None:
             }
         )
     )
+
+
+def _spark_class_archive(args) -> None:
+    """Runs the nightly sessionize (a full night, then an incremental one) and an Arrow scoring pass on a tiny
+    synthetic lake in a fresh JVM that records the classes it loads, and keeps them as the class-data archive every
+    later Spark JVM of this virtualenv maps at start (model_lib/storage/spark.py, class_archive)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    from jobs import sessionize
+    from model_lib.config import get_settings
+    from model_lib.data.sources import SynthSpec, write_synth
+    from model_lib.progress import say
+    from model_lib.runtime import class_archive
+    from model_lib.storage.spark import finish_class_archive, spark_session
+
+    archive = class_archive()
+    if archive.exists() and not args.force:
+        say(f"spark class archive: {archive} is there already")
+        return
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="reco-class-archive-") as folder:
+        settings = get_settings(data_dir=Path(folder) / "data")
+        spec = SynthSpec(users=60, items=40, days=2)
+        write_synth(spec, settings.lake.raw_events_dir)
+        recorded = Path(folder) / "classes.jsa"
+        spark = spark_session(settings.engines, "reco-class-archive", archive_classes_to=recorded)
+        sessionize.run(settings, spec.start, spark, mode="full")
+        sessionize.run(settings, spec.start + dt.timedelta(days=1), spark, mode="incremental")
+        sequences = spark.read.parquet(str(settings.lake.sequences_dir(spec.start + dt.timedelta(days=1))))
+        # The scoring job's path: Arrow batches through a Python worker and back, then one row per user collected.
+        scored = sequences.select("user_id").mapInPandas(lambda batches: batches, "user_id string")
+        scored.groupBy().agg(F.count_distinct("user_id")).toPandas()
+        finish_class_archive(spark, recorded, archive)
+    say(f"spark class archive: {archive} ({archive.stat().st_size / 2**20:.0f} MiB) in {time.time() - started:.0f}s")
 
 
 def _show(args) -> None:
@@ -194,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("airflow", help="the Airflow UI on 127.0.0.1 with every component; Ctrl-C stops it")
     ui.add_argument("--port", type=int, default=8080)
     ui.set_defaults(handler=_airflow)
+
+    archive = commands.add_parser(
+        "spark-class-archive", help="record the Spark JVM's class-data archive (make setup runs it once)"
+    )
+    archive.add_argument("--force", action="store_true", help="record it again even when it exists")
+    archive.set_defaults(handler=_spark_class_archive)
 
     settings = commands.add_parser("settings", help="print the effective configuration")
     settings.set_defaults(handler=lambda args: print(_settings_json()))

