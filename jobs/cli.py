@@ -60,7 +60,8 @@ def _data(args) -> None:
 def _spark_class_archive(args) -> None:
     """Runs the nightly sessionize (a full night, then an incremental one) and an Arrow scoring pass on a tiny
     synthetic lake in a fresh JVM that records the classes it loads, and keeps them as the class-data archive every
-    later Spark JVM of this virtualenv maps at start (model_lib/storage/spark.py, class_archive)."""
+    later Spark JVM of this virtualenv maps at start (model_lib/runtime.py, class_archive)."""
+    import os
     import tempfile
     import time
     from pathlib import Path
@@ -83,15 +84,20 @@ def _spark_class_archive(args) -> None:
         settings = get_settings(data_dir=Path(folder) / "data")
         spec = SynthSpec(users=60, items=40, days=2)
         write_synth(spec, settings.lake.raw_events_dir)
-        recorded = Path(folder) / "classes.jsa"
-        spark = spark_session(settings.engines, "reco-class-archive", archive_classes_to=recorded)
-        sessionize.run(settings, spec.start, spark, mode="full")
-        sessionize.run(settings, spec.start + dt.timedelta(days=1), spark, mode="incremental")
-        sequences = spark.read.parquet(str(settings.lake.sequences_dir(spec.start + dt.timedelta(days=1))))
-        # The scoring job's path: Arrow batches through a Python worker and back, then one row per user collected.
-        scored = sequences.select("user_id").mapInPandas(lambda batches: batches, "user_id string")
-        scored.groupBy().agg(F.count_distinct("user_id")).toPandas()
-        finish_class_archive(spark, recorded, archive)
+        # Recorded beside its final name, so that moving it into place is one rename on one file system.
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        recorded = archive.with_name(f".{archive.name}.{os.getpid()}.recording")
+        try:
+            spark = spark_session(settings.engines, "reco-class-archive", archive_classes_to=recorded)
+            sessionize.run(settings, spec.start, spark, mode="full")
+            sessionize.run(settings, spec.start + dt.timedelta(days=1), spark, mode="incremental")
+            sequences = spark.read.parquet(str(settings.lake.sequences_dir(spec.start + dt.timedelta(days=1))))
+            # The scoring job's path: Arrow batches through a Python worker and back, one row per user collected.
+            scored = sequences.select("user_id").mapInPandas(lambda batches: batches, "user_id string")
+            scored.groupBy().agg(F.count_distinct("user_id")).toPandas()
+            finish_class_archive(spark, recorded, archive)
+        finally:
+            recorded.unlink(missing_ok=True)  # after a failure: no part of one under a name a JVM could map
     say(f"spark class archive: {archive} ({archive.stat().st_size / 2**20:.0f} MiB) in {time.time() - started:.0f}s")
 
 

@@ -56,14 +56,14 @@ def spark_session(engines: EngineSettings, app_name: str, archive_classes_to: Pa
 
 def finish_class_archive(session: SparkSession, recorded: Path, archive: Path) -> Path:
     """Stops a session started with `archive_classes_to=recorded`, waits for its JVM to write the archive on exit
-    (10-20 s; a JVM killed first writes nothing), then moves it into place in one rename."""
+    (10-20 s; a JVM killed first writes nothing), then moves it into place in one rename (`recorded` should be in
+    the archive's folder: a rename does not cross file systems)."""
     gateway = session.sparkContext._gateway
     session.stop()
     # pyspark's JVM exits when its stdin closes; the archive is dumped on the way out, so wait for the exit.
     gateway.proc.stdin.close()
     if gateway.proc.wait(timeout=600) != 0 or not recorded.exists():
         raise RuntimeError(f"the Spark JVM exited with {gateway.proc.returncode} without writing {recorded}")
-    archive.parent.mkdir(parents=True, exist_ok=True)
     os.replace(recorded, archive)
     return archive
 
