@@ -9,6 +9,7 @@ Spark's driver JVM gets its options here too (`driver_java_options`: the class-d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -110,13 +111,19 @@ def apply_engine_environment(engines: EngineSettings) -> None:
 def class_archive() -> Path:
     """Where the class-data archive of this virtualenv's Spark on this Java lives (it may not exist yet).
 
-    A cold Spark job spends seconds loading, parsing and verifying some 15,000 classes from Spark's jars before it
+    A cold Spark job spends seconds loading, parsing and verifying some 11,000 classes from Spark's jars before it
     plans its first query; a dynamic class-data-sharing archive (JDK 13+) holds them already parsed, mapped from one
     file. The archive is only valid for the JVM and the jars it was recorded with, so its name hashes both; a
     changed Java or Spark simply finds no archive (and a mismatched one is ignored by the JVM with a warning)."""
-    java = (Path(os.environ["JAVA_HOME"]) if os.environ.get("JAVA_HOME") else java_home()) / "bin" / "java"
-    jars = (Path(os.environ["SPARK_HOME"]) if os.environ.get("SPARK_HOME") else _pyspark_home()) / "jars"
-    identity = [str(java.resolve()), str(java.resolve().stat().st_mtime_ns) if java.exists() else "no java"]
+    return _class_archive_for(os.environ.get("JAVA_HOME"), os.environ.get("SPARK_HOME"))
+
+
+@functools.cache
+def _class_archive_for(java_home_variable: str | None, spark_home_variable: str | None) -> Path:
+    """Once per process and environment: a DAG file asks for every Spark task while it is parsed."""
+    java = ((Path(java_home_variable) if java_home_variable else java_home()) / "bin" / "java").resolve()
+    jars = (Path(spark_home_variable) if spark_home_variable else _pyspark_home()) / "jars"
+    identity = [str(java), str(java.stat().st_mtime_ns) if java.exists() else "no java"]
     identity += sorted(jar.name for jar in jars.glob("*.jar"))
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
     return Path(sys.prefix) / "spark-class-archive" / f"{key}.jsa"

@@ -133,8 +133,8 @@ def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
 
     Driver and executor memory, the driver's addresses and its JVM options (the class-data archive of make setup)
     go on the spark-submit command line: set inside the job they would come too late for the JVM spark-submit has
-    already started. An argument may be an upstream task's
-    XComArg: Airflow resolves it when the task runs and makes that task upstream."""
+    already started. An argument may be an upstream task's XComArg: Airflow resolves it when the task runs and
+    makes that task upstream."""
     settings = get_settings()
     return SparkSubmitOperator(
         task_id=task_id,
