@@ -41,6 +41,7 @@ from model_lib.data import events as ev
 from model_lib.data.state import Plan, compacted, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import VOCABULARY_COLUMNS, item_counts, stable_vocabulary, vocabulary_candidates
 from model_lib.progress import say, stage
+from model_lib.runtime import driver_java_options
 from model_lib.storage.lake import (
     commit_folder,
     raw_partitions,
@@ -53,6 +54,19 @@ from model_lib.storage.spark import spark_session
 
 SEQUENCE_FILES = 2  # the sequences of a day, for the readers (training reads them file by file)
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
+
+
+# --- plan: which night, and the JVM it needs ----------------------------------------------------------
+def quick_jit(settings: Settings, plan: Plan) -> bool:
+    """Whether the night's JVM compiles with the JIT's quick tier only (runtime.driver_java_options): an incremental
+    night reads one day and lives seconds; a full rebuild reads every day and needs the optimizing tier."""
+    return settings.engines.spark_quick_jit and plan.mode == "incremental"
+
+
+def night_java_options(settings: Settings, ds: dt.date, mode: str) -> str:
+    """The driver JVM options of the night `plan_run` will plan, for spark-submit's command line (the DAG renders
+    them when the task starts): inside the job the JVM is already running."""
+    return driver_java_options(quick_jit=quick_jit(settings, plan_run(settings, ds, mode)))
 
 
 # --- extract ---------------------------------------------------------------------------------------------
@@ -247,7 +261,7 @@ def run(
     started = time.time()
     plan = plan_run(settings, ds, mode or settings.sessionize.sessionize_mode, compact)
     say(f"sessionize ds={ds}: {plan.mode} ({plan.why})")
-    spark = spark or spark_session(settings.engines, "reco-sessionize")
+    spark = spark or spark_session(settings.engines, "reco-sessionize", quick_jit=quick_jit(settings, plan))
     previous = read_previous_state(spark, plan)
     days_read = (
         [ds.isoformat()]

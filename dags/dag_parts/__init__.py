@@ -63,12 +63,23 @@ def _report_error(context, verdict: str) -> None:
         say(line)
 
 
+def sessionize_java_options(params: dict | None, ds: str | None) -> str:
+    """A template macro, rendered when the sessionize task starts: the JVM options of the night the job will plan
+    (jobs/sessionize.night_java_options). spark-submit starts the JVM, so they cannot wait for the job."""
+    from jobs.sessionize import night_java_options
+    from model_lib.config import get_settings, parse_ds
+
+    mode = "full" if (params or {}).get("full_rebuild") else "auto"
+    return night_java_options(get_settings(), parse_ds(run_ds(params, ds)), mode)
+
+
 COMMON_DAG_ARGS = {
     "start_date": pendulum.datetime(2000, 1, 1, tz="UTC"),
     # New days run on schedule; past date ranges are backfills (UI "Backfill", or `airflow backfill create`),
     # which run every day of the range whatever catchup says, oldest first, one at a time (max_active_runs).
     "catchup": False,
     "max_active_runs": 1,
+    "user_defined_macros": {"sessionize_java_options": sessionize_java_options},
     # Every task is an idempotent function of ds, so retrying is safe: 1, 2, 4 ... minutes apart, at most 30.
     "default_args": {
         "owner": "ml-platform",
@@ -128,14 +139,16 @@ def champion_asset(settings: Settings) -> Asset:
 RECOMMENDATIONS_ASSET = Asset(name="warehouse.recommendations", uri="x-warehouse://recommendations", group="table")
 
 
-def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
+def spark_job(task_id: str, args: list, doc_md: str, java_options: str | None = None) -> SparkSubmitOperator:
     """`spark-submit jobs/<task_id>.py ARGS` on the `spark_default` connection (local[2] unless configured).
 
     Driver and executor memory, the driver's addresses and its JVM options (the class-data archive of make setup)
     go on the spark-submit command line: set inside the job they would come too late for the JVM spark-submit has
     already started. An argument may be an upstream task's XComArg: Airflow resolves it when the task runs and
-    makes that task upstream."""
+    makes that task upstream. `java_options`: the driver JVM's options when they depend on the run (a template),
+    else those of runtime.driver_java_options."""
     settings = get_settings()
+    java_options = java_options if java_options is not None else driver_java_options()
     return SparkSubmitOperator(
         task_id=task_id,
         application=str(JOBS / f"{task_id}.py"),
@@ -148,7 +161,7 @@ def spark_job(task_id: str, args: list, doc_md: str) -> SparkSubmitOperator:
             "spark.driver.host": settings.engines.spark_driver_host,
             "spark.driver.bindAddress": settings.engines.spark_bind_address,
             "spark.sql.shuffle.partitions": str(settings.engines.spark_shuffle_partitions),
-            **({"spark.driver.extraJavaOptions": java_options} if (java_options := driver_java_options()) else {}),
+            **({"spark.driver.extraJavaOptions": java_options} if java_options else {}),
         },
         doc_md=doc_md,
     )
@@ -189,6 +202,7 @@ def sessionize_task() -> SparkSubmitOperator:
         "lake/sessionized/ds (sequences, vocabulary and state, committed as one unit); rejects to "
         "lake/quarantine/events/dt=; counts to "
         "lake/run_stats/sessionize.",
+        java_options="{{ sessionize_java_options(params, ds) }}",
     )
 
 

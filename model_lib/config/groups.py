@@ -162,6 +162,9 @@ class EngineSettings(BaseModel):
     spark_driver_memory: str = "4g"
     spark_executor_memory: str = "2g"
     spark_shuffle_partitions: int = 8
+    # An incremental sessionize night (one day's events: seconds of work) runs its JVM with the JIT's quick tier
+    # only (runtime.driver_java_options); false keeps the optimizing tier, e.g. for days of tens of millions of events.
+    spark_quick_jit: bool = True
     # Where the driver listens and how executors reach it: loopback on one machine; on a cluster, the address of
     # the machine running the driver (the Airflow worker in client mode) and 0.0.0.0.
     spark_driver_host: str = "127.0.0.1"

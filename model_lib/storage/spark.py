@@ -13,15 +13,18 @@ from pyspark.sql import SparkSession
 from model_lib.config import EngineSettings
 from model_lib.progress import say
 from model_lib.redaction import redact
-from model_lib.runtime import apply_engine_environment, driver_java_options
+from model_lib.runtime import QUICK_JIT, apply_engine_environment, driver_java_options
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def spark_session(engines: EngineSettings, app_name: str, archive_classes_to: Path | None = None) -> SparkSession:
+def spark_session(
+    engines: EngineSettings, app_name: str, archive_classes_to: Path | None = None, quick_jit: bool = False
+) -> SparkSession:
     """Gets (or creates) the session. Under spark-submit the master comes from the command line (and the JVM options,
     see `driver_java_options`). `archive_classes_to`: the new JVM records the classes it loads, for
-    `finish_class_archive` to write there (make setup does this once, see class_archive)."""
+    `finish_class_archive` to write there (make setup does this once, see class_archive). `quick_jit`: a job of
+    seconds (see driver_java_options); it only takes effect when this call starts the JVM."""
     apply_engine_environment(engines)
     builder = (
         SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
@@ -37,7 +40,7 @@ def spark_session(engines: EngineSettings, app_name: str, archive_classes_to: Pa
         # second round of renames at job commit (algorithm 1) would only repeat that work.
         .config("spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version", "2")
     )
-    if java_options := driver_java_options(archive_classes_to):
+    if java_options := driver_java_options(archive_classes_to, quick_jit):
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
     # Spark runs one Python worker per task slot (per core); a BLAS thread pool per worker on top of that
     # oversubscribes the cores: the scoring's small matrix products ran 8x slower with two workers of two threads.
@@ -69,10 +72,12 @@ def finish_class_archive(session: SparkSession, recorded: Path, archive: Path) -
 
 
 def _report_driver(session: SparkSession, engines: EngineSettings) -> None:
-    """One line with the driver JVM's real heap. spark.driver.memory only takes effect when the JVM starts, so
-    under spark-submit it must come from the command line (the DAGs pass --driver-memory); a setting the running
-    JVM did not get is said, not silently ignored."""
-    heap = session.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    """One line with the driver JVM's real heap, JIT and class archive, read from the running JVM: they only take
+    effect when the JVM starts, so under spark-submit they must come from its command line (the DAGs pass them); a
+    setting the running JVM did not get is said, not silently ignored."""
+    jvm = session.sparkContext._jvm
+    heap = jvm.java.lang.Runtime.getRuntime().maxMemory()
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
     wanted = _bytes(engines.spark_driver_memory)
     line = (
         f"spark: master {redact(session.sparkContext.master)}, driver heap {heap / 2**30:.1f} GiB "
@@ -80,6 +85,8 @@ def _report_driver(session: SparkSession, engines: EngineSettings) -> None:
     )
     if heap < 0.7 * wanted:  # the JVM reserves part of -Xmx for itself; far below means the setting never reached it
         line += ": the driver JVM started without it — pass --driver-memory to spark-submit"
+    line += ", JIT " + ("C1 only (a job of seconds)" if QUICK_JIT in arguments else "C1 + C2")
+    line += ", class archive " + ("mapped" if any(a.startswith("-XX:SharedArchiveFile") for a in arguments) else "none")
     say(line)
 
 

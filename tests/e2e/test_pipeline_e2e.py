@@ -27,6 +27,10 @@ def test_training_registers_a_champion(pipeline):
     assert registry.alias_version(client, settings, registry.CHALLENGER) == 1
     assert "[reco] promotion decision" in logs["training"]
     assert f"incremental (continuing the state of {pipeline.trained_day})" in logs["nightly"]
+    # The JVM spark-submit started had the night's options (read back from the running JVM): a full rebuild keeps
+    # the optimizing JIT, an incremental night compiles with the quick tier only.
+    assert "JIT C1 + C2, class archive mapped" in logs["training"]
+    assert "JIT C1 only (a job of seconds), class archive mapped" in logs["nightly"]
 
 
 def test_the_registered_champion_serves_raw_item_ids(pipeline):

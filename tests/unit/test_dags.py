@@ -1,12 +1,15 @@
 """The DAG files parse, wire the steps in data-flow order, carry their docs, form and operating policy, follow the
 configuration (missing raw day, training launcher) and stay light at parse time."""
 
+import datetime as dt
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from model_lib.runtime import class_archive
+from model_lib.config import get_settings
+from model_lib.data.state import MANIFEST, state_shape
+from model_lib.runtime import QUICK_JIT, class_archive
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -16,13 +19,19 @@ from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder={str(DAGS)!r})
 
 def spark_submit_command(task):
-    # The command the operator would run; an upstream XComArg (resolved only when the task runs) by its name.
+    # The command the operator would run for a run of 2003-02-28; an upstream XComArg (resolved only when the task
+    # runs) by its name.
+    templates = task.dag.get_template_env()
+    task.conf = {{key: templates.from_string(value).render(params={{"full_rebuild": False}}, ds="2003-02-28")
+                 for key, value in task.conf.items()}}
     hook = task._get_hook()
     hook._application_args = [a if isinstance(a, str) else f"XComArg({{a.operator.task_id}})"
                               for a in hook._application_args or []]
     return hook._build_spark_submit_command(task.application)
 
 assert not bag.import_errors, bag.import_errors
+# What parsing imported (rendering a task's templates below runs task-time code).
+heavy = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
 out = {{}}
 for dag in bag.dags.values():
     out[dag.dag_id] = {{
@@ -44,7 +53,7 @@ for dag in bag.dags.values():
             "spark_submit": spark_submit_command(t) if type(t).__name__ == "SparkSubmitOperator" else None,
         }} for t in dag.tasks}},
     }}
-out["heavy"] = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
+out["heavy"] = heavy
 print("PROBE" + json.dumps(out, default=str))
 """
 
@@ -130,5 +139,22 @@ def test_spark_jobs_get_driver_and_executor_memory_on_the_spark_submit_command_l
         pairs = dict(zip(command, command[1:], strict=False))
         assert pairs["--driver-memory"] == "3g" and pairs["--executor-memory"] == "1500m", command
         assert "spark.sql.shuffle.partitions=6" in command and "spark.driver.bindAddress=127.0.0.1" in command
-        # The class-data archive make setup recorded (tests/integration/test_spark_class_archive.py checks its use).
+        # The class-data archive make setup recorded (tests/integration/test_spark_class_archive.py checks its use);
+        # no state for 2003-02-27 here, so sessionize plans a full rebuild: the JIT's optimizing tier stays on.
         assert f"spark.driver.extraJavaOptions=-XX:SharedArchiveFile={class_archive()}" in command, command
+
+
+def test_an_incremental_night_gets_a_quick_jit_on_the_spark_submit_command_line(tmp_path):
+    """spark-submit starts the JVM before the job plans the night, so the DAG renders the plan's JVM options."""
+    settings = get_settings(data_dir=tmp_path / "data")
+    manifest = settings.lake.sessionized_dir(dt.date(2003, 2, 27)) / MANIFEST
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"shape": state_shape(settings.sessionize)}))  # a state the night can continue
+    parsed = parse_dags(tmp_path, data_dir=tmp_path / "data")
+    for dag_id in ("reco_nightly", "reco_training"):
+        command = parsed[dag_id]["tasks"]["sessionize"]["spark_submit"]
+        assert f"spark.driver.extraJavaOptions=-XX:SharedArchiveFile={class_archive()} {QUICK_JIT}" in command
+    # Only sessionize's JVM: the scoring job's length does not depend on the day's size.
+    assert QUICK_JIT not in " ".join(parsed["reco_nightly"]["tasks"]["recommend"]["spark_submit"])
+    off = parse_dags(tmp_path, data_dir=tmp_path / "data", spark_quick_jit="false")
+    assert QUICK_JIT not in " ".join(off["reco_nightly"]["tasks"]["sessionize"]["spark_submit"])
