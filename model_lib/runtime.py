@@ -135,6 +135,7 @@ def _pyspark_home() -> Path:
 
 
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
+SHARED_ARCHIVE = "-XX:SharedArchiveFile="  # followed by the archive's path
 
 
 def driver_java_options(archive_classes_to: Path | None = None, quick_jit: bool = False) -> str:
@@ -150,7 +151,7 @@ def driver_java_options(archive_classes_to: Path | None = None, quick_jit: bool 
         options = [f"-XX:ArchiveClassesAtExit={archive_classes_to}"]
     else:
         archive = class_archive()
-        options = [f"-XX:SharedArchiveFile={archive}"] if archive.exists() else []
+        options = [f"{SHARED_ARCHIVE}{archive}"] if archive.exists() else []
     if quick_jit:
         options.append(QUICK_JIT)
     return " ".join(options)

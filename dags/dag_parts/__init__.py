@@ -63,13 +63,16 @@ def _report_error(context, verdict: str) -> None:
         say(line)
 
 
-def sessionize_java_options(params: dict | None, ds: str | None) -> str:
+# The sessionize mode the trigger form asks for, as a Jinja expression: the job's --mode and its JVM options use it.
+SESSIONIZE_MODE = "'full' if params.full_rebuild else 'auto'"
+
+
+def sessionize_java_options(params: dict | None, ds: str | None, mode: str) -> str:
     """A template macro, rendered when the sessionize task starts: the JVM options of the night the job will plan
     (jobs/sessionize.night_java_options). spark-submit starts the JVM, so they cannot wait for the job."""
     from jobs.sessionize import night_java_options
     from model_lib.config import get_settings, parse_ds
 
-    mode = "full" if (params or {}).get("full_rebuild") else "auto"
     return night_java_options(get_settings(), parse_ds(run_ds(params, ds)), mode)
 
 
@@ -197,12 +200,12 @@ def raw_events_sensor(waiting: OrchestrationSettings):
 def sessionize_task() -> SparkSubmitOperator:
     return spark_job(
         "sessionize",
-        ["--ds", DS, "--mode", "{{ 'full' if params.full_rebuild else 'auto' }}"],
+        ["--ds", DS, "--mode", f"{{{{ {SESSIONIZE_MODE} }}}}"],
         "Spark: the day's raw events + yesterday's state (or every raw day, in a full rebuild) -> "
         "lake/sessionized/ds (sequences, vocabulary and state, committed as one unit); rejects to "
         "lake/quarantine/events/dt=; counts to "
         "lake/run_stats/sessionize.",
-        java_options="{{ sessionize_java_options(params, ds) }}",
+        java_options=f"{{{{ sessionize_java_options(params, ds, {SESSIONIZE_MODE}) }}}}",
     )
 
 

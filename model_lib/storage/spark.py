@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 from model_lib.config import EngineSettings
 from model_lib.progress import say
 from model_lib.redaction import redact
-from model_lib.runtime import QUICK_JIT, apply_engine_environment, driver_java_options
+from model_lib.runtime import QUICK_JIT, SHARED_ARCHIVE, apply_engine_environment, driver_java_options
 
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -86,7 +86,7 @@ def _report_driver(session: SparkSession, engines: EngineSettings) -> None:
     if heap < 0.7 * wanted:  # the JVM reserves part of -Xmx for itself; far below means the setting never reached it
         line += ": the driver JVM started without it — pass --driver-memory to spark-submit"
     line += ", JIT " + ("C1 only (a job of seconds)" if QUICK_JIT in arguments else "C1 + C2")
-    line += ", class archive " + ("mapped" if any(a.startswith("-XX:SharedArchiveFile") for a in arguments) else "none")
+    line += ", class archive " + ("mapped" if any(a.startswith(SHARED_ARCHIVE) for a in arguments) else "none")
     say(line)
 
 
