@@ -37,6 +37,11 @@ def _masked_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return weights
 
 
+def _first_real_step(valid: np.ndarray) -> np.ndarray:
+    """(B, T) -> each row's first True step (T for a row without any)."""
+    return np.where(valid.any(axis=1), valid.argmax(axis=1), valid.shape[1])
+
+
 def keras_variables(model) -> dict:
     """The Keras variables of a NextItemModel (without self-attention blocks), by the names the encoder uses."""
     variables = {
@@ -83,6 +88,7 @@ class NumpyEncoder:
         self.lstm_layers = sum(1 for name in arrays if name.endswith("_recurrent"))
         self.event_type_head = "next_type_kernel" in arrays
         self.repeat_mechanism = "repeat_query" in arrays
+        self._gate_major_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # --- from and to Keras, and the file form ---
     @staticmethod
@@ -124,51 +130,85 @@ class NumpyEncoder:
             return cls({name: stored[name] for name in stored.files}, config)
 
     # --- the forward pass ---
+    def _gate_major(self, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One LSTM layer's kernel (4H, E), recurrent kernel (4H, H) and bias (4H, 1), transposed to gate-major rows in
+        the order i, f, o, c (Keras stores i, f, c, o), the sigmoid gates' rows halved: sigmoid(x) is
+        (tanh(x / 2) + 1) / 2, so one tanh over all four gates serves both functions."""
+        if layer not in self._gate_major_cache:
+            units = self.arrays[f"lstm{layer}_recurrent"].shape[0]
+            order = np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
+            scale = np.r_[np.full(3 * units, 0.5), np.ones(units)].astype(np.float32)[:, None]
+            self._gate_major_cache[layer] = tuple(
+                np.ascontiguousarray(self.arrays[f"lstm{layer}_{name}"].reshape(-1, 4 * units).T[order] * scale)
+                for name in ("kernel", "recurrent", "bias")
+            )
+        return self._gate_major_cache[layer]
+
     def lstm(self, layer: int, inputs: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(B, T, E) inputs -> (B, T, H) outputs of one LSTM layer; padded steps carry state and output over."""
-        kernel, recurrent = self.arrays[f"lstm{layer}_kernel"], self.arrays[f"lstm{layer}_recurrent"]
-        batch, steps = inputs.shape[:2]
-        units = recurrent.shape[0]
-        # Every step's input part at once, step-major so that each step reads one contiguous (B, 4H) block.
-        projected = np.ascontiguousarray(inputs.transpose(1, 0, 2)).reshape(steps * batch, -1) @ kernel
-        projected = projected.reshape(steps, batch, 4 * units)
-        projected += self.arrays[f"lstm{layer}_bias"]
-        hidden = np.zeros((batch, units), np.float32)
+        """(T, E, B) inputs -> (T, H, B) outputs of one LSTM layer (time-major, one column per user); on a step where
+        `valid` (B, T) is False the state and the output carry over, as Keras does with a mask.
+
+        The users come ordered by their first real step (`_states`), so the users that have started by a step are
+        the first columns: only those are computed, the others still hold the zero initial state and output (a
+        left-padded window's padding costs nothing). Unit-major (H, B) state, so that each gate is a contiguous
+        block of rows (user-major rows would make every gate slice strided, at twice the cost per step)."""
+        kernel, recurrent, bias = self._gate_major(layer)
+        steps, _, batch = inputs.shape
+        units = recurrent.shape[1]
+        started = np.searchsorted(_first_real_step(valid), np.arange(steps), side="right")
+        gaps = valid.T[:, None, :].astype(np.float32)  # carry-over on a padded step after the first real one
+        has_gaps = [not valid[:count, step].all() for step, count in enumerate(started)]
+        hidden = np.zeros((units, batch), np.float32)
         cell = np.zeros_like(hidden)
-        gates = np.empty((batch, 4 * units), np.float32)
-        outputs = np.empty((steps, batch, units), np.float32)
-        real = valid.T[:, :, None]
-        for step in range(steps):
-            np.matmul(hidden, recurrent, out=gates)
-            gates += projected[step]
-            # i, f and o are sigmoids, c a tanh: one tanh over the row, the sigmoid ones taken at half the input.
-            gates[:, : 2 * units] *= 0.5
-            gates[:, 3 * units :] *= 0.5
+        outputs = np.zeros((steps, units, batch), np.float32)
+        for step, count in enumerate(started):
+            if not count:
+                continue
+            gates = recurrent @ hidden[:, :count]
+            gates += kernel @ inputs[step][:, :count]
+            gates += bias
             np.tanh(gates, out=gates)
-            gates[:, : 2 * units] += 1.0
-            gates[:, : 2 * units] *= 0.5
-            gates[:, 3 * units :] += 1.0
-            gates[:, 3 * units :] *= 0.5
-            new_cell = gates[:, units : 2 * units] * cell + gates[:, :units] * gates[:, 2 * units : 3 * units]
-            new_hidden = gates[:, 3 * units :] * np.tanh(new_cell)
-            cell = np.where(real[step], new_cell, cell)
-            hidden = np.where(real[step], new_hidden, hidden)
+            sigmoids = gates[: 3 * units]
+            sigmoids += 1.0
+            sigmoids *= 0.5
+            new_cell = gates[units : 2 * units] * cell[:, :count]
+            new_cell += gates[:units] * gates[3 * units :]
+            new_hidden = np.tanh(new_cell)
+            new_hidden *= gates[2 * units : 3 * units]
+            if has_gaps[step]:  # state += real * (new - state), cheaper than np.where over a broadcast mask
+                for state, new_state in ((cell[:, :count], new_cell), (hidden[:, :count], new_hidden)):
+                    new_state -= state
+                    new_state *= gaps[step][:, :count]
+                    new_state += state
+            cell[:, :count] = new_cell
+            hidden[:, :count] = new_hidden
             outputs[step] = hidden
-        return outputs.transpose(1, 0, 2)
+        return outputs
 
     def _states(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(B, T) inputs -> (the last LSTM layer's states (B, T, H), valid (B, T) bool)."""
         a = self.arrays
         items = np.asarray(inputs["items"], np.intp)
         valid = items != 0
-        embedded = a["item_table"][items]
-        embedded += a["type_table"][np.asarray(inputs["event_types"], np.intp)]
-        embedded += a["gap_table"][np.asarray(inputs["gaps"], np.intp)]
-        embedded *= valid[..., None]
-        states = embedded
+        ordered = np.argsort(_first_real_step(valid), kind="stable")  # the LSTM's order (see lstm)
+        valid_ordered = valid[ordered]
+        # Gathered time-major, (T, B, E); the LSTM reads it as (T, E, B) through a transposed view, which the
+        # matrix multiplies take without a copy.
+        embedded = a["item_table"][items[ordered].T]
+        embedded += a["type_table"][np.asarray(inputs["event_types"], np.intp)[ordered].T]
+        embedded += a["gap_table"][np.asarray(inputs["gaps"], np.intp)[ordered].T]
+        embedded *= valid_ordered.T[..., None]
+        states = embedded.transpose(0, 2, 1)
         for layer in range(self.lstm_layers):
-            states = self.lstm(layer, states, valid)
-        return states, valid
+            states = self.lstm(layer, states, valid_ordered)
+        # Back to one row per user in the callers' order, step by step: each step's (H, B) block transposes within
+        # the cache, where one transpose of the whole (T, H, B) array strides through memory at ten times the cost.
+        batch_major = np.empty((states.shape[2], states.shape[0], states.shape[1]), np.float32)
+        for step, block in enumerate(states):
+            batch_major[:, step] = block.T
+        in_callers_order = np.empty_like(batch_major)
+        in_callers_order[ordered] = batch_major
+        return in_callers_order, valid
 
     def _heads(self, states: np.ndarray, valid: np.ndarray, queries_at: slice) -> dict[str, np.ndarray]:
         """The attention and everything after it for the steps `queries_at` (each step attends to the real steps up

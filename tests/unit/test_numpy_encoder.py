@@ -70,6 +70,27 @@ def test_every_output_equals_tensorflows_to_1e_5(lstm_layers, event_type_head, r
     )
 
 
+def test_users_of_every_history_length_in_any_order_get_tensorflows_outputs():
+    """The encoder computes each step only for the users whose window has started (it orders them by their first
+    real event): users of lengths 0..T in shuffled order must still get their own outputs, in their own rows."""
+    model = trained_looking_model(2, True, True)
+    rng = np.random.default_rng(8)
+    steps = 10
+    lengths = rng.permutation(np.r_[np.arange(steps + 1), np.arange(steps + 1)])
+    items = np.where(
+        np.arange(steps)[None, :] >= steps - lengths[:, None], rng.integers(1, 40, (len(lengths), steps)), 0
+    )
+    inputs = {
+        "items": items.astype(np.int32),
+        "event_types": np.where(items > 0, rng.integers(1, 5, items.shape), 0).astype(np.int32),
+        "gaps": np.where(items > 0, rng.integers(1, 7, items.shape), 0).astype(np.int32),
+    }
+    encoder = NumpyEncoder.from_model(model)
+    assert_outputs_equal(
+        LAST_STEP + EVERY_STEP, model.encode_last_and_steps(inputs), encoder.encode_last_and_steps(inputs)
+    )
+
+
 def test_the_file_form_and_the_keras_model_rebuilt_from_it_keep_every_weight(tmp_path):
     model = trained_looking_model(1, True, True)
     encoder = NumpyEncoder.from_model(model)
