@@ -286,7 +286,9 @@ def nightly_tables(
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         with stage("recommend: score every user with history") as report:
-            report(users=scored.count())
+            # The counts are the action that scores (and keeps) every user: no separate count job.
+            listed = recommendation_counts(scored)
+            report(users=listed.pop("scored"), listed=listed["users"])
         event_types = settings.sessionize.event_types
         extras = {
             USER_NEXT_BEHAVIOUR: lambda: next_behaviour_rows(scored, event_types, ds, name, version),
@@ -300,7 +302,6 @@ def nightly_tables(
             shutil.rmtree(lake.nightly_table_dir(table.name, ds), ignore_errors=True)
         with stage(f"recommend: write {', '.join(table.name for table in tables)}"):
             load({table: (rows, lake.nightly_table_dir(table.name, ds)) for table, rows in tables.items()})
-        listed = recommendation_counts(scored)
     finally:
         scored.unpersist()
     rows = {table.name: parquet_rows(lake.nightly_table_dir(table.name, ds)) for table in tables}
@@ -308,12 +309,15 @@ def nightly_tables(
 
 
 def recommendation_counts(scored: DataFrame) -> dict[str, int]:
-    """Scored users -> users with at least one recommendation, and recommendations per source (one Spark job)."""
+    """Scored users -> their number (`scored`), those with at least one recommendation (`users`), and
+    recommendations per source (one Spark job)."""
     per_source = [
         F.sum(F.size("sources") - F.size(F.array_remove("sources", source))).alias(source)
         for source in (SOURCE_MODEL, SOURCE_POPULAR, SOURCE_REPEAT)
     ]
-    counts = scored.agg(F.sum((F.size("item_ids") > 0).cast("long")).alias("users"), *per_source).first()
+    counts = scored.agg(
+        F.count("*").alias("scored"), F.sum((F.size("item_ids") > 0).cast("long")).alias("users"), *per_source
+    ).first()
     return {key: int(value or 0) for key, value in counts.asDict().items()}
 
 
