@@ -298,9 +298,13 @@ def explaining_items(
 def repeat_flags(chosen: np.ndarray, items: np.ndarray, older_items: list[np.ndarray]) -> np.ndarray:
     """(B, K) chosen item indices -> (B, K) bool: the user already has an event on the item (window or older)."""
     flags = (chosen[:, :, None] == items[:, None, :]).any(axis=2)
-    for row, older in enumerate(older_items):
-        if len(older):
-            flags[row] |= np.isin(chosen[row], older)
+    lengths = np.fromiter(map(len, older_items), np.int64, len(older_items))
+    if lengths.sum():
+        # One membership test of (row, item) pairs for the whole batch: a test per user cost 8% of the scoring.
+        older_rows = np.repeat(np.arange(len(older_items)), lengths)
+        older = np.concatenate(older_items).astype(np.int64)
+        width = int(max(chosen.max(initial=0), older.max())) + 1
+        flags |= np.isin(np.arange(len(chosen))[:, None] * width + chosen, older_rows * width + older)
     return flags & (chosen >= FIRST_ITEM_INDEX)
 
 

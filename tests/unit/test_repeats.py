@@ -87,6 +87,25 @@ def test_repeat_mixture_scores_are_a_distribution_that_favours_the_history(setti
     assert probabilities[[4, 5]].sum() >= last.gate[0] - 1e-5
 
 
+def test_a_recommended_item_is_a_repeat_exactly_when_the_user_has_an_event_on_it():
+    from model_lib.serving.recommender import repeat_flags
+
+    rng = np.random.default_rng(6)
+    items = rng.integers(0, 30, (40, 8))  # 0 is padding, 1 the unknown item
+    older = [rng.integers(2, 30, rng.integers(0, 6)) for _ in range(40)]
+    chosen = rng.integers(-1, 30, (40, 5))  # -1: no item at that position
+    expected = np.array(
+        [
+            [item >= 2 and (item in set(row) | set(old)) for item in picks]
+            for picks, row, old in zip(chosen, items, older, strict=True)
+        ]
+    )
+    assert expected.any() and not expected.all()
+    assert np.array_equal(repeat_flags(chosen, items, older), expected)
+    in_window = (chosen[:, :, None] == items[:, None, :]).any(axis=2) & (chosen >= 2)
+    assert np.array_equal(repeat_flags(chosen, items, [np.zeros(0, np.int64)] * 40), in_window)
+
+
 def test_long_histories_give_one_window_per_stride():
     rng = np.random.default_rng(0)
     items = np.zeros((2, 26), np.int32)
