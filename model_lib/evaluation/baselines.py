@@ -24,7 +24,13 @@ import pandas as pd
 
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import HoldOut, Sequences
-from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout, popularity_scores
+from model_lib.evaluation.metrics import (
+    EXCLUDE_SEEN_POLICY,
+    RepeatPolicy,
+    evaluate_holdout,
+    older_item_pairs,
+    popularity_scores,
+)
 
 # The baselines' display names (all_baselines) and the prefix of their MLflow metrics.
 METRIC_PREFIXES = {
@@ -143,8 +149,7 @@ def interaction_pairs(sequences: Sequences) -> pd.DataFrame:
     """One (user row, item index) pair per distinct known item a user has, from the window and older items."""
     rows = np.repeat(np.arange(len(sequences)), sequences.items.shape[1])
     items = sequences.items.ravel()
-    older_rows = np.repeat(np.arange(len(sequences)), [len(older) for older in sequences.older_items])
-    older = np.concatenate(sequences.older_items) if len(sequences) else np.zeros(0, np.int64)
+    older_rows, older = older_item_pairs(sequences.older_items)
     pairs = pd.DataFrame(
         {"user": np.concatenate([rows, older_rows]).astype(np.int32), "item": np.concatenate([items, older])}
     )

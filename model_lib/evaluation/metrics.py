@@ -81,9 +81,7 @@ class RepeatPolicy:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         rows = np.repeat(np.arange(len(items)), items.shape[1])
         flat = items.ravel().astype(np.int64)
-        lengths = [len(older) for older in older_items]
-        older_rows = np.repeat(np.arange(len(older_items)), lengths)
-        older_flat = np.concatenate(older_items).astype(np.int64) if sum(lengths) else np.zeros(0, np.int64)
+        older_rows, older_flat = older_item_pairs(older_items)
         all_rows, all_items = np.concatenate([rows, older_rows]), np.concatenate([flat, older_flat])
         if not self.repeatable_types:
             return all_rows, all_items
@@ -110,6 +108,14 @@ class RepeatPolicy:
         scores[self.excluded_pairs(items, event_types, older_items)] = -np.inf
         scores[:, :FIRST_ITEM_INDEX] = -np.inf
         return scores
+
+
+def older_item_pairs(older_items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Older items per row -> (rows, items), int64, one pair per older item."""
+    lengths = np.fromiter(map(len, older_items), np.int64, len(older_items))
+    rows = np.repeat(np.arange(len(older_items)), lengths)
+    items = np.concatenate(older_items).astype(np.int64) if lengths.sum() else np.zeros(0, np.int64)
+    return rows, items
 
 
 EXCLUDE_SEEN_POLICY = RepeatPolicy()

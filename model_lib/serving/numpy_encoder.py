@@ -156,7 +156,7 @@ class NumpyEncoder:
         steps, _, batch = inputs.shape
         units = recurrent.shape[1]
         started = np.searchsorted(_first_real_step(valid), np.arange(steps), side="right")
-        gaps = valid.T[:, None, :].astype(np.float32)  # carry-over on a padded step after the first real one
+        real = valid.T[:, None, :].astype(np.float32)  # 0 on a padded step after the first real one: carry over
         has_gaps = [not valid[:count, step].all() for step, count in enumerate(started)]
         hidden = np.zeros((units, batch), np.float32)
         cell = np.zeros_like(hidden)
@@ -178,7 +178,7 @@ class NumpyEncoder:
             if has_gaps[step]:  # state += real * (new - state), cheaper than np.where over a broadcast mask
                 for state, new_state in ((cell[:, :count], new_cell), (hidden[:, :count], new_hidden)):
                     new_state -= state
-                    new_state *= gaps[step][:, :count]
+                    new_state *= real[step][:, :count]
                     new_state += state
             cell[:, :count] = new_cell
             hidden[:, :count] = new_hidden
