@@ -234,26 +234,22 @@ def gap_bucket(gap_seconds: Column, max_bucket: int) -> Column:
 
 
 def _history_rows(events: DataFrame, previous_state: DataFrame | None) -> DataFrame:
-    """New events plus the previous state's stored events (`is_real`) and its older items (not real, no time)."""
-    real = events.select("user_id", *EVENT_FIELDS, F.lit(True).alias("is_real"))
+    """New events plus the previous state's stored events (its last L+1 per user): the events still to be ordered.
+    The state's older items have no time and no place in the order; `_with_earlier_items` adds them per user."""
+    new = events.select("user_id", *EVENT_FIELDS)
     if previous_state is None:
-        return real
+        return new
     stored = previous_state.select("user_id", F.explode("events").alias("e")).select(
-        "user_id", *[F.col(f"e.{name}").alias(name) for name in EVENT_FIELDS], F.lit(True).alias("is_real")
+        "user_id", *[F.col(f"e.{name}").alias(name) for name in EVENT_FIELDS]
     )
-    types = {field.name: field.dataType for field in real.schema.fields}
-    older = previous_state.select("user_id", F.explode("older_item_ids").alias("item_id")).select(
-        "user_id",
-        *[F.col(name) if name == "item_id" else F.lit(None).cast(types[name]).alias(name) for name in EVENT_FIELDS],
-        F.lit(False).alias("is_real"),
-    )
-    return real.unionByName(stored).unionByName(older)
+    return new.unionByName(stored)
 
 
 def user_histories(
     events: DataFrame, vocabulary: DataFrame, rules: SequenceRules, previous_state: DataFrame | None = None
 ) -> DataFrame:
-    """Per user, in one shuffle: the padded sequence of the last L events and the state for the next day.
+    """Per user, in one shuffle of the events: the padded sequence of the last L events and the state for the next
+    day.
 
     `events`: de-duplicated valid events (user_id, item_id, event_type, event_ts, session_id, arrival).
     `previous_state`: yesterday's output of this function (its state columns), or None for a full rebuild.
@@ -271,25 +267,29 @@ def user_histories(
     """
     seq_len = rules.seq_len
     ranked = _ranked_events(_history_rows(events, previous_state), vocabulary, rules)
-    in_window = F.col("is_real") & (F.col("recency") <= seq_len)
-    oldest_in_window = F.least(F.col("_real_events"), F.lit(seq_len))
+    in_window = F.col("recency") <= seq_len
     # The oldest event in the window opens session 1 whether or not a session started there.
-    counted_start = F.when(in_window & (F.col("recency") < oldest_in_window), F.col("_starts")).otherwise(0)
-    to_oldest = _newest_first().rowsBetween(Window.currentRow, Window.unboundedFollowing)
-    windowed = ranked.withColumn("session_index", F.sum(counted_start).over(to_oldest) + 1)
-    return _padded_sequences(_per_user(windowed, in_window, seq_len), seq_len)
+    counted_start = F.when(F.col("recency") < F.least(F.col("_events"), F.lit(seq_len)), F.col("_starts"))
+    counted_start = F.coalesce(counted_start, F.lit(0))
+    # Sessions started from here to the oldest event, as the user's total minus those newer than here: a running
+    # sum, where a frame from here to the end would re-add the rest of the user's events at every event.
+    newer_and_here = _newest_first().rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    from_here_on = F.sum(counted_start).over(Window.partitionBy("user_id")) - F.sum(counted_start).over(newer_and_here)
+    windowed = ranked.withColumn("session_index", from_here_on + counted_start + 1)
+    grouped = _per_user(windowed, in_window, seq_len)
+    if previous_state is not None:
+        grouped = _with_earlier_items(grouped, previous_state, vocabulary)
+    return _padded_sequences(grouped, seq_len)
 
 
 def _newest_first() -> WindowSpec:
-    """Each user's real events newest first; older-item rows (no time) sort after all of them."""
-    return Window.partitionBy("user_id").orderBy(
-        F.col("is_real").desc(), F.col("event_ts").desc(), F.col("arrival").desc()
-    )
+    """Each user's events newest first (equal times: the later arrival first)."""
+    return Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("arrival").desc())
 
 
 def _ranked_events(rows: DataFrame, vocabulary: DataFrame, rules: SequenceRules) -> DataFrame:
     """History rows with their item and event-type indices, recency (1 = newest), gap bucket, whether a session
-    starts there, and the user's count of real events."""
+    starts there, and the user's count of events."""
     type_index = F.array_position(F.array(*[F.lit(t) for t in rules.event_types]), F.col("event_type")).cast("int")
     indexed = (
         rows.join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
@@ -308,13 +308,13 @@ def _ranked_events(rows: DataFrame, vocabulary: DataFrame, rules: SequenceRules)
         indexed.withColumn("recency", F.row_number().over(newest_first))
         .withColumn("gap_bucket", gap_bucket(gap_seconds, rules.max_gap_bucket))
         .withColumn("_starts", starts_session.cast("int"))
-        .withColumn("_real_events", F.sum(F.col("is_real").cast("int")).over(Window.partitionBy("user_id")))
+        .withColumn("_events", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
     )
 
 
 def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame:
     """One row per user: the window's events (oldest first), older items, last event time, and the state."""
-    stored = F.col("is_real") & (F.col("recency") <= seq_len + 1)
+    stored = F.col("recency") <= seq_len + 1
     return windowed.groupBy("user_id").agg(
         F.sort_array(
             F.collect_list(
@@ -335,6 +335,33 @@ def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame
         F.max("event_ts").alias("last_event_ts"),
         F.sort_array(F.collect_list(F.when(stored, F.struct(*EVENT_FIELDS)))).alias("events"),
         F.array_sort(F.collect_set(F.when(~stored, F.col("item_id")))).alias("older_item_ids"),
+    )
+
+
+def _with_earlier_items(grouped: DataFrame, previous_state: DataFrame, vocabulary: DataFrame) -> DataFrame:
+    """Adds to each user's older items (the ordered events that fell out of the window and of the stored events)
+    the items the previous state had already let go (`older_item_ids`): a set, so they are collected per user
+    beside the ordering instead of being sorted with the events (they grow with the user's history, the events
+    do not)."""
+    earlier = (
+        previous_state.select("user_id", F.explode("older_item_ids").alias("item_id"))
+        .join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
+        .groupBy("user_id")
+        .agg(
+            F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_earlier_indices"),
+            F.collect_set("item_id").alias("_earlier_ids"),
+        )
+    )
+
+    def both(own: str, earlier_set: str) -> Column:
+        # A user new in the state has no earlier set: the union of the own set with itself keeps its type.
+        return F.array_sort(F.array_union(F.col(own), F.coalesce(F.col(earlier_set), F.col(own))))
+
+    return (
+        grouped.join(earlier, "user_id", "left")
+        .withColumn("older_item_indices", both("older_item_indices", "_earlier_indices"))
+        .withColumn("older_item_ids", both("older_item_ids", "_earlier_ids"))
+        .drop("_earlier_indices", "_earlier_ids")
     )
 
 
