@@ -281,6 +281,9 @@ def test_the_nightly_run_publishes_next_behaviour_and_profiles_from_the_same_cha
     client = registry.configure(settings)
     run_id = client.get_model_version(settings.model.model_name, str(version)).tags["run_id"]
     assert "user_segments.png" in [artifact.path for artifact in mlflow.MlflowClient().list_artifacts(run_id)]
+    # The Spark ALS baseline was scored on the same hold-out as the model.
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    assert metrics["als_test_users"] == metrics["test_users"] > 0 and 0 <= metrics["als_test_ndcg_10"] <= 1, metrics
     tables = warehouse.query("SELECT DISTINCT table_name FROM published_tables WHERE ds = ?", [ds])
     assert set(tables["table_name"]) >= {"recommendations", "user_next_behaviour", "user_profiles", "user_segments"}
     # Anomalies: only users with events on the day are scored, and only the top percentile is published.
