@@ -269,8 +269,7 @@ def user_histories(
     ranked = _ranked_events(_history_rows(events, previous_state), vocabulary, rules)
     in_window = F.col("recency") <= seq_len
     # The oldest event in the window opens session 1 whether or not a session started there.
-    counted_start = F.when(F.col("recency") < F.least(F.col("_events"), F.lit(seq_len)), F.col("_starts"))
-    counted_start = F.coalesce(counted_start, F.lit(0))
+    counted_start = F.when(F.col("recency") < F.least(F.col("_events"), F.lit(seq_len)), F.col("_starts")).otherwise(0)
     # Sessions started from here to the oldest event, as the user's total minus those newer than here: a running
     # sum, where a frame from here to the end would re-add the rest of the user's events at every event.
     newer_and_here = _newest_first().rowsBetween(Window.unboundedPreceding, Window.currentRow)
