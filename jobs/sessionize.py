@@ -50,7 +50,7 @@ from model_lib.storage.lake import (
     staging_path,
     write_run_stats,
 )
-from model_lib.storage.spark import spark_session
+from model_lib.storage.spark import size_shuffles, spark_session
 
 SEQUENCE_FILES = 2  # the sequences of a day, for the readers (training reads them file by file)
 LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
@@ -277,7 +277,9 @@ def run(
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
         read = sum(by_reason.values())
         quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
-        report(days=len(days_read), read=read, quarantined=sum(quarantined.values()))
+        # What follows shuffles the lines read (a night also its touched users' stored events: a day's worth).
+        partitions = size_shuffles(spark, settings.engines, read)
+        report(days=len(days_read), read=read, quarantined=sum(quarantined.values()), shuffle_partitions=partitions)
 
     with stage("sessionize: deduplicate + vocabulary") as report:
         events = ev.deduplicate(validated.where(F.col("reason").isNull()))

@@ -161,7 +161,15 @@ class EngineSettings(BaseModel):
     # line: a running JVM cannot be given more heap from inside the session.
     spark_driver_memory: str = "4g"
     spark_executor_memory: str = "2g"
+    # The most shuffle partitions a job uses. Sessionize sizes its shuffles to the lines it read
+    # (storage/spark.size_shuffles): one partition per spark_rows_per_shuffle_partition rows (about 130 MB of
+    # events), at least one per core, at most this; a day's few MB over 8 partitions cost a 1M-event night 2 s.
     spark_shuffle_partitions: int = 8
+    spark_rows_per_shuffle_partition: Positive = 500_000
+    # Users whose per-user collections (the sequences' collect_list / collect_set) one task keeps in a hash map
+    # before Spark falls back to sorting them; Spark's default of 128 sent every night's per-user step (1,300 users a
+    # task) down the slower sort-based path. A user's buffers hold at most L+1 events and their older item ids.
+    spark_hash_aggregate_keys: Positive = 20_000
     # An incremental sessionize night (one day's events: seconds of work) runs its JVM with the JIT's quick tier
     # only (runtime.driver_java_options); false keeps the optimizing tier, e.g. for days of tens of millions of events.
     spark_quick_jit: bool = True

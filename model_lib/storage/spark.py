@@ -29,6 +29,7 @@ def spark_session(
     builder = (
         SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(engines.spark_shuffle_partitions))
+        .config("spark.sql.objectHashAggregate.sortBased.fallbackThreshold", str(engines.spark_hash_aggregate_keys))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.memory", engines.spark_driver_memory)
         .config("spark.driver.host", engines.spark_driver_host)
@@ -95,6 +96,17 @@ def _bytes(size: str) -> int:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     text = size.strip().lower().removesuffix("b")
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def size_shuffles(spark: SparkSession, engines: EngineSettings, rows: int) -> int:
+    """Sets the session's shuffle partitions for the `rows` a job is about to shuffle: one partition per
+    spark_rows_per_shuffle_partition rows, at least one per core (Spark's default parallelism), at most
+    spark_shuffle_partitions. A night's day of events then runs on as many partitions as cores instead of the
+    history-sized maximum (adaptive execution does not coalesce the partitions of a cached frame). Returns the count."""
+    wanted = -(-rows // engines.spark_rows_per_shuffle_partition)
+    partitions = max(spark.sparkContext.defaultParallelism, min(engines.spark_shuffle_partitions, wanted))
+    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    return partitions
 
 
 def side_by_side(jobs: list[Callable[[], object]]) -> list:

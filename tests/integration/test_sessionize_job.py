@@ -14,8 +14,10 @@ from model_lib.config import get_settings
 from model_lib.contracts import REASON_CODES, SEQUENCE_COLUMNS
 from model_lib.data import state
 from model_lib.data.sources import SynthSpec, write_synth
+from model_lib.storage.spark import size_shuffles
 
 pytestmark = pytest.mark.spark
+HASH_AGGREGATE_KEYS = "spark.sql.objectHashAggregate.sortBased.fallbackThreshold"
 SPEC = SynthSpec(users=40, items=30, days=4, malformed_share=0.03, duplicate_share=0.05, late_share=0.1)
 
 
@@ -49,6 +51,21 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert list(frame.columns) == SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
 
 
+def test_shuffles_are_sized_to_the_rows_read(spark, settings):
+    engines = settings.engines.model_copy(
+        update={"spark_rows_per_shuffle_partition": 10, "spark_shuffle_partitions": 5}
+    )
+    cores = spark.sparkContext.defaultParallelism
+    try:
+        assert size_shuffles(spark, engines, 0) == cores  # never fewer partitions than cores
+        assert size_shuffles(spark, engines, 31) == max(cores, 4)
+        assert size_shuffles(spark, engines, 10_000) == 5  # never more than configured
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "5"
+    finally:
+        size_shuffles(spark, settings.engines, 0)
+    assert spark.conf.get(HASH_AGGREGATE_KEYS) == str(settings.engines.spark_hash_aggregate_keys)
+
+
 def state_layers(settings, ds) -> dict:
     return json.loads((settings.lake.sessionized_dir(ds) / state.MANIFEST).read_text())["rows"]["state_layers"]
 
@@ -72,8 +89,22 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
     assert any(touched_only)  # a layer of the touched users only
     incremental = sequences(settings, days[-1])
     incremental_vocabulary = pd.read_parquet(settings.lake.vocab_dir(days[-1]))
-    rebuilt = sessionize.run(settings, days[-1], spark=spark, mode="full")
+    # The rebuild runs on more shuffle partitions and aggregates each user's events by sorting (Spark's fallback
+    # after a task's first key), the nights on one partition per core in a hash map: neither may change a row.
+    spread = get_settings(
+        data_dir=settings.lake.data_dir,
+        min_item_count=1,
+        seq_len=settings.sessionize.seq_len,
+        spark_rows_per_shuffle_partition=1,
+        spark_shuffle_partitions=5,
+    )
+    spark.conf.set(HASH_AGGREGATE_KEYS, "1")
+    try:
+        rebuilt = sessionize.run(spread, days[-1], spark=spark, mode="full")
+    finally:
+        spark.conf.set(HASH_AGGREGATE_KEYS, str(settings.engines.spark_hash_aggregate_keys))
     assert rebuilt["mode"] == "full" and rebuilt["days_read"] == len(days)
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "5"
     pd.testing.assert_frame_equal(incremental, sequences(settings, days[-1]))
     pd.testing.assert_frame_equal(incremental_vocabulary, pd.read_parquet(settings.lake.vocab_dir(days[-1])))
     assert incremental["older_item_indices"].map(len).sum() > 0  # windows overflowed, so the state was exercised
