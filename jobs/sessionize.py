@@ -53,7 +53,6 @@ from model_lib.storage.lake import (
 from model_lib.storage.spark import size_shuffles, spark_session
 
 SEQUENCE_FILES = 2  # the sequences of a day, for the readers (training reads them file by file)
-LINE_SCHEMA = "line string, dt string, arrival struct<dt: string, file: string, line: bigint>"
 
 
 # --- plan: which night, and the JVM it needs ----------------------------------------------------------
@@ -85,14 +84,9 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         day = settings.lake.raw_events_day_dir(ds)
         if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
             say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
-            return spark.createDataFrame([], LINE_SCHEMA)
+            return spark.createDataFrame([], ev.LOCATED_LINE_SCHEMA)
         frame = spark.read.option("basePath", str(raw_dir)).text(str(day))
-    dt_text = F.col("dt").cast("string")
-    return frame.select(
-        F.col("value").alias("line"),
-        dt_text.alias("dt"),
-        ev.arrival(dt_text, F.col("_metadata.file_path"), F.monotonically_increasing_id()).alias("arrival"),
-    )
+    return ev.located_lines(frame)
 
 
 # --- transform -------------------------------------------------------------------------------------------
@@ -272,8 +266,12 @@ def run(
     with stage(f"sessionize ds={ds}: validate") as report:
         lines = extract_raw_lines(spark, settings, ds, plan)
         validated = ev.validate(ev.parse_raw_lines(lines), ev.ValidationRules.of(settings.sessionize))
-        # Only rejected lines need their raw text any more; dropping it from the rest keeps the cache small.
-        validated = validated.withColumn("line", F.when(F.col("reason").isNotNull(), F.col("line"))).cache()
+        # Only rejected lines need their raw text and file path any more; dropping them from the rest keeps the
+        # cache small.
+        rejected = F.col("reason").isNotNull()
+        validated = validated.withColumns(
+            {"line": F.when(rejected, F.col("line")), "source_file": F.when(rejected, F.col("source_file"))}
+        ).cache()
         by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
         read = sum(by_reason.values())
         quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}

@@ -147,14 +147,8 @@ def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) ->
     (folder / "part-0.jsonl").write_bytes(data)
 
     frame = spark.read.option("basePath", str(folder.parent)).text(str(folder))
-    raw = frame.select(
-        F.col("value").alias("line"),
-        F.col("dt").cast("string").alias("dt"),
-        ev.arrival(F.col("dt").cast("string"), F.col("_metadata.file_path"), F.monotonically_increasing_id()).alias(
-            "arrival"
-        ),
-    )
-    validated = ev.validate(ev.parse_raw_lines(raw), ev.ValidationRules.of(rules.sessionize)).cache()
+    validated = ev.validate(ev.parse_raw_lines(ev.located_lines(frame)), ev.ValidationRules.of(rules.sessionize))
+    validated = validated.cache()
     by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
     valid = ev.deduplicate(validated.where(F.col("reason").isNull())).count()
     read = sum(by_reason.values())

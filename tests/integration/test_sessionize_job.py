@@ -8,6 +8,7 @@ import re
 
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from jobs import sessionize
 from model_lib.config import get_settings
@@ -41,6 +42,11 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     quarantine = spark.read.parquet(str(settings.lake.quarantine_root))
     assert quarantine.count() == stats["quarantined"]
     assert {r["dt"].isoformat() for r in quarantine.select("dt").distinct().collect()} <= set(per_day)
+    # A rejected line keeps its file's path; a stored event its file's name (events.arrival).
+    assert quarantine.where(~F.col("source_file").contains("/dt=")).count() == 0
+    stored = spark.read.parquet(str(settings.lake.state_dir(days[-1]) / "users"))
+    files = {r["file"] for r in stored.select(F.explode("events.arrival.file").alias("file")).distinct().collect()}
+    assert files and not any("/" in name for name in files)
     table = pd.read_parquet(settings.lake.run_stats_root("sessionize"))
     assert table["read"].tolist() == [stats["read"]] and table["status"].tolist() == ["succeeded"]
     assert table[[f"quarantined_{c}" for c in REASON_CODES]].sum(axis=1).tolist() == [stats["quarantined"]]

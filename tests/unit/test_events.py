@@ -29,8 +29,8 @@ def line(user="u1", item="a", kind="view", ts=T0, **extra):
 
 
 def lines_frame(spark, lines, day=DAY):
-    rows = [(text, day, (day, "part-0", i)) for i, text in enumerate(lines)]
-    return spark.createDataFrame(rows, "line string, dt string, arrival struct<dt: string, file: string, line: bigint>")
+    rows = [(text, day, (day, "part-0", i), f"file:/raw/dt={day}/part-0") for i, text in enumerate(lines)]
+    return spark.createDataFrame(rows, ev.LOCATED_LINE_SCHEMA)
 
 
 def validated(spark, lines, rules, day=DAY):
@@ -98,10 +98,10 @@ def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rule
     Such a line is quarantined as bad_encoding, its raw_line readable everywhere and its bytes kept exactly."""
     latin1 = line(user="zoe").encode().replace(b"zoe", "zoë".encode("latin-1"))
     raw = [line().encode(), latin1, b"\xff\xfe" + line().encode(), b"\xed\xb2\x80"]
-    rows = [(text, DAY, (DAY, "part-0", i)) for i, text in enumerate(raw)]
-    frame = spark.createDataFrame(
-        rows, "line binary, dt string, arrival struct<dt: string, file: string, line: bigint>"
-    ).withColumn("line", F.col("line").cast("string"))  # what spark.read.text makes of these bytes
+    rows = [(text, DAY, (DAY, "part-0", i), "part-0") for i, text in enumerate(raw)]
+    frame = spark.createDataFrame(rows, ev.LOCATED_LINE_SCHEMA.replace("line string", "line binary", 1)).withColumn(
+        "line", F.col("line").cast("string")
+    )  # what spark.read.text makes of these bytes
     checked = ev.validate(ev.parse_raw_lines(frame), ev.ValidationRules.of(rules.sessionize))
     assert [r["reason"] for r in checked.orderBy("arrival").collect()] == [None, *["bad_encoding"] * 3]
 
@@ -129,6 +129,22 @@ def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
     kept = valid_events(spark, raw, rules).orderBy("arrival").collect()
     assert [(r["item_id"], r["value"]) for r in kept] == [("a", "1"), ("b", None), ("b", None)]
     assert [r["arrival"]["line"] for r in kept] == [0, 2, 4]
+
+
+def test_an_arrival_holds_the_files_name_which_orders_as_its_path(spark):
+    folder = "file:/lake/raw/events/dt=2023-11-14"
+    paths = [f"{folder}/part-00010.jsonl.gz", f"{folder}/part-00002.jsonl.gz", f"{folder}/part-00002.jsonl.gz"]
+    rows = [(path, line, index) for index, (path, line) in enumerate(zip(paths, [0, 7, 3], strict=True))]
+    frame = spark.createDataFrame(rows, "path string, line bigint, index int")
+    located = frame.withColumn("arrival", ev.arrival(F.lit(DAY), F.col("path"), F.col("line")))
+    by_path = [row["index"] for row in located.orderBy("path", "line").collect()]
+    by_arrival = located.orderBy("arrival").collect()
+    assert [row["index"] for row in by_arrival] == by_path == [2, 1, 0]
+    assert [tuple(row["arrival"]) for row in by_arrival] == [
+        (DAY, "part-00002.jsonl.gz", 3),
+        (DAY, "part-00002.jsonl.gz", 7),
+        (DAY, "part-00010.jsonl.gz", 0),
+    ]
 
 
 def test_a_later_day_repeating_a_recent_key_is_a_duplicate(spark, rules):
