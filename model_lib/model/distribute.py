@@ -66,6 +66,6 @@ def shard_files(files: list[Path], index: int, count: int) -> list[Path]:
     if not mine:
         raise ValueError(
             f"{len(files)} sequence file(s) for {count} workers: every worker needs at least one file "
-            "(the sessionize job writes one per shuffle partition; raise RECO_SPARK_SHUFFLE_PARTITIONS)"
+            "(the sessionize job writes a day's sequences as SEQUENCE_FILES files, two: raise it in jobs/sessionize.py)"
         )
     return mine
