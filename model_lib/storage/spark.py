@@ -30,6 +30,7 @@ def spark_session(
         SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(engines.spark_shuffle_partitions))
         .config("spark.sql.objectHashAggregate.sortBased.fallbackThreshold", str(engines.spark_hash_aggregate_keys))
+        .config("spark.sql.inMemoryColumnarStorage.compressed", str(engines.spark_compress_cache).lower())
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.memory", engines.spark_driver_memory)
         .config("spark.driver.host", engines.spark_driver_host)

@@ -70,6 +70,7 @@ def test_shuffles_are_sized_to_the_rows_read(spark, settings):
     finally:
         size_shuffles(spark, settings.engines, 0)
     assert spark.conf.get(HASH_AGGREGATE_KEYS) == str(settings.engines.spark_hash_aggregate_keys)
+    assert spark.conf.get("spark.sql.inMemoryColumnarStorage.compressed") == "false"  # RECO_SPARK_COMPRESS_CACHE
 
 
 def state_layers(settings, ds) -> dict:
