@@ -207,14 +207,17 @@ def write_histories(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
         rules = ev.SequenceRules.of(settings.sessionize)
-        if previous is None:
-            histories = ev.user_histories(events, vocabulary_frame, rules)
-        else:
+        stored = None  # a full build orders every event; a night, the day's and its touched users' stored ones
+        if previous is not None:
             changed = changed_items(previous_vocabulary, vocabulary)
             changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
-            histories = ev.merge_day(previous["users"], events, vocabulary_frame, changed_frame, rules)
-        histories = histories.cache()
+            # Cached while the histories are computed: the ordering reads these rows three times (their events, and
+            # their older items for two lookups), and each read would scan the state and pick the newest layer again.
+            stored = ev.touched_state(previous["users"], events, changed_frame).cache()
+        histories = ev.user_histories(events, vocabulary_frame, rules, stored).cache()
         touched = histories.count()  # computes the cache once, before the writes read it side by side
+        if stored is not None:
+            stored.unpersist()
         sequences = histories.select(SEQUENCE_COLUMNS)
         if previous is not None:
             sequences = ev.carried_sequences(previous["sequences"], histories).unionByName(sequences)

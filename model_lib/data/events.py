@@ -419,18 +419,13 @@ def _padded_sequences(grouped: DataFrame, seq_len: int) -> DataFrame:
     )
 
 
-def merge_day(
-    previous_users: DataFrame,
-    events: DataFrame,
-    vocabulary: DataFrame,
-    changed_items: DataFrame | None,
-    rules: SequenceRules,
-) -> DataFrame:
-    """Yesterday's state (its layers: STATE_COLUMNS plus `layer`, see state.py) + the day's new events -> today's
-    rows (sequence and state columns) of the users the day touched only: those with new events, and those whose
-    stored items changed index in today's vocabulary (`changed_items`: an item_id column of the items that entered,
-    left or moved). Every other user keeps yesterday's sequence row (`carried_sequences`) and state row. Merged
-    with those, the result equals `user_histories` over all history (tests/integration/test_sessionize_job.py).
+def touched_state(previous_users: DataFrame, events: DataFrame, changed_items: DataFrame | None) -> DataFrame:
+    """Yesterday's state (its layers: STATE_COLUMNS plus `layer`, see state.py) -> the newest state row of each user
+    the day touched: those with new `events`, and those whose stored items changed index in today's vocabulary
+    (`changed_items`: an item_id column of the items that entered, left or moved). `user_histories(events, ...,
+    previous_state=<these rows>)` gives today's rows of exactly those users; every other user keeps yesterday's
+    sequence row (`carried_sequences`) and state row, and merged with those the result equals `user_histories` over
+    all history (tests/integration/test_sessionize_job.py).
 
     Both sets of touched users are joins, not driver-side lists: no hint forces the day's users into every task,
     and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
@@ -445,8 +440,7 @@ def merge_day(
             .select("user_id")
         )
         touched_users = touched_users.unionByName(holding_changed)
-    touched = newest_state_rows(previous_users.join(touched_users.distinct(), "user_id", "left_semi"))
-    return user_histories(events, vocabulary, rules, touched)
+    return newest_state_rows(previous_users.join(touched_users.distinct(), "user_id", "left_semi"))
 
 
 def newest_state_rows(layers: DataFrame) -> DataFrame:
