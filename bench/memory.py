@@ -42,8 +42,9 @@ class PeakRss:
 
 
 def _shares_parent(child: psutil.Process) -> bool:
-    """Whether `child` is still its parent's address space: between fork (or posix_spawn) and exec a child reports
-    its parent's whole resident memory as its own, e.g. each of the `chmod` helpers Hadoop starts from Spark's JVM
-    for every file it writes, and summing it doubled the JVM in a sample (a 4.6 GB JVM showed as a 9.4 GB tree)."""
+    """Whether `child` still maps exactly its parent's memory (the same virtual size): a child between fork (or
+    posix_spawn) and exec reports the parent's resident pages, which it shares, as its own, e.g. each of the `chmod`
+    helpers Hadoop starts from Spark's JVM for every file it writes; summing it doubled the JVM in a sample (a 4.6 GB
+    JVM showed as a 9.4 GB tree). A child that has mapped anything of its own (an exec, an import) is counted."""
     parent = child.parent()
     return parent is not None and child.memory_info().vms == parent.memory_info().vms
