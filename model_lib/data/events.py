@@ -5,8 +5,9 @@ job in jobs/sessionize.py is extract -> these transforms -> load, and each trans
 DataFrames. Spark 4 runs with ANSI mode on, so every parse that may fail uses a try_* function.
 
 Order. Every raw line carries `arrival` = (dt, file name, line_order): the folder, the file and the position in
-the file it came from (`located_lines`; only a rejected line also keeps the file's path, for the quarantine). Events are ordered by (event_ts, arrival), so equal timestamps keep their input order and the
-order is the same whether the lines were read in one full rebuild or one day at a time.
+the file it came from (`located_lines`; only a rejected line also keeps the file's path, for the quarantine).
+Events are ordered by (event_ts, arrival), so equal timestamps keep their input order and the order is the same
+whether the lines were read in one full rebuild or one day at a time.
 
 Counts reconcile by construction: every raw line ends up in exactly one of
 `valid` (after de-duplication), `duplicate` or `quarantined`.
