@@ -5,8 +5,11 @@
 
 For each data set, in the same run and for the same users (top-K over the whole catalogue, K = 20):
   job        jobs/recommend.py's transform + Parquet writes on the local Spark session (mapInPandas, Arrow), users/s;
-             `cold` includes starting each Python worker and loading the registered version into it (numpy: no
-             TensorFlow import, no compilation), `warm` is a later run; the last
+             `cold`: in a fresh process (a new JVM, timed from its started session, as a nightly spark-submit
+             runs), with the JVM options the DAG would give it after the `first night` (also reported: the same
+             from a fresh lake, no earlier run to size the JVM by); it includes starting each Python worker and
+             loading the registered version into it (numpy: no TensorFlow import, no compilation); `warm` is a
+             later run in the benchmark's session; the last
              event of --active-share of the users (default 0.1) falls on the scored day, so their day is scored for
              anomalies (1: every user, the most a night can have)
   in-process the same users in one process, phase by phase (Recommender.recommend's timings) with the registered
@@ -253,17 +256,32 @@ def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -
     return {"users_per_s": len(sequences) / seconds, "rank": rank, "fit_seconds_1_iteration": fit_seconds}
 
 
-def als_cold_seconds(settings: Settings, folder: Path) -> float:
-    """The saved ALS model's nightly run in a fresh process: seconds from a started session to written rows."""
+def in_fresh_process(settings: Settings, *arguments: str) -> dict:
+    """`python -m bench.scoring ARGUMENTS` in a new process (a new JVM, as a nightly spark-submit starts one) on
+    the benchmark's data: its last output line, parsed."""
     import subprocess
     import sys
 
     from model_lib.runtime import engine_environment
 
     env = {**os.environ, **engine_environment(settings.engines), "RECO_DATA_DIR": str(settings.lake.data_dir)}
-    command = [sys.executable, "-m", "bench.scoring", "--als-cold-only", str(folder)]
+    command = [sys.executable, "-m", "bench.scoring", *arguments]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])["seconds"]
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def job_cold_run(version: int) -> dict:
+    """The recommend job in this fresh process, its JVM started with the options the nightly DAG would give it
+    (jobs/recommend.quick_jit: from the job's last recorded run), timed from the started session like ALS's."""
+    from jobs import recommend
+    from model_lib.storage.spark import spark_session
+
+    settings = get_settings()
+    quick_jit = recommend.quick_jit(settings, DS)
+    with PeakRss(os.getpid()) as peak:
+        spark_session(settings.engines, "reco-bench-job-cold", quick_jit=quick_jit)  # started, then the clock
+        seconds = job_seconds(settings, version)
+    return {"seconds": seconds, "quick_jit": quick_jit, "peak_rss_mib": {"tree": peak.tree, "jvm": peak.jvm}}
 
 
 def als_cold_run(folder: Path) -> dict:
@@ -307,10 +325,15 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
         "k": K,
         "active_share": active_share,
     }
-    peaks = {}
-    with stage(f"bench scoring {name}: the recommend job, cold, then warm with and without the extra tables") as report:
-        with PeakRss(os.getpid()) as peaks["job_cold"]:
-            result["job_cold_users_per_s"] = len(sequences) / job_seconds(settings, version)
+    with stage(f"bench scoring {name}: the recommend job from a cold start, a first night and the next") as report:
+        # The first night has no recorded run to size its JVM by (the optimizing JIT); the next has the first's.
+        first, cold = (in_fresh_process(settings, "--job-cold-only", str(version)) for _ in range(2))
+        result["job_first_night_users_per_s"] = len(sequences) / first["seconds"]
+        result["job_cold_users_per_s"] = len(sequences) / cold["seconds"]
+        result["job_cold_quick_jit"] = cold["quick_jit"]
+        report(first_night_seconds=round(first["seconds"], 1), seconds=round(cold["seconds"], 1))
+    peaks = {"job_cold": cold["peak_rss_mib"]}
+    with stage(f"bench scoring {name}: the recommend job warm, with and without the extra tables") as report:
         with PeakRss(os.getpid()) as peaks["job_warm"]:
             result["extras"] = extras_cost(settings, version)
         result["job_warm_users_per_s"] = len(sequences) / result["extras"]["every_table_seconds"]
@@ -323,11 +346,14 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
             report(users_per_s=round(result["als"]["users_per_s"]))
     # The process tree: this Python driver, Spark's JVM (driver and executors in local mode), the Python workers.
     # The JVM keeps the heap it grew, so a later phase's peak includes what an earlier one left.
-    result["peak_rss_mib"] = {phase: {"tree": peak.tree, "jvm": peak.jvm} for phase, peak in peaks.items()}
+    result["peak_rss_mib"] = {
+        phase: peak if isinstance(peak, dict) else {"tree": peak.tree, "jvm": peak.jvm} for phase, peak in peaks.items()
+    }
     spark.stop()
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K}) from a cold start") as report:
-            result["als"]["cold_users_per_s"] = len(sequences) / als_cold_seconds(settings, root / "als")
+            als_cold = in_fresh_process(settings, "--als-cold-only", str(root / "als"))
+            result["als"]["cold_users_per_s"] = len(sequences) / als_cold["seconds"]
             report(users_per_s=round(result["als"]["cold_users_per_s"]))
     with stage(f"bench scoring {name}: in-process phases, numpy and tf.top_k references") as report:
         result["in_process"] = in_process(registry.load_recommender(settings, version), sequences, recommender)
@@ -338,8 +364,11 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
     result["ratios"] = {
         "job_cold_vs_als": result["job_cold_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
         "job_warm_vs_als": result["job_warm_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
-        # Like for like: both started cold (a fresh session for ALS, the job's first run in this one).
+        # Like for like: both in a fresh process, timed from a started session.
         "job_cold_vs_als_cold": result["job_cold_users_per_s"] / result["als"]["cold_users_per_s"]
+        if with_als
+        else None,
+        "job_first_night_vs_als_cold": result["job_first_night_users_per_s"] / result["als"]["cold_users_per_s"]
         if with_als
         else None,
         "encode_numpy_vs_tensorflow": phases["encode_users_per_s"] / phases["encode_tensorflow_xla_users_per_s"],
@@ -377,9 +406,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "scoring")
     parser.add_argument("--als-cold-only", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--job-cold-only", type=int, metavar="VERSION", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.als_cold_only:
         print(json.dumps(als_cold_run(args.als_cold_only)))
+        return []
+    if args.job_cold_only:
+        print(json.dumps(job_cold_run(args.job_cold_only)))
         return []
     names = ["ml-1m", "synthetic"] if args.dataset == "both" else [args.dataset]
     results = []

@@ -91,6 +91,7 @@ def reco_nightly():
         "lake/recommendations/ds, next-event-type probabilities to lake/user_next_behaviour/ds (one scoring pass) and "
         "counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on other items or event types "
         "(RECO_RECOMMEND_MIN_KNOWN_SHARE).",
+        java_options="{{ recommend_java_options(params, ds) }}",
     )
 
     @task(

@@ -54,6 +54,7 @@ from model_lib.contracts import (
 )
 from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
+from model_lib.runtime import driver_java_options
 from model_lib.serving import batch_scoring
 from model_lib.serving.recommender import (
     SOURCE_MODEL,
@@ -64,8 +65,34 @@ from model_lib.serving.recommender import (
 )
 from model_lib.serving.segments import Segments
 from model_lib.storage import registry
-from model_lib.storage.lake import commit_folder, parquet_rows, read_parquet_folder, staging_path, write_run_stats
+from model_lib.storage.lake import (
+    commit_folder,
+    dated_folders,
+    parquet_rows,
+    read_parquet_folder,
+    read_run_stats,
+    staging_path,
+    write_run_stats,
+)
 from model_lib.storage.spark import side_by_side, spark_session
+
+
+# --- the JVM it needs -----------------------------------------------------------------------------------------
+def quick_jit(settings: Settings, ds: dt.date) -> bool:
+    """Whether the job's JVM compiles with the JIT's quick tier only (runtime.driver_java_options): when the job's
+    latest recorded run at or before ds took less than spark_quick_jit_seconds. Its length follows the users and
+    the model, which change little from one night to the next; a first run keeps the optimizing tier."""
+    if not settings.engines.spark_quick_jit:
+        return False
+    runs = dated_folders(settings.lake.run_stats_root("recommend"), "ds", ds)
+    latest = read_run_stats(runs[-1][1]) if runs else None
+    return latest is not None and latest["seconds"] < settings.engines.spark_quick_jit_seconds
+
+
+def night_java_options(settings: Settings, ds: dt.date) -> str:
+    """The driver JVM options of the night's job, for spark-submit's command line (the DAG renders them when the
+    task starts): inside the job the JVM is already running."""
+    return driver_java_options(quick_jit=quick_jit(settings, ds))
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
@@ -330,7 +357,7 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
     model_files = extract_model(settings, version)
     trained_on = registry.TrainedOn.of_files(model_files)
     known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
-    spark = spark_session(settings.engines, "reco-recommend")
+    spark = spark_session(settings.engines, "reco-recommend", quick_jit=quick_jit(settings, ds))
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         wanted = wanted_extras(settings, trained_on.segments)

@@ -76,13 +76,25 @@ def sessionize_java_options(params: dict | None, ds: str | None, mode: str) -> s
     return night_java_options(get_settings(), parse_ds(run_ds(params, ds)), mode)
 
 
+def recommend_java_options(params: dict | None, ds: str | None) -> str:
+    """A template macro, rendered when the recommend task starts: its JVM options, sized by the job's last run
+    (jobs/recommend.night_java_options)."""
+    from jobs.recommend import night_java_options
+    from model_lib.config import get_settings, parse_ds
+
+    return night_java_options(get_settings(), parse_ds(run_ds(params, ds)))
+
+
 COMMON_DAG_ARGS = {
     "start_date": pendulum.datetime(2000, 1, 1, tz="UTC"),
     # New days run on schedule; past date ranges are backfills (UI "Backfill", or `airflow backfill create`),
     # which run every day of the range whatever catchup says, oldest first, one at a time (max_active_runs).
     "catchup": False,
     "max_active_runs": 1,
-    "user_defined_macros": {"sessionize_java_options": sessionize_java_options},
+    "user_defined_macros": {
+        "sessionize_java_options": sessionize_java_options,
+        "recommend_java_options": recommend_java_options,
+    },
     # Every task is an idempotent function of ds, so retrying is safe: 1, 2, 4 ... minutes apart, at most 30.
     "default_args": {
         "owner": "ml-platform",

@@ -10,6 +10,7 @@ from pathlib import Path
 from model_lib.config import get_settings
 from model_lib.data.state import MANIFEST, state_shape
 from model_lib.runtime import QUICK_JIT, class_archive
+from model_lib.storage.lake import write_run_stats
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -154,7 +155,25 @@ def test_an_incremental_night_gets_a_quick_jit_on_the_spark_submit_command_line(
     for dag_id in ("reco_nightly", "reco_training"):
         command = parsed[dag_id]["tasks"]["sessionize"]["spark_submit"]
         assert f"spark.driver.extraJavaOptions=-XX:SharedArchiveFile={class_archive()} {QUICK_JIT}" in command
-    # Only sessionize's JVM: the scoring job's length does not depend on the day's size.
+    # The scoring job's length follows its users, not the day: without a recorded run it keeps the optimizing tier.
     assert QUICK_JIT not in " ".join(parsed["reco_nightly"]["tasks"]["recommend"]["spark_submit"])
     off = parse_dags(tmp_path, data_dir=tmp_path / "data", spark_quick_jit="false")
     assert QUICK_JIT not in " ".join(off["reco_nightly"]["tasks"]["sessionize"]["spark_submit"])
+
+
+def test_the_recommend_job_gets_a_quick_jit_after_a_short_run(tmp_path):
+    """Its JVM options follow the job's latest recorded run at or before the night (jobs/recommend.quick_jit)."""
+    settings = get_settings(data_dir=tmp_path / "data")
+
+    def recommend_command(**overrides) -> str:
+        parsed = parse_dags(tmp_path, data_dir=tmp_path / "data", **overrides)
+        return " ".join(parsed["reco_nightly"]["tasks"]["recommend"]["spark_submit"])
+
+    write_run_stats({"seconds": 7.5}, settings.lake.run_stats_dir("recommend", dt.date(2003, 2, 27)))
+    assert QUICK_JIT in recommend_command()
+    assert QUICK_JIT not in recommend_command(spark_quick_jit_seconds="5")
+    assert QUICK_JIT not in recommend_command(spark_quick_jit="false")
+    # A later night's run does not size an earlier night's (a backfill); the latest at or before it does.
+    write_run_stats({"seconds": 45.0}, settings.lake.run_stats_dir("recommend", dt.date(2003, 2, 28)))
+    write_run_stats({"seconds": 3.0}, settings.lake.run_stats_dir("recommend", dt.date(2003, 3, 1)))
+    assert QUICK_JIT not in recommend_command()
