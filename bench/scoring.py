@@ -4,14 +4,14 @@
     reco bench scoring --dataset ml-1m | synthetic [--users N --items M] [--no-als]
 
 For each data set, in the same run and for the same users (top-K over the whole catalogue, K = 20):
-  job        jobs/recommend.py's transform + Parquet writes on the local Spark session (mapInPandas, Arrow), users/s;
+  job        jobs/recommend.py's transform + Parquet writes on the local Spark session (mapInPandas, Arrow), users/s.
              `cold`: in a fresh process (a new JVM, timed from its started session, as a nightly spark-submit
-             runs), with the JVM options the DAG would give it after the `first night` (also reported: the same
-             from a fresh lake, no earlier run to size the JVM by); it includes starting each Python worker and
-             loading the registered version into it (numpy: no TensorFlow import, no compilation); `warm` is a
-             later run in the benchmark's session; the last
-             event of --active-share of the users (default 0.1) falls on the scored day, so their day is scored for
-             anomalies (1: every user, the most a night can have)
+             runs) with the JVM options the DAG would give it after a `first night` (also reported: that first
+             night, from a lake with no earlier run to size the JVM by; and the cold job writing recommendations
+             alone, as ALS does); it includes starting each Python worker and loading the registered version into
+             it (numpy: no TensorFlow import, no compilation). `warm`: a later run in the benchmark's session. The
+             last event of --active-share of the users (default 0.1) falls on the scored day, so their day is
+             scored for anomalies (1: every user, the most a night can have)
   in-process the same users in one process, phase by phase (Recommender.recommend's timings) with the registered
              version as the job loads it: the forward pass (numpy), the scoring multiply (GFLOP/s), the exclusion +
              top-K selection, each item's reason, users/s each; and the same forward pass in TensorFlow (XLA, the
@@ -256,15 +256,16 @@ def als_users_per_second(spark, sequences: Sequences, rank: int, folder: Path) -
     return {"users_per_s": len(sequences) / seconds, "rank": rank, "fit_seconds_1_iteration": fit_seconds}
 
 
-def in_fresh_process(settings: Settings, *arguments: str) -> dict:
+def in_fresh_process(settings: Settings, *arguments: str, **variables: str) -> dict:
     """`python -m bench.scoring ARGUMENTS` in a new process (a new JVM, as a nightly spark-submit starts one) on
-    the benchmark's data: its last output line, parsed."""
+    the benchmark's data, with environment `variables` set: its last output line, parsed."""
     import subprocess
     import sys
 
     from model_lib.runtime import engine_environment
 
     env = {**os.environ, **engine_environment(settings.engines), "RECO_DATA_DIR": str(settings.lake.data_dir)}
+    env.update(variables)
     command = [sys.executable, "-m", "bench.scoring", *arguments]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -328,10 +329,17 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
     with stage(f"bench scoring {name}: the recommend job from a cold start, a first night and the next") as report:
         # The first night has no recorded run to size its JVM by (the optimizing JIT); the next has the first's.
         first, cold = (in_fresh_process(settings, "--job-cold-only", str(version)) for _ in range(2))
+        # What ALS computes: recommendations alone, no other nightly table.
+        alone = in_fresh_process(settings, "--job-cold-only", str(version), RECO_NIGHTLY_EXTRAS="[]")
         result["job_first_night_users_per_s"] = len(sequences) / first["seconds"]
         result["job_cold_users_per_s"] = len(sequences) / cold["seconds"]
+        result["job_cold_top_k_alone_users_per_s"] = len(sequences) / alone["seconds"]
         result["job_cold_quick_jit"] = cold["quick_jit"]
-        report(first_night_seconds=round(first["seconds"], 1), seconds=round(cold["seconds"], 1))
+        report(
+            first_night_seconds=round(first["seconds"], 1),
+            seconds=round(cold["seconds"], 1),
+            top_k_alone_seconds=round(alone["seconds"], 1),
+        )
     peaks = {"job_cold": cold["peak_rss_mib"]}
     with stage(f"bench scoring {name}: the recommend job warm, with and without the extra tables") as report:
         with PeakRss(os.getpid()) as peaks["job_warm"]:
@@ -369,6 +377,10 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
         if with_als
         else None,
         "job_first_night_vs_als_cold": result["job_first_night_users_per_s"] / result["als"]["cold_users_per_s"]
+        if with_als
+        else None,
+        "job_cold_top_k_alone_vs_als_cold": result["job_cold_top_k_alone_users_per_s"]
+        / result["als"]["cold_users_per_s"]
         if with_als
         else None,
         "encode_numpy_vs_tensorflow": phases["encode_users_per_s"] / phases["encode_tensorflow_xla_users_per_s"],

@@ -35,6 +35,7 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
     # The cold job runs in a fresh process after a first night there: a night of seconds, so its JVM took the
     # quick JIT, as the nightly DAG would give it (jobs/recommend.quick_jit).
     assert result["job_cold_quick_jit"] is True and result["job_first_night_users_per_s"] > 0
+    assert result["job_cold_top_k_alone_users_per_s"] > 0
     first_night = result["job_first_night_users_per_s"] / result["als"]["cold_users_per_s"]
     assert result["ratios"]["job_first_night_vs_als_cold"] == pytest.approx(first_night, rel=0.01)
     assert any((tmp_path / "b" / "synthetic" / "als" / "recommendations-cold").glob("*.parquet"))
