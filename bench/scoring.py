@@ -5,11 +5,12 @@
 
 For each data set, in the same run and for the same users (top-K over the whole catalogue, K = 20):
   job        jobs/recommend.py's transform + Parquet writes on the local Spark session (mapInPandas, Arrow), users/s.
-             `cold`: in a fresh process (a new JVM, timed from its started session, as a nightly spark-submit
-             runs) with the JVM options the DAG would give it after a `first night` (also reported: that first
-             night, from a lake with no earlier run to size the JVM by; and the cold job writing recommendations
-             alone, as ALS does); it includes starting each Python worker and loading the registered version into
-             it (numpy: no TensorFlow import, no compilation). `warm`: a later run in the benchmark's session. The
+             `cold`: its first run in the benchmark's session (which has fitted the model's segments), including
+             starting each Python worker and loading the registered version into it (numpy: no TensorFlow import,
+             no compilation): the cold run the targets were set with. `fresh`: in a new process (a new JVM, timed
+             from its started session, as a nightly spark-submit runs) with the JVM options the DAG would give it
+             after a first night; also that `first night` (no earlier run to size the JVM by) and the fresh job
+             writing recommendations alone, as ALS does. `warm`: a later run in the benchmark's session. The
              last event of --active-share of the users (default 0.1) falls on the scored day, so their day is
              scored for anomalies (1: every user, the most a night can have)
   in-process the same users in one process, phase by phase (Recommender.recommend's timings) with the registered
@@ -271,7 +272,7 @@ def in_fresh_process(settings: Settings, *arguments: str, **variables: str) -> d
     return json.loads(output.strip().splitlines()[-1])
 
 
-def job_cold_run(version: int) -> dict:
+def job_fresh_run(version: int) -> dict:
     """The recommend job in this fresh process, its JVM started with the options the nightly DAG would give it
     (jobs/recommend.quick_jit: from the job's last recorded run), timed from the started session like ALS's."""
     from jobs import recommend
@@ -280,7 +281,7 @@ def job_cold_run(version: int) -> dict:
     settings = get_settings()
     quick_jit = recommend.quick_jit(settings, DS)
     with PeakRss(os.getpid()) as peak:
-        spark_session(settings.engines, "reco-bench-job-cold", quick_jit=quick_jit)  # started, then the clock
+        spark_session(settings.engines, "reco-bench-job-fresh", quick_jit=quick_jit)  # started, then the clock
         seconds = job_seconds(settings, version)
     return {"seconds": seconds, "quick_jit": quick_jit, "peak_rss_mib": {"tree": peak.tree, "jvm": peak.jvm}}
 
@@ -326,21 +327,29 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
         "k": K,
         "active_share": active_share,
     }
-    with stage(f"bench scoring {name}: the recommend job from a cold start, a first night and the next") as report:
+    peaks = {}
+    with stage(f"bench scoring {name}: the recommend job, cold, in this session") as report:
+        with PeakRss(os.getpid()) as peaks["job_cold"]:
+            result["job_cold_users_per_s"] = len(sequences) / job_seconds(settings, version)
+        report(users_per_s=round(result["job_cold_users_per_s"]))
+    with stage(f"bench scoring {name}: the recommend job in fresh processes, a first night and the next") as report:
         # The first night has no recorded run to size its JVM by (the optimizing JIT); the next has the first's.
-        first, cold = (in_fresh_process(settings, "--job-cold-only", str(version)) for _ in range(2))
+        shutil.rmtree(settings.lake.run_stats_root("recommend"))  # the run above is not a night's
+        first, fresh = (in_fresh_process(settings, "--job-fresh-only", str(version)) for _ in range(2))
         # What ALS computes: recommendations alone, no other nightly table.
-        alone = in_fresh_process(settings, "--job-cold-only", str(version), RECO_NIGHTLY_EXTRAS="[]")
-        result["job_first_night_users_per_s"] = len(sequences) / first["seconds"]
-        result["job_cold_users_per_s"] = len(sequences) / cold["seconds"]
-        result["job_cold_top_k_alone_users_per_s"] = len(sequences) / alone["seconds"]
-        result["job_cold_quick_jit"] = cold["quick_jit"]
+        alone = in_fresh_process(settings, "--job-fresh-only", str(version), RECO_NIGHTLY_EXTRAS="[]")
+        result["job_fresh"] = {
+            "first_night_users_per_s": len(sequences) / first["seconds"],
+            "users_per_s": len(sequences) / fresh["seconds"],
+            "quick_jit": fresh["quick_jit"],
+            "top_k_alone_users_per_s": len(sequences) / alone["seconds"],
+        }
+        peaks["job_fresh"] = fresh["peak_rss_mib"]
         report(
             first_night_seconds=round(first["seconds"], 1),
-            seconds=round(cold["seconds"], 1),
+            seconds=round(fresh["seconds"], 1),
             top_k_alone_seconds=round(alone["seconds"], 1),
         )
-    peaks = {"job_cold": cold["peak_rss_mib"]}
     with stage(f"bench scoring {name}: the recommend job warm, with and without the extra tables") as report:
         with PeakRss(os.getpid()) as peaks["job_warm"]:
             result["extras"] = extras_cost(settings, version)
@@ -372,17 +381,18 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
     result["ratios"] = {
         "job_cold_vs_als": result["job_cold_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
         "job_warm_vs_als": result["job_warm_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
-        # Like for like: both in a fresh process, timed from a started session.
+        # ALS from a cold start (a fresh process) against the job's first run in this session, as before, and
+        # against the job in a fresh process too (like for like: both timed from a started session).
         "job_cold_vs_als_cold": result["job_cold_users_per_s"] / result["als"]["cold_users_per_s"]
         if with_als
         else None,
-        "job_first_night_vs_als_cold": result["job_first_night_users_per_s"] / result["als"]["cold_users_per_s"]
-        if with_als
-        else None,
-        "job_cold_top_k_alone_vs_als_cold": result["job_cold_top_k_alone_users_per_s"]
-        / result["als"]["cold_users_per_s"]
-        if with_als
-        else None,
+        **{
+            f"job_fresh{part}_vs_als_cold": result["job_fresh"][f"{rate}users_per_s"]
+            / result["als"]["cold_users_per_s"]
+            if with_als
+            else None
+            for part, rate in (("", ""), ("_first_night", "first_night_"), ("_top_k_alone", "top_k_alone_"))
+        },
         "encode_numpy_vs_tensorflow": phases["encode_users_per_s"] / phases["encode_tensorflow_xla_users_per_s"],
         "multiply_vs_numpy_same_shape": phases["multiply_gflops"] / result["numpy"]["same_shape_gflops"],
         "multiply_vs_numpy_square": phases["multiply_gflops"] / result["numpy"]["square_gflops"],
@@ -418,13 +428,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "scoring")
     parser.add_argument("--als-cold-only", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
-    parser.add_argument("--job-cold-only", type=int, metavar="VERSION", help=argparse.SUPPRESS)
+    parser.add_argument("--job-fresh-only", type=int, metavar="VERSION", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.als_cold_only:
         print(json.dumps(als_cold_run(args.als_cold_only)))
         return []
-    if args.job_cold_only:
-        print(json.dumps(job_cold_run(args.job_cold_only)))
+    if args.job_fresh_only:
+        print(json.dumps(job_fresh_run(args.job_fresh_only)))
         return []
     names = ["ml-1m", "synthetic"] if args.dataset == "both" else [args.dataset]
     results = []
