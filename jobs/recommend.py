@@ -85,8 +85,8 @@ def quick_jit(settings: Settings, ds: dt.date) -> bool:
     if not settings.engines.spark_quick_jit:
         return False
     runs = dated_folders(settings.lake.run_stats_root("recommend"), "ds", ds)
-    latest = read_run_stats(runs[-1][1]) if runs else None
-    return latest is not None and latest["seconds"] < settings.engines.spark_quick_jit_seconds
+    seconds = (read_run_stats(runs[-1][1]) or {}).get("seconds") if runs else None
+    return seconds is not None and seconds < settings.engines.spark_quick_jit_seconds
 
 
 def night_java_options(settings: Settings, ds: dt.date) -> str:
