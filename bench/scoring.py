@@ -344,7 +344,6 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
             "quick_jit": fresh["quick_jit"],
             "top_k_alone_users_per_s": len(sequences) / alone["seconds"],
         }
-        peaks["job_fresh"] = fresh["peak_rss_mib"]
         report(
             first_night_seconds=round(first["seconds"], 1),
             seconds=round(fresh["seconds"], 1),
@@ -363,9 +362,8 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
             report(users_per_s=round(result["als"]["users_per_s"]))
     # The process tree: this Python driver, Spark's JVM (driver and executors in local mode), the Python workers.
     # The JVM keeps the heap it grew, so a later phase's peak includes what an earlier one left.
-    result["peak_rss_mib"] = {
-        phase: peak if isinstance(peak, dict) else {"tree": peak.tree, "jvm": peak.jvm} for phase, peak in peaks.items()
-    }
+    result["peak_rss_mib"] = {phase: {"tree": peak.tree, "jvm": peak.jvm} for phase, peak in peaks.items()}
+    result["peak_rss_mib"]["job_fresh"] = fresh["peak_rss_mib"]  # its own process tree
     spark.stop()
     if with_als:
         with stage(f"bench scoring {name}: ALS recommendForAllUsers({K}) from a cold start") as report:
@@ -378,21 +376,20 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
         result["tf_top_k_users_per_s"] = tf_top_k_users_per_second(recommender, sequences)
         report(**{key: round(value) for key, value in result["in_process"].items()})
     phases = result["in_process"]
+    als_cold = result["als"]["cold_users_per_s"] if with_als else None
     result["ratios"] = {
         "job_cold_vs_als": result["job_cold_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
         "job_warm_vs_als": result["job_warm_users_per_s"] / result["als"]["users_per_s"] if with_als else None,
         # ALS from a cold start (a fresh process) against the job's first run in this session, as before, and
         # against the job in a fresh process too (like for like: both timed from a started session).
-        "job_cold_vs_als_cold": result["job_cold_users_per_s"] / result["als"]["cold_users_per_s"]
+        "job_cold_vs_als_cold": result["job_cold_users_per_s"] / als_cold if with_als else None,
+        "job_fresh_vs_als_cold": result["job_fresh"]["users_per_s"] / als_cold if with_als else None,
+        "job_fresh_first_night_vs_als_cold": result["job_fresh"]["first_night_users_per_s"] / als_cold
         if with_als
         else None,
-        **{
-            f"job_fresh{part}_vs_als_cold": result["job_fresh"][f"{rate}users_per_s"]
-            / result["als"]["cold_users_per_s"]
-            if with_als
-            else None
-            for part, rate in (("", ""), ("_first_night", "first_night_"), ("_top_k_alone", "top_k_alone_"))
-        },
+        "job_fresh_top_k_alone_vs_als_cold": result["job_fresh"]["top_k_alone_users_per_s"] / als_cold
+        if with_als
+        else None,
         "encode_numpy_vs_tensorflow": phases["encode_users_per_s"] / phases["encode_tensorflow_xla_users_per_s"],
         "multiply_vs_numpy_same_shape": phases["multiply_gflops"] / result["numpy"]["same_shape_gflops"],
         "multiply_vs_numpy_square": phases["multiply_gflops"] / result["numpy"]["square_gflops"],

@@ -85,7 +85,8 @@ def quick_jit(settings: Settings, ds: dt.date) -> bool:
     if not settings.engines.spark_quick_jit:
         return False
     runs = dated_folders(settings.lake.run_stats_root("recommend"), "ds", ds)
-    seconds = (read_run_stats(runs[-1][1]) or {}).get("seconds") if runs else None
+    latest = read_run_stats(runs[-1][1]) if runs else None
+    seconds = (latest or {}).get("seconds")
     return seconds is not None and seconds < settings.engines.spark_quick_jit_seconds
 
 

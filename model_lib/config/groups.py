@@ -176,7 +176,8 @@ class EngineSettings(BaseModel):
     # A cache that outgrows memory spills to local disk; true when memory rather than time is short.
     spark_compress_cache: bool = False
     # An incremental sessionize night (one day's events: seconds of work) runs its JVM with the JIT's quick tier
-    # only (runtime.driver_java_options); false keeps the optimizing tier, e.g. for days of tens of millions of events.
+    # only (runtime.driver_java_options), and so does a recommend job whose last run was short (below); false keeps
+    # the optimizing tier for every job, e.g. for days of tens of millions of events.
     spark_quick_jit: bool = True
     # The recommend job's length follows the users it scores, so its JVM takes the quick tier when the job's latest
     # recorded run was shorter than this: measured here, the optimizing tier paid for its compiling in a cold job of
