@@ -31,6 +31,8 @@ def test_training_registers_a_champion(pipeline):
     # the optimizing JIT, an incremental night compiles with the quick tier only.
     assert "JIT C1 + C2, class archive mapped" in logs["training"]
     assert "JIT C1 only (a job of seconds), class archive mapped" in logs["nightly"]
+    # The recommend job's first night has no recorded run to size its JVM by: both tiers (jobs/recommend.quick_jit).
+    assert "JIT C1 + C2, class archive mapped" in logs["nightly"]
 
 
 def test_the_registered_champion_serves_raw_item_ids(pipeline):
