@@ -276,8 +276,12 @@ def job_fresh_run(version: int) -> dict:
     """The recommend job in this fresh process, its JVM started with the options the nightly DAG would give it
     (jobs/recommend.quick_jit: from the job's last recorded run), timed from the started session like ALS's."""
     from jobs import recommend
+    from model_lib.storage import registry  # noqa: F401  (MLflow's import: see below)
     from model_lib.storage.spark import spark_session
 
+    # The clock starts at a started session, with the job's modules imported, as it did before the job read the
+    # registry beside the session's start: the night overlaps MLflow's import with the start, this clock does not
+    # see the start, so the import is kept outside it too, and the registry read itself inside.
     settings = get_settings()
     quick_jit = recommend.quick_jit(settings, DS)
     with PeakRss(os.getpid()) as peak:

@@ -35,7 +35,9 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -64,7 +66,6 @@ from model_lib.serving.recommender import (
     files_to_score,
 )
 from model_lib.serving.segments import Segments
-from model_lib.storage import registry
 from model_lib.storage.lake import (
     commit_folder,
     dated_folders,
@@ -74,7 +75,10 @@ from model_lib.storage.lake import (
     staging_path,
     write_run_stats,
 )
-from model_lib.storage.spark import side_by_side, spark_session
+from model_lib.storage.spark import read_parquet, side_by_side, spark_session
+
+if TYPE_CHECKING:
+    from model_lib.storage.registry import TrainedOn
 
 
 # --- the JVM it needs -----------------------------------------------------------------------------------------
@@ -98,13 +102,20 @@ def night_java_options(settings: Settings, ds: dt.date) -> str:
 
 # --- extract / transform / load ---------------------------------------------------------------------------
 def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    return spark.read.parquet(str(settings.lake.sequences_dir(ds)))
+    return read_parquet(spark, settings.lake.sequences_dir(ds))
 
 
-def extract_model(settings: Settings, version: int) -> dict[str, bytes]:
-    """The pinned version's files, read from the registry once, here, and verified against their checksum
-    (registry.verified_recommender_files): the fit check reads them, the workers get them broadcast."""
-    return registry.verified_recommender_files(settings, version)
+def extract_model(settings: Settings, version: int | None) -> tuple[int, dict[str, bytes], TrainedOn]:
+    """The pinned version (the champion now when None), its files, read from the registry once, here, and verified
+    against their checksum (registry.verified_recommender_files), and what it was trained on: the fit check reads
+    them, the workers get the files broadcast. `run` calls this while the Spark session starts, so MLflow is
+    imported here, not with the job: its import and its store take about 1.5 s of a fresh nightly job."""
+    from model_lib.storage import registry
+
+    if version is None:
+        version = registry.champion_version(settings)
+    files = registry.verified_recommender_files(settings, version)
+    return version, files, registry.TrainedOn.of_files(files)
 
 
 def broadcast_model(spark: SparkSession, settings: Settings, version: int, files: dict[str, bytes]):
@@ -131,7 +142,7 @@ def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataF
 
 
 def check_model_fits_day(
-    settings: Settings, version: int, trained_on: registry.TrainedOn, event_counts: pd.DataFrame, basis: str
+    settings: Settings, version: int, trained_on: TrainedOn, event_counts: pd.DataFrame, basis: str
 ) -> float:
     """The share of `event_counts` (described by `basis`) the model (`trained_on`) knows; raises
     IncompatibleModelError when the model cannot score the day meaningfully."""
@@ -350,15 +361,15 @@ def recommendation_counts(scored: DataFrame) -> dict[str, int]:
 
 
 def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | None = None) -> dict:
-    if version is None:
-        version = registry.champion_version(settings)
     k = k or settings.serving.top_k
     started = time.time()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The registry read needs no Spark: it runs on a thread of its own while the JVM starts the session.
+        model_read = pool.submit(extract_model, settings, version)
+        spark = spark_session(settings.engines, "reco-recommend", quick_jit=quick_jit(settings, ds))
+        version, model_files, trained_on = model_read.result()
     day_vocabulary = extract_day_vocabulary(settings, ds)
-    model_files = extract_model(settings, version)
-    trained_on = registry.TrainedOn.of_files(model_files)
     known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
-    spark = spark_session(settings.engines, "reco-recommend", quick_jit=quick_jit(settings, ds))
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
         sequences = extract_sequences(spark, settings, ds)
         wanted = wanted_extras(settings, trained_on.segments)

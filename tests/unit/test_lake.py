@@ -144,3 +144,32 @@ def test_linked_layer_files_outlive_the_day_they_came_from_and_its_replacement(t
     assert (today / "part-0.parquet").read_bytes() == b"rows of night 1"
     shutil.rmtree(tmp_path / "ds=1")
     assert (today / "part-0.parquet").read_bytes() == b"rows of night 1"
+
+
+def test_spark_reads_a_folder_it_wrote_with_the_recorded_schema_and_no_inference_job(spark, tmp_path):
+    import datetime as dt
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from model_lib.storage.spark import SPARK_SCHEMA_KEY, read_parquet
+
+    written = spark.createDataFrame(
+        [("u1", [3, 4], dt.datetime(2024, 1, 2, 3, 4, 5)), ("u2", [], None)],
+        "user_id string, item_indices array<int>, last_event_ts timestamp",
+    )
+    written.write.parquet(str(tmp_path / "by-spark"))
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("read", "read_parquet", interruptOnCancel=False)
+    frame = read_parquet(spark, tmp_path / "by-spark")
+    jobs_while_reading = list(tracker.getJobIdsForGroup("read"))
+    spark.sparkContext.setJobGroup("rest", "rest", interruptOnCancel=False)
+    assert jobs_while_reading == []  # Spark's own inference would have run a job here
+    assert frame.schema == written.schema == spark.read.parquet(str(tmp_path / "by-spark")).schema
+    assert sorted(map(tuple, frame.collect())) == sorted(map(tuple, written.collect()))
+
+    # Files without Spark's footer entry (pandas wrote them) are inferred as usual.
+    (tmp_path / "by-pandas").mkdir()
+    pd.DataFrame({"user_id": ["u3"], "length": [2]}).to_parquet(tmp_path / "by-pandas" / "part-0.parquet")
+    assert SPARK_SCHEMA_KEY not in (pq.read_schema(tmp_path / "by-pandas" / "part-0.parquet").metadata or {})
+    assert read_parquet(spark, tmp_path / "by-pandas").collect()[0].asDict() == {"user_id": "u3", "length": 2}
