@@ -279,9 +279,8 @@ def job_fresh_run(version: int) -> dict:
     from model_lib.storage import registry  # noqa: F401  (MLflow's import: see below)
     from model_lib.storage.spark import spark_session
 
-    # The clock starts at a started session, with the job's modules imported, as it did before the job read the
-    # registry beside the session's start: the night overlaps MLflow's import with the start, this clock does not
-    # see the start, so the import is kept outside it too, and the registry read itself inside.
+    # MLflow is imported before the clock: the job imports it beside the session's start, which this clock (from
+    # a started session, like ALS's) does not see; the registry read itself stays inside it.
     settings = get_settings()
     quick_jit = recommend.quick_jit(settings, DS)
     with PeakRss(os.getpid()) as peak:
