@@ -31,7 +31,8 @@ For each data set, in the same run and for the same users (top-K over the whole 
              items; the job does.
 The model has the configured sizes (embedding 64, hidden 64, sequence length RECO_SEQ_LEN, default 50), the
 event-type head, user segments fitted as training fits them, and seeded untrained weights: the cost of scoring does
-not depend on the weights. Prints one JSON line per data set.
+not depend on the weights. The job reads the sequences as a night does, written by Spark's Parquet writer (they are
+made with pandas and written again by Spark in a process of its own). Prints one JSON line per data set.
 """
 
 from __future__ import annotations
@@ -289,6 +290,16 @@ def job_fresh_run(version: int) -> dict:
     return {"seconds": seconds, "quick_jit": quick_jit, "peak_rss_mib": {"tree": peak.tree, "jvm": peak.jvm}}
 
 
+def rewrite_with_spark(source: Path, folder: Path) -> dict:
+    """The Parquet folder `source` written again into `folder` by Spark's Parquet writer, file for file."""
+    from model_lib.storage.spark import spark_session
+
+    spark = spark_session(get_settings().engines, "reco-bench-sequences")
+    frame = spark.read.parquet(str(source))
+    frame.repartition(len(list(source.glob("*.parquet")))).write.parquet(str(folder))
+    return {"files": len(list(folder.glob("*.parquet")))}
+
+
 def als_cold_run(folder: Path) -> dict:
     from pyspark.ml.recommendation import ALSModel
 
@@ -316,7 +327,13 @@ def run(name: str, root: Path, users: int, items: int, with_als: bool, active_sh
             sequences, vocabulary = movielens_inputs(settings.sessionize.seq_len)
         else:
             sequences, vocabulary = synthetic_inputs(users, items, settings.sessionize.seq_len)
-        write_sequences(with_day(sequences, active_share), settings.lake.sequences_dir(DS), files=4)
+        # The sequences as a night reads them: written by Spark (sessionize), whose footers carry the schema the
+        # job then reads instead of inferring it; rewritten in a process of its own, so that this session's first
+        # Parquet write is still the job's.
+        by_pandas = root / "sequences-by-pandas"
+        write_sequences(with_day(sequences, active_share), by_pandas, files=4)
+        in_fresh_process(settings, "--rewrite-with-spark-only", str(by_pandas), str(settings.lake.sequences_dir(DS)))
+        shutil.rmtree(by_pandas)
         settings.lake.vocab_dir(DS).mkdir(parents=True)
         vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-00000.parquet", index=False)
         recommender = untrained_recommender(settings, vocabulary, spark, sequences)
@@ -429,7 +446,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "scoring")
     parser.add_argument("--als-cold-only", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--job-fresh-only", type=int, metavar="VERSION", help=argparse.SUPPRESS)
+    parser.add_argument("--rewrite-with-spark-only", type=Path, nargs=2, metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rewrite_with_spark_only:
+        print(json.dumps(rewrite_with_spark(*args.rewrite_with_spark_only)))
+        return []
     if args.als_cold_only:
         print(json.dumps(als_cold_run(args.als_cold_only)))
         return []

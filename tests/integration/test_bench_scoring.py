@@ -7,9 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from helpers.processes import run_ok
+from model_lib.storage.spark import SPARK_SCHEMA_KEY
 
 RECO = str(Path(sys.executable).parent / "reco")
 
@@ -51,5 +53,9 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
     assert result["ratios"]["extra_tables_job"] == pytest.approx(ratio, abs=0.01)
     assert set(result["peak_rss_mib"]) == {"job_cold", "job_fresh", "job_warm", "als"}
     assert all(peak["tree"] >= peak["jvm"] > 0 for peak in result["peak_rss_mib"].values())
-    written = tmp_path / "b" / "synthetic" / "data" / "lake" / "recommendations" / "ds=2024-01-01"
-    assert any(written.glob("*.parquet"))
+    lake = tmp_path / "b" / "synthetic" / "data" / "lake"
+    assert any((lake / "recommendations" / "ds=2024-01-01").glob("*.parquet"))
+    # The job read its sequences as a night does: written by Spark, their schema in the files' footers.
+    sequence_files = list((lake / "sessionized" / "ds=2024-01-01" / "sequences").glob("*.parquet"))
+    assert len(sequence_files) == 4
+    assert all(SPARK_SCHEMA_KEY in pq.read_schema(path).metadata for path in sequence_files)
