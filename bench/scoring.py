@@ -292,12 +292,12 @@ def job_fresh_run(version: int) -> dict:
 
 def rewrite_with_spark(source: Path, folder: Path) -> dict:
     """The Parquet folder `source` written again into `folder` by Spark's Parquet writer, file for file."""
+    from model_lib.storage.lake import parquet_files
     from model_lib.storage.spark import spark_session
 
     spark = spark_session(get_settings().engines, "reco-bench-sequences")
-    frame = spark.read.parquet(str(source))
-    frame.repartition(len(list(source.glob("*.parquet")))).write.parquet(str(folder))
-    return {"files": len(list(folder.glob("*.parquet")))}
+    spark.read.parquet(str(source)).repartition(len(parquet_files(source))).write.parquet(str(folder))
+    return {"files": len(parquet_files(folder))}
 
 
 def als_cold_run(folder: Path) -> dict:

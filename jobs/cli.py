@@ -73,7 +73,7 @@ def _spark_class_archive(args) -> None:
     from model_lib.data.sources import SynthSpec, write_synth
     from model_lib.progress import say
     from model_lib.runtime import class_archive
-    from model_lib.storage.spark import finish_class_archive, spark_session
+    from model_lib.storage.spark import finish_class_archive, read_parquet, spark_session
 
     archive = class_archive()
     if archive.exists() and not args.force:
@@ -91,7 +91,7 @@ def _spark_class_archive(args) -> None:
             spark = spark_session(settings.engines, "reco-class-archive", archive_classes_to=recorded)
             sessionize.run(settings, spec.start, spark, mode="full")
             sessionize.run(settings, spec.start + dt.timedelta(days=1), spark, mode="incremental")
-            sequences = spark.read.parquet(str(settings.lake.sequences_dir(spec.start + dt.timedelta(days=1))))
+            sequences = read_parquet(spark, settings.lake.sequences_dir(spec.start + dt.timedelta(days=1)))
             # The scoring job's path: Arrow batches through a Python worker and back, one row per user collected.
             scored = sequences.select("user_id").mapInPandas(lambda batches: batches, "user_id string")
             scored.groupBy().agg(F.count_distinct("user_id")).toPandas()
