@@ -51,8 +51,9 @@ settings = get_settings()
             type=["null", "integer"],
             minimum=1,
             title="Epochs",
-            description=f"Maximum training epochs (early stopping may end sooner). Empty: {settings.training.epochs} "
-            "(RECO_EPOCHS).",
+            description=f"Most passes over the training windows (also capped by {settings.training.max_updates:,} "
+            f"updates and {settings.training.train_minutes:g} minutes; early stopping may end sooner). Empty: "
+            f"{settings.training.epochs} (RECO_EPOCHS).",
         ),
         "tuned": Param(
             None,

@@ -39,7 +39,15 @@ from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import say, stage
 from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
 
-TRAINING_PARAMS = (*HYPER_PARAMETERS, "epochs", "patience", "min_item_count", "session_gap_minutes", "tuned")
+TRAINING_PARAMS = (
+    *HYPER_PARAMETERS,
+    "epochs",
+    "train_minutes",
+    "patience",
+    "min_item_count",
+    "session_gap_minutes",
+    "tuned",
+)
 
 
 def run(settings: Settings, ds: dt.date) -> dict:

@@ -5,10 +5,11 @@ personal popularity
                the user's own items first, by how often they occur in the user's window (ties: the most recent
                first), then every other item by global popularity: the standard strongest baseline for
                re-purchase data (under exclude_seen the own items are excluded, so it equals most popular)
-item-kNN       item-to-item co-occurrence over the training windows: two items co-occur when they are at most
-               `knn_window` events apart in a user's history; similarity = co-occurrences / sqrt(count_a count_b)
-               (cosine); a user's score for an item = sum over their last `knn_last` items of similarity x
-               recency weight (1 for the last item, 1/2 for the one before, ...), popularity breaking ties
+item-kNN       item-to-item co-occurrence over the training windows (data/cooccurrence.py): two items co-occur
+               when they are at most `window` events apart in a user's history; similarity = co-occurrences /
+               sqrt(count_a count_b) (cosine); a user's score for an item = sum over their last `last` items of
+               similarity x recency weight (1 for the last item, 1/2 for the one before, ...), popularity breaking
+               ties
 ALS (implicit) Spark MLlib ALS on the (user, item) pairs of the hold-out's inputs (every event but the target,
                seen once = confidence 1 + alpha); a user's scores are user factors . item factors. Fitting on the
                inputs is what the LSTM sees at scoring time too; the target is never among them.
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.cooccurrence import KnnParams, co_occurrence_similarity
 from model_lib.data.splits import HoldOut, Sequences
 from model_lib.evaluation.metrics import (
     EXCLUDE_SEEN_POLICY,
@@ -52,23 +54,24 @@ class AlsParams:
     seed: int = 42
 
 
-@dataclass(frozen=True)
-class KnnParams:
-    window: int = 3  # co-occurring items are at most this many events apart
-    last: int = 5  # a user's score sums the similarities of their last this many items
-
-
-def _evaluate(score, holdout: HoldOut, num_items: int, policy: RepeatPolicy, extra: dict | None = None):
+def _evaluate(
+    score, holdout: HoldOut, num_items: int, policy: RepeatPolicy, extra: dict | None = None, with_ranks=False
+):
     inputs = {**holdout.inputs.model_inputs(), **(extra or {})}
-    return evaluate_holdout(score, inputs, holdout.inputs.older_items, holdout.targets, num_items, policy=policy)
+    older, targets = holdout.inputs.older_items, holdout.targets
+    return evaluate_holdout(score, inputs, older, targets, num_items, policy=policy, with_ranks=with_ranks)
 
 
 def most_popular(
-    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY, with_ranks=False
 ) -> dict[str, float]:
     popular = popularity_scores(train.items, num_items)
     return _evaluate(
-        lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)), holdout, num_items, policy
+        lambda batch: np.broadcast_to(popular, (len(batch["items"]), num_items)),
+        holdout,
+        num_items,
+        policy,
+        with_ranks=with_ranks,
     )
 
 
@@ -88,30 +91,11 @@ def personal_popularity_scores(items: np.ndarray, popular: np.ndarray) -> np.nda
 
 
 def personal_popularity(
-    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY, with_ranks=False
 ) -> dict[str, float]:
     popular = popularity_scores(train.items, num_items)
-    return _evaluate(lambda batch: personal_popularity_scores(batch["items"], popular), holdout, num_items, policy)
-
-
-def co_occurrence_similarity(train: Sequences, num_items: int, params: KnnParams):
-    """(V, V) sparse cosine similarity of items co-occurring within `params.window` events (scipy CSR)."""
-    from scipy import sparse
-
-    items = train.items
-    pairs_a, pairs_b = [], []
-    for offset in range(1, params.window + 1):
-        left, right = items[:, :-offset].ravel(), items[:, offset:].ravel()
-        real = (left >= FIRST_ITEM_INDEX) & (right >= FIRST_ITEM_INDEX) & (left != right)
-        pairs_a.append(left[real])
-        pairs_b.append(right[real])
-    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
-    ones = np.ones(2 * len(a), np.float32)
-    counts = sparse.coo_matrix((ones, (np.concatenate([a, b]), np.concatenate([b, a]))), (num_items, num_items))
-    counts = counts.tocsr()
-    occurrences = np.maximum(np.bincount(items.ravel(), minlength=num_items).astype(np.float32), 1.0)
-    norm = sparse.diags(1.0 / np.sqrt(occurrences))
-    return (norm @ counts @ norm).tocsr()
+    score = lambda batch: personal_popularity_scores(batch["items"], popular)  # noqa: E731
+    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks)
 
 
 def item_knn_scores(items: np.ndarray, similarity, popular: np.ndarray, last: int) -> np.ndarray:
@@ -136,13 +120,13 @@ def item_knn(
     num_items: int,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     params: KnnParams | None = None,
+    with_ranks=False,
 ) -> dict[str, float]:
     params = params or KnnParams()
     popular = popularity_scores(train.items, num_items)
-    similarity = co_occurrence_similarity(train, num_items, params)
-    return _evaluate(
-        lambda batch: item_knn_scores(batch["items"], similarity, popular, params.last), holdout, num_items, policy
-    )
+    similarity = co_occurrence_similarity(train.items, num_items, params.window)
+    score = lambda batch: item_knn_scores(batch["items"], similarity, popular, params.last)  # noqa: E731
+    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks)
 
 
 def interaction_pairs(sequences: Sequences) -> pd.DataFrame:
@@ -186,7 +170,12 @@ def als_factors(spark, pairs: pd.DataFrame, users: int, num_items: int, params: 
 
 
 def als(
-    spark, holdout: HoldOut, num_items: int, params: AlsParams, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY
+    spark,
+    holdout: HoldOut,
+    num_items: int,
+    params: AlsParams,
+    policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
+    with_ranks=False,
 ) -> dict[str, float]:
     """ALS's metrics on the hold-out, plus its fit seconds."""
     started = time.perf_counter()
@@ -201,21 +190,23 @@ def als(
         num_items,
         policy,
         extra={"row": np.arange(len(holdout.targets))},
+        with_ranks=with_ranks,
     )
     return {**metrics, "fit_seconds": seconds}
 
 
-def all_baselines(spark, split, num_items: int, settings) -> dict[str, dict[str, float]]:
+def all_baselines(spark, split, num_items: int, settings, with_ranks=False) -> dict[str, dict[str, float]]:
     """Every baseline on the split's test hold-out under the settings' repeat policy, by display name
-    (ALS only with a Spark session and `als_baseline` on)."""
+    (ALS only with a Spark session and `als_baseline` on); each with its per-user `ranks` when `with_ranks`."""
     policy = settings.repeat_rule()
     results = {
-        "most popular": most_popular(split.train, split.test, num_items, policy),
-        "personal popularity": personal_popularity(split.train, split.test, num_items, policy),
-        "item-kNN": item_knn(split.train, split.test, num_items, policy),
+        "most popular": most_popular(split.train, split.test, num_items, policy, with_ranks),
+        "personal popularity": personal_popularity(split.train, split.test, num_items, policy, with_ranks),
+        "item-kNN": item_knn(split.train, split.test, num_items, policy, with_ranks=with_ranks),
     }
     if spark is not None and settings.training.als_baseline:
-        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.training.als_params(), policy)
+        params = settings.training.als_params()
+        results["ALS (implicit)"] = als(spark, split.test, num_items, params, policy, with_ranks)
     return results
 
 

@@ -22,6 +22,8 @@ Protocol: full ranking over exactly the candidates the served list would rank. F
     NDCG@K     = mean over users of [rank <= K] / log2(rank + 1)      (one relevant item, so IDCG = 1)
     MRR@K      = mean over users of [rank <= K] / rank
     coverage@K = |union of all users' top-K lists| / (V - 2)
+    paired difference (two scorers, the same users): mean over users of NDCG@K(a) - NDCG@K(b), and its standard
+                 error std / sqrt(N): how `reco bench accuracy` judges whether the model beats a baseline
     repeat_target_share = share of targets the user has an event on already (whatever the policy): near 0 for
                  movies, large for re-purchase data, where exclude_seen caps HR@K at 1 - this share
 
@@ -219,7 +221,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]
     result = {}
     for k in ks:
         hit = ranks <= k
-        gains = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+        gains = ndcg_gains(ranks, k)
         result[f"hr_{k}"] = float(hit.mean()) if len(ranks) else 0.0
         result[f"ndcg_{k}"] = float(gains.mean()) if len(ranks) else 0.0
         result[f"mrr_{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean()) if len(ranks) else 0.0
@@ -236,9 +238,11 @@ def evaluate_holdout(
     ks: Iterable[int] = (10, 20),
     batch_size: int = 512,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
+    with_ranks: bool = False,
 ) -> dict[str, float]:
     """Full-ranking metrics of a scorer on a hold-out under a repeat policy, in batches; returns hr_K, ndcg_K,
-    mrr_K, coverage_K, users and repeat_target_share. `inputs` holds at least "items" and "event_types"."""
+    mrr_K, coverage_K, users and repeat_target_share (and `ranks`, each user's rank (N,), when `with_ranks`: what
+    paired_difference compares). `inputs` holds at least "items" and "event_types"."""
     ks = tuple(ks)
     ranks, recommended = [], {k: set() for k in ks}
     for start in range(0, len(targets), batch_size):
@@ -257,7 +261,22 @@ def evaluate_holdout(
     result["users"] = float(len(all_ranks))
     repeats = repeat_targets(inputs["items"], older_items, targets)
     result["repeat_target_share"] = float(repeats.mean()) if len(repeats) else 0.0
+    if with_ranks:
+        result["ranks"] = all_ranks
     return result
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(N,) ranks -> (N,) each user's NDCG@K: [rank <= K] / log2(rank + 1)."""
+    return np.where(ranks <= k, 1.0 / np.log2(np.minimum(ranks, 1e12) + 1.0), 0.0)
+
+
+def paired_difference(ranks: np.ndarray, reference_ranks: np.ndarray, k: int) -> dict[str, float]:
+    """Two scorers' ranks of the same users' targets -> the mean per-user NDCG@K difference (first minus reference)
+    and its standard error: the noise of a comparison on the same users, smaller than either mean's own."""
+    difference = ndcg_gains(ranks, k) - ndcg_gains(reference_ranks, k)
+    stderr = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
+    return {"difference": float(difference.mean()) if len(difference) else 0.0, "stderr": stderr}
 
 
 def popularity_scores(train_items: np.ndarray, num_items: int) -> np.ndarray:

@@ -15,7 +15,9 @@ class Checkpoints:
     """Last-epoch and best-epoch checkpoints plus a JSON of the loop state. Only the chief writes the real folder;
     other workers write to a scratch folder they delete (every worker must take part in saving mirrored state)."""
 
-    def __init__(self, folder: Path | None, tracked: dict, model, is_chief: bool):
+    def __init__(self, folder: Path | None, tracked: dict, model_weights: dict, is_chief: bool):
+        """`tracked`: everything the last-epoch checkpoint restores; `model_weights`: every variable of the model
+        by name (what the best-epoch checkpoint restores)."""
         import tensorflow as tf
 
         self.folder = folder
@@ -25,8 +27,8 @@ class Checkpoints:
             return
         self.write_folder = folder if is_chief else Path(tempfile.mkdtemp(prefix="reco-ckpt-worker-"))
         self.last = tf.train.CheckpointManager(tf.train.Checkpoint(**tracked), self.write_folder / "last", 1)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.write_folder / "best", 1)
-        self.best_reader = tf.train.Checkpoint(model=model)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(**model_weights), self.write_folder / "best", 1)
+        self.best_reader = tf.train.Checkpoint(**model_weights)
         self.state_path = self.write_folder / "loop_state.json"
 
     def restore(self, signature: dict) -> dict | None:

@@ -52,6 +52,15 @@ def sampled_softmax_loss(user_vectors, targets, item_table, item_bias, log_q, nu
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.zeros_like(targets), logits=logits)
 
 
+def log_mixture(gate, probability, log_other):
+    """log(g * probability + (1 - g) * exp(log_other)), elementwise (B, T), in log space (no underflow)."""
+    import tensorflow as tf
+
+    gate = tf.clip_by_value(gate, 1e-6, 1.0 - 1e-6)
+    first = tf.math.log(gate) + tf.math.log(tf.maximum(probability, 1e-12))
+    return tf.reduce_logsumexp(tf.stack([first, tf.math.log(1.0 - gate) + log_other], axis=-1), axis=-1)
+
+
 def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targets):
     """log(g * repeat(target) + (1 - g) * exp(log_explore)) per position (B, T).
 
@@ -62,10 +71,13 @@ def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targ
     import tensorflow as tf
 
     hits = tf.cast(tf.equal(items[:, None, :], targets[:, :, None]), tf.float32)
-    repeat = tf.reduce_sum(repeat_weights * hits, axis=-1)
-    gate = tf.clip_by_value(gate, 1e-6, 1.0 - 1e-6)
-    log_repeat = tf.math.log(gate) + tf.math.log(tf.maximum(repeat, 1e-12))
-    return tf.reduce_logsumexp(tf.stack([log_repeat, tf.math.log(1.0 - gate) + log_explore], axis=-1), axis=-1)
+    return log_mixture(gate, tf.reduce_sum(repeat_weights * hits, axis=-1), log_explore)
+
+
+def transition_mixture_log_likelihood(log_network, gate, transition_probability):
+    """log(h * P_transition(target) + (1 - h) * exp(log_network)) per position (B, T): log_network (B, T) the
+    network's log softmax of the target, gate h (B, T), transition_probability (B, T) (network.ItemTransitions)."""
+    return log_mixture(gate, transition_probability, log_network)
 
 
 def full_softmax_loss(logits, targets):
@@ -75,9 +87,10 @@ def full_softmax_loss(logits, targets):
 
 
 def next_item_loss(model, inputs, item_targets, type_targets, model_settings, log_q, sample_seed):
-    """The training loss of one batch (scalar float32): the next-item loss (full or sampled softmax, under the
-    repeat mixture when the model has the repeat mechanism) averaged over the positions whose target is a known
-    item, plus event_type_loss_weight x the next-event-type loss when the model has that head.
+    """The training loss of one batch (scalar float32): the next-item loss (full or sampled softmax, mixed with the
+    item-to-item transitions when the model has them, then under the repeat mixture when it has the repeat
+    mechanism) averaged over the positions whose target is a known item (with the transitions, plus the network's
+    own loss: see below), plus event_type_loss_weight x the next-event-type loss when the model has that head.
 
     inputs: {"items", "event_types", "gaps"} (B, T); item_targets, type_targets (B, T) int; log_q (V,) or None
     (full softmax); sample_seed (2,) int for the stateless negative sampler.
@@ -100,11 +113,24 @@ def next_item_loss(model, inputs, item_targets, type_targets, model_settings, lo
         losses = tf.reshape(losses, tf.shape(item_targets))
     else:
         losses = full_softmax_loss(model.item_logits(outputs["user_vectors"]), item_targets)
+    network_losses = losses
+    if outputs["transition_gate"] is not None:
+        losses = -transition_mixture_log_likelihood(
+            -losses,
+            outputs["transition_gate"],
+            model.transitions.target_probability(inputs["items"], item_targets),
+        )
     if outputs["repeat_gate"] is not None:
         losses = -repeat_mixture_log_likelihood(
             -losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
         )
     loss = masked_mean(losses, weights)
+    if outputs["transition_gate"] is not None:
+        # Inside the mixture the network learns only from the targets the transitions miss (its gradient is scaled by
+        # its share of the mixture), which left it at item-kNN's level for thousands of updates on ML-1M: it also
+        # learns on its own, as the model without transitions does, and the gate learns how far to trust each. The
+        # two are averaged, so the next-event-type loss keeps its weight against the item loss.
+        loss = 0.5 * (loss + masked_mean(network_losses, weights))
     if outputs["event_type_logits"] is not None:
         type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
         loss += model_settings.event_type_loss_weight * masked_mean(

@@ -10,9 +10,12 @@
       -> linear projection (B, T, D)
       -> logits = projection . item_embedding^T + item_bias (B, T, V)   (tied item embeddings)
       -> optional auxiliary head: next event type logits from the combined state (B, T, event types)
+      -> optional item-to-item transitions (`transition_neighbours`): a gate h (B, T) mixes in where the last items
+         usually lead, from a co-occurrence table of the training data (ItemTransitions):
+         P_explore(v) = h * P_transition(v) + (1 - h) * softmax(logits)(v)
       -> optional repeat/explore mechanism (RepeatNet-style, `repeat_mechanism`): a gate g (B, T) in (0, 1) from the
          combined state and a repeat attention (B, T, T) over the real history steps up to t; the next-item
-         probability is  P(v) = g * sum_j repeat[t, j] [item_j = v]  +  (1 - g) * softmax(logits)(v),
+         probability is  P(v) = g * sum_j repeat[t, j] [item_j = v]  +  (1 - g) * P_explore(v),
          so the model learns when people re-buy (a history item) and when they explore (the catalogue)
 
 Trained to predict the next item at every position (model_lib/model/training.py holds the losses). At inference only
@@ -169,17 +172,91 @@ class RepeatExplore(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ItemTransitions(layers.Layer):
+    """The item-to-item component: where the user's last items usually lead, mixed into the next-item distribution
+    by a learned gate (what makes item-to-item co-occurrence strong on small data, inside the model).
+
+    A fixed table (not trained; `set_table` from model_lib/data/cooccurrence.py on the training histories) gives each
+    item its N most co-occurring items: `neighbour_items` (V, N) int32 and their cosine similarities
+    `neighbour_weights` (V, N). With x_t the item at step t and a = softmax(offset_logits) over the last `recent`
+    steps (learned; starts at item-kNN's 1, 1/2, 1/3 ... recency weights),
+        P_transition(v | t) = sum_o a_o S[x_{t-o}, v] / sum_o a_o sum_u S[x_{t-o}, u]      o = 0 .. recent - 1
+    (zero where none of those steps has a neighbour) and the gate g_t = sigmoid(w . combined_t + b) says how much
+    of the next-item probability it gets: P(v) = g P_transition(v) + (1 - g) softmax(logits)(v).
+
+    `call(combined, items)`: combined (B, T, H), items (B, T) -> gate (B, T) float32 in (0, 1).
+    `target_probability(items, targets)`: (B, T) each -> P_transition(target_t | t) (B, T) float32.
+    """
+
+    def __init__(self, num_items: int, neighbours: int, recent: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items, self.neighbours, self.recent = num_items, neighbours, recent
+        self.supports_masking = True
+        self.neighbour_items = self.add_weight(
+            shape=(num_items, neighbours), initializer="zeros", dtype="int32", trainable=False, name="neighbour_items"
+        )
+        self.neighbour_weights = self.add_weight(
+            shape=(num_items, neighbours),
+            initializer="zeros",
+            dtype="float32",
+            trainable=False,
+            name="neighbour_weights",
+        )
+        recency = np.log(1.0 / np.arange(1, recent + 1)).astype(np.float32)
+        self.offset_logits = self.add_weight(
+            shape=(recent,), initializer=keras.initializers.Constant(recency), name="offset_logits"
+        )
+        # Starts at g = 0.5: the table predicts well from the first update, the network takes over as it learns.
+        self.gate = layers.Dense(1, name="transition_gate")
+
+    def set_table(self, indices: np.ndarray, weights: np.ndarray) -> None:
+        self.neighbour_items.assign(np.asarray(indices, np.int32))
+        self.neighbour_weights.assign(np.asarray(weights, np.float32))
+
+    def recent_items(self, items):
+        """(B, T) -> (B, T, recent): at step t the items at t, t-1, ... (padding before the window's start)."""
+        items = ops.cast(items, "int32")
+        shifted = [items] + [ops.pad(items[:, :-offset], [[0, 0], [offset, 0]]) for offset in range(1, self.recent)]
+        return ops.stack(shifted, axis=-1)
+
+    def target_probability(self, items, targets):
+        recent = self.recent_items(items)
+        offsets = ops.softmax(ops.cast(self.offset_logits, "float32"))
+        hits = ops.equal(ops.take(self.neighbour_items, recent, axis=0), ops.cast(targets, "int32")[:, :, None, None])
+        weights = ops.take(self.neighbour_weights, recent, axis=0)  # (B, T, recent, N)
+        numerator = ops.sum(ops.sum(weights * ops.cast(hits, "float32"), axis=-1) * offsets, axis=-1)
+        denominator = ops.sum(ops.sum(weights, axis=-1) * offsets, axis=-1)
+        return ops.where(denominator > 0, numerator / ops.maximum(denominator, 1e-12), 0.0)
+
+    def call(self, combined, items, mask=None):
+        return ops.sigmoid(ops.cast(self.gate(combined), "float32"))[..., 0]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_items": self.num_items,
+            "neighbours": self.neighbours,
+            "recent": self.recent,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class NextItemModel(keras.Model):
     """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown).
 
     `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
     `forward(inputs)` -> {"user_vectors": (B, T, D), "attention": (B, T, T),
                           "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None,
-                          "repeat_gate": (B, T) and "repeat_weights": (B, T, T) when `repeat_mechanism`, else None}.
+                          "repeat_gate": (B, T) and "repeat_weights": (B, T, T) when `repeat_mechanism`, else None,
+                          "transition_gate": (B, T) when `transition_neighbours` > 0, else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `encode_last(inputs)` -> the last step's (user vector (B, D), attention row (B, T), repeat gate (B,),
-                             repeat row (B, T), next event type probabilities (B, num_event_types)); gate and
-                             repeat row are zeros without the repeat mechanism, the probabilities without the head.
+                             repeat row (B, T), next event type probabilities (B, num_event_types), transition
+                             gate (B,)); gate and repeat row are zeros without the repeat mechanism, the
+                             probabilities without the head, the transition gate without the transitions.
     Scores of the next item from those: model_lib.serving.recommender.ModelScorer (the one scoring path).
     """
 
@@ -196,6 +273,8 @@ class NextItemModel(keras.Model):
         repeat_mechanism: bool = False,
         attention_blocks: int = 0,
         attention_heads: int = 2,
+        transition_neighbours: int = 0,
+        transition_recent: int = 5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -210,6 +289,8 @@ class NextItemModel(keras.Model):
         self.repeat_mechanism = repeat_mechanism
         self.attention_blocks = attention_blocks
         self.attention_heads = attention_heads
+        self.transition_neighbours = transition_neighbours
+        self.transition_recent = transition_recent
         self.item_embedding = layers.Embedding(
             num_items,
             embedding_dim,
@@ -237,6 +318,11 @@ class NextItemModel(keras.Model):
             layers.Dense(num_event_types, dtype="float32", name="next_event_type") if event_type_head else None
         )
         self.repeat_explore = RepeatExplore(hidden_dim, name="repeat_explore") if repeat_mechanism else None
+        self.transitions = (
+            ItemTransitions(num_items, transition_neighbours, transition_recent, name="item_transitions")
+            if transition_neighbours
+            else None
+        )
 
     def forward(self, inputs, training=False) -> dict:
         items = ops.cast(inputs["items"], "int32")
@@ -261,6 +347,7 @@ class NextItemModel(keras.Model):
             "event_type_logits": self.next_event_type(combined) if self.next_event_type is not None else None,
             "repeat_gate": gate,
             "repeat_weights": repeat_weights,
+            "transition_gate": self.transitions(combined, items) if self.transitions is not None else None,
         }
 
     def attend(self, states, valid, training):
@@ -288,18 +375,20 @@ class NextItemModel(keras.Model):
 
     def encode_last(self, inputs):
         """-> (user vector after the last event (B, D), that step's attention row (B, T), repeat gate (B,), repeat
-        row (B, T), next event type probabilities (B, num_event_types)); batch scoring multiplies the vectors with
-        the item table outside the model. Without the repeat mechanism the gate and row are zeros; without the
-        event-type head the probabilities are zeros. Index 0 of the event types is padding: probability 0."""
+        row (B, T), next event type probabilities (B, num_event_types), transition gate (B,)); batch scoring
+        multiplies the vectors with the item table outside the model. Without the repeat mechanism the gate and row
+        are zeros; without the event-type head the probabilities are zeros; without the transitions their gate is
+        zero. Index 0 of the event types is padding: probability 0."""
         return self._last_step(self.forward(inputs, training=False))
 
     def encode_steps(self, inputs):
-        """-> (user vectors after every step (B, T, D), repeat gate (B, T), repeat rows (B, T, T)); gate and rows
-        are zeros without the repeat mechanism. Anomaly scores read the model's prediction before each event."""
+        """-> (user vectors after every step (B, T, D), repeat gate (B, T), repeat rows (B, T, T), transition gate
+        (B, T)); the gates and rows are zeros without their mechanism. Anomaly scores read the model's prediction
+        before each event."""
         return self._every_step(self.forward(inputs, training=False))
 
     def encode_last_and_steps(self, inputs):
-        """-> encode_last's five outputs, then encode_steps' three, from one forward pass (the nightly scoring of a
+        """-> encode_last's six outputs, then encode_steps' four, from one forward pass (the nightly scoring of a
         user with events that day needs both)."""
         outputs = self.forward(inputs, training=False)
         return (*self._last_step(outputs), *self._every_step(outputs))
@@ -307,6 +396,9 @@ class NextItemModel(keras.Model):
     def _last_step(self, outputs):
         attention = outputs["attention"][:, -1, :]
         vectors = outputs["user_vectors"][:, -1, :]
+        transition_gate = (
+            ops.zeros_like(attention[:, 0]) if outputs["transition_gate"] is None else outputs["transition_gate"][:, -1]
+        )
         if outputs["event_type_logits"] is None:
             next_types = ops.zeros((ops.shape(vectors)[0], self.num_event_types), "float32")
         else:
@@ -314,14 +406,17 @@ class NextItemModel(keras.Model):
             padding = ops.one_hot(ops.zeros_like(logits[:, 0], "int32"), self.num_event_types) > 0
             next_types = ops.softmax(ops.where(padding, -1e9, logits), axis=-1)
         if outputs["repeat_gate"] is None:
-            return vectors, attention, ops.zeros_like(attention[:, 0]), ops.zeros_like(attention), next_types
-        return vectors, attention, outputs["repeat_gate"][:, -1], outputs["repeat_weights"][:, -1, :], next_types
+            gate, repeat = ops.zeros_like(attention[:, 0]), ops.zeros_like(attention)
+        else:
+            gate, repeat = outputs["repeat_gate"][:, -1], outputs["repeat_weights"][:, -1, :]
+        return vectors, attention, gate, repeat, next_types, transition_gate
 
     def _every_step(self, outputs):
+        zeros = ops.zeros_like(outputs["attention"])
+        transition_gate = zeros[:, :, 0] if outputs["transition_gate"] is None else outputs["transition_gate"]
         if outputs["repeat_gate"] is None:
-            zeros = ops.zeros_like(outputs["attention"])
-            return outputs["user_vectors"], zeros[:, :, 0], zeros
-        return outputs["user_vectors"], outputs["repeat_gate"], outputs["repeat_weights"]
+            return outputs["user_vectors"], zeros[:, :, 0], zeros, transition_gate
+        return outputs["user_vectors"], outputs["repeat_gate"], outputs["repeat_weights"], transition_gate
 
     def get_config(self):
         return {
@@ -337,6 +432,8 @@ class NextItemModel(keras.Model):
             "repeat_mechanism": self.repeat_mechanism,
             "attention_blocks": self.attention_blocks,
             "attention_heads": self.attention_heads,
+            "transition_neighbours": self.transition_neighbours,
+            "transition_recent": self.transition_recent,
         }
 
 

@@ -1,11 +1,24 @@
 """The training budget and its schedule: validation rounds of optimizer updates, the learning rate (linear
-warm-up, then cosine decay) and noise-aware early stopping over the loop state that checkpoints carry."""
+warm-up, then cosine decay), the time budget, and noise-aware early stopping over the loop state that checkpoints
+carry.
+
+The budget follows the data: `epochs` passes over the training windows, at most `max_updates` updates (0: no cap),
+validated once per pass but at most MAX_VALIDATIONS times (or every `eval_every_updates`). A large data set is
+capped by the updates, a small one by the passes; early stopping (`patience` rounds, a third of a full plan) ends
+either once validation stops improving. The time budget (`train_minutes`) then shortens the plan once the
+first rounds have shown how long a round takes here, and the cosine schedule is re-planned to end with it, so a run
+cut short by time still ends at a low learning rate.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from model_lib.config import TrainingSettings
+
+# Validation rounds of a plan validated "once per pass": a small data set is validated every few passes instead, so
+# validation never costs more than 25 passes over the hold-out, and `patience` rounds stay a share of the plan.
+MAX_VALIDATIONS = 25
 
 
 @dataclass(frozen=True)
@@ -20,11 +33,13 @@ class TrainingBudget:
     def of(
         cls, training: TrainingSettings, steps_per_pass: int, max_steps_per_round: int | None = None
     ) -> TrainingBudget:
-        per_round = training.eval_every_updates or steps_per_pass
+        total = training.epochs * steps_per_pass
+        if training.max_updates:
+            total = min(total, training.max_updates)
+        per_round = min(training.eval_every_updates or max(steps_per_pass, -(-total // MAX_VALIDATIONS)), total)
         if max_steps_per_round:
             per_round = min(per_round, max_steps_per_round)
-        rounds = -(-training.max_updates // per_round) if training.max_updates else training.epochs
-        return cls(rounds, per_round, steps_per_pass)
+        return cls(max(1, -(-total // per_round)), max(1, per_round), steps_per_pass)
 
     @property
     def total_updates(self) -> int:
@@ -38,29 +53,76 @@ class TrainingBudget:
 
 
 def learning_rate_schedule(training: TrainingSettings, total_updates: int):
-    """Linear warm-up, then cosine decay to min_lr_ratio x learning_rate at the end of the budget (or constant)."""
-    import keras
-
+    """Linear warm-up, then cosine decay to min_lr_ratio x learning_rate at the end of the budget (a
+    `planned_cosine` whose end the time budget may move), or a constant."""
     if training.lr_schedule == "constant":
         return training.learning_rate
-    warmup = int(training.warmup_share * total_updates)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=training.learning_rate * training.min_lr_ratio,
-        decay_steps=max(1, total_updates - warmup),
-        alpha=training.min_lr_ratio,
-        warmup_target=training.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
+    return planned_cosine(training.learning_rate, total_updates, training.warmup_share, training.min_lr_ratio)
+
+
+def planned_cosine(peak: float, total_updates: int, warmup_share: float, min_ratio: float):
+    """lr(step) = linear from min_ratio x peak to peak over the first warmup_share of the plan, then
+    peak x (min_ratio + (1 - min_ratio) (1 + cos(pi progress)) / 2) to the plan's end; `.planned_updates` is a
+    variable, so the plan can be shortened while training runs (`replan`)."""
+    import math
+
+    import keras
+    from keras import ops
+
+    class PlannedCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self):
+            self.planned_updates = keras.Variable(float(total_updates), trainable=False, name="planned_updates")
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            total = ops.maximum(self.planned_updates, 1.0)
+            warmup = warmup_share * total
+            low = peak * min_ratio
+            warming = low + (peak - low) * step / ops.maximum(warmup, 1.0)
+            progress = ops.clip((step - warmup) / ops.maximum(total - warmup, 1.0), 0.0, 1.0)
+            decayed = peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + ops.cos(math.pi * progress)))
+            return ops.where(step < warmup, warming, decayed)
+
+        def get_config(self):
+            return {"peak": peak, "total_updates": total_updates, "warmup_share": warmup_share, "min_ratio": min_ratio}
+
+    return PlannedCosine()
+
+
+def replan(state: dict, budget: TrainingBudget, training: TrainingSettings, schedule) -> str | None:
+    """After a round: when the rounds planned no longer fit in `train_minutes` at the pace of the last round (the
+    first one also compiles), plan fewer (never fewer than done) and move the learning rate schedule's end with
+    them. -> a line saying so, or None."""
+    done = len(state["history"])
+    planned = state.setdefault("planned_rounds", budget.rounds)
+    if not training.train_minutes or not done:
+        return None
+    pace = max(state["history"][-1]["epoch_seconds"], 1e-9)
+    fitting = done + int(max(0.0, training.train_minutes * 60 - state["seconds"]) / pace)
+    if fitting >= planned:
+        return None
+    state["planned_rounds"] = max(done, fitting)
+    set_plan(schedule, state["planned_rounds"] * budget.steps_per_round)
+    minutes, rounds = training.train_minutes, state["planned_rounds"]
+    return f"time budget {minutes:g} min: {rounds} rounds instead of {planned} at {pace:.0f}s a round"
+
+
+def set_plan(schedule, total_updates: int) -> None:
+    """Moves a planned_cosine's end (a constant learning rate has none)."""
+    if hasattr(schedule, "planned_updates"):
+        schedule.planned_updates.assign(float(total_updates))
 
 
 def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, training: TrainingSettings) -> bool:
-    """Updates the loop state with one validation; True when it is the best so far (its weights are kept).
+    """Updates the loop state with one validation; True when it is the best so far, ties included (its weights are
+    kept).
 
     The patience counter restarts only when the score beats the reference (the score at the last restart) by
     more than early_stop_stderr standard errors: noise on a small validation set does not keep a run alive, and
     slow real gains add up until they count.
     """
-    improved = score > state["best_score"]
+    # A tie goes to the later round: the same ranking, trained longer (the next-event-type head too).
+    improved = score >= state["best_score"]
     if improved:
         state.update(best_score=score, best_epoch=epoch)
     if score > state.get("reference_score", -1.0) + training.early_stop_stderr * stderr:

@@ -28,6 +28,8 @@ def build_next_item_model(num_items: int, settings: Settings, event_type_head: b
         repeat_mechanism=settings.repeat_rule().allows_repeats,
         attention_blocks=settings.model.attention_blocks,
         attention_heads=settings.model.attention_heads,
+        transition_neighbours=settings.model.transition_neighbours,
+        transition_recent=settings.model.transition_recent,
     )
     build_model(model)
     return model
@@ -36,18 +38,20 @@ def build_next_item_model(num_items: int, settings: Settings, event_type_head: b
 def build_optimizer_and_model(
     strategy, num_items: int, settings: Settings, total_updates: int, mixed: bool, event_type_head: bool
 ):
-    """The model, its Adam optimizer (loss-scaled under mixed precision) and the round counter, on the strategy."""
+    """The model, its Adam optimizer (loss-scaled under mixed precision), its learning rate schedule and the round
+    counter, on the strategy."""
     import keras
     import tensorflow as tf
 
     with strategy.scope():
         model = build_next_item_model(num_items, settings, event_type_head)
-        optimizer = keras.optimizers.Adam(learning_rate_schedule(settings.training, total_updates))
+        schedule = learning_rate_schedule(settings.training, total_updates)
+        optimizer = keras.optimizers.Adam(schedule)
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    return model, optimizer, epoch_counter
+    return model, optimizer, schedule, epoch_counter
 
 
 def make_train_step(model, optimizer, strategy, model_settings: ModelSettings, log_q, mixed: bool):

@@ -14,19 +14,23 @@ similar length, trimmed to a multiple of `bucket_width` columns, so little time 
 Examples: every window of `seq_len` events of a user's stored history (`history_len`), the newest first and
 `window_stride` apart, so a user with 2,000 events teaches more than one window.
 
-Budget: `max_updates` optimizer updates (or `epochs` passes over the data when it is 0), validated every
-`eval_every_updates` (or once per pass); the learning rate warms up linearly over `warmup_share` of the budget,
-then decays along a cosine to `min_lr_ratio` of itself. Early stopping: after `patience` validations whose NDCG@K
-did not exceed the last reference by `early_stop_stderr` standard errors (a small validation set is noisy); the
-weights of the best validation are kept. The validation pass is the XLA-compiled scoring path (recommender.ModelScorer).
+Budget (model/schedule.py): `epochs` passes over the training windows, at most `max_updates` optimizer updates,
+validated every `eval_every_updates` (or once per pass), within `train_minutes`; the learning rate warms up
+linearly over `warmup_share` of the plan, then decays along a cosine to `min_lr_ratio` of itself at its end.
+Early stopping: after `patience` validations whose NDCG@K did not exceed the last reference by `early_stop_stderr`
+standard errors (a small validation set is noisy); the weights of the best validation are kept (a tie: the later
+one). The validation pass is the XLA-compiled scoring path (recommender.ModelScorer).
 
 Loss, averaged over the positions t whose target (the item at t + 1) is a known item:
     full     cross-entropy of the softmax over the whole catalogue
     sampled  cross-entropy over [target, S negatives drawn from Q = unigram^0.75], every logit corrected by
              - log(S * Q(item)) (the log-Q correction; without it popular items are over-penalised); a negative
              equal to the target is masked out
+  with the item-to-item transitions (transition_neighbours > 0): P_explore(target) = h * P_transition(target) +
+             (1 - h) * P_network(target), P_network from the full or sampled softmax above, the table built from the
+             training part of all the files (every worker the same; no held-out event in it)
   with the repeat mechanism (on when the repeat policy lets seen items be recommended): - log of the mixture
-             g * repeat(target) + (1 - g) * P_explore(target), P_explore from the full or sampled softmax above
+             g * repeat(target) + (1 - g) * P_explore(target)
   + event_type_loss_weight * cross-entropy of the next event type (the optional auxiliary head)
 
 Checkpoints: after every epoch the chief saves model, optimizer and loop state (epoch, early-stopping counters,
@@ -45,13 +49,14 @@ import numpy as np
 
 from model_lib.config import ModelSettings, Settings, TrainingSettings
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
-from model_lib.data.splits import HoldOut, protocol_split
+from model_lib.data.cooccurrence import NeighbourTable
+from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
 from model_lib.model.checkpoints import Checkpoints
 from model_lib.model.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
 from model_lib.model.examples import TrainingRows, bucket_width, updates_per_pass
 from model_lib.model.losses import sampling_log_q
-from model_lib.model.schedule import TrainingBudget, new_loop_state, track_early_stopping
+from model_lib.model.schedule import TrainingBudget, new_loop_state, replan, set_plan, track_early_stopping
 from model_lib.model.steps import build_optimizer_and_model, make_epoch_dataset, make_train_step, train_round
 from model_lib.progress import say
 from model_lib.storage.lake import read_sequences
@@ -71,6 +76,9 @@ HYPER_PARAMETERS = (
     "softmax",
     "sampled_negatives",
     "event_type_loss_weight",
+    "transition_neighbours",
+    "transition_window",
+    "transition_recent",
     "history_len",
     "window_stride",
     "max_updates",
@@ -93,6 +101,7 @@ class TrainingResult:
     resumed_after_epoch: int = 0
     strategy: str = "default"
     replicas: int = 1
+    stopped_early: bool = False
 
     def finished(self, state: dict, sequences_per_round: int) -> TrainingResult:
         """Filled in from the final loop state; the speed counts only the rounds this process ran."""
@@ -110,6 +119,7 @@ def evaluate_model(
     k_values=(10, 20),
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     scorer=None,
+    with_ranks: bool = False,
 ) -> dict[str, float]:
     """The model's metrics on a hold-out with the shared metrics module (full ranking, the repeat policy's
     candidates), scored by the one scoring path (recommender.ModelScorer, XLA-compiled; pass one to reuse its
@@ -135,7 +145,13 @@ def evaluate_model(
         return scorer.score({name: np.asarray(v[:, -width:], np.int32) for name, v in batch.items()})
 
     older = [sequences.older_items[i] for i in order]
-    return evaluate_holdout(score, inputs, older, holdout.targets[order], num_items, k_values, policy=policy)
+    targets = holdout.targets[order]
+    result = evaluate_holdout(score, inputs, older, targets, num_items, k_values, policy=policy, with_ranks=with_ranks)
+    if with_ranks:  # back to the hold-out's order of users
+        ranks = np.empty_like(result["ranks"])
+        ranks[order] = result["ranks"]
+        result["ranks"] = ranks
+    return result
 
 
 def trains_event_types(validation: HoldOut, model_settings: ModelSettings) -> bool:
@@ -165,6 +181,11 @@ def training_banner(rows, files, settings: Settings, pipeline, workers, budget, 
         f"{num_items - FIRST_ITEM_INDEX:,} items, repeat policy {settings.repeat_rule().describe()}"
         + (" with the repeat mechanism" if result.model.repeat_mechanism else "")
         + (
+            f", item-to-item transitions ({settings.model.transition_neighbours} neighbours per item)"
+            if result.model.transitions is not None
+            else ""
+        )
+        + (
             f", next event type head (loss weight {settings.model.event_type_loss_weight:g})"
             if result.model.event_type_head
             else ""
@@ -173,13 +194,17 @@ def training_banner(rows, files, settings: Settings, pipeline, workers, budget, 
 
 
 def open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief: bool) -> Checkpoints:
-    """What a checkpoint holds. The dropout seed generators' states are not tracked through the model: saved
-    explicitly, a resumed run draws the same dropout masks as an uninterrupted one."""
-    random_states = {f"random_state_{i}": v.value for i, v in enumerate(model.non_trainable_variables)}
+    """What a checkpoint holds. TensorFlow's object graph does not reach every Keras 3 variable through the model
+    (the LSTM layers, kept in a list, were missing from the best-epoch checkpoint: a resumed run whose best epoch
+    came before the restart got that epoch's other weights beside its last epoch's LSTM), nor the dropout seed
+    generators' states: every variable is tracked explicitly, so a resumed run restores the same model and draws the
+    same dropout masks as an uninterrupted one."""
+    weights = {f"weight_{i}": v.value for i, v in enumerate(model.weights)}
+    variables = {f"variable_{i}": v.value for i, v in enumerate(model.variables)}  # the seed states too
     return Checkpoints(
         checkpoint_dir,
-        {"model": model, "optimizer": optimizer, "epoch": epoch_counter, **random_states},
-        model,
+        {"model": model, "optimizer": optimizer, "epoch": epoch_counter, **variables},
+        weights,
         is_chief,
     )
 
@@ -199,6 +224,7 @@ class TrainingRun:
 
     model: object
     optimizer: object
+    schedule: object
     epoch_counter: object
     budget: TrainingBudget
     validation: HoldOut
@@ -209,6 +235,7 @@ class TrainingRun:
     checkpoints: Checkpoints
     policy: RepeatPolicy
     scorer: object = None
+    planned_rounds: int = 0
 
 
 def set_up_run(
@@ -229,7 +256,7 @@ def set_up_run(
     pipeline, workers, is_chief = position
     local_replicas = max(1, strategy.num_replicas_in_sync // workers)
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
-    model, optimizer, epoch_counter = build_optimizer_and_model(
+    model, optimizer, schedule, epoch_counter = build_optimizer_and_model(
         strategy, num_items, settings, budget.total_updates, mixed, trains_event_types(validation, settings.model)
     )
     log_q = tf.constant(sampling_log_q(rows.item_targets, num_items)) if sampled else None
@@ -246,6 +273,7 @@ def set_up_run(
     return TrainingRun(
         model,
         optimizer,
+        schedule,
         epoch_counter,
         budget,
         validation,
@@ -265,7 +293,7 @@ def run_round(epoch: int, run: TrainingRun, training: TrainingSettings, verbose:
     budget, k = run.budget, training.eval_k
     steps = budget.steps_per_round
     if verbose:
-        print(f"Validation round {epoch}/{budget.rounds} ({steps} updates)", flush=True)
+        print(f"Validation round {epoch}/{run.planned_rounds} ({steps} updates)", flush=True)
     progress = keras.utils.Progbar(steps, verbose=verbose if run.is_chief else 0, stateful_metrics=["loss"])
     epoch_started = time.perf_counter()
     losses = train_round(run.distributed_step, run.epoch_dataset(epoch), training.seed, epoch, progress)
@@ -290,9 +318,13 @@ def run_rounds(run: TrainingRun, state: dict, training: TrainingSettings, verbos
     round's weights are put back."""
     best_weights = None
     stopped = state["waited"] >= training.patience
-    for epoch in range(len(state["history"]) + 1, run.budget.rounds + 1):
-        if stopped:
-            break
+    # The plan of this budget (a resumed run may have been given a longer one); the time budget re-plans below.
+    state["planned_rounds"] = run.budget.rounds
+    set_plan(run.schedule, state["planned_rounds"] * run.budget.steps_per_round)
+    epoch = len(state["history"])
+    while not stopped and epoch < state["planned_rounds"]:
+        epoch += 1
+        run.planned_rounds = state["planned_rounds"]
         record, validation_metrics = run_round(epoch, run, training, verbose)
         state["history"].append(record)
         if on_epoch_end:
@@ -302,17 +334,34 @@ def run_rounds(run: TrainingRun, state: dict, training: TrainingSettings, verbos
             best_weights = run.model.get_weights()
         run.epoch_counter.assign(epoch)
         state["seconds"] += record["epoch_seconds"]
+        if note := replan(state, run.budget, training, run.schedule):
+            say(note)
         run.checkpoints.save(state, improved)
         stopped = stop_early(state, training)
     restore_best_weights(run.model, best_weights, state, run.checkpoints)
 
 
-def read_training_data(files: list[Path], settings: Settings, pipeline: int, workers: int, validation):
-    """This worker's training rows (its shard of the files) and the validation hold-out of all of them."""
+def read_training_data(files: list[Path], settings: Settings, num_items: int, pipeline: int, workers: int, validation):
+    """This worker's training rows (its shard of the files), the validation hold-out of all of them, and the
+    transition table of all of them (None without the transitions), the same on every worker."""
     train = protocol_split(read_sequences(shard_files(files, pipeline, workers))).train
     if validation is None:
         validation = protocol_split(read_sequences(files), settings.sessionize.seq_len).validation
-    return TrainingRows.from_sequences(train, settings.sessionize.seq_len, settings.stride), validation
+    rows = TrainingRows.from_sequences(train, settings.sessionize.seq_len, settings.stride)
+    return rows, validation, transition_table(files, train if workers == 1 else None, num_items, settings)
+
+
+def transition_table(
+    files: list[Path], train: Sequences | None, num_items: int, settings: Settings
+) -> NeighbourTable | None:
+    """The co-occurrence table of the training part of the protocol split (`train`, else read from `files`): held-out
+    events never enter it. None when the model has no transitions."""
+    model = settings.model
+    if not model.transition_neighbours:
+        return None
+    if train is None:
+        train = protocol_split(read_sequences(files)).train
+    return NeighbourTable.from_histories(train.items, num_items, model.transition_neighbours, model.transition_window)
 
 
 def train_next_item_model(
@@ -338,13 +387,15 @@ def train_next_item_model(
     keras.utils.set_random_seed(settings.training.seed)
     pipeline, workers, is_chief = cluster_position(tf_config())
     replicas = strategy.num_replicas_in_sync
-    rows, validation = read_training_data(files, settings, pipeline, workers, validation)
+    rows, validation, table = read_training_data(files, settings, num_items, pipeline, workers, validation)
     steps_per_pass = updates_per_pass(files, rows, settings, workers, max(1, replicas // workers))
     budget = TrainingBudget.of(settings.training, steps_per_pass, max_steps_per_epoch)
     sampled = settings.model.uses_sampled_softmax(num_items)
     run = set_up_run(
         strategy, rows, validation, budget, num_items, settings, checkpoint_dir, (pipeline, workers, is_chief), sampled
     )
+    if table is not None:
+        run.model.transitions.set_table(table.indices, table.weights)
     signature = run_signature(settings, num_items, files)
     state = run.checkpoints.restore(signature) or new_loop_state(signature)
     result = TrainingResult(
@@ -354,6 +405,7 @@ def train_next_item_model(
     say(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items))
     run.scorer = ModelScorer(run.model)
     run_rounds(run, state, settings.training, verbose, on_epoch_end)
+    result.stopped_early = state["waited"] >= settings.training.patience
     return result.finished(state, budget.steps_per_round * settings.training.batch_size * replicas)
 
 

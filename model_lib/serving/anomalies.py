@@ -4,8 +4,8 @@ a burst of random items, a scraper).
 
 For each event of the day that follows a real event in the user's window and is a known item:
     nll          = -ln P(the event's item | the events before it), P the model's full next-item distribution over
-                   the catalogue (with the repeat mixture when the model has it; no repeat-policy exclusions: the
-                   question is what the model expected, not what it would recommend)
+                   the catalogue (with the transition and repeat mixtures when the model has them; no repeat-policy
+                   exclusions: the question is what the model expected, not what it would recommend)
     outside top g = the item ranks g or worse among the catalogue under that distribution
 Per user and day:
     score        = mean nll of the day's scored events
@@ -47,10 +47,8 @@ def scored_events(items: np.ndarray, day: np.ndarray) -> np.ndarray:
 def event_log_likelihoods(scorer, inputs: dict[str, np.ndarray], rows, columns, top_g: int, steps=None):
     """ln P and 'outside the top g' of the events at (rows, columns) of `inputs`, each predicted from the step
     before it; `scorer` is a recommender.ModelScorer, `steps` its encode_steps(inputs) if already made."""
-    from model_lib.serving.recommender import mix_repeats
-
     items = np.asarray(inputs["items"])
-    vectors, gate, repeat = scorer.encode_steps(inputs) if steps is None else steps
+    vectors, gate, repeat, transition_gate = scorer.encode_steps(inputs) if steps is None else steps
     targets = items[rows, columns]
     log_p = np.empty(len(rows), np.float64)
     outside = np.empty(len(rows), bool)
@@ -61,12 +59,11 @@ def event_log_likelihoods(scorer, inputs: dict[str, np.ndarray], rows, columns, 
         part = slice(start, start + BLOCK)
         r, c = rows[part], columns[part] - 1
         logits = np.matmul(vectors[r, c], scorer.item_matrix, out=block[: len(r)])
-        if scorer.repeat_mechanism:
-            mix_repeats(logits, gate[r, c], repeat[r, c], items[r])  # log-probabilities, in place
+        scorer.mix(logits, items[r], c, transition_gate[r, c], gate[r, c], repeat[r, c])  # log-probabilities
         target = logits[np.arange(len(r)), targets[part]].astype(np.float64)
         # The rank before normalising: softmax keeps the order.
         outside[part] = np.count_nonzero(logits > target[:, None].astype(np.float32), axis=1) >= top_g
-        log_p[part] = target if scorer.repeat_mechanism else target - log_normaliser(logits)
+        log_p[part] = target if scorer.mixes else target - log_normaliser(logits)
     return log_p, outside
 
 

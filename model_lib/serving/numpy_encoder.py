@@ -5,8 +5,9 @@ first user).
 The same arithmetic as the Keras layers (model_lib/model/network.py), in float32: the three embeddings summed and
 zeroed on padding; each LSTM layer step by step (gates i, f, c, o; on a padded step the state and the output carry
 over, as Keras does with a mask); the causal attention over the real steps, the tanh combination, the projection to
-the user vector, and the optional event-type head and repeat mechanism. `encode_last` computes the heads for the
-last step only; `encode_steps` for every step (the anomaly scores need the prediction before each event).
+the user vector, and the optional event-type head, repeat mechanism and transition gate (the transition table
+itself is applied by the scorer, recommender.ModelScorer). `encode_last` computes the heads for the last step
+only; `encode_steps` for every step (the anomaly scores need the prediction before each event).
 
 The arrays travel with each registered version as `encoder.npz` (`save` / `load`, beside the Keras weights), so a
 worker loads them without Keras. Models with self-attention blocks (attention_blocks > 0) are not covered: `supports`
@@ -35,6 +36,10 @@ def _masked_softmax(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     weights /= weights.sum(axis=-1, keepdims=True)
     weights *= allowed
     return weights
+
+
+def _dtype_of(values) -> type:
+    return np.int32 if np.issubdtype(np.asarray(values).dtype, np.integer) else np.float32
 
 
 def _first_real_step(valid: np.ndarray) -> np.ndarray:
@@ -68,6 +73,12 @@ def keras_variables(model) -> dict:
         variables["repeat_key"] = model.repeat_explore.key_projection.kernel
         variables["repeat_gate_kernel"] = model.repeat_explore.gate.kernel
         variables["repeat_gate_bias"] = model.repeat_explore.gate.bias
+    if model.transitions is not None:
+        variables["transition_neighbour_items"] = model.transitions.neighbour_items
+        variables["transition_neighbour_weights"] = model.transitions.neighbour_weights
+        variables["transition_offset_logits"] = model.transitions.offset_logits
+        variables["transition_gate_kernel"] = model.transitions.gate.kernel
+        variables["transition_gate_bias"] = model.transitions.gate.bias
     return variables
 
 
@@ -80,7 +91,8 @@ class NumpyEncoder:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], config: dict):
-        self.arrays = {name: np.ascontiguousarray(values, np.float32) for name, values in arrays.items()}
+        # Item indices stay integers; every weight is float32.
+        self.arrays = {name: np.ascontiguousarray(values, _dtype_of(values)) for name, values in arrays.items()}
         self.config = dict(config)
         self.num_items = len(self.arrays["item_table"])
         self.num_event_types = len(self.arrays["type_table"])
@@ -88,6 +100,7 @@ class NumpyEncoder:
         self.lstm_layers = sum(1 for name in arrays if name.endswith("_recurrent"))
         self.event_type_head = "next_type_kernel" in arrays
         self.repeat_mechanism = "repeat_query" in arrays
+        self.transitions = "transition_neighbour_items" in arrays
         self._gate_major_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     # --- from and to Keras, and the file form ---
@@ -106,7 +119,7 @@ class NumpyEncoder:
             raise ValueError("the numpy encoder covers models without self-attention blocks (attention_blocks = 0)")
         from model_lib.model.network import constructor_arguments  # the model is Keras: TensorFlow is loaded
 
-        arrays = {name: np.asarray(variable, np.float32) for name, variable in keras_variables(model).items()}
+        arrays = {name: np.asarray(variable) for name, variable in keras_variables(model).items()}
         return cls(arrays, constructor_arguments(model))
 
     def to_model(self):
@@ -239,10 +252,15 @@ class NumpyEncoder:
         else:
             heads["repeat"] = np.zeros_like(attention)
             heads["gate"] = np.zeros(attention.shape[:2], np.float32)
+        if self.transitions:
+            logits = combined @ a["transition_gate_kernel"] + a["transition_gate_bias"]
+            heads["transition_gate"] = _sigmoid(logits)[..., 0]
+        else:
+            heads["transition_gate"] = np.zeros(attention.shape[:2], np.float32)
         return heads
 
     def _last_outputs(self, heads: dict[str, np.ndarray], row: int) -> tuple[np.ndarray, ...]:
-        """encode_last's five outputs from `_heads`, taking query row `row`."""
+        """encode_last's six outputs from `_heads`, taking query row `row`."""
         attention = heads["attention"][:, row]
         if self.event_type_head:
             type_logits = heads["combined"][:, row] @ self.arrays["next_type_kernel"] + self.arrays["next_type_bias"]
@@ -250,27 +268,28 @@ class NumpyEncoder:
             next_types = _masked_softmax(type_logits, np.ones_like(type_logits, bool))
         else:
             next_types = np.zeros((len(attention), self.num_event_types), np.float32)
-        return heads["vectors"][:, row], attention, heads["gate"][:, row], heads["repeat"][:, row], next_types
+        gate, repeat, transition_gate = heads["gate"][:, row], heads["repeat"][:, row], heads["transition_gate"][:, row]
+        return heads["vectors"][:, row], attention, gate, repeat, next_types, transition_gate
 
     @staticmethod
     def _step_outputs(heads: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """encode_steps' three outputs from `_heads` over every step."""
-        return heads["vectors"], heads["gate"], heads["repeat"]
+        """encode_steps' four outputs from `_heads` over every step."""
+        return heads["vectors"], heads["gate"], heads["repeat"], heads["transition_gate"]
 
     def encode_last(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """(B, T) inputs -> NextItemModel.encode_last's five outputs: user vector (B, D), attention row (B, T), repeat
-        gate (B,), repeat row (B, T), next event type probabilities (B, num_event_types)."""
+        """(B, T) inputs -> NextItemModel.encode_last's six outputs: user vector (B, D), attention row (B, T), repeat
+        gate (B,), repeat row (B, T), next event type probabilities (B, num_event_types), transition gate (B,)."""
         states, valid = self._states(inputs)
         return self._last_outputs(self._heads(states, valid, slice(-1, None)), 0)
 
     def encode_steps(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """(B, T) inputs -> NextItemModel.encode_steps' three outputs: user vectors after every step (B, T, D),
-        repeat gate (B, T), repeat rows (B, T, T)."""
+        """(B, T) inputs -> NextItemModel.encode_steps' four outputs: user vectors after every step (B, T, D),
+        repeat gate (B, T), repeat rows (B, T, T), transition gate (B, T)."""
         states, valid = self._states(inputs)
         return self._step_outputs(self._heads(states, valid, slice(None)))
 
     def encode_last_and_steps(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-        """encode_last's five outputs, then encode_steps' three, from one pass."""
+        """encode_last's six outputs, then encode_steps' four, from one pass."""
         states, valid = self._states(inputs)
         heads = self._heads(states, valid, slice(None))
         return (*self._last_outputs(heads, -1), *self._step_outputs(heads))

@@ -40,9 +40,10 @@ SOURCE_REPEAT = "repeat"  # an item the user already has an event on (allowed by
 SOURCE_POPULAR = "popular"
 # Bumped whenever the folder form or the meaning of the model's inputs changes; a registered version written in
 # another format is refused at load time instead of scoring garbage. Format 3 added the repeat mechanism and the
-# repeat policy; format 2 folders read as "no repeat mechanism, exclude_seen".
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)
+# repeat policy; format 2 folders read as "no repeat mechanism, exclude_seen". Format 4 added the item-to-item
+# transitions (their table travels in the weights); format 2 and 3 folders read as "no transitions".
+FORMAT_VERSION = 4
+READABLE_FORMATS = (2, 3, 4)
 # Users scored per matrix multiply: bounds the (users x catalogue) float32 score block (50k items: 50 MB).
 SCORING_BATCH = 256
 # Users per forward pass.
@@ -82,13 +83,15 @@ class Recommendations:
 class LastStep:
     """What the model says after each user's last event: vectors with a trailing 1 (B, D + 1), attention row
     (B, T), repeat gate (B,) and repeat row (B, T) (zeros without the repeat mechanism), next event type
-    probabilities (B, num_event_types), index 0 = padding (zeros without the event-type head)."""
+    probabilities (B, num_event_types), index 0 = padding (zeros without the event-type head), transition gate
+    (B,) (zeros without the transitions)."""
 
     vectors: np.ndarray
     attention: np.ndarray
     gate: np.ndarray
     repeat: np.ndarray
     next_types: np.ndarray
+    transition_gate: np.ndarray
 
     @property
     def user_vectors(self) -> np.ndarray:
@@ -117,6 +120,14 @@ class KerasForward:
     def item_bias(self) -> np.ndarray:
         return np.asarray(self.model.item_bias, dtype=np.float32)
 
+    def transition_table(self) -> TransitionTable | None:
+        layer = getattr(self.model, "transitions", None)
+        if layer is None:
+            return None
+        return TransitionTable.of(
+            np.asarray(layer.neighbour_items), np.asarray(layer.neighbour_weights), np.asarray(layer.offset_logits)
+        )
+
     def run(self, method: str, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The model's `method` (encode_last, encode_steps or encode_last_and_steps) on one batch."""
         if method not in self._compiled:
@@ -140,8 +151,58 @@ class NumpyForward:
     def item_bias(self) -> np.ndarray:
         return self.encoder.arrays["item_bias"]
 
+    def transition_table(self) -> TransitionTable | None:
+        a = self.encoder.arrays
+        if not self.encoder.transitions:
+            return None
+        return TransitionTable.of(
+            a["transition_neighbour_items"], a["transition_neighbour_weights"], a["transition_offset_logits"]
+        )
+
     def run(self, method: str, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(getattr(self.encoder, method)(batch))
+
+
+@dataclass(frozen=True)
+class TransitionTable:
+    """The model's item-to-item transitions (network.ItemTransitions) in numpy: each item's neighbours (V, N) int32
+    and their similarities (V, N), and the weights of the last `recent` steps (recent,), newest first (the softmax
+    of the learned offset logits)."""
+
+    indices: np.ndarray
+    weights: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, indices: np.ndarray, weights: np.ndarray, offset_logits: np.ndarray) -> TransitionTable:
+        logits = np.asarray(offset_logits, np.float64)
+        offsets = np.exp(logits - logits.max())
+        return cls(
+            np.asarray(indices, np.int64), np.asarray(weights, np.float32), (offsets / offsets.sum()).astype(np.float32)
+        )
+
+    @property
+    def recent(self) -> int:
+        return len(self.offsets)
+
+    def probabilities(self, recent_items: np.ndarray, num_items: int) -> np.ndarray:
+        """(b, recent) item indices, newest first (0 = none) -> (b, V) float32 P_transition, rows summing to 1 (all
+        zeros where no recent item has a neighbour)."""
+        rows = len(recent_items)
+        neighbours = self.indices[recent_items]  # (b, recent, N)
+        weights = self.weights[recent_items] * self.offsets[None, : recent_items.shape[1], None]
+        flat = (np.arange(rows)[:, None, None] * num_items + neighbours).ravel()
+        dense = np.bincount(flat, weights=weights.ravel(), minlength=rows * num_items).reshape(rows, num_items)
+        total = weights.sum(axis=(1, 2))
+        return (dense / np.where(total > 0, total, 1.0)[:, None]).astype(np.float32)
+
+
+def recent_items(items: np.ndarray, last_columns: np.ndarray, recent: int) -> np.ndarray:
+    """(b, T) window items and each row's step (b,) -> (b, recent) the items at that step and the ones before it,
+    newest first, 0 before the window's start."""
+    columns = np.asarray(last_columns)[:, None] - np.arange(recent)[None, :]
+    values = np.take_along_axis(np.asarray(items), np.clip(columns, 0, None), axis=1)
+    return np.where(columns >= 0, values, 0)
 
 
 def forward_of(model) -> KerasForward | NumpyForward:
@@ -159,6 +220,7 @@ class ModelScorer:
         self.num_items = self.forward.num_items
         self.repeat_mechanism = self.forward.repeat_mechanism
         self.event_type_head = self.forward.event_type_head
+        self.transitions: TransitionTable | None = None
         self.rankable = np.arange(self.num_items) >= FIRST_ITEM_INDEX if rankable is None else rankable
         self.refresh()
 
@@ -169,6 +231,26 @@ class ModelScorer:
         self.item_matrix = np.ascontiguousarray(np.vstack([table.T, bias[None, :].astype(np.float32)]))
         # Unit-length item embeddings: cosine similarity between items for the reasons (explaining_items).
         self.unit_items = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        self.transitions = self.forward.transition_table()
+
+    @property
+    def mixes(self) -> bool:
+        """True when the scores are log-probabilities (a mixture), not the network's logits."""
+        return self.repeat_mechanism or self.transitions is not None
+
+    def mix(self, logits: np.ndarray, items: np.ndarray, steps: np.ndarray, transition_gate, gate, repeat):
+        """In place: (b, V) network logits of the rows' predictions after step `steps` (b,) of their window `items`
+        (b, T) -> log P(v) with the transitions and the repeat mechanism the model has (unchanged without either).
+        The repeat rows (b, T) must already be zero after each row's step."""
+        if self.transitions is not None:
+            probabilities = self.transitions.probabilities(
+                recent_items(items, steps, self.transitions.recent), self.num_items
+            )
+            probabilities *= self.rankable
+            mix_transitions(logits, transition_gate, probabilities)
+        if self.repeat_mechanism:
+            mix_repeats(logits, gate, repeat, items)
+        return logits
 
     def _batched(self, method: str, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
         """The forward pass `method` over (B, T) inputs in batches of at most `batch_size` users -> its outputs,
@@ -195,12 +277,14 @@ class ModelScorer:
             width = self.item_matrix.shape[0]
             empty_rows = np.zeros((0, steps), np.float32)
             no_types = np.zeros((0, self.forward.num_event_types), np.float32)
-            return LastStep(np.zeros((0, width), np.float32), empty_rows, np.zeros(0, np.float32), empty_rows, no_types)
+            no_gates = np.zeros(0, np.float32)
+            return LastStep(np.zeros((0, width), np.float32), empty_rows, no_gates, empty_rows, no_types, no_gates)
         return _last_step(self._batched("encode_last", inputs, batch_size))
 
     def encode_steps(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH):
         """(B, T) inputs (B > 0) -> (vectors with a trailing 1 after every step (B, T, D + 1), repeat gate (B, T),
-        repeat rows (B, T, T)): what the model predicted before each event (serving/anomalies.py)."""
+        repeat rows (B, T, T), transition gate (B, T)): what the model predicted before each event
+        (serving/anomalies.py)."""
         return _every_step(self._batched("encode_steps", inputs, batch_size))
 
     def encode_with_steps(self, inputs: dict[str, np.ndarray], with_steps: np.ndarray, batch_size: int = ENCODE_BATCH):
@@ -211,25 +295,24 @@ class ModelScorer:
             return self.encode(inputs, batch_size), None
         subset = {name: values[rows] for name, values in inputs.items()}
         columns = self._batched("encode_last_and_steps", subset, batch_size)
-        with_last, others = _last_step(columns[:5]), np.flatnonzero(~with_steps)
+        with_last, others = _last_step(columns[:6]), np.flatnonzero(~with_steps)
         last = with_last
         if len(others):
             without = self.encode({name: values[others] for name, values in inputs.items()}, batch_size)
             merged = []
-            for field in ("vectors", "attention", "gate", "repeat", "next_types"):
+            for field in ("vectors", "attention", "gate", "repeat", "next_types", "transition_gate"):
                 values = np.empty((len(with_steps), *getattr(with_last, field).shape[1:]), np.float32)
                 values[rows], values[others] = getattr(with_last, field), getattr(without, field)
                 merged.append(values)
             last = LastStep(*merged)
-        return last, _every_step(columns[5:])
+        return last, _every_step(columns[6:])
 
     def scores_into(self, last: LastStep, rows: slice, items: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The (b, V) float32 next-item scores of the users `rows` of `last`, whose window items are `items` (b, T);
         written into `out` when given (a reused block)."""
         scores = np.matmul(last.vectors[rows], self.item_matrix, out=out)
-        if self.repeat_mechanism:
-            mix_repeats(scores, last.gate[rows], last.repeat[rows], items)
-        return scores
+        last_columns = np.full(len(scores), items.shape[1] - 1)
+        return self.mix(scores, items, last_columns, last.transition_gate[rows], last.gate[rows], last.repeat[rows])
 
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, T) inputs -> (B, V) float32 scores of the next item after the last event (-inf: never rankable)."""
@@ -247,24 +330,42 @@ def _compiled(function):
 
 def _last_step(outputs: list[np.ndarray]) -> LastStep:
     """encode_last's outputs -> LastStep (the vectors with their trailing 1)."""
-    vectors, attention, gate, repeat, next_types = outputs
-    return LastStep(np.hstack([vectors, np.ones((len(vectors), 1), np.float32)]), attention, gate, repeat, next_types)
+    vectors, *others = outputs
+    return LastStep(np.hstack([vectors, np.ones((len(vectors), 1), np.float32)]), *others)
 
 
 def _every_step(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """encode_steps' outputs -> (vectors with a trailing 1 (B, T, D + 1), gate, repeat rows)."""
-    vectors, gate, repeat = outputs
-    return np.concatenate([vectors, np.ones((*vectors.shape[:2], 1), np.float32)], axis=2), gate, repeat
+    """encode_steps' outputs -> (vectors with a trailing 1 (B, T, D + 1), gate, repeat rows, transition gate)."""
+    vectors, gate, repeat, transition_gate = outputs
+    vectors = np.concatenate([vectors, np.ones((*vectors.shape[:2], 1), np.float32)], axis=2)
+    return vectors, gate, repeat, transition_gate
 
 
-def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """In place: (b, V) logits -> log(g * repeat(v) + (1 - g) * softmax(logits)(v)), with repeat(v) the repeat row's
-    weights (b, T) summed over the positions holding item v (items (b, T)). Returns `logits`."""
+def _scaled_softmax(logits: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """In place: (b, V) logits -> scale (b,) x softmax(logits) over each row (-inf -> 0). Returns `logits`."""
     peak = logits.max(axis=1, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
     np.subtract(logits, peak, out=logits)
     np.exp(logits, out=logits)
-    logits *= ((1.0 - gate) / np.maximum(logits.sum(axis=1), 1e-30))[:, None]
+    logits *= (scale / np.maximum(logits.sum(axis=1), 1e-30))[:, None]
+    return logits
+
+
+def mix_transitions(logits: np.ndarray, gate: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """In place: (b, V) logits -> log(h * P_transition(v) + (1 - h) * softmax(logits)(v)), gate h (b,),
+    P_transition (b, V) (TransitionTable.probabilities). Returns `logits`."""
+    _scaled_softmax(logits, 1.0 - gate)
+    logits += gate[:, None] * probabilities
+    with np.errstate(divide="ignore"):
+        np.log(logits, out=logits)
+    return logits
+
+
+def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """In place: (b, V) logits -> log(g * repeat(v) + (1 - g) * softmax(logits)(v)), with repeat(v) the repeat row's
+    weights (b, T) summed over the positions holding item v (items (b, T)). `logits` may be log-probabilities
+    already (after mix_transitions): their softmax is the same distribution. Returns `logits`."""
+    _scaled_softmax(logits, 1.0 - gate)
     rows = np.repeat(np.arange(len(items)), items.shape[1])
     np.add.at(logits, (rows, items.ravel()), (gate[:, None] * repeat).ravel())
     with np.errstate(divide="ignore"):

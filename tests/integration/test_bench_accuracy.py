@@ -30,10 +30,32 @@ def test_bench_accuracy_prints_one_json_line_with_the_model_and_every_baseline(t
         "RECO_ALS_RANK": "8",
     }
     events = source / "lake" / "raw" / "events"
-    stdout, _ = run_ok([RECO, "bench", "accuracy", "--events", str(events), "--root", str(tmp_path / "b")], env)
+    results = tmp_path / "accuracy.jsonl"
+    command = [
+        RECO,
+        "bench",
+        "accuracy",
+        "--events",
+        str(events),
+        "--root",
+        str(tmp_path / "b"),
+        "--results",
+        str(results),
+    ]
+    stdout, _ = run_ok(command, env)
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1
     result = json.loads(lines[0])
+    recorded = json.loads(results.read_text())
+    assert recorded["commit"] and {key: recorded[key] for key in result} == result  # the line, with its code version
+    # Settings changed by RECO_* are listed: this run is an experiment, not the shipped defaults.
+    assert {"seq_len", "history_len", "max_updates", "embedding_dim"} <= set(result["overrides"])
+    rule = result["rule"]
+    assert rule["best_baseline"] in ("popular", "personal_popular", "item_knn", "als")
+    best = result[rule["best_baseline"]]["ndcg_10"]
+    assert rule["ratio"] == pytest.approx(result["model"]["ndcg_10"] / best, abs=1e-3)
+    assert rule["wins"] == (rule["ratio"] >= 1.1 and rule["paired_difference"] > rule["paired_stderr"])
+    assert 0 <= result["chosen"]["transition_gate_mean"] <= 1
     assert result["hyper_parameters"]["seq_len"] == 20 and result["hyper_parameters"]["min_item_count"] == 5
     assert result["validation_rounds"] == 2 and len(result["validation_ndcg_10_per_round"]) == 2
     assert result["updates"] == 20

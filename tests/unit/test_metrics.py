@@ -190,3 +190,22 @@ def test_next_type_baselines_learn_from_the_training_pairs_only():
     np.testing.assert_allclose(majority, [[3 / 8, 5 / 8]] * 2)  # next types: 2 views, 4 purchases, add-one
     markov = last_type(train, holdout, 2)
     np.testing.assert_allclose(markov, [[1 / 5, 4 / 5], [3 / 5, 2 / 5]])  # rows: after a view, after a purchase
+
+
+def test_the_paired_difference_compares_the_same_users_and_its_error_shrinks_with_them():
+    from model_lib.evaluation.metrics import ndcg_gains, paired_difference
+
+    ranks = np.array([1.0, 3.0, np.inf, 2.0])
+    reference = np.array([2.0, 3.0, 1.0, np.inf])
+    assert ndcg_gains(ranks, 10).tolist() == pytest.approx([1.0, 0.5, 0.0, 1 / np.log2(3)])
+    paired = paired_difference(ranks, reference, 10)
+    expected = ndcg_gains(ranks, 10) - ndcg_gains(reference, 10)
+    assert paired["difference"] == pytest.approx(expected.mean())
+    assert paired["stderr"] == pytest.approx(expected.std(ddof=1) / 2)
+    # A scorer one place better for every user: the difference is certain however small (no error at all), where
+    # the two means' own errors would overlap.
+    rng = np.random.default_rng(0)
+    base = rng.integers(2, 12, 500).astype(float)
+    better = paired_difference(base - 1, base, 10)
+    assert better["difference"] > 0 and better["difference"] > 3 * better["stderr"]
+    assert paired_difference(base, base, 10) == {"difference": 0.0, "stderr": 0.0}

@@ -41,11 +41,13 @@ def batch(items, types=None, gaps=None):
 def test_output_shapes(model):
     inputs = batch([[0, 0, 5, 6, 7], [2, 3, 4, 5, 6]])
     assert tuple(model(inputs).shape) == (2, 5, 30)
-    vectors, attention, gate, repeat, next_types = model.encode_last(inputs)
+    vectors, attention, gate, repeat, next_types, transition_gate = model.encode_last(inputs)
     assert tuple(vectors.shape) == (2, 8) and tuple(attention.shape) == (2, 5)
     assert tuple(gate.shape) == (2,) and tuple(repeat.shape) == (2, 5)
     assert np.allclose(gate, 0.0) and np.allclose(repeat, 0.0)  # no repeat mechanism in this model
     assert tuple(next_types.shape) == (2, 4) and np.allclose(next_types, 0.0)  # nor an event-type head
+    assert tuple(transition_gate.shape) == (2,)
+    assert np.allclose(transition_gate, 0.0) == (model.transitions is None)
 
 
 def test_padded_positions_never_change_the_scores(model):

@@ -7,11 +7,11 @@ from model_lib.serving.numpy_encoder import NumpyEncoder
 
 keras = pytest.importorskip("keras")
 
-LAST_STEP = ("vectors", "attention", "gate", "repeat", "next_types")
-EVERY_STEP = ("step_vectors", "step_gates", "step_repeats")
+LAST_STEP = ("vectors", "attention", "gate", "repeat", "next_types", "transition_gate")
+EVERY_STEP = ("step_vectors", "step_gates", "step_repeats", "step_transition_gates")
 
 
-def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechanism: bool):
+def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechanism: bool, transitions: int = 0):
     from model_lib.model.network import NextItemModel, build_model
 
     keras.utils.set_random_seed(11)
@@ -24,11 +24,18 @@ def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechan
         lstm_layers=lstm_layers,
         event_type_head=event_type_head,
         repeat_mechanism=repeat_mechanism,
+        transition_neighbours=transitions,
     )
     build_model(model)
     # Trained-looking weights: the seeded initial ones are small enough to hide a wrong gate order.
     for variable in model.trainable_variables:
         variable.assign(np.random.default_rng(3).normal(0, 0.5, variable.shape).astype(np.float32))
+    if transitions:  # a table as co-occurrence gives it: neighbours of every known item, none for padding/unknown
+        rng = np.random.default_rng(5)
+        indices = rng.integers(2, 40, (40, transitions)).astype(np.int32)
+        weights = rng.uniform(0.1, 1.0, (40, transitions)).astype(np.float32)
+        indices[:2], weights[:2] = 0, 0.0
+        model.transitions.set_table(indices, weights)
     return model
 
 
@@ -54,12 +61,12 @@ def assert_outputs_equal(names, expected, got):
 
 
 @pytest.mark.parametrize(
-    ("lstm_layers", "event_type_head", "repeat_mechanism"),
-    [(1, False, False), (2, True, False), (1, True, True)],
-    ids=["plain", "two_layers_with_head", "head_and_repeats"],
+    ("lstm_layers", "event_type_head", "repeat_mechanism", "transitions"),
+    [(1, False, False, 0), (2, True, False, 0), (1, True, True, 0), (1, False, True, 4)],
+    ids=["plain", "two_layers_with_head", "head_and_repeats", "repeats_and_transitions"],
 )
-def test_every_output_equals_tensorflows_to_1e_5(lstm_layers, event_type_head, repeat_mechanism):
-    model = trained_looking_model(lstm_layers, event_type_head, repeat_mechanism)
+def test_every_output_equals_tensorflows_to_1e_5(lstm_layers, event_type_head, repeat_mechanism, transitions):
+    model = trained_looking_model(lstm_layers, event_type_head, repeat_mechanism, transitions)
     inputs = awkward_inputs()
     encoder = NumpyEncoder.from_model(model)
 
@@ -92,14 +99,15 @@ def test_users_of_every_history_length_in_any_order_get_tensorflows_outputs():
 
 
 def test_the_file_form_and_the_keras_model_rebuilt_from_it_keep_every_weight(tmp_path):
-    model = trained_looking_model(1, True, True)
+    model = trained_looking_model(1, True, True, transitions=4)
     encoder = NumpyEncoder.from_model(model)
     loaded = NumpyEncoder.load(encoder.save(tmp_path / "encoder.npz"), encoder.config)
     assert sorted(loaded.arrays) == sorted(encoder.arrays)
     for name, values in encoder.arrays.items():
         assert np.array_equal(loaded.arrays[name], values), name
     assert (loaded.num_items, loaded.num_event_types, loaded.num_gap_buckets) == (40, 5, 7)
-    assert loaded.event_type_head and loaded.repeat_mechanism
+    assert loaded.event_type_head and loaded.repeat_mechanism and loaded.transitions
+    assert loaded.arrays["transition_neighbour_items"].dtype == np.int32
 
     rebuilt = loaded.to_model()
     for mine, theirs in zip(rebuilt.get_weights(), model.get_weights(), strict=True):
@@ -141,7 +149,7 @@ def test_a_loaded_version_scores_as_tensorflow_does_without_importing_it(tmp_pat
 
     from model_lib.serving.recommender import Recommender
 
-    model = trained_looking_model(1, True, True)
+    model = trained_looking_model(1, True, True, transitions=4)
     vocabulary = pd.DataFrame({"item_index": np.arange(2, 40), "item_id": [f"i{k}" for k in range(2, 40)], "count": 1})
     trained = Recommender(model, vocabulary, ["view", "cart", "buy", "like"])
     folder = trained.save(tmp_path / "recommender")

@@ -127,11 +127,42 @@ def test_cutting_to_the_window_keeps_the_cut_items_excluded():
     assert cut.items.tolist() == [[4, 5, 6]] and cut.older_items[0].tolist() == [2, 3, 9]
 
 
-def test_a_budget_in_updates_does_not_depend_on_the_data_size():
-    small = TrainingBudget.of(TrainingSettings(max_updates=1000, eval_every_updates=300), 11)
-    assert (small.rounds, small.steps_per_round, small.total_updates) == (4, 300, 1200)
+def test_the_budget_follows_the_data_up_to_a_cap():
+    # 11 updates a pass: 20 passes are 220 updates, below the cap, one validation per pass.
+    small = TrainingBudget.of(TrainingSettings(epochs=20, max_updates=10_000), 11)
+    assert (small.rounds, small.steps_per_round, small.total_updates) == (20, 11, 220)
+    # 200 passes are 2,200 updates: validated every 8 passes (88 updates), 25 times.
+    longer = TrainingBudget.of(TrainingSettings(epochs=200, max_updates=10_000), 11)
+    assert (longer.rounds, longer.steps_per_round, longer.total_updates) == (25, 88, 2200)
+    # 400 updates a pass: the cap of 10,000 updates comes first (25 passes).
+    large = TrainingBudget.of(TrainingSettings(epochs=200, max_updates=10_000), 400)
+    assert (large.rounds, large.steps_per_round, large.total_updates) == (25, 400, 10_000)
+    validated = TrainingBudget.of(TrainingSettings(epochs=50, max_updates=1000, eval_every_updates=300), 400)
+    assert (validated.rounds, validated.steps_per_round) == (4, 300)
     passes = TrainingBudget.of(TrainingSettings(max_updates=0, epochs=5), 11)
     assert (passes.rounds, passes.steps_per_round) == (5, 11)
+
+
+def test_the_time_budget_shortens_the_plan_and_ends_the_learning_rate_with_it():
+    import keras
+
+    from model_lib.model.schedule import learning_rate_schedule, replan
+
+    training = TrainingSettings(epochs=20, max_updates=0, train_minutes=1.0, learning_rate=0.01, min_lr_ratio=0.1)
+    budget = TrainingBudget.of(training, 10)
+    schedule = learning_rate_schedule(training, budget.total_updates)
+    assert float(schedule(100)) > 0.005  # half-way through the plan of 200 updates
+    # The first round compiled (20 s), then 5 s a round: 30 s left are 6 more rounds, 9 in all, not 20.
+    state = {"history": [{"epoch_seconds": 20.0}, {"epoch_seconds": 5.0}, {"epoch_seconds": 5.0}], "seconds": 30.0}
+    assert "9 rounds instead of 20" in replan(state, budget, training, schedule)
+    assert state["planned_rounds"] == 9
+    assert float(schedule(90)) == pytest.approx(0.001, rel=1e-3)  # the end of the new plan: min_lr_ratio x lr
+    assert keras.ops.convert_to_numpy(schedule(40)) > keras.ops.convert_to_numpy(schedule(80))
+    state["history"].append({"epoch_seconds": 5.0})
+    state["seconds"] = 35.0
+    assert replan(state, budget, training, schedule) is None  # the same pace: the plan stands
+    unlimited = TrainingSettings(epochs=20, max_updates=0, train_minutes=0)
+    assert replan({"history": [{"epoch_seconds": 1e6}], "seconds": 1e6}, budget, unlimited, schedule) is None
 
 
 def test_early_stopping_ignores_gains_inside_the_noise():

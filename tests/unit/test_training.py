@@ -157,6 +157,30 @@ def test_a_stopped_run_resumes_from_its_checkpoint_exactly(settings, tmp_path):
     assert fresh.resumed_after_epoch == 0
 
 
+def test_the_best_epoch_checkpoint_restores_every_weight_of_the_model(tmp_path):
+    """A resumed run whose best epoch came before the restart takes that epoch from the best checkpoint: all of it
+    (the LSTM layers, kept in a list, were once left out, so the LSTM of the last epoch stayed)."""
+    import keras
+
+    from model_lib.model.network import NextItemModel, build_model
+    from model_lib.model.training import open_checkpoints
+
+    keras.utils.set_random_seed(5)
+    model = NextItemModel(20, 3, 5, embedding_dim=8, hidden_dim=8, lstm_layers=2, transition_neighbours=3)
+    build_model(model)
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    epoch = keras.Variable(0, dtype="int64", trainable=False)
+    checkpoints = open_checkpoints(tmp_path / "checkpoints", model, optimizer, epoch, is_chief=True)
+    best = [np.array(w) for w in model.get_weights()]
+    checkpoints.save({"history": []}, improved=True)
+    for variable in model.weights:  # later epochs change everything
+        variable.assign(np.asarray(variable) + 1)
+    assert checkpoints.restore_best()
+    for variable, saved in zip(model.weights, best, strict=True):
+        np.testing.assert_array_equal(np.asarray(variable), saved, err_msg=variable.path)
+
+
 def toy_vocabulary(num_items: int) -> pd.DataFrame:
     indices = np.arange(2, num_items)
     return pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1000 - indices})
