@@ -8,7 +8,8 @@ reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
-reco bench accuracy | scoring | sessionize | training_speed   the benchmarks under bench/ (one JSON line per result)
+reco bench accuracy | reasons | scoring | sessionize | training_speed
+                               the benchmarks under bench/ (one JSON line per result)
 reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
 reco spark-class-archive       make setup: record the Spark JVM's class-data archive (faster cold starts)
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 BENCHMARKS = {
     "accuracy": "bench.accuracy",
+    "reasons": "bench.reasons",
     "scoring": "bench.scoring",
     "sessionize": "bench.sessionize_bench",
     "training_speed": "bench.training_speed",

@@ -90,18 +90,18 @@ def planned_cosine(peak: float, total_updates: int, warmup_share: float, min_rat
 
 
 def replan(state: dict, budget: TrainingBudget, training: TrainingSettings, schedule) -> str | None:
-    """After a round: when the rounds planned no longer fit in `train_minutes` at the pace of the last round (the
-    first one also compiles), plan fewer (never fewer than done) and move the learning rate schedule's end with
-    them. -> a line saying so, or None."""
+    """After a round: the rounds that fit in `train_minutes` at the pace of the last round (never fewer than done,
+    never more than the budget's), and the learning rate schedule's end moved with them. The first round also
+    compiles, so a plan it cut grows back once later rounds show the real pace. -> a line saying so, or None."""
     done = len(state["history"])
     planned = state.setdefault("planned_rounds", budget.rounds)
     if not training.train_minutes or not done:
         return None
     pace = max(state["history"][-1]["epoch_seconds"], 1e-9)
     fitting = done + int(max(0.0, training.train_minutes * 60 - state["seconds"]) / pace)
-    if fitting >= planned:
+    if max(done, min(budget.rounds, fitting)) == planned:
         return None
-    state["planned_rounds"] = max(done, fitting)
+    state["planned_rounds"] = max(done, min(budget.rounds, fitting))
     set_plan(schedule, state["planned_rounds"] * budget.steps_per_round)
     minutes, rounds = training.train_minutes, state["planned_rounds"]
     return f"time budget {minutes:g} min: {rounds} rounds instead of {planned} at {pace:.0f}s a round"

@@ -270,6 +270,30 @@ class ModelScorer:
             parts.append([output[:rows] for output in self.forward.run(method, batch)])
         return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
+    def transition_reasons(self, last: LastStep, rows: slice, items: np.ndarray, chosen: np.ndarray, scores):
+        """For the users `rows` of `last` (window items (b, T)) and their recommendations `chosen` (b, K) with their
+        served scores (log P): the share of each one's probability that the transitions gave (b, K), and how that
+        part splits over the window's positions (b, K, T) (explaining_items). None without the transitions."""
+        table = self.transitions
+        if table is None or not len(chosen):
+            return None
+        steps = items.shape[1]
+        recent = recent_items(items, np.full(len(items), steps - 1), table.recent)  # (b, recent), newest first
+        weights = table.weights[recent] * table.offsets[None, : recent.shape[1], None]  # (b, recent, N)
+        total = weights.sum(axis=(1, 2))
+        hits = table.indices[recent][:, None, :, :] == chosen[:, :, None, None]  # (b, K, recent, N)
+        parts = (weights[:, None] * hits).sum(axis=3) / np.where(total > 0, total, 1.0)[:, None, None]  # P_t(r) by o
+        transition_probability = parts.sum(axis=2)
+        gate = last.transition_gate[rows] * (1.0 - last.gate[rows])  # the repeat mixture comes on top
+        with np.errstate(over="ignore", invalid="ignore"):
+            share = np.clip(gate[:, None] * transition_probability / np.exp(scores.astype(np.float64)), 0.0, 1.0)
+        share = np.where(np.isfinite(share), share, 0.0)
+        by_position = np.zeros((*chosen.shape, steps), np.float64)
+        columns = steps - 1 - np.arange(recent.shape[1])
+        by_position[:, :, columns] = parts  # distinct columns, one per recent step
+        by_position /= np.where(transition_probability > 0, transition_probability, 1.0)[:, :, None]
+        return share, by_position
+
     def encode(self, inputs: dict[str, np.ndarray], batch_size: int = ENCODE_BATCH) -> LastStep:
         """(B, T) inputs -> LastStep, in batches of at most `batch_size` users."""
         if not len(inputs["items"]):
@@ -374,24 +398,35 @@ def mix_repeats(logits: np.ndarray, gate: np.ndarray, repeat: np.ndarray, items:
 
 
 def explaining_items(
-    chosen: np.ndarray, items: np.ndarray, attention: np.ndarray, unit_items: np.ndarray
+    chosen: np.ndarray,
+    items: np.ndarray,
+    attention: np.ndarray,
+    unit_items: np.ndarray,
+    transitions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The history item that explains each recommendation best under the model.
 
     chosen (B, K) recommended item indices; items (B, T) the window's item indices; attention (B, T) the last step's
-    attention row (how much the user vector drew on each position); unit_items (V, D) unit-length item embeddings.
-    Returns (B, K): for each recommended item r, the window item at the position t maximising
-        attention[t] x (1 + cos(item_t, r)) / 2
-    over the known positions (index >= FIRST_ITEM_INDEX): an item the model both attended to and finds similar to r.
-    The similarity is mapped to [0, 1] so that the order stays meaningful when every cosine is negative (an attended
-    dissimilar item still beats an ignored dissimilar one). A recommended repeat is explained by itself when the
-    model attended to it (cosine 1). Ties go to the earliest position; -1 for a user without a known item.
-    Cost K x T x D per user.
+    attention row (how much the user vector drew on each position); unit_items (V, D) unit-length item embeddings;
+    transitions, for a model with them (ModelScorer.transition_reasons): each recommendation's share of its
+    probability that came from the item-to-item transitions (B, K), and how that part splits over the positions
+    (B, K, T), summing to 1. Returns (B, K): for each recommended item r, the window item at the position t
+    maximising
+        (1 - share_r) x attention[t] x (1 + cos(item_t, r)) / 2  +  share_r x transition_part_r[t]
+    over the known positions (index >= FIRST_ITEM_INDEX): the network's part is an item the model both attended to
+    and finds similar to r, the transitions' part the recent item whose neighbour r is. The similarity is mapped to
+    [0, 1] so that the order stays meaningful when every cosine is negative (an attended dissimilar item still beats
+    an ignored dissimilar one). A recommended repeat is explained by itself when the model attended to it (cosine
+    1). Ties go to the earliest position; -1 for a user without a known item. Cost K x T x D per user.
     """
     known = items >= FIRST_ITEM_INDEX
     # Batched BLAS matmul: ~6x faster than the same einsum here.
     similarity = np.matmul(unit_items[chosen], unit_items[items].transpose(0, 2, 1))
-    weight = np.where(known[:, None, :], attention[:, None, :] * (1.0 + similarity) * 0.5, -np.inf)
+    weight = attention[:, None, :] * (1.0 + similarity) * 0.5
+    if transitions is not None:
+        share, parts = transitions
+        weight = (1.0 - share)[:, :, None] * weight + share[:, :, None] * parts
+    weight = np.where(known[:, None, :], weight, -np.inf)
     reasons = np.take_along_axis(items, weight.argmax(axis=2), axis=1)
     return np.where(known.any(axis=1)[:, None], reasons, -1)
 
@@ -471,7 +506,9 @@ class Recommender:
             top_items.append(chosen)
             top_scores.append(values)
             clock.lap("top_k")
-            top_reasons.append(explaining_items(chosen, items[window], last.attention[window], self.scorer.unit_items))
+            explained = self.scorer.transition_reasons(last, window, items[window], chosen, values)
+            reasons = explaining_items(chosen, items[window], last.attention[window], self.scorer.unit_items, explained)
+            top_reasons.append(reasons)
             clock.lap("reasons")
         width = min(k, self.num_items)
         top = np.concatenate(top_items) if top_items else np.zeros((0, width), np.int64)
@@ -607,6 +644,11 @@ def gap_buckets(timestamps: list, max_bucket: int) -> np.ndarray:
     """Timestamps (ISO-8601 strings or datetimes, oldest first) -> gap buckets exactly as `events.gap_bucket`
     computes them in Spark: 1 for the first event, else 2 + floor(log2(1 + gap seconds)), capped at max_bucket."""
     seconds = pd.to_datetime(pd.Series(timestamps), utc=True, format="ISO8601").astype("int64").to_numpy() / 1e9
-    gaps = np.maximum(np.diff(seconds), 0.0)
+    return gap_buckets_of_seconds(seconds, max_bucket)
+
+
+def gap_buckets_of_seconds(seconds: np.ndarray, max_bucket: int) -> np.ndarray:
+    """Event times in epoch seconds (oldest first) -> their gap buckets (see gap_buckets)."""
+    gaps = np.maximum(np.diff(np.asarray(seconds, np.float64)), 0.0)
     buckets = np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int32) + 2, max_bucket)
-    return np.concatenate([[1], buckets]).astype(np.int32)[: len(timestamps)]
+    return np.concatenate([[1], buckets]).astype(np.int32)[: len(seconds)]

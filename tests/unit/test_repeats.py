@@ -161,6 +161,9 @@ def test_the_time_budget_shortens_the_plan_and_ends_the_learning_rate_with_it():
     state["history"].append({"epoch_seconds": 5.0})
     state["seconds"] = 35.0
     assert replan(state, budget, training, schedule) is None  # the same pace: the plan stands
+    state["history"].append({"epoch_seconds": 1.0})
+    state["seconds"] = 36.0
+    assert "20 rounds instead of 9" in replan(state, budget, training, schedule)  # faster: back to the budget's
     unlimited = TrainingSettings(epochs=20, max_updates=0, train_minutes=0)
     assert replan({"history": [{"epoch_seconds": 1e6}], "seconds": 1e6}, budget, unlimited, schedule) is None
 

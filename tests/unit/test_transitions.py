@@ -117,3 +117,33 @@ def test_a_version_saved_before_the_transitions_still_loads_and_scores_the_same(
     items = rng.integers(2, 40, (5, 6)).astype(np.int32)
     inputs = {"items": items, "event_types": np.ones_like(items), "gaps": np.full_like(items, 3)}
     np.testing.assert_allclose(loaded.score(inputs), trained.score(inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_each_reason_is_the_history_item_whose_removal_costs_its_recommendation_most(settings, tmp_path):
+    """bench/reasons.py on a model trained where the last item decides the next: every recommendation's reason is
+    the item whose removal lowers its log P the most, and the reasons differ within a list."""
+    import pandas as pd
+
+    from bench.reasons import measure, without_item
+    from model_lib.data.splits import Sequences
+    from model_lib.model.training import train_next_item_model
+    from model_lib.serving.recommender import Recommender
+
+    num_items = 120
+    walks = successor_walks(240, num_items, 8, jump=0.3, seed=5)
+    files = write_sequences(walks, tmp_path / "sequences")
+    chosen = settings.updated(**TINY, epochs=4, patience=4, transition_neighbours=10)
+    model = train_next_item_model(files, num_items, chosen, verbose=0).model
+    indices = np.arange(2, num_items)
+    vocabulary = pd.DataFrame({"item_index": indices, "item_id": [f"i{k}" for k in indices], "count": 1})
+    recommender = Recommender(model, vocabulary, settings.sessionize.event_types)
+    times = 1_000_000 + np.cumsum(np.full(walks.items.shape, 600), axis=1)
+    users = Sequences(walks.user_ids, walks.items, walks.event_types, walks.gaps, walks.older_items, times)
+    figures = measure(recommender, users.subset(np.arange(40)), k=5, max_bucket=20, seed=1)
+    assert figures["pairs"] == 40 * 5
+    assert figures["top_share"] >= 0.5 and figures["above_random"] >= 0.8, figures
+    assert figures["reasons_per_list"] > 1.5, figures
+
+    # Removing an item re-pads the window and recomputes the gaps from the events' times.
+    items, gaps = without_item(np.array([0, 5, 6, 5, 7]), np.ones(5), np.array([0, 10, 70, 130, 4000]), 5, 20)[::2]
+    assert items.tolist() == [0, 0, 0, 6, 7] and gaps.tolist() == [0, 0, 0, 1, 13]  # 2 + floor(log2(3931))
