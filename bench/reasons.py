@@ -143,9 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-record", action="store_true", help="print the line without appending it to the results")
     args = parser.parse_args(argv)
     result = run(get_settings(), args.users, args.k, args.seed)
     print(json.dumps(result), flush=True)
+    if not args.no_record:
+        from bench import accuracy, results
+
+        results.record(result, accuracy.REASONS)
+        accuracy.render()
     return result
 
 

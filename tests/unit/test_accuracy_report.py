@@ -65,7 +65,11 @@ def test_the_page_shows_each_data_sets_latest_defaults_run_and_lists_experiments
     results = tmp_path / "accuracy.jsonl"
     lines = [line("ml-100k", 0.09), line("ml-100k", 0.13), line("ml-100k", 0.2, ["dropout"])]
     results.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
-    page = render(results, tmp_path / "ACCURACY.md").read_text()
+    reasons = tmp_path / "reasons.jsonl"
+    figures = {"model_version": 3, "users": 200, "k": 10, "top_share": 0.61, "above_random": 0.9}
+    reasons.write_text(json.dumps({**figures, "reasons_per_list": 4.2, "reason_cost": 0.03}) + "\n")
+    page = render(results, tmp_path / "ACCURACY.md", reasons).read_text()
+    assert "| 3 | 200 | 10 | 0.61 | 0.9 | 4.2 | 0.03 |" in page
     table = [row for row in page.splitlines() if row.startswith("| ml-100k |")]
     assert len(table) == 1 and "0.1300" in table[0] and "| yes |" in table[0]  # the latest defaults run only
     assert "0.0900" not in page
