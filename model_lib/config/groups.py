@@ -19,6 +19,7 @@ LR_SCHEDULES = ("cosine", "constant")
 TRAINING_LAUNCHERS = ("local", "kubernetes")
 # The names evaluation.metrics uses (kept import-free here).
 REPEAT_POLICIES = ("exclude_seen", "allow_repeats")
+ENCODERS = ("lstm", "nextitnet", "svae")  # network.ENCODERS (kept import-free here)
 MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
 
 
@@ -245,6 +246,11 @@ class ModelSettings(BaseModel):
     # attention_heads heads + feed-forward, residuals, layer norm) over them. See model_lib/model/network.py.
     attention_blocks: NonNegativeInt = 0
     attention_heads: Positive = 2
+    # What reads the events before the attention (network.ENCODERS): lstm; nextitnet (dilated causal convolutions,
+    # scored with TensorFlow at night: the numpy encoder covers the LSTM); svae (the LSTM, then a Gaussian latent
+    # whose KL divergence from N(0, I) weighs kl_weight in the loss).
+    encoder: Annotated[str, _one_of(ENCODERS)] = "lstm"
+    kl_weight: NonNegative = 0.05
     dropout: float = 0.1
     xla: bool = True  # XLA-compiles the train step (the LSTM loop runs much faster on CPU)
     # full = softmax over the whole catalogue; sampled = `sampled_negatives` items drawn from the unigram^0.75

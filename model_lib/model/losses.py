@@ -131,6 +131,8 @@ def next_item_loss(model, inputs, item_targets, type_targets, model_settings, lo
         # learns on its own, as the model without transitions does, and the gate learns how far to trust each. The
         # two are averaged, so the next-event-type loss keeps its weight against the item loss.
         loss = 0.5 * (loss + masked_mean(network_losses, weights))
+    if outputs["kl"] is not None:
+        loss += model_settings.kl_weight * masked_mean(outputs["kl"], weights)
     if outputs["event_type_logits"] is not None:
         type_losses = full_softmax_loss(tf.cast(outputs["event_type_logits"], tf.float32), type_targets)
         loss += model_settings.event_type_loss_weight * masked_mean(

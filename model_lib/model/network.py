@@ -32,6 +32,13 @@ from keras import layers, ops
 from model_lib.contracts import PAD_INDEX
 
 PACKAGE = "reco"
+# What reads the embedded events before the attention (`encoder`): the LSTM; NextItNet's stack of dilated causal
+# convolutions (a convolutional, autoregressive encoder); or the LSTM with a variational bottleneck after the
+# attention (a sequential VAE, SVAE-style: the state becomes a Gaussian latent, sampled in training, its mean served).
+ENCODERS = ("lstm", "nextitnet", "svae")
+# NextItNet's residual blocks: each two convolutions of kernel 3 with dilations (d, 2d); two stacks of d = 1, 4 see
+# 1 + 2 x 2 x (1 + 2 + 4 + 8) = 61 steps back, more than the default window of 50.
+NEXTITNET_DILATIONS = (1, 4, 1, 4)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -134,6 +141,69 @@ class CausalSelfAttentionBlock(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "heads": self.heads, "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DilatedCausalBlock(layers.Layer):
+    """NextItNet's residual block: two dilated causal convolutions over each step and the steps before it.
+
+    Inputs: `states` (B, T, H) and `valid` (B, T) bool. Returns the new states (B, T, H), zero at padded steps:
+        x = states + ReLU(LayerNorm(conv_2d(ReLU(LayerNorm(conv_d(states))))))     kernel 3, dilation d then 2d
+    Causal: step t reads steps t, t - d, t - 2d (left padding is zeros, so it adds nothing).
+    """
+
+    def __init__(self, units: int, dilation: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.dilation = units, dilation
+        self.supports_masking = True
+        self.first = layers.Conv1D(units, 3, padding="causal", dilation_rate=dilation, name="first")
+        self.first_norm = layers.LayerNormalization(epsilon=1e-6, name="first_norm")
+        self.second = layers.Conv1D(units, 3, padding="causal", dilation_rate=2 * dilation, name="second")
+        self.second_norm = layers.LayerNormalization(epsilon=1e-6, name="second_norm")
+
+    def call(self, states, valid, mask=None):
+        hidden = ops.relu(self.first_norm(self.first(states)))
+        hidden = ops.relu(self.second_norm(self.second(hidden)))
+        return (states + hidden) * ops.cast(valid, states.dtype)[..., None]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "dilation": self.dilation}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class VariationalBottleneck(layers.Layer):
+    """The sequential VAE's latent: each step's state becomes a Gaussian N(mean, exp(log_variance)).
+
+    Input `states` (B, T, H). Returns (z (B, T, H): a sample in training, the mean otherwise; the KL divergence from
+    N(0, I) per step (B, T) float32, which the loss weighs by `kl_weight`).
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True
+        self.mean = layers.Dense(units, name="latent_mean")
+        self.log_variance = layers.Dense(units, name="latent_log_variance")
+        self.noise = keras.random.SeedGenerator(17)
+
+    def call(self, states, training=False, mask=None):
+        mean = self.mean(states)
+        log_variance = ops.clip(ops.cast(self.log_variance(states), "float32"), -10.0, 10.0)
+        mean32 = ops.cast(mean, "float32")
+        kl = -0.5 * ops.sum(1.0 + log_variance - ops.square(mean32) - ops.exp(log_variance), axis=-1)
+        if not training:
+            return mean, kl
+        noise = keras.random.normal(ops.shape(mean32), seed=self.noise)
+        return ops.cast(mean32 + ops.exp(0.5 * log_variance) * noise, mean.dtype), kl
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -245,13 +315,15 @@ class ItemTransitions(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class NextItemModel(keras.Model):
-    """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown).
+    """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown); the
+    LSTM may be replaced by NextItNet's dilated convolutions, or followed by a variational bottleneck (ENCODERS).
 
     `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
     `forward(inputs)` -> {"user_vectors": (B, T, D), "attention": (B, T, T),
                           "event_type_logits": (B, T, num_event_types) when `event_type_head`, else None,
                           "repeat_gate": (B, T) and "repeat_weights": (B, T, T) when `repeat_mechanism`, else None,
-                          "transition_gate": (B, T) when `transition_neighbours` > 0, else None}.
+                          "transition_gate": (B, T) when `transition_neighbours` > 0, else None,
+                          "kl": (B, T) the latent's KL divergence when `encoder` is "svae", else None}.
     `encode(inputs)` -> (user vectors (B, T, D), attention weights (B, T, T)).
     `encode_last(inputs)` -> the last step's (user vector (B, D), attention row (B, T), repeat gate (B,),
                              repeat row (B, T), next event type probabilities (B, num_event_types), transition
@@ -275,9 +347,13 @@ class NextItemModel(keras.Model):
         attention_heads: int = 2,
         transition_neighbours: int = 0,
         transition_recent: int = 5,
+        encoder: str = "lstm",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        self.encoder = encoder
         self.num_items = num_items
         self.num_event_types = num_event_types
         self.num_gap_buckets = num_gap_buckets
@@ -300,7 +376,18 @@ class NextItemModel(keras.Model):
         self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
         self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
         self.input_dropout = layers.Dropout(dropout)
-        self.lstms = [layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)]
+        if encoder == "nextitnet":
+            self.lstms = []
+            self.encoder_input = layers.Dense(hidden_dim, name="encoder_input")
+            self.convolutions = [
+                DilatedCausalBlock(hidden_dim, dilation, name=f"dilated_block_{i}")
+                for i, dilation in enumerate(NEXTITNET_DILATIONS)
+            ]
+        else:
+            self.lstms = [layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)]
+        self.bottleneck = (
+            VariationalBottleneck(hidden_dim, name="variational_bottleneck") if encoder == "svae" else None
+        )
         if attention_blocks:
             self.blocks = [
                 CausalSelfAttentionBlock(hidden_dim, attention_heads, dropout, name=f"attention_block_{i}")
@@ -335,9 +422,16 @@ class NextItemModel(keras.Model):
         # Padded steps contribute nothing: zero their input and let the LSTM carry state across them.
         embedded = embedded * ops.cast(valid, embedded.dtype)[..., None]
         states = self.input_dropout(embedded, training=training)
+        if self.encoder == "nextitnet":
+            states = self.encoder_input(states) * ops.cast(valid, embedded.dtype)[..., None]
+            for block in self.convolutions:
+                states = block(states, valid)
         for lstm in self.lstms:
             states = lstm(states, mask=valid, training=training)
         combined, weights = self.attend(states, valid, training)
+        kl = None
+        if self.bottleneck is not None:
+            combined, kl = self.bottleneck(combined, training=training)
         gate, repeat_weights = (
             self.repeat_explore(combined, states, valid) if self.repeat_explore is not None else (None, None)
         )
@@ -348,6 +442,7 @@ class NextItemModel(keras.Model):
             "repeat_gate": gate,
             "repeat_weights": repeat_weights,
             "transition_gate": self.transitions(combined, items) if self.transitions is not None else None,
+            "kl": kl,
         }
 
     def attend(self, states, valid, training):
@@ -434,6 +529,7 @@ class NextItemModel(keras.Model):
             "attention_heads": self.attention_heads,
             "transition_neighbours": self.transition_neighbours,
             "transition_recent": self.transition_recent,
+            "encoder": self.encoder,
         }
 
 

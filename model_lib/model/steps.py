@@ -30,6 +30,7 @@ def build_next_item_model(num_items: int, settings: Settings, event_type_head: b
         attention_heads=settings.model.attention_heads,
         transition_neighbours=settings.model.transition_neighbours,
         transition_recent=settings.model.transition_recent,
+        encoder=settings.model.encoder,
     )
     build_model(model)
     return model

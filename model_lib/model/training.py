@@ -79,6 +79,8 @@ HYPER_PARAMETERS = (
     "transition_neighbours",
     "transition_window",
     "transition_recent",
+    "encoder",
+    "kl_weight",
     "history_len",
     "window_stride",
     "max_updates",

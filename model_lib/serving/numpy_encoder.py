@@ -10,7 +10,8 @@ itself is applied by the scorer, recommender.ModelScorer). `encode_last` compute
 only; `encode_steps` for every step (the anomaly scores need the prediction before each event).
 
 The arrays travel with each registered version as `encoder.npz` (`save` / `load`, beside the Keras weights), so a
-worker loads them without Keras. Models with self-attention blocks (attention_blocks > 0) are not covered: `supports`
+worker loads them without Keras. Models with self-attention blocks (attention_blocks > 0) or NextItNet's convolutions
+(encoder "nextitnet") are not covered: `supports`
 says so and the caller keeps TensorFlow for them. tests/unit/test_numpy_encoder.py holds every output equal to
 TensorFlow's forward pass to 1e-5.
 """
@@ -79,6 +80,9 @@ def keras_variables(model) -> dict:
         variables["transition_offset_logits"] = model.transitions.offset_logits
         variables["transition_gate_kernel"] = model.transitions.gate.kernel
         variables["transition_gate_bias"] = model.transitions.gate.bias
+    if model.bottleneck is not None:  # served: the latent's mean
+        variables["latent_mean_kernel"] = model.bottleneck.mean.kernel
+        variables["latent_mean_bias"] = model.bottleneck.mean.bias
     return variables
 
 
@@ -111,12 +115,19 @@ class NumpyEncoder:
             if isinstance(model_or_config, dict)
             else getattr(model_or_config, "attention_blocks", 0)
         )
-        return not blocks
+        encoder = (
+            model_or_config.get("encoder", "lstm")
+            if isinstance(model_or_config, dict)
+            else getattr(model_or_config, "encoder", "lstm")
+        )
+        return not blocks and encoder != "nextitnet"
 
     @classmethod
     def from_model(cls, model) -> NumpyEncoder:
         if not cls.supports(model):
-            raise ValueError("the numpy encoder covers models without self-attention blocks (attention_blocks = 0)")
+            raise ValueError(
+                "the numpy encoder covers LSTM models without self-attention blocks (attention_blocks = 0)"
+            )
         from model_lib.model.network import constructor_arguments  # the model is Keras: TensorFlow is loaded
 
         arrays = {name: np.asarray(variable) for name, variable in keras_variables(model).items()}
@@ -241,6 +252,8 @@ class NumpyEncoder:
         attention = attend(query_states @ a["attention_query"], states @ a["attention_key"])
         context = np.matmul(attention, states)
         combined = np.tanh(np.concatenate([query_states, context], axis=2) @ a["combine_kernel"] + a["combine_bias"])
+        if "latent_mean_kernel" in a:
+            combined = combined @ a["latent_mean_kernel"] + a["latent_mean_bias"]
         heads = {
             "attention": attention,
             "combined": combined,

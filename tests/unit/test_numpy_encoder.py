@@ -11,7 +11,9 @@ LAST_STEP = ("vectors", "attention", "gate", "repeat", "next_types", "transition
 EVERY_STEP = ("step_vectors", "step_gates", "step_repeats", "step_transition_gates")
 
 
-def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechanism: bool, transitions: int = 0):
+def trained_looking_model(
+    lstm_layers: int, event_type_head: bool, repeat_mechanism: bool, transitions: int = 0, encoder: str = "lstm"
+):
     from model_lib.model.network import NextItemModel, build_model
 
     keras.utils.set_random_seed(11)
@@ -25,6 +27,7 @@ def trained_looking_model(lstm_layers: int, event_type_head: bool, repeat_mechan
         event_type_head=event_type_head,
         repeat_mechanism=repeat_mechanism,
         transition_neighbours=transitions,
+        encoder=encoder,
     )
     build_model(model)
     # Trained-looking weights: the seeded initial ones are small enough to hide a wrong gate order.
@@ -61,12 +64,18 @@ def assert_outputs_equal(names, expected, got):
 
 
 @pytest.mark.parametrize(
-    ("lstm_layers", "event_type_head", "repeat_mechanism", "transitions"),
-    [(1, False, False, 0), (2, True, False, 0), (1, True, True, 0), (1, False, True, 4)],
-    ids=["plain", "two_layers_with_head", "head_and_repeats", "repeats_and_transitions"],
+    ("lstm_layers", "event_type_head", "repeat_mechanism", "transitions", "encoder"),
+    [
+        (1, False, False, 0, "lstm"),
+        (2, True, False, 0, "lstm"),
+        (1, True, True, 0, "lstm"),
+        (1, False, True, 4, "lstm"),
+        (1, True, True, 4, "svae"),
+    ],
+    ids=["plain", "two_layers_with_head", "head_and_repeats", "repeats_and_transitions", "variational"],
 )
-def test_every_output_equals_tensorflows_to_1e_5(lstm_layers, event_type_head, repeat_mechanism, transitions):
-    model = trained_looking_model(lstm_layers, event_type_head, repeat_mechanism, transitions)
+def test_every_output_equals_tensorflows_to_1e_5(lstm_layers, event_type_head, repeat_mechanism, transitions, encoder):
+    model = trained_looking_model(lstm_layers, event_type_head, repeat_mechanism, transitions, encoder)
     inputs = awkward_inputs()
     encoder = NumpyEncoder.from_model(model)
 
@@ -120,6 +129,9 @@ def test_models_with_self_attention_blocks_are_left_to_tensorflow():
     assert not NumpyEncoder.supports(NextItemModel(10, 3, 4, attention_blocks=1))
     assert not NumpyEncoder.supports({"attention_blocks": 2})
     assert NumpyEncoder.supports(NextItemModel(10, 3, 4))
+    assert NumpyEncoder.supports(NextItemModel(10, 3, 4, encoder="svae"))
+    assert not NumpyEncoder.supports(NextItemModel(10, 3, 4, encoder="nextitnet"))
+    assert not NumpyEncoder.supports({"encoder": "nextitnet"})
     with pytest.raises(ValueError, match="self-attention blocks"):
         NumpyEncoder.from_model(NextItemModel(10, 3, 4, attention_blocks=1))
 

@@ -147,3 +147,28 @@ def test_each_reason_is_the_history_item_whose_removal_costs_its_recommendation_
     # Removing an item re-pads the window and recomputes the gaps from the events' times.
     items, gaps = without_item(np.array([0, 5, 6, 5, 7]), np.ones(5), np.array([0, 10, 70, 130, 4000]), 5, 20)[::2]
     assert items.tolist() == [0, 0, 0, 6, 7] and gaps.tolist() == [0, 0, 0, 1, 13]  # 2 + floor(log2(3931))
+
+
+@pytest.mark.parametrize("encoder", ["nextitnet", "svae"])
+def test_the_other_encoders_learn_a_sequence_with_the_same_training(settings, tmp_path, encoder):
+    """NextItNet's dilated convolutions and the sequential VAE in place of the plain LSTM: the same training loop
+    learns the hidden cycle (transitions off, so the encoder has to), and the model serves through the scorer."""
+    import keras
+
+    from model_lib.model.training import evaluate_model, train_next_item_model
+    from model_lib.serving.recommender import ModelScorer
+
+    num_items = 40
+    sequences = cycle_sequences(300, num_items, 10)
+    files = write_sequences(sequences, tmp_path / "sequences")
+    chosen = settings.updated(**TINY, epochs=10, patience=10, transition_neighbours=0, encoder=encoder)
+    result = train_next_item_model(files, num_items, chosen, verbose=0)
+    assert result.model.encoder == encoder
+    split = protocol_split(sequences)
+    assert evaluate_model(result.model, split.test, num_items, (3,))["hr_3"] > 0.8
+    # Served deterministically (the VAE's mean, no sampling): the same scores twice.
+    inputs = split.test.inputs.model_inputs()
+    np.testing.assert_array_equal(ModelScorer(result.model).score(inputs), ModelScorer(result.model).score(inputs))
+    if encoder == "svae":
+        outputs = result.model.forward({k: keras.ops.convert_to_tensor(v) for k, v in inputs.items()}, training=True)
+        assert float(keras.ops.min(outputs["kl"])) >= 0.0
