@@ -19,7 +19,7 @@ LR_SCHEDULES = ("cosine", "constant")
 TRAINING_LAUNCHERS = ("local", "kubernetes")
 # The names evaluation.metrics uses (kept import-free here).
 REPEAT_POLICIES = ("exclude_seen", "allow_repeats")
-ENCODERS = ("lstm", "nextitnet", "svae")  # network.ENCODERS (kept import-free here)
+ENCODERS = ("lstm", "nextitnet", "svae")  # what reads the events in the network (model/network.py)
 MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
 
 

@@ -29,13 +29,14 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from model_lib.config.groups import ENCODERS
 from model_lib.contracts import PAD_INDEX
 
 PACKAGE = "reco"
-# What reads the embedded events before the attention (`encoder`): the LSTM; NextItNet's stack of dilated causal
-# convolutions (a convolutional, autoregressive encoder); or the LSTM with a variational bottleneck after the
-# attention (a sequential VAE, SVAE-style: the state becomes a Gaussian latent, sampled in training, its mean served).
-ENCODERS = ("lstm", "nextitnet", "svae")
+# What reads the embedded events before the attention (`encoder`, one of config's ENCODERS): the LSTM; NextItNet's
+# stack of dilated causal convolutions (a convolutional, autoregressive encoder); or the LSTM with a variational
+# bottleneck after the attention (a sequential VAE, SVAE-style: the state becomes a Gaussian latent, sampled in
+# training, its mean served).
 # NextItNet's residual blocks: each two convolutions of kernel 3 with dilations (d, 2d); two stacks of d = 1, 4 see
 # 1 + 2 x 2 x (1 + 2 + 4 + 8) = 61 steps back, more than the default window of 50.
 NEXTITNET_DILATIONS = (1, 4, 1, 4)
@@ -316,7 +317,7 @@ class ItemTransitions(layers.Layer):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class NextItemModel(keras.Model):
     """LSTM + attention next-item scorer over a catalogue of `num_items` indices (0 = padding, 1 = unknown); the
-    LSTM may be replaced by NextItNet's dilated convolutions, or followed by a variational bottleneck (ENCODERS).
+    LSTM may be replaced by NextItNet's dilated convolutions, or followed by a variational bottleneck (`encoder`).
 
     `call(inputs)` with inputs {"items", "event_types", "gaps"} each (B, T) int -> logits (B, T, num_items).
     `forward(inputs)` -> {"user_vectors": (B, T, D), "attention": (B, T, T),
