@@ -12,7 +12,9 @@ from model_lib.config import Settings, get_settings
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return get_settings(data_dir=tmp_path / "data", min_item_count=1, seq_len=8)
+    # Small windows whose sequences keep only the window (history_len 0 = seq_len), so that a few events overflow
+    # into the older items and the state is exercised.
+    return get_settings(data_dir=tmp_path / "data", min_item_count=1, seq_len=8, history_len=0)
 
 
 @pytest.fixture(scope="session")

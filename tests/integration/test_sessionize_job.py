@@ -102,6 +102,7 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
         data_dir=settings.lake.data_dir,
         min_item_count=1,
         seq_len=settings.sessionize.seq_len,
+        history_len=0,
         spark_rows_per_shuffle_partition=1,
         spark_shuffle_partitions=5,
     )
@@ -127,7 +128,9 @@ def test_incremental_nights_equal_a_full_rebuild(spark, settings, raw_days):
     assert (quiet["status"], quiet["mode"], quiet["read"]) == ("succeeded", "incremental", 0)
     pd.testing.assert_frame_equal(incremental, sequences(settings, quiet_day))
     # A different L cannot continue yesterday's state: auto mode rebuilds.
-    longer = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=settings.sessionize.seq_len + 2)
+    longer = get_settings(
+        data_dir=settings.lake.data_dir, min_item_count=1, seq_len=settings.sessionize.seq_len + 2, history_len=0
+    )
     with pytest.raises(RuntimeError, match="other seq_len"):
         sessionize.run(longer, days[-1], spark=spark, mode="incremental")
     changed = sessionize.run(longer, days[-1], spark=spark)
@@ -149,7 +152,9 @@ def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
     assert pd.read_parquet(settings.lake.quarantine_dir(day))["reason"].tolist() == ["not_json"]
     assert pd.read_parquet(settings.lake.run_stats_dir("sessionize", day))["status"].tolist() == ["failed"]
     assert not settings.lake.sequences_dir(day).exists() and not settings.lake.state_dir(day).exists()
-    relaxed = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=0.2)
+    relaxed = get_settings(
+        data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, history_len=0, max_quarantine_share=0.2
+    )
     assert sessionize.run(relaxed, day, spark=spark)["users"] == 9
 
 
@@ -173,7 +178,9 @@ def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
     folder = settings.lake.raw_events_day_dir(day)
     folder.mkdir(parents=True)
     (folder / "part-00000.jsonl").write_text("\n".join(lines) + "\n")
-    relaxed = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, max_quarantine_share=1.0)
+    relaxed = get_settings(
+        data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, history_len=0, max_quarantine_share=1.0
+    )
 
     stats = sessionize.run(relaxed, day, spark=spark)
 
@@ -191,7 +198,9 @@ def test_a_setting_that_changes_an_encoding_forces_a_full_rebuild(settings, chan
     yesterday, today = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
     write_manifest(settings.lake.sessionized_dir(yesterday), state.state_shape(settings.sessionize))
     assert state.plan_run(settings, today, "auto").mode == "incremental"
-    other = get_settings(**{"data_dir": settings.lake.data_dir, "min_item_count": 1, "seq_len": 8, **changed})
+    other = get_settings(
+        **{"data_dir": settings.lake.data_dir, "min_item_count": 1, "seq_len": 8, "history_len": 0, **changed}
+    )
     plan = state.plan_run(other, today, "auto")
     assert plan.mode == "full" and next(iter(changed)) in plan.why
     with pytest.raises(RuntimeError, match=f"other {next(iter(changed))}"):

@@ -21,7 +21,9 @@ HOUR = 3_600_000
 
 @pytest.fixture
 def rules(tmp_path):
-    return get_settings(data_dir=tmp_path, event_types=TYPES, seq_len=4, max_line_chars=400, max_id_chars=20)
+    return get_settings(
+        data_dir=tmp_path, event_types=TYPES, seq_len=4, history_len=0, max_line_chars=400, max_id_chars=20
+    )
 
 
 def line(user="u1", item="a", kind="view", ts=T0, **extra):
