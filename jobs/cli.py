@@ -157,12 +157,22 @@ def _summary(args) -> None:
         )
     client = registry.configure(settings)
     champion = registry.alias_version(client, settings, registry.CHAMPION)
-    tags = client.get_model_version(settings.model.model_name, str(champion)).tags if champion else {}
+    version = client.get_model_version(settings.model.model_name, str(champion)) if champion else None
+    tags = version.tags if version else {}
     print(f"warehouse {redact(settings.engines.warehouse_url)}: last run {warehouse.last_run(ds)}")
     print(
         f"champion {settings.model.model_name} v{champion}: leave-one-out test HR@10 = {tags.get('test_hr_10')}, "
         f"NDCG@10 = {tags.get('test_ndcg_10')} (full ranking, seen items excluded)"
     )
+    if version is not None and version.run_id:
+        from model_lib.evaluation.baselines import METRIC_PREFIXES
+
+        metrics = client.get_run(version.run_id).data.metrics
+        found = {name: metrics.get(f"{prefix}_test_ndcg_10") for name, prefix in METRIC_PREFIXES.items()}
+        print(
+            "  baselines on the same split, NDCG@10: "
+            + ", ".join(f"{name} {value:.4f}" for name, value in found.items() if value is not None)
+        )
     print("MLflow UI:  make mlflow-ui   -> http://127.0.0.1:5000 (experiment reco-training, model reco-lstm-attention)")
     print("Airflow UI: make airflow     -> http://127.0.0.1:8080 (DAGs reco_training, reco_nightly)")
 
