@@ -169,6 +169,8 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
     from model_lib.storage.spark import spark_session
 
     started = time.perf_counter()
+    # What RECO_* variables changed, read before the policy is set (a validated copy marks every field as given).
+    overrides = sorted(settings.explicit_fields() - {"data_dir", "repeat_policy", "train_minutes"})
     ds = prepare_raw_events(settings, dataset, events)
     spark = spark_session(settings.engines, "reco-bench-accuracy")
     try:
@@ -205,7 +207,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "test_repeat_share": round(scorers["model"]["repeat_target_share"], 4),
         "protocol": "leave-one-out, full ranking over the served candidates, items < min_item_count dropped once",
         "hyper_parameters": settings.pick(REPORTED_SETTINGS),
-        "overrides": sorted(settings.explicit_fields() - {"data_dir", "repeat_policy", "train_minutes"}),
+        "overrides": overrides,
         "rule": verdict(scorers, ranks),
         "chosen": chosen_configuration(trained, settings, split.test),
         "strategy": trained.strategy,

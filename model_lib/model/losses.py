@@ -113,7 +113,7 @@ def next_item_loss(model, inputs, item_targets, type_targets, model_settings, lo
         losses = tf.reshape(losses, tf.shape(item_targets))
     else:
         losses = full_softmax_loss(model.item_logits(outputs["user_vectors"]), item_targets)
-    network_losses = losses
+    without_transitions = losses
     if outputs["transition_gate"] is not None:
         losses = -transition_mixture_log_likelihood(
             -losses,
@@ -121,16 +121,21 @@ def next_item_loss(model, inputs, item_targets, type_targets, model_settings, lo
             model.transitions.target_probability(inputs["items"], item_targets),
         )
     if outputs["repeat_gate"] is not None:
-        losses = -repeat_mixture_log_likelihood(
-            -losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
-        )
+
+        def with_repeats(explore_losses):
+            return -repeat_mixture_log_likelihood(
+                -explore_losses, outputs["repeat_gate"], outputs["repeat_weights"], inputs["items"], item_targets
+            )
+
+        losses, without_transitions = with_repeats(losses), with_repeats(without_transitions)
     loss = masked_mean(losses, weights)
     if outputs["transition_gate"] is not None:
         # Inside the mixture the network learns only from the targets the transitions miss (its gradient is scaled by
         # its share of the mixture), which left it at item-kNN's level for thousands of updates on ML-1M: it also
-        # learns on its own, as the model without transitions does, and the gate learns how far to trust each. The
-        # two are averaged, so the next-event-type loss keeps its weight against the item loss.
-        loss = 0.5 * (loss + masked_mean(network_losses, weights))
+        # learns as the model without transitions would (the repeat mixture included, so repeats stay the repeat
+        # mechanism's), and the gate learns how far to trust each. The two are averaged, so the next-event-type loss
+        # keeps its weight against the item loss.
+        loss = 0.5 * (loss + masked_mean(without_transitions, weights))
     if outputs["kl"] is not None:
         loss += model_settings.kl_weight * masked_mean(outputs["kl"], weights)
     if outputs["event_type_logits"] is not None:

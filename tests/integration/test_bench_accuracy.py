@@ -49,7 +49,8 @@ def test_bench_accuracy_prints_one_json_line_with_the_model_and_every_baseline(t
     recorded = json.loads(results.read_text())
     assert recorded["commit"] and {key: recorded[key] for key in result} == result  # the line, with its code version
     # Settings changed by RECO_* are listed: this run is an experiment, not the shipped defaults.
-    assert {"seq_len", "history_len", "max_updates", "embedding_dim"} <= set(result["overrides"])
+    changed = {"seq_len", "history_len", "max_updates", "eval_every_updates", "embedding_dim", "hidden_dim", "als_rank"}
+    assert changed <= set(result["overrides"]) and not {"dropout", "patience", "epochs"} & set(result["overrides"])
     rule = result["rule"]
     assert rule["best_baseline"] in ("popular", "personal_popular", "item_knn", "als")
     best = result[rule["best_baseline"]]["ndcg_10"]
