@@ -169,8 +169,9 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
     from model_lib.storage.spark import spark_session
 
     started = time.perf_counter()
-    # What RECO_* variables changed, read before the policy is set (a validated copy marks every field as given).
-    overrides = sorted(settings.explicit_fields() - {"data_dir", "repeat_policy", "train_minutes"})
+    # The model's settings RECO_* variables changed, read before the policy is set (a validated copy marks every
+    # field as given; the derived paths are marked too).
+    overrides = sorted(settings.explicit_fields() & set(REPORTED_SETTINGS) - {"repeat_policy", "train_minutes"})
     ds = prepare_raw_events(settings, dataset, events)
     spark = spark_session(settings.engines, "reco-bench-accuracy")
     try:
