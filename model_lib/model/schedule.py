@@ -98,7 +98,10 @@ def replan(state: dict, budget: TrainingBudget, training: TrainingSettings, sche
     if not training.train_minutes or not done:
         return None
     pace = max(state["history"][-1]["epoch_seconds"], 1e-9)
-    fitting = done + int(max(0.0, training.train_minutes * 60 - state["seconds"]) / pace)
+    left = training.train_minutes * 60 - state["seconds"]
+    # While time is left, at least one more round: the first round's pace includes its compiling, and a plan cut on
+    # it alone would end a short budget after that round (the demo's 6 minutes: 1 round of 25).
+    fitting = done + (max(1, int(left / pace)) if left > 0 else 0)
     if max(done, min(budget.rounds, fitting)) == planned:
         return None
     state["planned_rounds"] = max(done, min(budget.rounds, fitting))

@@ -164,6 +164,12 @@ def test_the_time_budget_shortens_the_plan_and_ends_the_learning_rate_with_it():
     state["history"].append({"epoch_seconds": 1.0})
     state["seconds"] = 36.0
     assert "20 rounds instead of 9" in replan(state, budget, training, schedule)  # faster: back to the budget's
+    # A first round that compiled for most of a short budget: one more round to see the real pace, not an end.
+    short = TrainingSettings(epochs=20, max_updates=0, train_minutes=6.0)
+    first = {"history": [{"epoch_seconds": 214.0}], "seconds": 214.0}
+    assert "2 rounds instead of 20" in replan(first, budget, short, schedule)
+    spent = {"history": [{"epoch_seconds": 214.0}, {"epoch_seconds": 150.0}], "seconds": 364.0, "planned_rounds": 2}
+    assert replan(spent, budget, short, schedule) is None  # the budget is spent: the plan ends with this round
     unlimited = TrainingSettings(epochs=20, max_updates=0, train_minutes=0)
     assert replan({"history": [{"epoch_seconds": 1e6}], "seconds": 1e6}, budget, unlimited, schedule) is None
 
