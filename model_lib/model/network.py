@@ -287,7 +287,9 @@ class ItemTransitions(layers.Layer):
     def recent_items(self, items):
         """(B, T) -> (B, T, recent): at step t the items at t, t-1, ... (padding before the window's start)."""
         items = ops.cast(items, "int32")
-        shifted = [items] + [ops.pad(items[:, :-offset], [[0, 0], [offset, 0]]) for offset in range(1, self.recent)]
+        steps = ops.shape(items)[1]
+        # Pad, then cut to the width: a batch trimmed to fewer steps than `recent` still gets `recent` columns.
+        shifted = [items] + [ops.pad(items, [[0, 0], [offset, 0]])[:, :steps] for offset in range(1, self.recent)]
         return ops.stack(shifted, axis=-1)
 
     def target_probability(self, items, targets):

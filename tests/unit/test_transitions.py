@@ -27,7 +27,6 @@ def test_served_transition_probabilities_are_the_ones_training_maximises():
     import keras
 
     from model_lib.model.network import NextItemModel, build_model
-    from model_lib.serving.recommender import ModelScorer, recent_items
 
     keras.utils.set_random_seed(2)
     model = NextItemModel(30, 3, 5, embedding_dim=8, hidden_dim=8, transition_neighbours=4, transition_recent=3)
@@ -42,8 +41,18 @@ def test_served_transition_probabilities_are_the_ones_training_maximises():
     items[0, :4] = 0
     targets = rng.integers(2, 30, items.shape).astype(np.int32)
 
+    # The whole width, and a batch trimmed to fewer steps than the recent items the table reads (training trims
+    # batches to bucket widths).
+    for width in (items.shape[1], 2):
+        check_one_width(model, items[:, -width:], targets[:, -width:])
+
+
+def check_one_width(model, items, targets):
+    from model_lib.serving.recommender import ModelScorer, recent_items
+
     trained = np.asarray(model.transitions.target_probability(items, targets))
     table = ModelScorer(model).transitions
+    assert trained.shape == items.shape
     for step in range(items.shape[1]):
         served = table.probabilities(recent_items(items, np.full(len(items), step), table.recent), 30)
         real = items[:, step] > 0
