@@ -121,6 +121,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, sequences, s
         "baselines": {name: metrics for name, metrics in results.items() if name != MODEL},
         "next_event_type": next_type,
         "train_seconds": round(result.seconds, 1),
+        "validation_rounds": len(result.history),
         "resumed_after_epoch": result.resumed_after_epoch,
     }
     say(f"train summary {json.dumps(summary)}")

@@ -72,6 +72,6 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     assert summary["run_id"] == run_id and summary["resumed_after_epoch"] == saved
     mlflow.set_tracking_uri(settings.engines.mlflow_tracking_uri)
     steps = {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "loss")}
-    rounds = summary["epochs"]  # 40 passes, validated at most 25 times (schedule.MAX_VALIDATIONS)
+    rounds = summary["validation_rounds"]  # 40 passes, validated at most 25 times (schedule.MAX_VALIDATIONS)
     assert steps == set(range(1, rounds + 1)) and saved < rounds
     assert not settings.lake.checkpoint_dir(ds).exists()  # registered: a re-run of the day starts afresh
