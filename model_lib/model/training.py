@@ -237,7 +237,6 @@ class TrainingRun:
     checkpoints: Checkpoints
     policy: RepeatPolicy
     scorer: object = None
-    planned_rounds: int = 0
 
 
 def set_up_run(
@@ -288,14 +287,16 @@ def set_up_run(
     )
 
 
-def run_round(epoch: int, run: TrainingRun, training: TrainingSettings, verbose: int) -> tuple[dict, dict]:
+def run_round(
+    epoch: int, planned: int, run: TrainingRun, training: TrainingSettings, verbose: int
+) -> tuple[dict, dict]:
     """One validation round: its updates, then the validation pass; -> (the round's record, validation metrics)."""
     import keras
 
     budget, k = run.budget, training.eval_k
     steps = budget.steps_per_round
     if verbose:
-        print(f"Validation round {epoch}/{run.planned_rounds} ({steps} updates)", flush=True)
+        print(f"Validation round {epoch}/{planned} ({steps} updates)", flush=True)
     progress = keras.utils.Progbar(steps, verbose=verbose if run.is_chief else 0, stateful_metrics=["loss"])
     epoch_started = time.perf_counter()
     losses = train_round(run.distributed_step, run.epoch_dataset(epoch), training.seed, epoch, progress)
@@ -326,8 +327,7 @@ def run_rounds(run: TrainingRun, state: dict, training: TrainingSettings, verbos
     epoch = len(state["history"])
     while not stopped and epoch < state["planned_rounds"]:
         epoch += 1
-        run.planned_rounds = state["planned_rounds"]
-        record, validation_metrics = run_round(epoch, run, training, verbose)
+        record, validation_metrics = run_round(epoch, state["planned_rounds"], run, training, verbose)
         state["history"].append(record)
         if on_epoch_end:
             on_epoch_end(epoch, record)

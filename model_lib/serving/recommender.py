@@ -185,12 +185,17 @@ class TransitionTable:
     def recent(self) -> int:
         return len(self.offsets)
 
+    def neighbours_of(self, recent_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(b, recent) item indices, newest first -> their neighbours (b, recent, N) and each neighbour's weight
+        (similarity x the recency weight of the step it comes from) (b, recent, N)."""
+        weights = self.weights[recent_items] * self.offsets[None, : recent_items.shape[1], None]
+        return self.indices[recent_items], weights
+
     def probabilities(self, recent_items: np.ndarray, num_items: int) -> np.ndarray:
         """(b, recent) item indices, newest first (0 = none) -> (b, V) float32 P_transition, rows summing to 1 (all
         zeros where no recent item has a neighbour)."""
         rows = len(recent_items)
-        neighbours = self.indices[recent_items]  # (b, recent, N)
-        weights = self.weights[recent_items] * self.offsets[None, : recent_items.shape[1], None]
+        neighbours, weights = self.neighbours_of(recent_items)
         flat = (np.arange(rows)[:, None, None] * num_items + neighbours).ravel()
         dense = np.bincount(flat, weights=weights.ravel(), minlength=rows * num_items).reshape(rows, num_items)
         total = weights.sum(axis=(1, 2))
@@ -279,9 +284,9 @@ class ModelScorer:
             return None
         steps = items.shape[1]
         recent = recent_items(items, np.full(len(items), steps - 1), table.recent)  # (b, recent), newest first
-        weights = table.weights[recent] * table.offsets[None, : recent.shape[1], None]  # (b, recent, N)
+        neighbours, weights = table.neighbours_of(recent)  # (b, recent, N)
         total = weights.sum(axis=(1, 2))
-        hits = table.indices[recent][:, None, :, :] == chosen[:, :, None, None]  # (b, K, recent, N)
+        hits = neighbours[:, None, :, :] == chosen[:, :, None, None]  # (b, K, recent, N)
         parts = (weights[:, None] * hits).sum(axis=3) / np.where(total > 0, total, 1.0)[:, None, None]  # P_t(r) by o
         transition_probability = parts.sum(axis=2)
         gate = last.transition_gate[rows] * (1.0 - last.gate[rows])  # the repeat mixture comes on top
