@@ -3,7 +3,7 @@
     reco bench training_speed [--root data/bench/accuracy/ml-1m] [--updates 100]
 
 Reads the sequences the accuracy benchmark sessionized under --root (run `reco bench accuracy --dataset ml-1m`
-first), with its settings (window 200, histories of 1,000 events). In one run, on the same model and users:
+first), with the shipped settings (any RECO_* variable changes them). In one run, on the same model and users:
   train      seconds per optimizer update (the XLA-compiled step), and so per pass over the training windows
   validation eager: the forward pass run op by op through Keras, as the per-epoch validation used to;
              compiled: recommender.ModelScorer (XLA, the serving path) — both ranked by the one metrics module
@@ -100,13 +100,11 @@ def run(settings, updates: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.accuracy import BENCH_DEFAULTS
-
     parser = argparse.ArgumentParser(prog="reco bench training_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "accuracy" / "ml-1m")
     parser.add_argument("--updates", type=int, default=100, help="updates per round (two rounds; the second is timed)")
     args = parser.parse_args(argv)
-    settings = get_settings(data_dir=args.root, **BENCH_DEFAULTS)
+    settings = get_settings(data_dir=args.root)
     result = run(settings, args.updates)
     print(json.dumps(result), flush=True)
     return result
