@@ -44,6 +44,7 @@ from model_lib.progress import say, stage
 from model_lib.runtime import driver_java_options
 from model_lib.storage.lake import (
     commit_folder,
+    misnamed_folders,
     raw_partitions,
     read_parquet_folder,
     remove_dead_leftovers,
@@ -265,6 +266,12 @@ def run(
         if plan.mode == "incremental"
         else [p.name[3:] for p in raw_partitions(settings.lake.raw_events_dir, ds)]
     )
+    misnamed = misnamed_folders(settings.lake.raw_events_dir, "dt")
+    if misnamed:
+        say(
+            f"ignored {len(misnamed)} raw folder(s) whose name is not dt=YYYY-MM-DD: {', '.join(misnamed)} "
+            "(no reader takes them for a day; rename each to the day it holds)"
+        )
 
     with stage(f"sessionize ds={ds}: validate") as report:
         lines = extract_raw_lines(spark, settings, ds, plan)
@@ -303,6 +310,7 @@ def run(
         spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary, write_rejects
     )
     stats["users"] = rows["users"]
+    stats["ignored_folders"] = ",".join(misnamed)
     stats.update(status="succeeded", seconds=round(time.time() - started, 1))
     write_sessionize_stats(stats, settings, ds)
     say(f"sessionize stats {json.dumps(stats, default=str)}")

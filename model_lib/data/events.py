@@ -44,6 +44,13 @@ from model_lib.contracts import (
 )
 
 CONTROL_CHARACTER = r"[\x00-\x1F\x7F]"  # never in an id: NUL cannot be stored in PostgreSQL text
+# A JSON \u escape of a UTF-16 surrogate that is not half of a pair (`"\ud800"`): the JSON reader turns it into `?`,
+# so "u\ud800" and "u\udbff" would both become the user "u?". The backslash before the `u` must itself be unescaped
+# (an even run of backslashes before it).
+_HIGH_SURROGATE, _LOW_SURROGATE = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+LONE_SURROGATE_ESCAPE = (
+    rf"(?<!\\)(?:\\\\)*(?:{_HIGH_SURROGATE}(?!{_LOW_SURROGATE})|(?<!{_HIGH_SURROGATE}){_LOW_SURROGATE})"
+)
 CORRUPT_FIELD = "_corrupt_record"
 RAW_JSON_SCHEMA = T.StructType([T.StructField(name, T.StringType()) for name in [*RAW_FIELDS, CORRUPT_FIELD]])
 
@@ -190,7 +197,7 @@ def validate(parsed: DataFrame, rules: ValidationRules) -> DataFrame:
         bad_id = bad_id | F.coalesce(F.col(name).rlike(CONTROL_CHARACTER), F.lit(False))
     reason = (
         F.when(too_long, F.lit(REASON_TOO_LONG))
-        .when(~F.is_valid_utf8("line"), F.lit(REASON_BAD_ENCODING))
+        .when(~F.is_valid_utf8("line") | F.col("line").rlike(LONE_SURROGATE_ESCAPE), F.lit(REASON_BAD_ENCODING))
         .when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
         .when(missing, F.lit(REASON_MISSING_FIELD))
         .when(bad_id, F.lit(REASON_BAD_ID))
@@ -219,9 +226,14 @@ def quarantine_rows(validated: DataFrame) -> DataFrame:
 
 
 def dedup_key(event_id: Column, user_id: Column, item_id: Column, event_type: Column, event_ts: Column) -> Column:
-    """event_id when present, otherwise (user_id, item_id, event_type, ts)."""
+    """(user_id, event_id) when the event has an id, otherwise (user_id, item_id, event_type, ts).
+
+    An event id is unique within one user's events only: two producers that number their events from 1 each send
+    an `event_id` "1", and two different users' events are never one event.
+    """
     return F.coalesce(
-        F.concat(F.lit("id:"), event_id),
+        # The user's length first, so no pair of ids can spell another pair's key (an id may hold any character).
+        F.concat(F.lit("id:"), F.length(user_id).cast("string"), F.lit(":"), user_id, event_id),
         F.concat_ws("\u0001", F.lit("t"), user_id, item_id, event_type, event_ts.cast("string")),
     )
 

@@ -34,7 +34,9 @@ from model_lib.storage.lake import commit_folder, latest_version_before, link_fi
 from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
-STATE_LAYOUT = "user layers"  # a state stored otherwise (before layers: every user rewritten each night) is rebuilt
+# A state stored otherwise is rebuilt: before layers every user was rewritten each night; before "user-scoped event
+# ids" an event id was one key across all users (events.dedup_key).
+STATE_LAYOUT = "user layers, user-scoped event ids"
 
 
 @dataclass(frozen=True)

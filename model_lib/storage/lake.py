@@ -10,6 +10,7 @@ import ctypes
 import datetime as dt
 import errno
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -19,19 +20,42 @@ import numpy as np
 import pandas as pd
 
 
+# Only YYYY-MM-DD names a day: date.fromisoformat alone also takes `20240105` and `2024-W01-5` (Python 3.11), and a
+# folder named so would reach Spark as text that no timestamp check can parse.
+DAY_NAME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def folder_day(name: str, key: str) -> dt.date | None:
+    """The day a `key=YYYY-MM-DD` folder name stands for; None for any other name."""
+    value = name.removeprefix(f"{key}=")
+    if value == name or not DAY_NAME.fullmatch(value):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:  # 2024-02-30
+        return None
+
+
 def dated_folders(root: Path, key: str, until: dt.date) -> list[tuple[dt.date, Path]]:
-    """The `key=YYYY-MM-DD` folders under root with a date <= until, oldest first."""
+    """The `key=YYYY-MM-DD` folders under root with a date <= until, oldest first. Every reader lists days through
+    this, so a folder whose name is not a day (misnamed_folders) is ignored the same way everywhere."""
     if not root.exists():
         return []
     found = []
     for folder in root.glob(f"{key}=*"):
-        try:
-            day = dt.date.fromisoformat(folder.name[len(key) + 1 :])
-        except ValueError:
-            continue
-        if day <= until and folder.is_dir():
+        day = folder_day(folder.name, key)
+        if day is not None and day <= until and folder.is_dir():
             found.append((day, folder))
     return sorted(found)
+
+
+def misnamed_folders(root: Path, key: str) -> list[str]:
+    """The names of the `key=` folders under root that name no day (`dt=20240105`): ignored, and reported."""
+    if not root.exists():
+        return []
+    return sorted(
+        folder.name for folder in root.glob(f"{key}=*") if folder.is_dir() and folder_day(folder.name, key) is None
+    )
 
 
 def raw_partitions(raw_dir: Path, until: dt.date) -> list[Path]:

@@ -5,6 +5,7 @@ import datetime as dt
 import gzip
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -35,7 +36,12 @@ def raw_days(settings):
 
 def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_days):
     days, per_day = raw_days
+    # A copy of a day under a name that is no YYYY-MM-DD (Python's fromisoformat takes it) is no day: ignored by
+    # every reader, and named in the run's stats.
+    misnamed = settings.lake.raw_events_dir / f"dt={days[0]:%Y%m%d}"
+    shutil.copytree(settings.lake.raw_events_day_dir(days[0]), misnamed)
     stats = sessionize.run(settings, days[-1], spark=spark)
+    assert stats["ignored_folders"] == misnamed.name
     assert stats["mode"] == "full" and stats["read"] == sum(per_day.values())
     assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
     assert stats["duplicates"] > 0 and set(stats["quarantined_by_reason"]) == set(REASON_CODES)
@@ -49,6 +55,7 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert files and not any("/" in name for name in files)
     table = pd.read_parquet(settings.lake.run_stats_root("sessionize"))
     assert table["read"].tolist() == [stats["read"]] and table["status"].tolist() == ["succeeded"]
+    assert table["ignored_folders"].tolist() == [misnamed.name]
     assert table[[f"quarantined_{c}" for c in REASON_CODES]].sum(axis=1).tolist() == [stats["quarantined"]]
     frame = sequences(settings, days[-1])
     assert len(frame) == stats["users"] and {len(items) for items in frame["item_indices"]} == {

@@ -120,6 +120,21 @@ def test_an_id_with_a_control_character_is_quarantined(spark, rules):
     assert reasons == ["bad_id"] * 4 + [None]
 
 
+def test_an_escaped_lone_surrogate_is_bad_encoding_and_never_merges_two_users(spark, rules):
+    """The JSON reader turns "\\ud800" and "\\udfff" alike into `?`: "u\\ud800" would be the user "u?". A pair (an
+    emoji, json.dumps's escapes) is valid, and so is an escaped backslash followed by the text "ud800"."""
+    raw = [
+        line(user="u\ud800"),
+        line(user="u\udfff"),
+        line(item="a\ud800\ud83d\udca5"),
+        line(user="u\U0001f4a5"),
+        line(user="u\\ud800"),
+    ]
+    rows = validated(spark, raw, rules).orderBy("arrival").collect()
+    assert [r["reason"] for r in rows] == ["bad_encoding"] * 3 + [None, None]
+    assert [r["user_id"] for r in rows[3:]] == ["u\U0001f4a5", "u\\ud800"]
+
+
 def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
     raw = [
         line(item="a", event_id="e1", value=1),
@@ -127,10 +142,22 @@ def test_dedup_by_event_id_else_by_content_keeps_first_occurrence(spark, rules):
         line(item="b"),
         line(item="b"),  # no id: same (user, item, type, ts) is a duplicate
         line(item="b", ts=T0 + 1),
+        # An event id is one user's: another producer's "e1" for another user is another event, and no pair of
+        # (user, id) spells another pair's key.
+        line(user="u2", item="a", event_id="e1"),
+        line(user="u1e", item="a", event_id="1"),
+        line(user="u", item="a", event_id="1e1"),
     ]
     kept = valid_events(spark, raw, rules).orderBy("arrival").collect()
-    assert [(r["item_id"], r["value"]) for r in kept] == [("a", "1"), ("b", None), ("b", None)]
-    assert [r["arrival"]["line"] for r in kept] == [0, 2, 4]
+    assert [(r["user_id"], r["item_id"], r["value"]) for r in kept] == [
+        ("u1", "a", "1"),
+        ("u1", "b", None),
+        ("u1", "b", None),
+        ("u2", "a", None),
+        ("u1e", "a", None),
+        ("u", "a", None),
+    ]
+    assert [r["arrival"]["line"] for r in kept] == [0, 2, 4, 5, 6, 7]
 
 
 def test_an_arrival_holds_the_files_name_which_orders_as_its_path(spark):
@@ -242,11 +269,12 @@ def test_every_timestamp_at_its_limits_parses_as_the_contract_says_and_nothing_r
 
 
 def test_folders_that_are_not_dates_are_not_raw_days(spark, rules, tmp_path):
-    """A stray `dt=` folder whose name is no date would otherwise reach the day-window conversion."""
+    """A stray `dt=` folder whose name is no YYYY-MM-DD day would otherwise reach the day-window conversion, where
+    no timestamp check can parse it (`20231113` and `2023-W46-1` are dates to Python 3.11's fromisoformat)."""
     from jobs.sessionize import extract_raw_lines
     from model_lib.data.state import Plan
 
-    for folder in ("dt=2023-11-14", "dt=0000-00-00", "dt=garbage"):
+    for folder in ("dt=2023-11-14", "dt=0000-00-00", "dt=garbage", "dt=20231113", "dt=2023-W46-1"):
         (rules.lake.raw_events_dir / folder).mkdir(parents=True)
         (rules.lake.raw_events_dir / folder / "part-0.jsonl").write_text(line() + "\n")
     lines = extract_raw_lines(spark, rules, dt.date(2023, 11, 14), Plan("full", "test"))

@@ -173,3 +173,13 @@ def test_spark_reads_a_folder_it_wrote_with_the_recorded_schema_and_no_inference
     pd.DataFrame({"user_id": ["u3"], "length": [2]}).to_parquet(tmp_path / "by-pandas" / "part-0.parquet")
     assert SPARK_SCHEMA_KEY not in (pq.read_schema(tmp_path / "by-pandas" / "part-0.parquet").metadata or {})
     assert read_parquet(spark, tmp_path / "by-pandas").collect()[0].asDict() == {"user_id": "u3", "length": 2}
+
+
+def test_only_yyyy_mm_dd_names_a_day_and_every_other_dt_folder_is_reported(tmp_path):
+    import datetime as dt
+
+    for name in ("dt=2024-01-02", "dt=20240101", "dt=2024-W01-5", "dt=2024-02-30", "dt=garbage", "ds=2024-01-03"):
+        (tmp_path / name).mkdir()
+    assert lake.dated_folders(tmp_path, "dt", dt.date.max) == [(dt.date(2024, 1, 2), tmp_path / "dt=2024-01-02")]
+    assert lake.misnamed_folders(tmp_path, "dt") == ["dt=2024-02-30", "dt=2024-W01-5", "dt=20240101", "dt=garbage"]
+    assert lake.folder_day("ds=2024-01-03", "ds") == dt.date(2024, 1, 3) and lake.folder_day("ds=2024-01-03", "dt") is None
