@@ -23,9 +23,11 @@ Run as `spark-submit jobs/sessionize.py --ds 2003-02-28`, `python -m jobs.sessio
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import functools
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -49,6 +51,8 @@ from model_lib.storage.lake import (
     read_parquet_folder,
     remove_dead_leftovers,
     staging_path,
+    unreadable_reason,
+    visible_files,
     write_run_stats,
 )
 from model_lib.storage.spark import size_shuffles, spark_session
@@ -71,23 +75,51 @@ def night_java_options(settings: Settings, ds: dt.date, mode: str) -> str:
 
 # --- extract ---------------------------------------------------------------------------------------------
 def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan: Plan) -> DataFrame:
-    """Incremental: the lines of dt=ds. Full: every day up to ds. Each line keeps its dt, file and position."""
+    """Incremental: the lines of dt=ds. Full: every day up to ds. Each line keeps its dt, file and position.
+
+    A raw file that cannot be read to its end (a truncated `.gz`, or one that is not gzip) would fail Spark's read of
+    the whole day, every retry and every later rebuild: it is left out of the read and stands in the lines as one
+    row that validation quarantines as `unreadable_file`, with its path and the error."""
     raw_dir = settings.lake.raw_events_dir
     if plan.mode == "full":
-        partitions = raw_partitions(raw_dir, ds)
-        if not partitions:
+        folders = raw_partitions(raw_dir, ds)
+        if not folders:
             raise FileNotFoundError(f"no raw events at or before {ds} under {raw_dir}")
-        # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
-        # Only folders named by a date are raw days (raw_partitions): a stray `dt=garbage` is no day of events.
-        days = [folder.name.removeprefix("dt=") for folder in partitions]
-        frame = spark.read.text(str(raw_dir)).where(F.col("dt").cast("string").isin(days))
     else:
         day = settings.lake.raw_events_day_dir(ds)
-        if not day.is_dir() or not any(not f.name.startswith((".", "_")) for f in day.iterdir()):
+        folders = [day] if day.is_dir() and visible_files(day) else []
+        if not folders:
             say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
             return spark.createDataFrame([], ev.LOCATED_LINE_SCHEMA)
-        frame = spark.read.option("basePath", str(raw_dir)).text(str(day))
-    return ev.located_lines(frame)
+    unreadable = unreadable_raw_files(folders)
+    if plan.mode == "full" and not unreadable:
+        # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
+        # Only folders named by a date are raw days (raw_partitions): a stray `dt=garbage` is no day of events.
+        days = [folder.name.removeprefix("dt=") for folder in folders]
+        frame = spark.read.text(str(raw_dir)).where(F.col("dt").cast("string").isin(days))
+    else:
+        left_out = {path for path, _ in unreadable}
+        readable = [str(path) for folder in folders for path in visible_files(folder) if path not in left_out]
+        frame = spark.read.option("basePath", str(raw_dir)).text(readable) if readable else None
+    lines = ev.located_lines(frame) if frame is not None else spark.createDataFrame([], ev.LOCATED_LINE_SCHEMA)
+    if unreadable:
+        whole_files = [(path.parent.name.removeprefix("dt="), path.as_uri(), why) for path, why in unreadable]
+        lines = lines.unionByName(ev.unreadable_file_lines(spark, whole_files))
+    return lines
+
+
+def unreadable_raw_files(folders: list[Path]) -> list[tuple[Path, str]]:
+    """(path, why) of every raw file in `folders` that cannot be read to its end, each said on one line."""
+    files = [path for folder in folders for path in visible_files(folder)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # zlib frees the GIL
+        reasons = list(pool.map(unreadable_reason, files))
+    unreadable = [(path, why) for path, why in zip(files, reasons, strict=True) if why is not None]
+    for path, why in unreadable:
+        say(
+            f"quarantined the unreadable raw file {path} ({why}) as one row, reason unreadable_file; the day's "
+            "other files are processed. Replace it with a complete copy and re-run the day to read its events."
+        )
+    return unreadable
 
 
 # --- transform -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ UNKNOWN_ITEM_INDEX = 1
 FIRST_ITEM_INDEX = 2
 
 # Quarantine reason codes, checked in this order; the first that applies is recorded.
+REASON_UNREADABLE_FILE = "unreadable_file"  # a whole raw file cannot be read to its end (a truncated .gz): one row
 REASON_TOO_LONG = "too_long"  # the line, or an id in it, is longer than configured
 REASON_BAD_ENCODING = "bad_encoding"  # the line is not valid UTF-8 (no reader but Spark could read it back)
 REASON_NOT_JSON = "not_json"
@@ -20,6 +21,7 @@ REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
 REASON_FUTURE_TS = "future_ts"  # ts more than the tolerance after the end of its dt folder
 REASON_TOO_LATE = "too_late"  # arrived in a dt folder more than the allowed lateness after its ts
 REASON_CODES = (
+    REASON_UNREADABLE_FILE,
     REASON_TOO_LONG,
     REASON_BAD_ENCODING,
     REASON_NOT_JSON,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import WindowSpec
@@ -37,6 +37,7 @@ from model_lib.contracts import (
     REASON_TOO_LATE,
     REASON_TOO_LONG,
     REASON_UNKNOWN_EVENT_TYPE,
+    REASON_UNREADABLE_FILE,
     REQUIRED_FIELDS,
     STATE_COLUMNS,
     STATE_LAYER_COLUMN,
@@ -121,6 +122,21 @@ def located_lines(text: DataFrame) -> DataFrame:
     )
 
 
+# The `arrival.line` of a row that stands for a whole raw file that could not be read (no real line is numbered so).
+WHOLE_FILE = -1
+
+
+def unreadable_file_lines(spark: SparkSession, unreadable: list[tuple[str, str, str]]) -> DataFrame:
+    """(dt, the file's path, why it cannot be read) per raw file that cannot be read -> one LOCATED_LINE_SCHEMA row
+    each, its `line` the reader's error and its arrival.line WHOLE_FILE, so `validate` quarantines the file as one
+    unit (unreadable_file) and the counts still reconcile (it is one line read)."""
+    rows = [
+        (f"unreadable raw file: {why}", day, (day, path.rsplit("/", 1)[-1], WHOLE_FILE), path)
+        for day, path, why in unreadable
+    ]
+    return spark.createDataFrame(rows, LOCATED_LINE_SCHEMA)
+
+
 def parse_raw_lines(lines: DataFrame) -> DataFrame:
     """Raw text lines -> one row per line with the contract's fields as strings.
 
@@ -196,7 +212,8 @@ def validate(parsed: DataFrame, rules: ValidationRules) -> DataFrame:
         too_long = too_long | F.coalesce(F.length(name) > rules.max_id_chars, F.lit(False))
         bad_id = bad_id | F.coalesce(F.col(name).rlike(CONTROL_CHARACTER), F.lit(False))
     reason = (
-        F.when(too_long, F.lit(REASON_TOO_LONG))
+        F.when(F.col("arrival.line") == WHOLE_FILE, F.lit(REASON_UNREADABLE_FILE))
+        .when(too_long, F.lit(REASON_TOO_LONG))
         .when(~F.is_valid_utf8("line") | F.col("line").rlike(LONE_SURROGATE_ESCAPE), F.lit(REASON_BAD_ENCODING))
         .when(~F.col("is_json"), F.lit(REASON_NOT_JSON))
         .when(missing, F.lit(REASON_MISSING_FIELD))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import errno
+import gzip
 import os
 import re
 import shutil
 import socket
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,26 @@ def misnamed_folders(root: Path, key: str) -> list[str]:
 def raw_partitions(raw_dir: Path, until: dt.date) -> list[Path]:
     """The raw `dt=YYYY-MM-DD` folders with dt <= until, oldest first."""
     return [folder for _, folder in dated_folders(raw_dir, "dt", until)]
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """The files of a folder a Spark reader reads (it skips names starting with `.` or `_`), in name order."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith((".", "_")))
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a compressed raw file cannot be read to its end, or None. Spark's reader fails the whole job on a
+    truncated `.gz` or one that is not gzip at all, so such a file is found before Spark opens it: decompressed
+    once here, streaming (as fast as zlib, a few hundred MB of text a second; other names are never opened)."""
+    if not path.name.endswith(".gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def latest_version_before(root: Path, ds: dt.date) -> Path | None:
@@ -142,7 +164,7 @@ def link_files(source: Path, target: Path) -> int:
     link, e.g. across devices); a later commit that replaces `source`'s day leaves `target`'s names intact.
     Returns the files linked."""
     target.mkdir(parents=True)
-    files = [path for path in source.iterdir() if path.is_file() and not path.name.startswith((".", "_"))]
+    files = visible_files(source)
     for path in files:
         try:
             os.link(path, target / path.name)

@@ -44,7 +44,8 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert stats["ignored_folders"] == misnamed.name
     assert stats["mode"] == "full" and stats["read"] == sum(per_day.values())
     assert stats["read"] == stats["valid"] + stats["duplicates"] + stats["quarantined"]
-    assert stats["duplicates"] > 0 and set(stats["quarantined_by_reason"]) == set(REASON_CODES)
+    # Every line-level reason (the synthetic files are all readable: unreadable files have their own test).
+    assert stats["duplicates"] > 0 and set(stats["quarantined_by_reason"]) == set(REASON_CODES) - {"unreadable_file"}
     quarantine = spark.read.parquet(str(settings.lake.quarantine_root))
     assert quarantine.count() == stats["quarantined"]
     assert {r["dt"].isoformat() for r in quarantine.select("dt").distinct().collect()} <= set(per_day)
@@ -163,6 +164,40 @@ def test_too_much_quarantine_fails_the_run_after_writing_it(spark, settings):
         data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, history_len=0, max_quarantine_share=0.2
     )
     assert sessionize.run(relaxed, day, spark=spark)["users"] == 9
+
+
+def test_an_unreadable_file_is_quarantined_as_one_row_and_the_days_other_files_are_read(spark, settings):
+    """A truncated .gz and a file named .gz that is not gzip failed Spark's read of the whole day (FAILED_READ_FILE),
+    every retry and every later rebuild. Each is now one quarantined row naming the file, in a full rebuild and in
+    an incremental night; an empty .gz is no fault."""
+
+    def write_day(day, users):
+        folder = settings.lake.raw_events_day_dir(day)
+        folder.mkdir(parents=True)
+        good = [
+            f'{{"user_id":"u{i % users}","item_id":"i{i % 7}","event_type":"view","ts":"{day}T10:{i // 60:02d}:{i % 60:02d}Z"}}'
+            for i in range(240)
+        ]
+        (folder / "part-00000.jsonl").write_text("\n".join(good) + "\n")
+        whole = gzip.compress(("\n".join(good) + "\n").encode())
+        (folder / "part-00001.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+        (folder / "part-00002.jsonl.gz").write_text("\n".join(good[:3]) + "\n")
+        (folder / "part-00003.jsonl.gz").write_bytes(b"")
+
+    relaxed = get_settings(data_dir=settings.lake.data_dir, min_item_count=1, seq_len=8, history_len=0)
+    first, second = dt.date(2024, 3, 2), dt.date(2024, 3, 3)
+    write_day(first, 24)
+    write_day(second, 30)
+    for day, mode, users in ((first, "full", 24), (second, "incremental", 30)):
+        stats = sessionize.run(relaxed, day, spark=spark, mode=mode)
+        assert stats["status"] == "succeeded" and stats["valid"] == 240 and stats["users"] == users
+        assert stats["quarantined_by_reason"] == {"unreadable_file": 2} and stats["read"] == 242
+        quarantine = pd.read_parquet(settings.lake.quarantine_dir(day)).sort_values("source_file")
+        assert [path.rsplit("/", 1)[-1] for path in quarantine["source_file"]] == [
+            "part-00001.jsonl.gz",
+            "part-00002.jsonl.gz",
+        ]
+        assert quarantine["raw_line"].str.contains("EOFError|BadGzipFile").all()
 
 
 def test_no_timestamp_at_any_limit_fails_the_day(spark, settings):
