@@ -30,7 +30,14 @@ from pyspark.sql import types as T
 from model_lib.config import SessionizeSettings, Settings
 from model_lib.contracts import REASON_CODES, STATE_COLUMNS, STATE_LAYER_COLUMN
 from model_lib.data.events import SequenceRules, ValidationRules, newest_state_rows
-from model_lib.storage.lake import commit_folder, latest_version_before, link_files, parquet_rows, staging_path
+from model_lib.storage.lake import (
+    commit_folder,
+    latest_version_before,
+    link_files,
+    parquet_rows,
+    recover_path,
+    staging_path,
+)
 from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
@@ -79,6 +86,7 @@ def state_shape(sessionize: SessionizeSettings) -> dict:
 
 def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = False) -> Plan:
     yesterday = ds - dt.timedelta(days=1)
+    recover_path(settings.lake.sessionized_dir(yesterday))  # a commit of yesterday that crashed half-way
     manifest = settings.lake.sessionized_dir(yesterday) / MANIFEST
     if requested == "full":
         why = "full rebuild requested"

@@ -43,6 +43,8 @@ def dated_folders(root: Path, key: str, until: dt.date) -> list[tuple[dt.date, P
     this, so a folder whose name is not a day (misnamed_folders) is ignored the same way everywhere."""
     if not root.exists():
         return []
+    for retired in root.glob(f".old-{key}=*"):  # a day whose commit crashed between two renames: finish it first
+        recover_folder(root / retired.name.removeprefix(".old-").split(".", 1)[0])
     found = []
     for folder in root.glob(f"{key}=*"):
         day = folder_day(folder.name, key)
@@ -105,31 +107,69 @@ def commit_folder(staged: Path, final: Path) -> None:
     """Swaps a fully written folder into place, then removes the previous version and dead runs' leftovers.
 
     On Linux the two names are exchanged in one step, so a reader finds the old complete version or the new one at
-    every instant. Where the file system cannot exchange, two renames leave a moment without `final` (its previous
-    version is then `.old-…`).
+    every instant. Where the file system cannot exchange (NFS-like shared volumes), the new version first takes its
+    staging name beside `final` and the previous one moves to `.old-` under the same tag, then the new one takes the
+    name: a crash between those two renames leaves the pair, from which `recover_folder` (called by this function,
+    the cleanup and the lake's readers) finishes the commit. No step removes the only complete copy.
     """
+    recover_folder(final)
     if final.exists() and _exchange(staged, final):
         shutil.rmtree(staged)  # it now holds the previous version
     else:
-        retired = final.parent / staging_path(final).name.replace(".tmp-", ".old-", 1)
+        incoming = staging_path(final)
+        staged.rename(incoming)
+        retired = final.parent / incoming.name.replace(".tmp-", ".old-", 1)
         if final.exists():
             final.rename(retired)
-        staged.rename(final)
+        incoming.rename(final)
         shutil.rmtree(retired, ignore_errors=True)
     remove_dead_leftovers(final)
 
 
+def recover_folder(final: Path) -> bool:
+    """Finishes a two-rename commit that crashed between its renames: `final` is missing, its previous version is at
+    `.old-<name>.<tag>` and the complete new one at `.tmp-<name>.<tag>`, so the new one takes the name (without a new
+    one, the previous one takes it back). Only commits of processes on this host that have ended; returns whether it
+    recovered."""
+    if final.exists() or not final.parent.is_dir():
+        return False
+    for retired in sorted(final.parent.glob(f".old-{final.name}.*")):
+        tag = retired.name.removeprefix(f".old-{final.name}.")
+        if not _dead_here(tag):
+            continue
+        incoming = final.parent / f".tmp-{final.name}.{tag}"
+        (incoming if incoming.is_dir() else retired).rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+        return True
+    return False
+
+
+def recover_path(path: Path) -> None:
+    """recover_folder for `path` and every folder above it that is missing (a reader of `ds=D/sequences` recovers
+    the day `ds=D`, the unit its commit swapped)."""
+    for folder in reversed([path, *path.parents]):
+        if not folder.exists():
+            recover_folder(folder)
+
+
 def remove_dead_leftovers(final: Path) -> list[Path]:
     """Removes the staging (`.tmp-`) and retired (`.old-`) siblings of `final` that processes on this host left
-    when they were killed; folders of live processes, and of other hosts, stay. Returns what was removed."""
-    host, removed = socket.gethostname(), []
+    when they were killed; folders of live processes, and of other hosts, stay. A crashed commit is finished first
+    (recover_folder), so the only complete copy of a version is never among them. Returns what was removed."""
+    recover_folder(final)
+    removed = []
     for prefix in (".tmp-", ".old-"):
         for leftover in final.parent.glob(f"{prefix}{final.name}.*"):
-            owner = leftover.name.removeprefix(f"{prefix}{final.name}.").rsplit(".", 2)  # host, pid, random tag
-            if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _process_alive(int(owner[1])):
+            if _dead_here(leftover.name.removeprefix(f"{prefix}{final.name}.")):
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed.append(leftover)
     return removed
+
+
+def _dead_here(tag: str) -> bool:
+    """Whether a staging tag (host.pid.random, see staging_path) names a process of this host that has ended."""
+    owner = tag.rsplit(".", 2)
+    return len(owner) == 3 and owner[0] == socket.gethostname() and owner[1].isdigit() and not _process_alive(int(owner[1]))
 
 
 def _process_alive(pid: int) -> bool:
@@ -177,6 +217,7 @@ def link_files(source: Path, target: Path) -> int:
 
 def parquet_files(folder: Path) -> list[Path]:
     """The data files of a Spark-written Parquet folder, in name order."""
+    recover_path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
     return sorted(folder.glob("*.parquet"))
@@ -190,6 +231,7 @@ def parquet_rows(folder: Path) -> int:
 
 
 def read_parquet_folder(folder: Path) -> pd.DataFrame:
+    recover_path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
     try:

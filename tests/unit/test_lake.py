@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from model_lib.storage import lake
 
@@ -89,6 +90,74 @@ def test_where_names_cannot_be_exchanged_the_two_rename_commit_still_ends_comple
         lake.commit_folder(staged, final)
     assert {path.read_text() for path in final.iterdir()} == {"2"}
     assert [path.name for path in tmp_path.iterdir()] == [final.name]
+
+
+def commit_and_crash_between_the_renames(staged, final) -> None:
+    """commit_folder's two-rename fallback in a process that dies right after the first rename moved `final` away."""
+    renames = []
+
+    def rename_then_die(self, target):
+        os.rename(self, target)
+        renames.append(target)
+        if Path(target).name.startswith(".old-"):
+            os._exit(17)
+        return Path(target)
+
+    lake._exchange = lambda first, second: False
+    Path.rename = rename_then_die
+    lake.commit_folder(staged, final)
+
+
+def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, monkeypatch):
+    """Before: the day's name was missing until a re-run, whose cleanup then deleted both the `.old-` copy (the
+    previous committed day) and the complete `.tmp-` copy. Now every reader, and the next commit, finish the crashed
+    commit first."""
+    import datetime as dt
+
+    final = tmp_path / "ds=2024-01-01"
+    write_version(final, 0)
+    staged = lake.staging_path(final)
+    write_version(staged, 1)
+    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 17 and not final.exists(), "the crash did not come between the renames"
+    assert sorted(path.name.split(".")[1][:4] for path in tmp_path.iterdir()) == ["old-", "tmp-"]
+
+    # A reader listing the days finds the day, complete (the new version: its commit had begun).
+    assert lake.dated_folders(tmp_path, "ds", dt.date.max) == [(dt.date(2024, 1, 1), final)]
+    assert {path.read_text() for path in final.iterdir()} == {"1"}
+    assert [path.name for path in tmp_path.iterdir()] == [final.name]
+
+    # The same crash again, and this time the next commit (with a live process's folder beside) is the first to look.
+    staged = lake.staging_path(final)
+    write_version(staged, 2)
+    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 17 and not final.exists()
+    monkeypatch.setattr(lake, "_exchange", lambda first, second: False)
+    staged = lake.staging_path(final)
+    write_version(staged, 3)
+    lake.commit_folder(staged, final)
+    assert {path.read_text() for path in final.iterdir()} == {"3"}
+    assert [path.name for path in tmp_path.iterdir()] == [final.name]
+
+
+def test_a_reader_of_a_folder_inside_a_crashed_day_recovers_the_day(tmp_path):
+    final = tmp_path / "ds=2024-01-01"
+    final.mkdir()
+    (final / "vocab").mkdir()
+    staged = lake.staging_path(final)
+    (staged / "vocab").mkdir(parents=True)
+    import pandas as pd
+
+    pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "vocab" / "part-0.parquet")
+    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 17 and not final.exists()
+    assert lake.read_parquet_folder(final / "vocab")["item_id"].tolist() == ["a", "b"]
 
 
 def finished_pid() -> int:
