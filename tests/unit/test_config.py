@@ -65,6 +65,7 @@ def test_environment_overrides(monkeypatch, tmp_path):
     "field,value",
     [
         ("top_k", -1),
+        ("top_k", 501),  # MAX_TOP_K: the nightly table's and the DAG form's bound
         ("seq_len", 0),
         ("warehouse_url", "mysql://x"),
         ("max_quarantine_share", 1.5),
@@ -78,6 +79,15 @@ def test_environment_overrides(monkeypatch, tmp_path):
 def test_bad_configuration_is_rejected_before_any_work(field, value):
     with pytest.raises(ValidationError):
         get_settings(**{field: value})
+
+
+@pytest.mark.parametrize("k", ["0", "-3", "501"])
+def test_the_recommend_jobs_k_is_bounded_before_any_work(k, capsys):
+    from jobs.recommend import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--ds", "2003-02-28", "--k", k])
+    assert stopped.value.code == 2 and "--k must be between 1 and 500" in capsys.readouterr().err
 
 
 def test_attention_heads_must_split_the_hidden_state():

@@ -30,6 +30,14 @@ def spark_submit_command(task):
                               for a in hook._application_args or []]
     return hook._build_spark_submit_command(task.application)
 
+def form_accepts(param, value):
+    # What the trigger form's validation (Param.resolve, run by the UI and the API) says of a value.
+    try:
+        param.resolve(value)
+    except Exception:
+        return False
+    return True
+
 assert not bag.import_errors, bag.import_errors
 # What parsing imported (rendering a task's templates below runs task-time code).
 heavy = [m for m in ("tensorflow", "keras", "mlflow", "pyspark.sql", "pandas") if m in sys.modules]
@@ -41,6 +49,10 @@ for dag in bag.dags.values():
         "tags": sorted(dag.tags), "doc": dag.doc_md,
         "params": {{name: {{**dag.params.get_param(name).schema, "description": dag.params.get_param(name).description}}
                    for name in dag.params}},
+        "bounds_enforced": {{name: [form_accepts(dag.params.get_param(name), value) for value in
+                                   (0, dag.params.get_param(name).schema["maximum"],
+                                    dag.params.get_param(name).schema["maximum"] + 1)]
+                            for name in dag.params if "maximum" in dag.params.get_param(name).schema}},
         "tasks": {{t.task_id: {{
             "type": type(t).__name__, "owner": t.owner, "retries": t.retries,
             "backoff": t.retry_exponential_backoff, "timeout": t.execution_timeout.total_seconds(),
@@ -97,6 +109,7 @@ def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
     assert set(training["params"]) == {"ds", "full_rebuild", "repeat_policy", "epochs", "tuned", "auto_promote"}
     assert nightly["params"]["repeat_policy"]["enum"] == [None, "exclude_seen", "allow_repeats"]
     assert nightly["params"]["ds"]["format"] == "date" and nightly["params"]["k"]["maximum"] == 500
+    assert nightly["bounds_enforced"]["k"] == [False, True, False]  # K = 0 and K = 501 refused by the form
     assert nightly["tasks"]["sessionize"]["args"] == [
         "--ds",
         "{{ params.ds or ds }}",
