@@ -126,6 +126,20 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
         reason = (
             f"passes the gate ({reason}), but auto_promote is off: promote with `reco promote --version {challenger}`"
         )
+    if promoted:
+        # MLflow has no compare-and-set on an alias: re-read it right before moving it, so a promotion or rollback
+        # made by hand while the gate scored (minutes) is never overwritten. What remains is the window between this
+        # read and the alias write below (one registry round trip).
+        now = registry.alias_version(client, settings, registry.CHAMPION)
+        if now != champion:
+            promoted, decision_tag = False, "held (champion changed)"
+            reason = (
+                f"the champion moved from v{champion} to v{now} while the gate scored (a promotion or rollback by "
+                f"hand), and the gate does not overwrite it: run the gate again to compare v{challenger} with v{now}"
+            )
+            say(f"promotion refused: {reason}")
+    if promoted:
+        registry.set_champion(client, settings, challenger, reason)
     tags = {"gate_ds": ds.isoformat(), "gate_decision": decision_tag, "gate_reason": reason}
     if "champion" in scores:
         tags["champion_comparison"] = (
@@ -134,8 +148,6 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
         )
     for key, value in tags.items():
         client.set_model_version_tag(settings.model.model_name, str(challenger), key, value)
-    if promoted:
-        registry.set_champion(client, settings, challenger, reason)
     return {**decision, "promoted": promoted, "reason": reason, "seconds": round(time.time() - started, 1)}
 
 

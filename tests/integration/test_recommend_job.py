@@ -357,3 +357,37 @@ def test_a_day_without_any_history_writes_empty_profile_tables_not_an_older_days
     assert not (stale / "old.parquet").exists()
     for table in ("user_profiles", "user_segments"):
         assert len(pd.read_parquet(settings.lake.nightly_table_dir(table, day))) == 0, table
+
+
+def test_the_gate_never_overwrites_a_champion_moved_by_hand_while_it_scored(tmp_path, monkeypatch):
+    """The gate reads the champion, scores for minutes, then moves the alias: a promotion by hand made meanwhile was
+    silently overwritten. It now re-reads the alias right before moving it and refuses, saying why."""
+    from jobs import promote
+    from model_lib.storage import registry
+
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
+    by_hand, vocabulary = register_tiny_model(settings, seed=3)
+    challenger, _ = register_tiny_model(settings, seed=4)
+    day = DS + dt.timedelta(days=9)
+    settings.lake.vocab_dir(day).mkdir(parents=True)
+    vocabulary.to_parquet(settings.lake.vocab_dir(day) / "part-0.parquet", index=False)
+    write_sequences(random_users(40, seed=9), settings.lake.sequences_dir(day), files=1)
+    scored = promote.holdout_report
+
+    def a_person_promotes_meanwhile(*args):
+        if registry.alias_version(registry.configure(settings), settings, registry.CHAMPION) is None:
+            promote.promote_version(settings, by_hand)
+        return scored(*args)
+
+    monkeypatch.setattr(promote, "holdout_report", a_person_promotes_meanwhile)
+    decision = promote.gate(settings, day, challenger=challenger)
+    assert decision["champion_before"] is None and not decision["promoted"]
+    assert f"moved from vNone to v{by_hand}" in decision["reason"]
+    client = registry.configure(settings)
+    assert registry.alias_version(client, settings, registry.CHAMPION) == by_hand
+    tags = client.get_model_version(settings.model.model_name, str(challenger)).tags
+    assert tags["gate_decision"] == "held (champion changed)"
+
+    monkeypatch.setattr(promote, "holdout_report", scored)  # nobody meddles: the gate compares and decides
+    again = promote.gate(settings, day, challenger=challenger)
+    assert again["champion_before"] == by_hand and "champion moved" not in again["reason"]
