@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.config import SessionizedDay, Settings, get_settings, parse_ds
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.data.vocabulary import fit_problems, vocabulary_item_ids
@@ -27,7 +27,7 @@ from model_lib.evaluation.metrics import evaluate_holdout
 from model_lib.progress import say, stage
 from model_lib.serving.recommender import IncompatibleModelError, Recommender
 from model_lib.storage import registry
-from model_lib.storage.lake import read_parquet_folder, read_sequences
+from model_lib.storage.lake import pinned, read_parquet_folder, read_sequences
 
 
 def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> tuple[dict, list, np.ndarray]:
@@ -94,8 +94,10 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
     if champion == challenger:
         return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
-        holdout = protocol_split(read_sequences(settings.lake.sequences_dir(ds)), settings.sessionize.seq_len).test
-        item_ids = vocabulary_item_ids(read_parquet_folder(settings.lake.vocab_dir(ds)))
+        with pinned(settings.lake.sessionized_dir(ds), SessionizedDay.READ_PARTS) as pin:  # one version of the day
+            day = SessionizedDay(pin)
+            holdout = protocol_split(read_sequences(day.sequences), settings.sessionize.seq_len).test
+            item_ids = vocabulary_item_ids(read_parquet_folder(day.vocab))
         candidate = registry.load_recommender(settings, challenger)
         scores = {"challenger": holdout_report(candidate, holdout, item_ids, settings)}
         unusable_champion = None

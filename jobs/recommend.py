@@ -45,7 +45,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, Settings, get_settings, parse_ds
+from model_lib.config import MAX_TOP_K, REPEAT_POLICIES, SessionizedDay, Settings, get_settings, parse_ds
 from model_lib.contracts import (
     RECOMMENDATIONS,
     USER_ANOMALIES,
@@ -70,6 +70,7 @@ from model_lib.storage.lake import (
     commit_folder,
     dated_folders,
     parquet_rows,
+    pinned,
     read_parquet_folder,
     read_run_stats,
     staging_path,
@@ -101,8 +102,8 @@ def night_java_options(settings: Settings, ds: dt.date) -> str:
 
 
 # --- extract / transform / load ---------------------------------------------------------------------------
-def extract_sequences(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    return read_parquet(spark, settings.lake.sequences_dir(ds))
+def extract_sequences(spark: SparkSession, day: SessionizedDay) -> DataFrame:
+    return read_parquet(spark, day.sequences)
 
 
 def extract_model(settings: Settings, version: int | None) -> tuple[int, dict[str, bytes], TrainedOn]:
@@ -125,15 +126,15 @@ def broadcast_model(spark: SparkSession, settings: Settings, version: int, files
     return f"{settings.model.model_name} v{version} {digest}", spark.sparkContext.broadcast(files)
 
 
-def extract_day_vocabulary(settings: Settings, ds: dt.date) -> pd.DataFrame:
+def extract_day_vocabulary(day: SessionizedDay) -> pd.DataFrame:
     """The vocabulary the day's sequences were indexed with (item_id, item_index, count)."""
-    return read_parquet_folder(settings.lake.vocab_dir(ds))
+    return read_parquet_folder(day.vocab)
 
 
-def extract_day_events(settings: Settings, ds: dt.date, day_vocabulary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def extract_day_events(day: SessionizedDay, day_vocabulary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Events per item_id to weigh the model-fit check by, and what they are: the day's own new events (items
     outside the vocabulary included); on a day without any, every event so far (the vocabulary's counts)."""
-    folder = settings.lake.day_item_counts_dir(ds)
+    folder = day.day_item_counts
     if folder.exists():
         day = read_parquet_folder(folder)
         if day["count"].sum() > 0:
@@ -368,10 +369,20 @@ def run(settings: Settings, ds: dt.date, version: int | None = None, k: int | No
         model_read = pool.submit(extract_model, settings, version)
         spark = spark_session(settings.engines, "reco-recommend", quick_jit=quick_jit(settings, ds))
         version, model_files, trained_on = model_read.result()
-    day_vocabulary = extract_day_vocabulary(settings, ds)
-    known = check_model_fits_day(settings, version, trained_on, *extract_day_events(settings, ds, day_vocabulary))
+    # One committed version of the day, read whole: the weekly training may re-sessionize the same day meanwhile.
+    with pinned(settings.lake.sessionized_dir(ds), SessionizedDay.READ_PARTS) as pin:
+        return recommend_pinned_day(
+            settings, ds, SessionizedDay(pin), spark, version, model_files, trained_on, k, started
+        )
+
+
+def recommend_pinned_day(
+    settings: Settings, ds: dt.date, day: SessionizedDay, spark, version, model_files, trained_on, k, started
+) -> dict:
+    day_vocabulary = extract_day_vocabulary(day)
+    known = check_model_fits_day(settings, version, trained_on, *extract_day_events(day, day_vocabulary))
     with stage(f"recommend ds={ds} with {settings.model.model_name} v{version}, top-{k}") as report:
-        sequences = extract_sequences(spark, settings, ds)
+        sequences = extract_sequences(spark, day)
         wanted = wanted_extras(settings, trained_on.segments)
         model = broadcast_model(spark, settings, version, model_files)
         scored = score_users(sequences, vocabulary_item_ids(day_vocabulary), settings, model, k, ds, wanted)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from model_lib.config import Settings, get_settings, parse_ds
+from model_lib.config import SessionizedDay, Settings, get_settings, parse_ds
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.splits import protocol_split
 from model_lib.data.vocabulary import catalogue_size
@@ -37,7 +37,7 @@ from model_lib.model.checkpoints import resumable
 from model_lib.model.distribute import cluster_position, tf_config
 from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import say, stage
-from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
+from model_lib.storage.lake import parquet_files, pinned, read_parquet_folder, read_sequences
 
 TRAINING_PARAMS = (
     *HYPER_PARAMETERS,
@@ -51,15 +51,23 @@ TRAINING_PARAMS = (
 
 
 def run(settings: Settings, ds: dt.date) -> dict:
-    from model_lib.model import training, tuning
+    from model_lib.model import tuning
 
     # The hyper-parameters `reco tune` stored under the name training.tuned, if one is named.
     settings = tuning.with_tuned(settings)
 
+    # One committed version of the day, for the whole run: the nightly run may re-sessionize the same day meanwhile.
+    with pinned(settings.lake.sessionized_dir(ds), SessionizedDay.READ_PARTS) as pin:
+        return train_pinned_day(settings, ds, SessionizedDay(pin))
+
+
+def train_pinned_day(settings: Settings, ds: dt.date, day: SessionizedDay) -> dict:
+    from model_lib.model import training
+
     # --- extract ---
     with stage(f"train ds={ds}: read sequences") as report:
-        files = parquet_files(settings.lake.sequences_dir(ds))
-        vocabulary = read_parquet_folder(settings.lake.vocab_dir(ds))
+        files = parquet_files(day.sequences)
+        vocabulary = read_parquet_folder(day.vocab)
         num_items = catalogue_size(vocabulary)
         sequences = read_sequences(files)
         split = protocol_split(sequences, settings.sessionize.seq_len)

@@ -44,6 +44,7 @@ from model_lib.config.groups import (
     ModelSettings,
     OrchestrationSettings,
     ServingSettings,
+    SessionizedDay,
     SessionizeSettings,
     TrainingSettings,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "ModelSettings",
     "OrchestrationSettings",
     "ServingSettings",
+    "SessionizedDay",
     "SessionizeSettings",
     "Settings",
     "TrainingSettings",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
@@ -82,6 +83,27 @@ def _one_of(choices: tuple[str, ...]) -> AfterValidator:
     return AfterValidator(check)
 
 
+@dataclass(frozen=True)
+class SessionizedDay:
+    """The parts of one sessionized day under `root`: the committed `ds=D` folder, or a pinned copy of it
+    (storage.lake.pinned, which links READ_PARTS: what the training, the gate and the nightly run read)."""
+
+    root: Path
+    READ_PARTS: ClassVar[tuple[str, ...]] = ("sequences", "vocab", "day_item_counts")
+
+    @property
+    def sequences(self) -> Path:
+        return self.root / "sequences"
+
+    @property
+    def vocab(self) -> Path:
+        return self.root / "vocab"
+
+    @property
+    def day_item_counts(self) -> Path:
+        return self.root / "day_item_counts"
+
+
 class LakeSettings(BaseModel):
     """Where the data lives (embedded defaults under one project-local folder), and the one place that names every
     folder of the lake."""
@@ -114,14 +136,14 @@ class LakeSettings(BaseModel):
         return self.sessionized_root / f"ds={ds.isoformat()}"
 
     def sequences_dir(self, ds: dt.date) -> Path:
-        return self.sessionized_dir(ds) / "sequences"
+        return SessionizedDay(self.sessionized_dir(ds)).sequences
 
     def vocab_dir(self, ds: dt.date) -> Path:
-        return self.sessionized_dir(ds) / "vocab"
+        return SessionizedDay(self.sessionized_dir(ds)).vocab
 
     def day_item_counts_dir(self, ds: dt.date) -> Path:
         """Valid new events per item_id that arrived in raw dt=ds (every item, in the vocabulary or not)."""
-        return self.sessionized_dir(ds) / "day_item_counts"
+        return SessionizedDay(self.sessionized_dir(ds)).day_item_counts
 
     @property
     def quarantine_root(self) -> Path:

@@ -6,6 +6,7 @@ complete version or the new complete one, never a partial folder.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import errno
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 
 # Only YYYY-MM-DD names a day: date.fromisoformat alone also takes `20240105` and `2024-W01-5` (Python 3.11), and a
 # folder named so would reach Spark as text that no timestamp check can parse.
@@ -153,12 +153,13 @@ def recover_path(path: Path) -> None:
 
 
 def remove_dead_leftovers(final: Path) -> list[Path]:
-    """Removes the staging (`.tmp-`) and retired (`.old-`) siblings of `final` that processes on this host left
-    when they were killed; folders of live processes, and of other hosts, stay. A crashed commit is finished first
-    (recover_folder), so the only complete copy of a version is never among them. Returns what was removed."""
+    """Removes the staging (`.tmp-`), retired (`.old-`) and pinned (`.pin-`) siblings of `final` that processes on
+    this host left when they were killed; folders of live processes, and of other hosts, stay. A crashed commit is
+    finished first (recover_folder), so the only complete copy of a version is never among them. Returns what was
+    removed."""
     recover_folder(final)
     removed = []
-    for prefix in (".tmp-", ".old-"):
+    for prefix in (".tmp-", ".old-", ".pin-"):
         for leftover in final.parent.glob(f"{prefix}{final.name}.*"):
             if _dead_here(leftover.name.removeprefix(f"{prefix}{final.name}.")):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -169,7 +170,12 @@ def remove_dead_leftovers(final: Path) -> list[Path]:
 def _dead_here(tag: str) -> bool:
     """Whether a staging tag (host.pid.random, see staging_path) names a process of this host that has ended."""
     owner = tag.rsplit(".", 2)
-    return len(owner) == 3 and owner[0] == socket.gethostname() and owner[1].isdigit() and not _process_alive(int(owner[1]))
+    return (
+        len(owner) == 3
+        and owner[0] == socket.gethostname()
+        and owner[1].isdigit()
+        and not _process_alive(int(owner[1]))
+    )
 
 
 def _process_alive(pid: int) -> bool:
@@ -197,6 +203,37 @@ def _exchange(first: Path, second: Path) -> bool:
     if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(error, os.strerror(error), str(second))
+
+
+@contextlib.contextmanager
+def pinned(folder: Path, parts: tuple[str, ...]):
+    """One committed version of `folder` (a day) for as long as the block runs: its `parts` (sub-folders)
+    hard-linked into a private sibling `.pin-…`, which the block reads instead. Reading two parts one after the
+    other could otherwise pair one version's vocabulary with the next version's sequences, when a commit (another
+    DAG's run of the same day) swaps the day in between. The links cost no copy; a commit during the linking is
+    seen (the day's folder is another one afterwards) and the pin taken again."""
+    for _ in range(20):
+        recover_path(folder)
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} does not exist: run the step that writes it first")
+        pin = folder.parent / staging_path(folder).name.replace(".tmp-", ".pin-", 1)
+        opened = folder.stat().st_ino
+        try:
+            for part in parts:
+                if (folder / part).is_dir():
+                    link_files(folder / part, pin / part)
+        except FileNotFoundError:  # a commit removed the version being linked
+            shutil.rmtree(pin, ignore_errors=True)
+            continue
+        if folder.exists() and folder.stat().st_ino == opened:
+            break
+        shutil.rmtree(pin, ignore_errors=True)
+    else:
+        raise RuntimeError(f"{folder} was replaced 20 times while it was being pinned")
+    try:
+        yield pin
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)
 
 
 def link_files(source: Path, target: Path) -> int:

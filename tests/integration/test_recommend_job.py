@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from helpers.sequence_files import register_tiny_model
-from model_lib.config import get_settings
+from model_lib.config import SessionizedDay, get_settings
 from model_lib.data.splits import Sequences
 from model_lib.storage.lake import read_run_stats, write_sequences
 from model_lib.storage.warehouse import open_warehouse
@@ -156,7 +156,9 @@ def test_a_model_that_does_not_fit_the_day_is_refused_before_anything_is_written
         recommend.run(settings, day, version=version)
     # A day that brought no events is weighed by every event so far, and says so.
     today.assign(count=0).to_parquet(day_events, index=False)
-    assert recommend.extract_day_events(settings, day, vocabulary)[1].startswith("the events so far")
+    assert recommend.extract_day_events(SessionizedDay(settings.lake.sessionized_dir(day)), vocabulary)[1].startswith(
+        "the events so far"
+    )
 
 
 class _PickleThatRunsCode:

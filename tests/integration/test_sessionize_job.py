@@ -174,10 +174,8 @@ def test_an_unreadable_file_is_quarantined_as_one_row_and_the_days_other_files_a
     def write_day(day, users):
         folder = settings.lake.raw_events_day_dir(day)
         folder.mkdir(parents=True)
-        good = [
-            f'{{"user_id":"u{i % users}","item_id":"i{i % 7}","event_type":"view","ts":"{day}T10:{i // 60:02d}:{i % 60:02d}Z"}}'
-            for i in range(240)
-        ]
+        event = '{{"user_id":"u{}","item_id":"i{}","event_type":"view","ts":"{}T10:{:02d}:{:02d}Z"}}'
+        good = [event.format(i % users, i % 7, day, i // 60, i % 60) for i in range(240)]
         (folder / "part-00000.jsonl").write_text("\n".join(good) + "\n")
         whole = gzip.compress(("\n".join(good) + "\n").encode())
         (folder / "part-00001.jsonl.gz").write_bytes(whole[: len(whole) // 2])

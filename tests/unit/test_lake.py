@@ -118,7 +118,9 @@ def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, mo
     write_version(final, 0)
     staged = lake.staging_path(final)
     write_version(staged, 1)
-    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child = multiprocessing.get_context("fork").Process(
+        target=commit_and_crash_between_the_renames, args=(staged, final)
+    )
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 17 and not final.exists(), "the crash did not come between the renames"
@@ -132,7 +134,9 @@ def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, mo
     # The same crash again, and this time the next commit (with a live process's folder beside) is the first to look.
     staged = lake.staging_path(final)
     write_version(staged, 2)
-    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child = multiprocessing.get_context("fork").Process(
+        target=commit_and_crash_between_the_renames, args=(staged, final)
+    )
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 17 and not final.exists()
@@ -153,7 +157,9 @@ def test_a_reader_of_a_folder_inside_a_crashed_day_recovers_the_day(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "vocab" / "part-0.parquet")
-    child = multiprocessing.get_context("fork").Process(target=commit_and_crash_between_the_renames, args=(staged, final))
+    child = multiprocessing.get_context("fork").Process(
+        target=commit_and_crash_between_the_renames, args=(staged, final)
+    )
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 17 and not final.exists()
@@ -251,4 +257,45 @@ def test_only_yyyy_mm_dd_names_a_day_and_every_other_dt_folder_is_reported(tmp_p
         (tmp_path / name).mkdir()
     assert lake.dated_folders(tmp_path, "dt", dt.date.max) == [(dt.date(2024, 1, 2), tmp_path / "dt=2024-01-02")]
     assert lake.misnamed_folders(tmp_path, "dt") == ["dt=2024-02-30", "dt=2024-W01-5", "dt=20240101", "dt=garbage"]
-    assert lake.folder_day("ds=2024-01-03", "ds") == dt.date(2024, 1, 3) and lake.folder_day("ds=2024-01-03", "dt") is None
+    assert (
+        lake.folder_day("ds=2024-01-03", "ds") == dt.date(2024, 1, 3) and lake.folder_day("ds=2024-01-03", "dt") is None
+    )
+
+
+def write_day(final, version: int) -> None:
+    for part in ("sequences", "vocab"):
+        (final / part).mkdir(parents=True)
+        (final / part / "part-0.parquet").write_text(f"{part} {version}")
+
+
+def pinned_versions(pin) -> set[str]:
+    return {path.read_text().split()[1] for path in pin.glob("*/part-0.parquet")}
+
+
+def test_a_pinned_day_reads_one_version_whatever_commits_meanwhile(tmp_path, monkeypatch):
+    """recommend read the vocabulary, then minutes later the sequences: a commit in between (the weekly training
+    re-sessionizing the same day) paired one version's vocabulary with another's sequences."""
+    final = tmp_path / "ds=2024-01-01"
+    write_day(final, 1)
+    with lake.pinned(final, ("sequences", "vocab", "day_item_counts")) as pin:
+        staged = lake.staging_path(final)
+        write_day(staged, 2)
+        lake.commit_folder(staged, final)
+        assert pinned_versions(pin) == {"1"} and pinned_versions(final) == {"2"}
+    assert not pin.exists() and [path.name for path in tmp_path.iterdir()] == [final.name]
+
+    # A commit while the pin is being linked: the pin is taken again, of the new version only.
+    linked, link = [], lake.link_files
+
+    def commit_after_the_first_part(source, target):
+        count = link(source, target)
+        linked.append(source)
+        if len(linked) == 1:
+            staged = lake.staging_path(final)
+            write_day(staged, 3)
+            lake.commit_folder(staged, final)
+        return count
+
+    monkeypatch.setattr(lake, "link_files", commit_after_the_first_part)
+    with lake.pinned(final, ("sequences", "vocab")) as pin:
+        assert pinned_versions(pin) == {"3"} and len(linked) == 4
