@@ -29,6 +29,7 @@ from dag_parts import (
     DS,
     RECOMMENDATIONS_ASSET,
     champion_asset,
+    mask_configured_secrets,
     raw_events_sensor,
     report_task,
     run_ds,
@@ -39,6 +40,7 @@ from model_lib.config import MAX_TOP_K, get_settings
 from model_lib.progress import say
 
 settings = get_settings()
+mask_configured_secrets(settings)  # parsed again in every task process, so its logs mask them too
 
 
 @dag(

@@ -25,6 +25,7 @@ from dag_parts import (
     COMMON_DAG_ARGS,
     COMMON_PARAMS,
     champion_asset,
+    mask_configured_secrets,
     raw_events_sensor,
     report_task,
     run_ds,
@@ -36,6 +37,7 @@ from model_lib.config import get_settings
 from model_lib.progress import say
 
 settings = get_settings()
+mask_configured_secrets(settings)  # parsed again in every task process, so its logs mask them too
 
 
 @dag(

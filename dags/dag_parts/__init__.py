@@ -7,6 +7,7 @@ PySpark, MLflow and pandas are imported inside the tasks (the Kubernetes provide
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -15,6 +16,7 @@ from airflow.sdk import Asset, Param, task
 
 from model_lib.config import PROJECT_ROOT, REPEAT_POLICIES, OrchestrationSettings, Settings, get_settings
 from model_lib.progress import say
+from model_lib.redaction import redact, split_credentials
 from model_lib.runtime import driver_java_options
 
 JOBS = PROJECT_ROOT / "jobs"
@@ -46,7 +48,8 @@ def report_retry(context) -> None:
 def _report_error(context, verdict: str) -> None:
     ti, dag = context["ti"], context["dag"]
     error = context.get("exception")
-    message = str(error).strip().splitlines()[0][:500] if error and str(error).strip() else ""
+    # An exception's text may quote a connection string (a driver's error, a failed command line): masked first.
+    message = redact(str(error).strip().splitlines()[0])[:500] if error and str(error).strip() else ""
     day = (context.get("params") or {}).get("ds") or context.get("ds")
     lines = [
         f"{verdict} {dag.dag_id}.{ti.task_id} ds={day} (try {ti.try_number} of {ti.max_tries + 1})",
@@ -58,7 +61,7 @@ def _report_error(context, verdict: str) -> None:
         done = _collect(context)
         lines += ["  counts so far:"] + [f"    {line}" for line in summary_lines(done)] if done else ["  no counts yet"]
     except Exception as collect_error:  # noqa: BLE001 - the summary must never hide the task's own error
-        lines.append(f"  (counts unavailable: {collect_error})")
+        lines.append(f"  (counts unavailable: {redact(collect_error)})")
     for line in lines:
         say(line)
 
@@ -83,6 +86,27 @@ def recommend_java_options(params: dict | None, ds: str | None) -> str:
     from model_lib.config import get_settings, parse_ds
 
     return night_java_options(get_settings(), parse_ds(run_ds(params, ds)))
+
+
+def mask_configured_secrets(settings: Settings) -> list[str]:
+    """Registers the passwords the settings' URLs and the process environment hold with Airflow's secrets masker, so
+    every line a task writes — Airflow's own tracebacks of a failed task included — shows *** instead. Returns the
+    names of what was registered (never the values)."""
+    from airflow.sdk.log import mask_secret
+
+    found = {
+        name: split_credentials(url)[2]
+        for name, url in (
+            ("warehouse_url", settings.engines.warehouse_url),
+            ("mlflow_tracking_uri", settings.engines.mlflow_tracking_uri),
+        )
+        if url
+    }
+    found.update({name: os.environ.get(name) for name in ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD")})
+    registered = sorted(name for name, secret in found.items() if secret)
+    for name in registered:
+        mask_secret(found[name])  # unnamed: a name masks only when Airflow deems it sensitive (`warehouse_url` is not)
+    return registered
 
 
 COMMON_DAG_ARGS = {

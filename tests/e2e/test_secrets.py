@@ -32,7 +32,19 @@ BIN = Path(sys.executable).parent
             '{"conn_type": "spark", "password": "s3cret", "login": "x"}',
             '{"conn_type": "spark", "password": "***", "login": "x"}',
         ),
+        # libpq's quoted values, with an escaped quote inside; sslpassword; spaces around `=`
+        ("host=db password='a b\\'c' user=x", "host=db password='***' user=x"),
+        ("sslmode=verify-full sslpassword=k3y dbname=r", "sslmode=verify-full sslpassword=*** dbname=r"),
+        ("host=db password = 'p w'", "host=db password = '***'"),
+        # environment assignments, as `env` or a failed command line prints them
+        ("PGPASSWORD=s3cret psql -h db", "PGPASSWORD=*** psql -h db"),
+        ('MLFLOW_TRACKING_PASSWORD="t o k" mlflow ui', 'MLFLOW_TRACKING_PASSWORD="***" mlflow ui'),
+        ("AIRFLOW__API__SECRET_KEY=abc123", "AIRFLOW__API__SECRET_KEY=***"),
+        # JSON and Python reprs whose value holds escaped quotes: the tail must not leak
+        ('{"password": "ab\\"cd\\"ef", "x": 1}', '{"password": "***", "x": 1}'),
+        ("{'password': 'it\\'s', 'x': 1}", "{'password': '***', 'x': 1}"),
         ("duckdb:///data/warehouse/reco.duckdb and postgresql://reco@db/reco", None),  # nothing secret: unchanged
+        ("tokens=5 passwords_checked=3 user=reco", None),  # names that do not end in a secret's word
     ],
 )
 def test_redact_masks_every_form_of_credential(text, masked):

@@ -190,3 +190,38 @@ def test_the_recommend_job_gets_a_quick_jit_after_a_short_run(tmp_path):
     write_run_stats({"seconds": 45.0}, settings.lake.run_stats_dir("recommend", dt.date(2003, 2, 28)))
     write_run_stats({"seconds": 3.0}, settings.lake.run_stats_dir("recommend", dt.date(2003, 3, 1)))
     assert QUICK_JIT not in recommend_command()
+
+
+FAILING_TASK_PROBE = f"""
+import sys, types
+sys.path.insert(0, {str(DAGS)!r})
+from airflow.sdk._shared.secrets_masker.secrets_masker import redact as airflow_redact
+import dag_parts
+from model_lib.config import get_settings
+
+settings = get_settings(warehouse_url="postgresql://reco:w4reh0use-pw@db/reco",
+                        mlflow_tracking_uri="http://ml:tr4cking-pw@mlflow:5000")
+print("REGISTERED", dag_parts.mask_configured_secrets(settings))
+print("AIRFLOW", airflow_redact("connecting with w4reh0use-pw and tr4cking-pw and pg-env-pw"))
+context = {{
+    "ti": types.SimpleNamespace(task_id="publish", try_number=1, max_tries=2),
+    "dag": types.SimpleNamespace(dag_id="reco_nightly"),
+    "exception": RuntimeError("could not connect: host=db password='s3 cret' sslpassword=k3y"),
+    "params": {{"ds": "2003-02-28"}},
+}}
+dag_parts.report_failure(context)
+"""
+
+
+def test_a_failed_tasks_error_and_airflows_own_logs_mask_the_configured_secrets(tmp_path):
+    """The failure callback printed the exception's text as it was, and Airflow's tracebacks of a failed task knew
+    none of the configured passwords."""
+    env = {"AIRFLOW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PGPASSWORD": "pg-env-pw"}
+    out = subprocess.run([sys.executable, "-c", FAILING_TASK_PROBE], capture_output=True, text=True, env=env)
+    printed = out.stdout + out.stderr
+    assert out.returncode == 0, printed[-3000:]
+    assert "REGISTERED ['PGPASSWORD', 'mlflow_tracking_uri', 'warehouse_url']" in printed
+    assert "AIRFLOW connecting with *** and *** and ***" in printed
+    assert "password='***' sslpassword=***" in printed and "FAILED reco_nightly.publish" in printed
+    for secret in ("w4reh0use-pw", "tr4cking-pw", "pg-env-pw", "s3 cret", "k3y"):
+        assert secret not in printed.replace("REGISTERED", "")
