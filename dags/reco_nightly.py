@@ -9,9 +9,9 @@ vector and segment; how surprising the day's events were), and publishes the day
 `recommendation_runs`, `published_tables`) in one transaction. A re-run replaces the day, never duplicates it.
 
 **Reads** `lake/raw/events/dt=ds`, yesterday's `lake/sessionized/ds=ds-1` (state), the MLflow alias `champion`.
-**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/recommendations/ds=ds`,
-`lake/user_next_behaviour/ds=ds`, `lake/user_profiles/ds=ds`, `lake/user_segments/ds=ds`,
-`lake/user_anomalies/ds=ds`, `lake/run_stats/*/ds=ds`, and the warehouse.
+**Writes** `lake/sessionized/ds=ds` (sequences, vocab, state: one unit), `lake/nightly/ds=ds`
+(recommendations, user_next_behaviour, user_profiles, user_segments, user_anomalies: one unit),
+`lake/run_stats/*/ds=ds`, and the warehouse.
 
 **Operate**: *Trigger* with the form to run one day (`ds`), with another K, or as a full rebuild. *Backfill* a
 date range from the DAG page (or `airflow backfill create --dag-id reco_nightly --from-date ... --to-date ...`):
@@ -89,16 +89,16 @@ def reco_nightly():
             "--repeat-policy",
             "{{ params.repeat_policy or 'default' }}",
         ],
-        "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes top-K per user to "
-        "lake/recommendations/ds, next-event-type probabilities to lake/user_next_behaviour/ds (one scoring pass) and "
-        "counts to lake/run_stats/recommend. Refuses, before scoring, a model trained on other items or event types "
-        "(RECO_RECOMMEND_MIN_KNOWN_SHARE).",
+        "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes the night's "
+        "tables (top-K per user, next-event-type probabilities, profiles, segments, anomalies; one scoring pass) "
+        "to lake/nightly/ds as one unit, and counts to lake/run_stats/recommend. Refuses, before scoring, a model "
+        "trained on other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",
         java_options="{{ recommend_java_options(params, ds) }}",
     )
 
     @task(
         outlets=[RECOMMENDATIONS_ASSET],
-        doc_md="Reads lake/<table>/ds of every nightly table; replaces the day in the warehouse tables "
+        doc_md="Reads one committed lake/nightly/ds (every nightly table); replaces the day in the warehouse tables "
         "`recommendations`, `user_next_behaviour`, `user_profiles`, `user_segments` and `user_anomalies` in one "
         "transaction and records it in `recommendation_runs` and `published_tables` (with this Airflow run id).",
     )

@@ -1,7 +1,7 @@
 """Step 5 — publish: one day of recommendations into the warehouse, atomically and idempotently.
 
-Reads   lake/<table>/ds=D/ for every nightly table (contracts.NIGHTLY_TABLES), lake/sessionized/ds=D/vocab/
-        (catalogue size for coverage)
+Reads   lake/nightly/ds=D/<table>/ for every nightly table (contracts.NIGHTLY_TABLES; one committed night, pinned),
+        lake/sessionized/ds=D/vocab/ (catalogue size for coverage)
 Writes  the warehouse's nightly tables (the day replaced in all of them in one transaction), `recommendation_runs`
         and `published_tables`
 
@@ -19,7 +19,7 @@ from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS
 from model_lib.progress import say, stage
 from model_lib.redaction import redact
-from model_lib.storage.lake import read_parquet_folder
+from model_lib.storage.lake import pinned, read_parquet_folder
 from model_lib.storage.warehouse import open_warehouse
 
 
@@ -27,18 +27,18 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     warehouse = open_warehouse(settings.engines.warehouse_url)
     catalogue_size = len(read_parquet_folder(settings.lake.vocab_dir(ds)))
-    with stage(f"publish ds={ds} into {redact(settings.engines.warehouse_url)}") as report:
+    with (
+        stage(f"publish ds={ds} into {redact(settings.engines.warehouse_url)}") as report,
+        # One committed night: a re-run of recommend may commit the day's next night while this one is read.
+        pinned(settings.lake.nightly_dir(ds), tuple(table.name for table in NIGHTLY_TABLES)) as night,
+    ):
         summary = warehouse.publish(
             ds,
-            settings.lake.recommendations_dir(ds),
+            night / RECOMMENDATIONS.name,
             run_id or f"manual-{uuid.uuid4().hex[:12]}",
             catalogue_size,
             started_at,
-            {
-                table.name: settings.lake.nightly_table_dir(table.name, ds)
-                for table in NIGHTLY_TABLES
-                if table is not RECOMMENDATIONS
-            },
+            {table.name: night / table.name for table in NIGHTLY_TABLES if table is not RECOMMENDATIONS},
         )
         report(**{k: v for k, v in summary.items() if k != "ds"})
     summary["seconds"] = round((dt.datetime.now(dt.UTC).replace(tzinfo=None) - started_at).total_seconds(), 1)

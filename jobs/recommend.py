@@ -2,15 +2,16 @@
 
 Reads   lake/sessionized/ds=D/sequences/ and `models:/reco-lstm-attention/<version>` (the champion, resolved once
         by the caller)
-Writes  lake/recommendations/ds=D/  one row per (user, rank): top-K items with scores, source and each one's reason
-        lake/user_next_behaviour/ds=D/  one row per (user, event type): the chance the next event is of that type
-                                        (empty when the champion has no event-type head)
-        lake/user_profiles/ds=D/, lake/user_segments/ds=D/  each user's vector and segment of the model (fitted
-                                        when it was trained, serving/segments.py); each segment's users that day,
-                                        characteristic items and mean place in the 2-D picture
-        lake/user_anomalies/ds=D/       the users whose events of day D the model found least likely (at or above
-                                        RECO_ANOMALY_PERCENTILE of the day's scores)
-        (a table left out of RECO_NIGHTLY_EXTRAS is not computed and has no rows for the day)
+Writes  lake/nightly/ds=D/, the night's tables committed as one unit:
+          recommendations/      one row per (user, rank): top-K items with scores, source and each one's reason
+          user_next_behaviour/  one row per (user, event type): the chance the next event is of that type
+                                (empty when the champion has no event-type head)
+          user_profiles/, user_segments/  each user's vector and segment of the model (fitted when it was trained,
+                                serving/segments.py); each segment's users that day, characteristic items and mean
+                                place in the 2-D picture
+          user_anomalies/       the users whose events of day D the model found least likely (at or above
+                                RECO_ANOMALY_PERCENTILE of the day's scores)
+          (a table left out of RECO_NIGHTLY_EXTRAS is not computed and is not part of the night)
         lake/run_stats/recommend/ds=D/  model version, K, users, rows, known share, seconds
 
 Before any scoring the model is checked against the day: a champion trained on other items (it knows less than
@@ -32,7 +33,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -297,29 +297,29 @@ def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: 
     )
 
 
-def load(tables: dict[Table, tuple[Callable[[], DataFrame], Path]]) -> None:
-    """Each table's day, built and written to a staging folder, the tables side by side (Spark runs the jobs of
-    several driver threads concurrently, so one table's fixed costs overlap another's work), then committed whole
-    one by one in the given order."""
-    staged = {table: staging_path(folder) for table, (_, folder) in tables.items()}
+def load(tables: dict[Table, Callable[[], DataFrame]], night: Path) -> None:
+    """Each table's day, built and written into one staging folder for the night, the tables side by side (Spark
+    runs the jobs of several driver threads concurrently, so one table's fixed costs overlap another's work), then
+    the night committed whole: a crash leaves the previous night's tables, all of them; a table not written tonight
+    is not in the new night."""
+    staged = staging_path(night)
 
     def write(table: Table) -> None:
-        frame = tables[table][0]()
+        frame = tables[table]()
         # Sorted within each partition, not globally: a global orderBy samples its input first, which would run
         # the scoring twice. The input files and their split are fixed, so the output files are byte-for-byte stable.
-        frame.sortWithinPartitions(*table.key[1:]).write.mode("overwrite").parquet(str(staged[table]))
+        frame.sortWithinPartitions(*table.key[1:]).write.mode("overwrite").parquet(str(staged / table.name))
 
     side_by_side([functools.partial(write, table) for table in tables])
-    for table, (_, folder) in tables.items():
-        commit_folder(staged[table], folder)
+    commit_folder(staged, night)
 
 
 def nightly_tables(
     scored: DataFrame, settings: Settings, ds: dt.date, version: int, segments: Segments | None, wanted: set[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Every nightly table of the day from one scoring pass (kept while they are written), recommendations committed
-    last: the publish step needs them, and checks that every table comes from one model version. A table left out
-    of `wanted` (wanted_extras) has no rows for the day: an older run's folder for the day is removed, not kept.
+    """Every nightly table of the day from one scoring pass (kept while they are written), committed together as the
+    night (`load`); publish checks that every table comes from one model version. A table left out of `wanted`
+    (wanted_extras) is not part of the new night, so an older run's rows of it for the day are gone with it.
     Returns the rows written per table, and the recommendations per source (model, popular, repeat) with the users
     listed."""
     name, lake = settings.model.model_name, settings.lake
@@ -338,10 +338,8 @@ def nightly_tables(
         }
         tables = {table: rows for table, rows in extras.items() if table.name in wanted}
         tables[RECOMMENDATIONS] = lambda: recommendation_rows(scored, ds, name, version)
-        for table in set(extras) - set(tables):
-            shutil.rmtree(lake.nightly_table_dir(table.name, ds), ignore_errors=True)
-        with stage(f"recommend: write {', '.join(table.name for table in tables)}"):
-            load({table: (rows, lake.nightly_table_dir(table.name, ds)) for table, rows in tables.items()})
+        with stage(f"recommend: write {', '.join(table.name for table in tables)} as one night"):
+            load(tables, lake.nightly_dir(ds))
     finally:
         scored.unpersist()
     rows = {table.name: parquet_rows(lake.nightly_table_dir(table.name, ds)) for table in tables}

@@ -168,9 +168,18 @@ class LakeSettings(BaseModel):
         """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""
         return self.data_dir / "checkpoints" / f"train-ds={ds.isoformat()}"
 
+    @property
+    def nightly_root(self) -> Path:
+        return self.lake_dir / "nightly"
+
+    def nightly_dir(self, ds: dt.date) -> Path:
+        """The night's tables of a day, committed as ONE unit (lake/nightly/ds=D/<table>/): a re-run that dies half
+        way leaves the previous night whole, never new extra tables beside old recommendations."""
+        return self.nightly_root / f"ds={ds.isoformat()}"
+
     def nightly_table_dir(self, table: str, ds: dt.date) -> Path:
-        """One day of a nightly table (contracts.NIGHTLY_TABLES) as the recommend job wrote it: lake/<table>/ds=D."""
-        return self.lake_dir / table / f"ds={ds.isoformat()}"
+        """One day of a nightly table (contracts.NIGHTLY_TABLES) as the recommend job wrote it."""
+        return self.nightly_dir(ds) / table
 
     def recommendations_dir(self, ds: dt.date) -> Path:
         return self.nightly_table_dir("recommendations", ds)

@@ -227,3 +227,51 @@ def test_a_publish_killed_after_its_insert_before_commit_leaves_the_old_day(ware
         "SELECT model_version, count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations GROUP BY 1"
     )
     assert day.to_dict("records") == [{"model_version": 2, "n": 9, "keys": 9}]
+
+
+def test_a_recommend_rerun_killed_between_its_tables_leaves_the_previous_night_whole(tmp_path, spark):
+    """The night's tables were committed one by one, switched-off ones deleted first: a re-run (another K) killed
+    between two commits left new extra tables beside old recommendations, and publish accepted them. The night is
+    now one folder, committed once."""
+    from helpers.sequence_files import register_tiny_model
+    from model_lib.data.splits import Sequences
+    from model_lib.runtime import engine_environment
+    from model_lib.storage.lake import write_sequences
+
+    settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
+    version, vocabulary = register_tiny_model(settings, event_type_head=True)
+    settings.lake.vocab_dir(DS).mkdir(parents=True)
+    vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-0.parquet", index=False)
+    items = np.random.default_rng(4).integers(2, 30, size=(300, 8)).astype(np.int32)
+    users = np.array([f"u{u:03d}" for u in range(300)], dtype=object)
+    write_sequences(
+        Sequences(users, items, np.ones_like(items), np.full_like(items, 3), [np.zeros(0, np.int64)] * 300),
+        settings.lake.sequences_dir(DS),
+        files=2,
+    )
+    env = {**os.environ, "RECO_DATA_DIR": str(settings.lake.data_dir), "RECO_SEQ_LEN": "8"}
+    env.update(engine_environment(settings.engines))
+    recommend = [sys.executable, "-m", "jobs.recommend", "--ds", DS.isoformat(), "--model-version", str(version)]
+    run_ok([*recommend, "--k", "5"], env)
+    night = settings.lake.nightly_dir(DS)
+    before = folder_digest(night)
+    tables = sorted(path.name for path in night.iterdir())
+    assert len(tables) >= 3, tables
+
+    job = start_server([*recommend, "--k", "7"], env, tmp_path / "killed-recommend.log")
+    deadline = time.time() + 300
+    while not list(night.parent.glob(f".tmp-{night.name}.*/*/_SUCCESS")) and time.time() < deadline:
+        if job.poll() is not None:
+            break
+        time.sleep(0.005)
+    assert job.poll() is None, "the re-run ended before its first table was written: nothing was killed"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=30)
+    staged = sorted(night.parent.glob(f".tmp-{night.name}.*"))
+    print(f"killed with {sorted(path.parent.name for path in staged[-1].glob('*/_SUCCESS'))} of {tables} written")
+    assert folder_digest(night) == before, "the killed re-run changed the committed night"
+
+    run_ok([*recommend, "--k", "7"], env)
+    lists = pd.read_parquet(settings.lake.recommendations_dir(DS))
+    assert lists.groupby("user_id").size().max() == 7 and sorted(path.name for path in night.iterdir()) == tables
+    assert not any(night.parent.glob(".tmp-*"))
