@@ -198,6 +198,27 @@ def run_stats(
     }
 
 
+def users_over_day_events(events: DataFrame, ds: dt.date, limit: int, named: int = 20) -> list[str]:
+    """The users (at most `named`, most events first) whose valid events that arrived in dt=ds number more than
+    `limit`: a bot or a broken producer. They are named, in the run's stats and log, not dropped: their events
+    still enter the sequences, where history_len and max_older_items bound what they cost."""
+    heavy = (
+        events.where(F.col("arrival.dt") == ds.isoformat())
+        .groupBy("user_id")
+        .agg(F.count(F.lit(1)).alias("events"))
+        .where(F.col("events") > limit)
+        .orderBy(F.col("events").desc(), "user_id")
+        .limit(named)
+        .collect()
+    )
+    if heavy:
+        listed = ", ".join(f"{row['user_id']} ({row['events']:,})" for row in heavy)
+        say(
+            f"users with more than {limit:,} events on {ds} (RECO_MAX_USER_DAY_EVENTS; at most {named} named): {listed}"
+        )
+    return [row["user_id"] for row in heavy]
+
+
 def refuse_too_much_quarantine(
     stats: dict, settings: Settings, ds: dt.date, started: float, write_rejects: Callable[[], None]
 ) -> None:
@@ -333,6 +354,9 @@ def run(
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
 
     stats = run_stats(ds, plan, days_read, by_reason, valid, vocabulary, previous_vocabulary)
+    stats["users_over_day_events"] = ",".join(
+        users_over_day_events(events, ds, settings.sessionize.max_user_day_events)
+    )
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
 

@@ -98,7 +98,7 @@ SEQUENCE_COLUMNS = [
 ]
 # What the state keeps per user to continue the next night (the last L+1 events, the items of older ones); a user the
 # night does not touch keeps yesterday's sequence row, so the sequence columns need not be stored twice.
-STATE_COLUMNS = ["user_id", "events", "older_item_ids"]
+STATE_COLUMNS = ["user_id", "events", "older_items", "older_items_dropped"]
 # The state's user rows are stored in layers, one per night (model_lib/data/state.py): the partition column naming
 # the night that wrote a row; a user's newest row is the current one.
 STATE_LAYER_COLUMN = "layer"

@@ -239,6 +239,12 @@ class SessionizeSettings(BaseModel):
     min_item_count: Positive = 5
     max_vocab_size: Positive = 100_000
     max_gap_bucket: int = 20
+    # What one user can cost the state (a bot, a broken producer): the distinct items older than the stored history
+    # kept per user, most recent first (`exclude_seen` excludes those and the history; the rest may be recommended
+    # again), and the day's events above which a user is named in the run's stats and log (their events still
+    # enter the sequences, bounded by history_len and this cap).
+    max_older_items: Positive = 10_000
+    max_user_day_events: Positive = 100_000
     # An event may arrive in a dt folder up to this long after its own time; older arrivals are `too_late`.
     allowed_lateness_hours: int = 72
     # Clocks drift: an event up to this far past the end of its dt is accepted, further is `future_ts`.

@@ -86,6 +86,7 @@ class SequenceRules:
     event_types: tuple[str, ...]
     session_gap_minutes: int
     max_gap_bucket: int
+    max_older_items: int  # the older items a user's state keeps, most recent first
 
     @classmethod
     def of(cls, sessionize: SessionizeSettings) -> SequenceRules:
@@ -94,6 +95,7 @@ class SequenceRules:
             tuple(sessionize.event_types),
             sessionize.session_gap_minutes,
             sessionize.max_gap_bucket,
+            sessionize.max_older_items,
         )
 
 
@@ -306,15 +308,19 @@ def user_histories(
     `events`: de-duplicated valid events (user_id, item_id, event_type, event_ts, session_id, arrival).
     `previous_state`: yesterday's output of this function (its state columns), or None for a full rebuild.
     The state keeps each user's last L+1 events (the extra one gives the oldest window event its time gap) and the
-    distinct items of everything older, so merging a day into it gives exactly what a full rebuild would.
+    distinct items of everything older, the `max_older_items` most recent of them (`_older_items`), so merging a day
+    into it gives exactly what a full rebuild would, and no user (a bot with millions of distinct items) can grow
+    one row past what an executor holds.
 
     Sequence columns (arrays of length L, oldest first, left-padded with 0):
       item_indices (1 = unknown item), event_type_indices (1-based in rules.event_types), gap_buckets (log2 of
       the seconds since the previous event, 1 = first event of the user), session_indices (1 = the oldest session
       visible in the window; a new session after `session_gap_minutes` of inactivity or a new client session_id),
       event_times (epoch seconds); plus length, older_item_indices (items of events before the window, to exclude
-      from recommendations) and last_event_ts.
-    State columns: events (array of the last L+1 events' EVENT_FIELDS), older_item_ids.
+      from recommendations: the stored event just before it and the kept older items) and last_event_ts.
+    State columns: events (array of the last L+1 events' EVENT_FIELDS), older_items (array of (last_ts, item_id),
+    newest first, at most max_older_items), older_items_dropped (older items cut off by that cap, counted each time
+    one is cut: an item cut, seen again and cut again counts twice, where a full rebuild counts it once).
     L is rules.seq_len: the model's window, or the longer history_len kept for training windows.
     """
     seq_len = rules.seq_len
@@ -328,9 +334,17 @@ def user_histories(
     from_here_on = F.sum(counted_start).over(Window.partitionBy("user_id")) - F.sum(counted_start).over(newer_and_here)
     windowed = ranked.withColumn("session_index", from_here_on + counted_start + 1)
     grouped = _per_user(windowed, in_window, seq_len)
-    if previous_state is not None:
-        grouped = _with_earlier_items(grouped, previous_state, vocabulary)
-    return _padded_sequences(grouped, seq_len)
+    older = _older_items(windowed, previous_state, vocabulary, rules)
+    just_before_window = F.coalesce(F.col("_before_window"), F.array().cast("array<int>"))
+    with_older = grouped.join(older, "user_id", "left").select(
+        *[column for column in grouped.columns if column != "_before_window"],
+        F.array_sort(
+            F.array_distinct(F.concat(just_before_window, F.coalesce("_older_indices", F.array().cast("array<int>"))))
+        ).alias("older_item_indices"),
+        F.coalesce("older_items", F.array().cast(OLDER_ITEMS_TYPE)).alias("older_items"),
+        F.coalesce("older_items_dropped", F.lit(0).cast("long")).alias("older_items_dropped"),
+    )
+    return _padded_sequences(with_older, seq_len)
 
 
 def _newest_first() -> WindowSpec:
@@ -384,42 +398,64 @@ def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame
                 )
             )
         ).alias("_window"),
-        F.array_sort(F.collect_set(F.when(~in_window, F.col("item_index")))).alias("older_item_indices"),
+        # The one stored event outside the window (recency L + 1); everything older is in `_older_items`.
+        F.collect_set(F.when(~in_window & stored, F.col("item_index"))).alias("_before_window"),
         F.max("event_ts").alias("last_event_ts"),
         F.sort_array(F.collect_list(F.when(stored, F.struct(*EVENT_FIELDS)))).alias("events"),
-        F.array_sort(F.collect_set(F.when(~stored, F.col("item_id")))).alias("older_item_ids"),
     )
 
 
-def _with_earlier_items(grouped: DataFrame, previous_state: DataFrame, vocabulary: DataFrame) -> DataFrame:
-    """Adds to each user's older items (the ordered events that fell out of the window and of the stored events)
-    the items the previous state had already let go (`older_item_ids`): a set, so they are collected per user
-    beside the ordering instead of being sorted with the events (they grow with the user's history, the events
-    do not)."""
-    # The ids are a set already (one row per user); only their indices in today's vocabulary are looked up.
-    indices = (
-        previous_state.select("user_id", F.explode("older_item_ids").alias("item_id"))
+OLDER_ITEMS_TYPE = "array<struct<last_ts: timestamp, item_id: string>>"
+
+
+def _older_items(
+    windowed: DataFrame, previous_state: DataFrame | None, vocabulary: DataFrame, rules: SequenceRules
+) -> DataFrame:
+    """Per user with events beyond the stored ones: the distinct items of those events (and of the previous state's
+    older items), each with its latest time, the `rules.max_older_items` most recent kept (ties by id), their
+    indices in today's vocabulary (`_older_indices`) and the count cut off (`older_items_dropped`, added to the
+    previous state's).
+
+    Rows of one user already sit in one partition (the window above is by user), so the per-(user, item) and
+    per-user steps need no shuffle, and no aggregation buffer holds more than the cap: a user's item ids are ranked
+    by a sort that spills, not collected whole. Keeping the top N of (yesterday's top N + today's) equals the top N
+    of everything, because an item's latest time only grows."""
+    cap = rules.max_older_items
+    beyond = windowed.where(F.col("recency") > rules.seq_len + 1).select(
+        "user_id", "item_id", F.col("event_ts").alias("last_ts")
+    )
+    dropped_before = None
+    if previous_state is not None:
+        earlier = previous_state.select("user_id", F.explode("older_items").alias("o"))
+        beyond = beyond.unionByName(earlier.select("user_id", "o.item_id", "o.last_ts"))
+        dropped_before = previous_state.select("user_id", F.col("older_items_dropped").alias("_dropped_before"))
+    latest = beyond.groupBy("user_id", "item_id").agg(F.max("last_ts").alias("last_ts"))
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("last_ts").desc(), F.col("item_id"))
+    kept = (
+        latest.withColumn("_rank", F.row_number().over(newest_first))
+        .where(F.col("_rank") <= cap)
         .join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
-        .groupBy("user_id")
-        .agg(F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_earlier_indices"))
     )
-    earlier = previous_state.select("user_id", F.col("older_item_ids").alias("_earlier_ids")).join(
-        indices, "user_id", "left"
-    )
-
-    def both(own: str, earlier_set: str) -> Column:
-        # A user new in the state has no earlier set: the union of the own set with itself keeps its type.
-        return F.array_sort(F.array_union(F.col(own), F.coalesce(F.col(earlier_set), F.col(own))))
-
-    return (
-        grouped.join(earlier, "user_id", "left")
-        .withColumns(
-            {
-                "older_item_indices": both("older_item_indices", "_earlier_indices"),
-                "older_item_ids": both("older_item_ids", "_earlier_ids"),
-            }
+    counts = latest.groupBy("user_id").agg(F.count(F.lit(1)).alias("_candidates"))
+    per_user = (
+        kept.groupBy("user_id")
+        .agg(
+            F.sort_array(F.collect_list(F.struct("_rank", "last_ts", "item_id"))).alias("_ranked"),
+            F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_older_indices"),
         )
-        .drop("_earlier_indices", "_earlier_ids")
+        .join(counts, "user_id")
+    )
+    dropped = F.greatest(F.col("_candidates") - cap, F.lit(0)).cast("long")
+    if dropped_before is not None:
+        per_user = per_user.join(dropped_before, "user_id", "left")
+        dropped = dropped + F.coalesce(F.col("_dropped_before"), F.lit(0)).cast("long")
+    return per_user.select(
+        "user_id",
+        F.transform("_ranked", lambda item: F.struct(item["last_ts"].alias("last_ts"), item["item_id"].alias("item_id")))
+        .cast(OLDER_ITEMS_TYPE)
+        .alias("older_items"),
+        dropped.alias("older_items_dropped"),
+        "_older_indices",
     )
 
 
@@ -445,7 +481,8 @@ def _padded_sequences(grouped: DataFrame, seq_len: int) -> DataFrame:
         "older_item_indices",
         "last_event_ts",
         "events",
-        "older_item_ids",
+        "older_items",
+        "older_items_dropped",
     )
 
 
@@ -461,7 +498,10 @@ def touched_state(previous_users: DataFrame, events: DataFrame, changed_items: D
     and no changed item becomes a literal in the plan, so the plan's size does not grow with the data."""
     touched_users = events.select("user_id")
     if changed_items is not None:
-        stored_items = F.concat(F.transform("events", lambda event: event["item_id"]), F.col("older_item_ids"))
+        stored_items = F.concat(
+            F.transform("events", lambda event: event["item_id"]),
+            F.transform("older_items", lambda item: item["item_id"]),
+        )
         # Older layers may name items the user's newest row no longer holds: recomputing such a user gives the
         # same row again, so the superset is harmless and spares a newest-row pass over every user.
         holding_changed = (

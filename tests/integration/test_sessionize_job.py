@@ -65,6 +65,56 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert list(frame.columns) == SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
 
 
+def current_state(spark, settings, ds) -> pd.DataFrame:
+    from model_lib.data.events import newest_state_rows
+
+    users = newest_state_rows(spark.read.parquet(str(settings.lake.state_dir(ds) / "users")))
+    frame = users.select("user_id", "older_items", "older_items_dropped").toPandas()
+    frame["older_items"] = frame["older_items"].map(lambda items: [(row["item_id"], row["last_ts"]) for row in items])
+    return frame.sort_values("user_id").reset_index(drop=True)
+
+
+def test_one_user_costs_the_state_at_most_the_older_items_cap_and_nights_still_equal_a_rebuild(spark, tmp_path):
+    """Every distinct item a user ever touched stayed in the state (a bot with a million ids grew one row past what an
+    executor holds, every night). Capped at max_older_items, most recent first; a day above max_user_day_events
+    names its users."""
+    capped = get_settings(
+        data_dir=tmp_path / "data",
+        min_item_count=1,
+        seq_len=4,
+        history_len=0,
+        max_older_items=3,
+        max_user_day_events=60,
+    )
+    per_day = write_synth(SynthSpec(users=12, items=40, days=4), capped.lake.raw_events_dir)
+    days = [dt.date.fromisoformat(day) for day in sorted(per_day)]
+    bot_day = capped.lake.raw_events_day_dir(days[-1])
+    bot = [
+        json.dumps(
+            {"user_id": "bot", "item_id": f"b{n}", "event_type": "view", "ts": f"{days[-1]}T0{n % 10}:00:{n % 60:02d}Z"}
+        )
+        for n in range(300)
+    ]
+    (bot_day / "part-bot.jsonl").write_text("\n".join(bot) + "\n")
+    for day in days:
+        stats = sessionize.run(capped, day, spark=spark)
+    assert stats["mode"] == "incremental" and stats["users_over_day_events"] == "bot"
+    nights = current_state(spark, capped, days[-1])
+    nightly_sequences = sequences(capped, days[-1])
+    assert nights["older_items"].map(len).max() == 3 and nights["older_items_dropped"].max() >= 300 - 4 - 1 - 3
+    kept = nights.set_index("user_id").loc["bot", "older_items"]
+    assert [item for item, _ in kept] == sorted(
+        [f"b{n}" for n in range(300)], key=lambda item: (-(int(item[1:]) % 10) * 3600 - int(item[1:]) % 60, item)
+    )[5:8]  # the newest after the 5 stored events (L + 1), ties by id
+
+    rebuilt = sessionize.run(capped, days[-1], spark=spark, mode="full")
+    assert rebuilt["mode"] == "full"
+    pd.testing.assert_frame_equal(nightly_sequences, sequences(capped, days[-1]))
+    full = current_state(spark, capped, days[-1])
+    pd.testing.assert_frame_equal(nights[["user_id", "older_items"]], full[["user_id", "older_items"]])
+    assert (nights["older_items_dropped"] >= full["older_items_dropped"]).all()
+
+
 def test_shuffles_are_sized_to_the_rows_read(spark, settings):
     engines = settings.engines.model_copy(
         update={"spark_rows_per_shuffle_partition": 10, "spark_shuffle_partitions": 5}
