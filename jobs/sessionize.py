@@ -41,7 +41,13 @@ from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
 from model_lib.contracts import EVENT_FIELDS, REASON_CODES, SEQUENCE_COLUMNS, STATE_COLUMNS
 from model_lib.data import events as ev
 from model_lib.data.state import Plan, compacted, plan_run, read_previous_state, write_day
-from model_lib.data.vocabulary import VOCABULARY_COLUMNS, item_counts, stable_vocabulary, vocabulary_candidates
+from model_lib.data.vocabulary import (
+    VOCABULARY_COLUMNS,
+    item_counts,
+    running_item_counts,
+    stable_vocabulary,
+    vocabulary_candidates,
+)
 from model_lib.progress import say, stage
 from model_lib.runtime import driver_java_options
 from model_lib.storage.lake import (
@@ -348,7 +354,13 @@ def run(
             events = ev.drop_seen(events, previous["dedup_keys"])
         events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
-        counts = item_counts(events, previous["item_counts"] if previous else None).cache()
+        counts = running_item_counts(
+            events,
+            previous["item_counts"] if previous else None,
+            ds,
+            settings.sessionize.min_item_count,
+            settings.sessionize.item_count_idle_days,
+        ).cache()
         previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
         vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))

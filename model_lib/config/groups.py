@@ -245,6 +245,9 @@ class SessionizeSettings(BaseModel):
     # enter the sequences, bounded by history_len and this cap).
     max_older_items: Positive = 10_000
     max_user_day_events: Positive = 100_000
+    # An item id below min_item_count with no event for this many days leaves the state's item counts (ids that never
+    # reach the vocabulary are not kept forever; vocabulary.running_item_counts has the rule).
+    item_count_idle_days: Positive = 90
     # An event may arrive in a dt folder up to this long after its own time; older arrivals are `too_late`.
     allowed_lateness_hours: int = 72
     # Clocks drift: an event up to this far past the end of its dt is accepted, further is `future_ts`.

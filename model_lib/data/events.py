@@ -332,19 +332,11 @@ def user_histories(
     # sum, where a frame from here to the end would re-add the rest of the user's events at every event.
     newer_and_here = _newest_first().rowsBetween(Window.unboundedPreceding, Window.currentRow)
     from_here_on = F.sum(counted_start).over(Window.partitionBy("user_id")) - F.sum(counted_start).over(newer_and_here)
-    windowed = ranked.withColumn("session_index", from_here_on + counted_start + 1)
-    grouped = _per_user(windowed, in_window, seq_len)
-    older = _older_items(windowed, previous_state, vocabulary, rules)
-    just_before_window = F.coalesce(F.col("_before_window"), F.array().cast("array<int>"))
-    with_older = grouped.join(older, "user_id", "left").select(
-        *[column for column in grouped.columns if column != "_before_window"],
-        F.array_sort(
-            F.array_distinct(F.concat(just_before_window, F.coalesce("_older_indices", F.array().cast("array<int>"))))
-        ).alias("older_item_indices"),
-        F.coalesce("older_items", F.array().cast(OLDER_ITEMS_TYPE)).alias("older_items"),
-        F.coalesce("older_items_dropped", F.lit(0).cast("long")).alias("older_items_dropped"),
-    )
-    return _padded_sequences(with_older, seq_len)
+    windowed = _older_candidates(ranked.withColumn("session_index", from_here_on + counted_start + 1), seq_len)
+    grouped = _per_user(windowed, in_window, seq_len, rules.max_older_items)
+    if previous_state is not None:
+        grouped = _with_earlier_items(grouped, previous_state, vocabulary)
+    return _padded_sequences(_capped_older_items(grouped, rules.max_older_items), seq_len)
 
 
 def _newest_first() -> WindowSpec:
@@ -379,9 +371,31 @@ def _ranked_events(rows: DataFrame, vocabulary: DataFrame, rules: SequenceRules)
     )
 
 
-def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame:
-    """One row per user: the window's events (oldest first), older items, last event time, and the state."""
+def _older_candidates(windowed: DataFrame, seq_len: int) -> DataFrame:
+    """Marks each user's older items among the events beyond the stored ones (recency > L + 1): `_older` on the
+    newest such event of each item, `_older_rank` (1 = the most recent item; ties by id) and `_older_total` (the
+    user's distinct older items). Window functions over the partitioning by user the ordering already made: sorts,
+    no shuffle, and no buffer that holds a user's items at once."""
+    beyond = F.col("recency") > seq_len + 1
+    per_item = Window.partitionBy("user_id", "item_id").orderBy(
+        beyond.desc(), F.col("event_ts").desc(), F.col("arrival").desc()
+    )
+    marked = windowed.withColumn("_older", beyond & (F.row_number().over(per_item) == 1))
+    per_user = Window.partitionBy("user_id")
+    newest_items = per_user.orderBy(F.col("_older").desc(), F.col("event_ts").desc(), F.col("item_id"))
+    return marked.withColumns(
+        {
+            "_older_rank": F.row_number().over(newest_items),
+            "_older_total": F.sum(F.col("_older").cast("long")).over(per_user),
+        }
+    )
+
+
+def _per_user(windowed: DataFrame, in_window: Column, seq_len: int, max_older_items: int) -> DataFrame:
+    """One row per user: the window's events (oldest first), the most recent older items (at most max_older_items,
+    see `_older_candidates`), last event time, and the state."""
     stored = F.col("recency") <= seq_len + 1
+    kept_older = F.col("_older") & (F.col("_older_rank") <= max_older_items)
     return windowed.groupBy("user_id").agg(
         F.sort_array(
             F.collect_list(
@@ -398,64 +412,102 @@ def _per_user(windowed: DataFrame, in_window: Column, seq_len: int) -> DataFrame
                 )
             )
         ).alias("_window"),
-        # The one stored event outside the window (recency L + 1); everything older is in `_older_items`.
+        # The one stored event outside the window (recency L + 1): excluded like the older items.
         F.collect_set(F.when(~in_window & stored, F.col("item_index"))).alias("_before_window"),
         F.max("event_ts").alias("last_event_ts"),
         F.sort_array(F.collect_list(F.when(stored, F.struct(*EVENT_FIELDS)))).alias("events"),
+        F.collect_list(
+            F.when(kept_older, F.struct(F.col("event_ts").alias("last_ts"), "item_id", "item_index"))
+        ).alias("_kept_older"),
+        F.max("_older_total").alias("_older_total"),
     )
 
 
 OLDER_ITEMS_TYPE = "array<struct<last_ts: timestamp, item_id: string>>"
 
 
-def _older_items(
-    windowed: DataFrame, previous_state: DataFrame | None, vocabulary: DataFrame, rules: SequenceRules
-) -> DataFrame:
-    """Per user with events beyond the stored ones: the distinct items of those events (and of the previous state's
-    older items), each with its latest time, the `rules.max_older_items` most recent kept (ties by id), their
-    indices in today's vocabulary (`_older_indices`) and the count cut off (`older_items_dropped`, added to the
-    previous state's).
+def _newest_items_first(items: Column, cap: int) -> Column:
+    """(last_ts, item_id) structs -> one per item (its latest time), newest first (ties by id), at most `cap`."""
+    by_item_newest_first = F.array_sort(
+        items,
+        lambda a, b: F.when(a["item_id"] < b["item_id"], -1)
+        .when(a["item_id"] > b["item_id"], 1)
+        .otherwise(F.when(a["last_ts"] > b["last_ts"], -1).when(a["last_ts"] < b["last_ts"], 1).otherwise(0)),
+    )
+    latest = F.filter(
+        by_item_newest_first,
+        lambda item, i: (i == 0) | (item["item_id"] != F.element_at(by_item_newest_first, i)["item_id"]),
+    )
+    newest_first = F.array_sort(
+        latest,
+        lambda a, b: F.when(a["last_ts"] > b["last_ts"], -1)
+        .when(a["last_ts"] < b["last_ts"], 1)
+        .otherwise(F.when(a["item_id"] < b["item_id"], -1).when(a["item_id"] > b["item_id"], 1).otherwise(0)),
+    )
+    return F.slice(newest_first, 1, cap)
 
-    Rows of one user already sit in one partition (the window above is by user), so the per-(user, item) and
-    per-user steps need no shuffle, and no aggregation buffer holds more than the cap: a user's item ids are ranked
-    by a sort that spills, not collected whole. Keeping the top N of (yesterday's top N + today's) equals the top N
-    of everything, because an item's latest time only grows."""
-    cap = rules.max_older_items
-    beyond = windowed.where(F.col("recency") > rules.seq_len + 1).select(
-        "user_id", "item_id", F.col("event_ts").alias("last_ts")
-    )
-    dropped_before = None
-    if previous_state is not None:
-        earlier = previous_state.select("user_id", F.explode("older_items").alias("o"))
-        beyond = beyond.unionByName(earlier.select("user_id", "o.item_id", "o.last_ts"))
-        dropped_before = previous_state.select("user_id", F.col("older_items_dropped").alias("_dropped_before"))
-    latest = beyond.groupBy("user_id", "item_id").agg(F.max("last_ts").alias("last_ts"))
-    newest_first = Window.partitionBy("user_id").orderBy(F.col("last_ts").desc(), F.col("item_id"))
-    kept = (
-        latest.withColumn("_rank", F.row_number().over(newest_first))
-        .where(F.col("_rank") <= cap)
+
+def _with_earlier_items(grouped: DataFrame, previous_state: DataFrame, vocabulary: DataFrame) -> DataFrame:
+    """Adds the older items the previous state kept (`older_items`, at most the cap per user, so this join and the
+    index look-up stay small), with their indices in today's vocabulary, to each user's `_kept_older` (merged and
+    cut to the cap by `_capped_older_items`), and the count it had dropped."""
+    earlier = (
+        previous_state.select("user_id", F.explode("older_items").alias("o"))
+        .select("user_id", "o.last_ts", "o.item_id")
         .join(F.broadcast(vocabulary.select("item_id", "item_index")), "item_id", "left")
-    )
-    counts = latest.groupBy("user_id").agg(F.count(F.lit(1)).alias("_candidates"))
-    per_user = (
-        kept.groupBy("user_id")
+        .groupBy("user_id")
         .agg(
-            F.sort_array(F.collect_list(F.struct("_rank", "last_ts", "item_id"))).alias("_ranked"),
-            F.collect_set(F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX))).alias("_older_indices"),
+            F.collect_list(
+                F.struct(
+                    "last_ts", "item_id", F.coalesce(F.col("item_index"), F.lit(UNKNOWN_ITEM_INDEX)).alias("item_index")
+                )
+            ).alias("_earlier_items")
         )
-        .join(counts, "user_id")
     )
-    dropped = F.greatest(F.col("_candidates") - cap, F.lit(0)).cast("long")
-    if dropped_before is not None:
-        per_user = per_user.join(dropped_before, "user_id", "left")
-        dropped = dropped + F.coalesce(F.col("_dropped_before"), F.lit(0)).cast("long")
-    return per_user.select(
-        "user_id",
-        F.transform("_ranked", lambda item: F.struct(item["last_ts"].alias("last_ts"), item["item_id"].alias("item_id")))
-        .cast(OLDER_ITEMS_TYPE)
-        .alias("older_items"),
-        dropped.alias("older_items_dropped"),
-        "_older_indices",
+    dropped = previous_state.select("user_id", F.col("older_items_dropped").alias("_dropped_before"))
+    empty = F.array().cast("array<struct<last_ts: timestamp, item_id: string, item_index: int>>")
+    earlier_items = F.coalesce(F.col("_earlier_items"), empty)
+    return (
+        grouped.join(dropped, "user_id", "left")
+        .join(earlier, "user_id", "left")
+        .withColumns(
+            {
+                "_kept_older": F.concat(F.col("_kept_older"), earlier_items),
+                # Items of both lists count once: today's total plus yesterday's kept that today's did not hold.
+                "_older_total": F.col("_older_total")
+                + F.size(earlier_items)
+                - F.size(
+                    F.array_intersect(
+                        F.transform("_kept_older", lambda item: item["item_id"]),
+                        F.transform(earlier_items, lambda item: item["item_id"]),
+                    )
+                ),
+            }
+        )
+        .drop("_earlier_items")
+    )
+
+
+def _capped_older_items(grouped: DataFrame, cap: int) -> DataFrame:
+    """`_kept_older` (today's and yesterday's kept older items) -> `older_items`, the newest `cap` of them, their
+    indices with the one stored event's before the window (`older_item_indices`, what exclude_seen excludes beyond
+    the window), and `older_items_dropped`, the items cut off (plus those the previous state had cut). Keeping the
+    newest N of (yesterday's newest N + today's) equals the newest N of everything, because an item's latest time
+    only grows; the count of cuts does not (an item cut twice counts twice)."""
+    before = F.coalesce(F.col("_dropped_before"), F.lit(0)) if "_dropped_before" in grouped.columns else F.lit(0)
+    capped = grouped.withColumn("_capped", _newest_items_first(F.col("_kept_older"), cap))
+    return capped.withColumns(
+        {
+            "older_items": F.transform(
+                "_capped", lambda item: F.struct(item["last_ts"].alias("last_ts"), item["item_id"].alias("item_id"))
+            ).cast(OLDER_ITEMS_TYPE),
+            "older_items_dropped": (F.greatest(F.col("_older_total") - cap, F.lit(0)) + before).cast("long"),
+            "older_item_indices": F.array_sort(
+                F.array_distinct(
+                    F.concat(F.col("_before_window"), F.transform("_capped", lambda item: item["item_index"]))
+                )
+            ),
+        }
     )
 
 

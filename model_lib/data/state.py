@@ -42,8 +42,9 @@ from model_lib.storage.spark import side_by_side
 
 MANIFEST = "manifest.json"  # the last file of a sessionized day; its presence says the day's state is complete
 # A state stored otherwise is rebuilt: before layers every user was rewritten each night; before "user-scoped event
-# ids" an event id was one key across all users (events.dedup_key).
-STATE_LAYOUT = "user layers, user-scoped event ids"
+# ids" an event id was one key across all users (events.dedup_key); before "capped older items" a user kept every
+# older item id; before "idle item counts pruned" the item counts had no last_day.
+STATE_LAYOUT = "user layers, user-scoped event ids, capped older items, idle item counts pruned"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ def state_shape(sessionize: SessionizeSettings) -> dict:
         # A new validation rule comes with a new reason code; the events an older state accepted must be re-judged.
         "reason_codes": list(REASON_CODES),
         "state_layout": STATE_LAYOUT,
+        # The item counts' forgetting rule (vocabulary.running_item_counts) depends on both.
+        "min_item_count": sessionize.min_item_count,
+        "item_count_idle_days": sessionize.item_count_idle_days,
     }
     return json.loads(json.dumps(shape))  # as the manifest stores it (tuples become lists)
 

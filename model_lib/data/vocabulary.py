@@ -11,9 +11,11 @@ registered model, so scores always map back to real ids.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from model_lib.contracts import FIRST_ITEM_INDEX
@@ -21,12 +23,60 @@ from model_lib.contracts import FIRST_ITEM_INDEX
 VOCABULARY_COLUMNS = ["item_id", "item_index", "count"]
 
 
-def item_counts(events: DataFrame, previous_counts: DataFrame | None = None) -> DataFrame:
-    """Interactions per item_id over all history: the new events' counts plus the previous state's."""
-    counts = events.groupBy("item_id").agg(F.count("*").alias("count"))
-    if previous_counts is None:
-        return counts
-    return counts.unionByName(previous_counts).groupBy("item_id").agg(F.sum("count").cast("long").alias("count"))
+def item_counts(events: DataFrame) -> DataFrame:
+    """Interactions per item_id of some events (e.g. one day's): item_id, count."""
+    return events.groupBy("item_id").agg(F.count(F.lit(1)).alias("count"))
+
+
+def running_item_counts(
+    events: DataFrame, previous_counts: DataFrame | None, ds: dt.date, min_count: int, idle_days: int
+) -> DataFrame:
+    """Interactions per item_id over all history, as the state keeps them: item_id, count, last_day (the newest
+    arrival day of the item's events).
+
+    Ids that never reach the vocabulary would otherwise stay forever (a producer that sends random ids). The rule:
+    an item whose count is below `min_count` (so it is no vocabulary candidate) and that had no event for more than
+    `idle_days` days is forgotten; if it comes back, it counts from 0. An item that once reached `min_count` is never
+    forgotten, so the vocabulary is what all-time counts would give. The same rule in both modes:
+      incremental (`previous_counts`: yesterday's table; `events`: the day's) — yesterday's count carries over unless
+        it was below min_count and more than idle_days old; then the idle ones are pruned;
+      full rebuild (`previous_counts` None; `events`: all history) — each item's arrival days split into stretches
+        at gaps of more than idle_days; the count starts at the first stretch that alone reached min_count (else at
+        the last stretch), and an item below min_count idle at ds is pruned.
+    """
+    day = F.to_date(F.col("arrival.dt"))
+    today = F.lit(ds.isoformat()).cast("date")
+    if previous_counts is not None:
+        new = events.groupBy("item_id").agg(F.count(F.lit(1)).alias("_new"), F.max(day).alias("_new_day"))
+        both = previous_counts.join(new, "item_id", "full")
+        carried = F.coalesce(F.col("count"), F.lit(0)) >= min_count
+        recent = F.datediff(F.coalesce(F.col("_new_day"), today), F.col("last_day")) <= idle_days
+        kept = F.when(F.col("count").isNotNull() & (carried | recent), F.col("count")).otherwise(F.lit(0))
+        merged = both.select(
+            "item_id",
+            (kept + F.coalesce(F.col("_new"), F.lit(0))).cast("long").alias("count"),
+            F.greatest(F.col("last_day"), F.col("_new_day")).alias("last_day"),
+        )
+    else:
+        per_day = events.groupBy("item_id", day.alias("day")).agg(F.count(F.lit(1)).alias("_events"))
+        in_order = Window.partitionBy("item_id").orderBy("day")
+        starts = F.coalesce(F.datediff(F.col("day"), F.lag("day").over(in_order)) > idle_days, F.lit(True))
+        stretches = (
+            per_day.withColumn("_stretch", F.sum(starts.cast("int")).over(in_order))
+            .groupBy("item_id", "_stretch")
+            .agg(F.sum("_events").alias("_events"), F.max("day").alias("_last"))
+        )
+        per_item = Window.partitionBy("item_id")
+        first_big = F.min(F.when(F.col("_events") >= min_count, F.col("_stretch"))).over(per_item)
+        counted_from = F.coalesce(first_big, F.max("_stretch").over(per_item))
+        merged = (
+            stretches.withColumn("_from", counted_from)
+            .where(F.col("_stretch") >= F.col("_from"))
+            .groupBy("item_id")
+            .agg(F.sum("_events").cast("long").alias("count"), F.max("_last").alias("last_day"))
+        )
+    idle = (F.col("count") < min_count) & (F.datediff(today, F.col("last_day")) > idle_days)
+    return merged.where(~idle)
 
 
 def vocabulary_candidates(counts: DataFrame, min_count: int, max_size: int) -> DataFrame:

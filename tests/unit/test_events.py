@@ -279,3 +279,37 @@ def test_folders_that_are_not_dates_are_not_raw_days(spark, rules, tmp_path):
         (rules.lake.raw_events_dir / folder / "part-0.jsonl").write_text(line() + "\n")
     lines = extract_raw_lines(spark, rules, dt.date(2023, 11, 14), Plan("full", "test"))
     assert [row["dt"] for row in lines.collect()] == ["2023-11-14"]
+
+
+def test_idle_item_counts_below_the_vocabulary_floor_are_forgotten_the_same_way_nightly_and_in_a_rebuild(spark):
+    """state/item_counts kept every id ever seen (a producer of random ids grew it without bound). An id below
+    min_item_count idle for more than idle_days leaves it; one that ever reached min_item_count never does."""
+    from model_lib.data.vocabulary import running_item_counts
+
+    start = dt.date(2024, 1, 1)
+    history = {  # arrival day offset -> items of that day's events
+        0: ["junk", "junk", "a", "a", "a", "b", "b", "b"],
+        40: ["a", "a", "b"],  # a reaches 5 within its first stretch: kept forever
+        100: ["late"],
+        140: ["b"],  # b: 4 events, then idle 100 days: forgotten, and counts afresh
+        180: ["late", "late", "late", "late"],  # late came back within 90 days: 5
+        260: ["b", "b"],
+    }
+    rows = [(item, (str(start + dt.timedelta(days=day)), "f", 0)) for day, items in history.items() for item in items]
+    events = spark.createDataFrame(rows, "item_id string, arrival struct<dt: string, file: string, line: bigint>")
+
+    def as_dict(frame):
+        return {row["item_id"]: (row["count"], row["last_day"]) for row in frame.collect()}
+
+    nightly = None
+    for offset in sorted({*history, 95, 190, 235, 270}):
+        ds = start + dt.timedelta(days=offset)
+        today = events.where(F.col("arrival.dt") == str(ds))
+        counted = running_item_counts(today, nightly, ds, min_count=5, idle_days=90)
+        nightly = spark.createDataFrame(counted.collect(), counted.schema)  # the state as the next night reads it
+        full = running_item_counts(events.where(F.col("arrival.dt") <= str(ds)), None, ds, min_count=5, idle_days=90)
+        assert as_dict(nightly) == as_dict(full), ds
+    def day(offset):
+        return start + dt.timedelta(days=offset)
+
+    assert as_dict(nightly) == {"a": (5, day(40)), "late": (5, day(180)), "b": (2, day(260))}
