@@ -110,7 +110,19 @@ def reco_nightly():
         outlet_events[RECOMMENDATIONS_ASSET].extra = summary
         return summary
 
-    raw_events_sensor(settings.orchestration) >> version >> sessionize_task() >> recommend >> publish() >> report_task()
+    @task(
+        doc_md="Retention: removes the derived days beyond RECO_KEEP_SESSIONIZED_DAYS, RECO_KEEP_QUARANTINE_DAYS and "
+        "RECO_KEEP_NIGHTLY_DAYS, and the warehouse rows older than RECO_KEEP_WAREHOUSE_DAYS; never the newest day, "
+        "the day before ds, or the training day of an aliased model version (jobs/retain.py).",
+    )
+    def retain(params: dict | None = None, ds: str | None = None):
+        from jobs import retain as job
+        from model_lib.config import parse_ds
+
+        return job.run(get_settings(), parse_ds(run_ds(params, ds)))
+
+    chain = raw_events_sensor(settings.orchestration) >> version >> sessionize_task() >> recommend >> publish()
+    chain >> retain() >> report_task()
 
 
 reco_nightly()

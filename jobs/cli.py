@@ -7,6 +7,7 @@ reco tune --ds D --name N      Optuna search on the validation target; reco_trai
 reco promote --ds D | --version N | reco rollback
 reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
+reco retain --ds D             remove derived days beyond the retention settings (RECO_KEEP_*_DAYS)
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
 reco bench accuracy | reasons | scoring | sessionize | training_speed
                                the benchmarks under bench/ (one JSON line per result)
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
     data.set_defaults(handler=_data)
 
-    for name in ("sessionize", "train", "tune", "recommend", "publish"):
+    for name in ("sessionize", "train", "tune", "recommend", "publish", "retain"):
         step = commands.add_parser(name, help=f"run the {name} step", add_help=False)
         step.set_defaults(handler=None, job=name)
     promote = commands.add_parser("promote", help="promotion gate, or --version N by hand", add_help=False)

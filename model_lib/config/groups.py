@@ -110,6 +110,15 @@ class LakeSettings(BaseModel):
 
     data_dir: Path = PROJECT_ROOT / "data"
     lake_dir: Path | None = None  # default: data_dir/lake
+    # Retention (jobs/retain.py, the nightly DAG's `retain` task): the newest days kept of each kind of derived data,
+    # 0 = all. The raw events are the source of truth: kept unless keep_raw_days says otherwise. Never removed: the
+    # newest committed day of a kind, the day before the night being run (its state continues tonight), and the
+    # sessionized day of every model version that holds an alias.
+    keep_sessionized_days: NonNegativeInt = 7
+    keep_quarantine_days: NonNegativeInt = 90
+    keep_nightly_days: NonNegativeInt = 30
+    keep_warehouse_days: NonNegativeInt = 400
+    keep_raw_days: NonNegativeInt = 0
 
     @property
     def raw_events_dir(self) -> Path:

@@ -13,6 +13,7 @@ register a version cannot run code in the scheduler or the executors through its
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -252,6 +253,24 @@ def alias_version(client: MlflowClient, settings: Settings, alias: str) -> int |
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise _unavailable(settings, error) from None
+
+
+def aliased_training_days(settings: Settings) -> dict[str, dt.date]:
+    """alias -> the ds the version holding it was trained on (its `ds` tag), for every alias of the model: what
+    retention must keep. Empty when the model is not registered yet."""
+    client = configure(settings)
+    try:
+        aliases = client.get_registered_model(settings.model.model_name).aliases
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return {}
+        raise _unavailable(settings, error) from None
+    days = {}
+    for alias, version in aliases.items():
+        trained_on = client.get_model_version(settings.model.model_name, str(version)).tags.get("ds")
+        if trained_on:
+            days[alias] = dt.date.fromisoformat(trained_on)
+    return days
 
 
 def champion_version(settings: Settings) -> int:

@@ -73,6 +73,7 @@ print("PROBE" + json.dumps(out, default=str))
 
 def parse_dags(tmp_path, **settings) -> dict:
     env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin"}
+    env["RECO_DATA_DIR"] = str(tmp_path / "data")  # the project's own data/ (a demo's run stats) must not leak in
     env["AIRFLOW_CONN_SPARK_DEFAULT"] = '{"conn_type": "spark", "host": "local[2]"}'
 
     env.update({f"RECO_{name.upper()}": str(value) for name, value in settings.items()})
@@ -91,6 +92,7 @@ def test_dags_parse_in_data_flow_order_with_docs_forms_and_policies(tmp_path):
         "sessionize",
         "recommend",
         "publish",
+        "retain",
         "report",
     ]
     assert training["order"] == ["wait_for_raw_events", "sessionize", "train", "promote", "report"]

@@ -309,6 +309,7 @@ def test_idle_item_counts_below_the_vocabulary_floor_are_forgotten_the_same_way_
         nightly = spark.createDataFrame(counted.collect(), counted.schema)  # the state as the next night reads it
         full = running_item_counts(events.where(F.col("arrival.dt") <= str(ds)), None, ds, min_count=5, idle_days=90)
         assert as_dict(nightly) == as_dict(full), ds
+
     def day(offset):
         return start + dt.timedelta(days=offset)
 

@@ -220,6 +220,23 @@ class Warehouse:
         except Exception as record_error:  # noqa: BLE001 - the publish error is the one to raise
             error.add_note(f"recording the failed run in {self.runs} also failed: {record_error}")
 
+    def remove_days_before(self, cutoff: dt.date) -> dict[str, int]:
+        """Retention: deletes every nightly table's rows (and the runs' records) of days before `cutoff`, in one
+        transaction. Returns the rows deleted per table."""
+        connection = self.connect()
+        try:
+            self._execute(connection, "BEGIN")
+            removed = {}
+            for name in [*self.names.values(), self.published, self.runs]:
+                removed[name] = self._execute(
+                    connection, f"SELECT count(*) FROM {name} WHERE ds < ?", [cutoff]
+                ).fetchone()[0]
+                self._execute(connection, f"DELETE FROM {name} WHERE ds < ?", [cutoff])
+            self._execute(connection, "COMMIT")
+        finally:
+            connection.close()  # without COMMIT the transaction rolls back
+        return removed
+
     def _record_run(self, connection, ds, run_id, version, users, rows, coverage, started_at, status) -> None:
         self._execute(
             connection,
