@@ -275,12 +275,25 @@ def segment_rows(scored: DataFrame, segments: Segments, ds: dt.date, model_name:
     ).select(USER_SEGMENTS.columns)
 
 
+ANOMALY_RANK_MARGIN = 0.002  # the approximate quantile's slack, as a share of the day's scored users
+
+
 def anomaly_rows(scored: DataFrame, percentile: float, ds: dt.date, model_name: str, version: int) -> DataFrame:
     """Scored users -> the user_anomalies table: users with a scored event that day, ranked by their score among all
     such users (percent_rank: 0 the least surprising, 1 the most), those at or above `percentile`."""
     day, model = champion_columns(ds, model_name, version)
     scored_today = scored.where(F.col("anomaly_score").isNotNull())
-    ranked = scored_today.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
+    # A window over every scored user would be one task holding the whole day. The exact rank is only needed near
+    # the top: a distributed approximate quantile (rank error under ANOMALY_RANK_MARGIN / 2 of the users) bounds the
+    # candidates to the top 1 - percentile + ANOMALY_RANK_MARGIN of them, and only those are ranked in one task.
+    users = scored_today.count()
+    floor = scored_today.approxQuantile(
+        "anomaly_score", [max(percentile - ANOMALY_RANK_MARGIN, 0.0)], ANOMALY_RANK_MARGIN / 2
+    )
+    candidates = scored_today.where(F.col("anomaly_score") >= floor[0]) if floor else scored_today.limit(0)
+    # percent_rank over (score, user_id) ascending, computed from the top: (users - place from the top) / (users - 1).
+    from_top = F.row_number().over(Window.orderBy(F.col("anomaly_score").desc(), F.col("user_id").desc()))
+    ranked = candidates.withColumn("percentile", (F.lit(users) - from_top) / F.lit(max(users - 1, 1)))
     return (
         ranked.where(F.col("percentile") >= percentile)
         .select(

@@ -393,3 +393,34 @@ def test_the_gate_never_overwrites_a_champion_moved_by_hand_while_it_scored(tmp_
     monkeypatch.setattr(promote, "holdout_report", scored)  # nobody meddles: the gate compares and decides
     again = promote.gate(settings, day, challenger=challenger)
     assert again["champion_before"] == by_hand and "champion moved" not in again["reason"]
+
+
+def test_the_anomaly_percentile_ranks_only_the_top_and_equals_the_exact_percent_rank(spark):
+    """The percentile ran in one unpartitioned window over every scored user (one task holding the whole day); now
+    a distributed approximate quantile bounds the candidates, and only they are ranked: the rows are the same."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from jobs import recommend
+
+    users = 20_000
+    scored = spark.range(users, numPartitions=4).select(
+        F.format_string("u%05d", "id").alias("user_id"),
+        F.round(F.rand(11) * 50, 1).alias("anomaly_score"),  # rounded: many ties, broken by user id
+        F.lit(1).cast("long").alias("anomaly_events"),
+        F.lit(0.5).alias("outside_top_share"),
+        F.lit("i1").alias("most_surprising_item_id"),
+    )
+    published = recommend.anomaly_rows(scored, 0.99, DS, "m", 1).toPandas().sort_values("user_id")
+    exact = (
+        scored.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
+        .where("percentile >= 0.99")
+        .toPandas()
+        .sort_values("user_id")
+    )
+    assert len(published) == len(exact) == 200
+    assert published["user_id"].tolist() == exact["user_id"].tolist()
+    np.testing.assert_allclose(published["percentile"], exact["percentile"])
+    plan = recommend.anomaly_rows(scored, 0.99, DS, "m", 1)._jdf.queryExecution().executedPlan().toString()
+    window_input = plan[plan.index("Window [row_number()") :]
+    assert "Filter" in window_input and "anomaly_score" in window_input.split("Filter", 1)[1].splitlines()[0]

@@ -9,6 +9,8 @@ import io
 from model_lib.contracts import Table
 from model_lib.storage.warehouse.base import Warehouse
 
+COPY_BATCH_ROWS = 65_536  # rows converted to CSV and sent to COPY at a time
+
 
 class PostgresWarehouse(Warehouse):
     """A PostgreSQL server, through psycopg 3; the connection string comes from configuration (or PG* variables)."""
@@ -50,6 +52,7 @@ class PostgresWarehouse(Warehouse):
         return connection.execute(sql.replace("?", "%s"), params or None)
 
     def _stage(self, connection, table, files):
+        import pyarrow as pa
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
@@ -61,10 +64,12 @@ class PostgresWarehouse(Warehouse):
         with connection.cursor() as cursor:
             with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
                 for file in files:
-                    buffer = io.BytesIO()
-                    rows = pq.read_table(file, columns=table.columns)
-                    pacsv.write_csv(postgres_arrays(rows, table), buffer, pacsv.WriteOptions(include_header=False))
-                    copy.write(buffer.getvalue())
+                    # One record batch at a time: the CSV of a whole file (a nightly table's day) never sits in memory.
+                    for batch in pq.ParquetFile(file).iter_batches(batch_size=COPY_BATCH_ROWS, columns=table.columns):
+                        buffer = io.BytesIO()
+                        rows = pa.Table.from_batches([batch])
+                        pacsv.write_csv(postgres_arrays(rows, table), buffer, pacsv.WriteOptions(include_header=False))
+                        copy.write(buffer.getvalue())
 
 
 def postgres_arrays(rows, table: Table):
