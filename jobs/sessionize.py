@@ -43,9 +43,9 @@ from model_lib.data import events as ev
 from model_lib.data.state import Plan, compacted, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import (
     VOCABULARY_COLUMNS,
-    item_counts,
     running_item_counts,
     stable_vocabulary,
+    top_item_counts,
     vocabulary_candidates,
 )
 from model_lib.progress import say, stage
@@ -291,7 +291,9 @@ def write_histories(
                 # job of its own): the files are the same whichever way the histories were computed.
                 "sequences": sequences.repartition(SEQUENCE_FILES, "user_id").sortWithinPartitions("user_id"),
                 "vocab": vocabulary_frame.coalesce(1).sortWithinPartitions("item_index"),
-                "day_item_counts": item_counts(events.where(F.col("arrival.dt") == ds.isoformat())).coalesce(1),
+                "day_item_counts": top_item_counts(
+                    events.where(F.col("arrival.dt") == ds.isoformat()), settings.sessionize.max_vocab_size
+                ).coalesce(1),
                 "users": compacted(previous["users"], histories) if compacting else histories.select(STATE_COLUMNS),
                 "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,

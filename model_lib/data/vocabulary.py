@@ -28,6 +28,21 @@ def item_counts(events: DataFrame) -> DataFrame:
     return events.groupBy("item_id").agg(F.count(F.lit(1)).alias("count"))
 
 
+def top_item_counts(events: DataFrame, top: int) -> DataFrame:
+    """Interactions per item_id of some events, the `top` most frequent (ties by id), plus one row with a null
+    item_id holding the count of all the others: what reaches a driver is bounded by `top` + 1 rows however many
+    distinct ids a day brings (the nightly model-fit check reads it; an id in the tail counts as unknown there)."""
+    counts = item_counts(events)
+    # Spark's top-K (TakeOrderedAndProject): a bounded heap per partition, not one task sorting every id.
+    head = counts.orderBy(F.col("count").desc(), F.col("item_id")).limit(top)
+    rest = counts.agg(F.sum("count").alias("_all")).crossJoin(head.agg(F.sum("count").alias("_head")))
+    tail = rest.select(
+        F.lit(None).cast("string").alias("item_id"),
+        (F.col("_all") - F.coalesce(F.col("_head"), F.lit(0))).cast("long").alias("count"),
+    ).where(F.col("count") > 0)
+    return head.select("item_id", F.col("count").cast("long")).unionByName(tail)
+
+
 def running_item_counts(
     events: DataFrame, previous_counts: DataFrame | None, ds: dt.date, min_count: int, idle_days: int
 ) -> DataFrame:

@@ -314,3 +314,16 @@ def test_idle_item_counts_below_the_vocabulary_floor_are_forgotten_the_same_way_
         return start + dt.timedelta(days=offset)
 
     assert as_dict(nightly) == {"a": (5, day(40)), "late": (5, day(180)), "b": (2, day(260))}
+
+
+def test_a_days_item_counts_reach_the_driver_as_the_top_ids_and_one_row_for_the_rest(spark, rules):
+    """recommend read the day's count of every distinct item id into the driver (a producer of random ids: millions
+    of rows); the table holds the top ids and one null-id row for the others, so the known share only gets stricter."""
+    from model_lib.data.vocabulary import known_share, top_item_counts
+
+    events = valid_events(spark, [line(item=i, ts=T0 + k) for k, i in enumerate("aaabbcdefg")], rules)
+    counts = top_item_counts(events, top=2).toPandas()
+    assert counts.sort_values("count", ascending=False).values.tolist() == [[None, 5], ["a", 3], ["b", 2]]
+    vocabulary = pd.DataFrame({"item_id": ["a", "b", "c"]})
+    assert known_share(vocabulary, counts) == 0.5  # c is in the tail: counted as unknown
+    assert top_item_counts(events, top=50).toPandas()["count"].sum() == 10
