@@ -75,8 +75,12 @@ def _unavailable(settings: Settings, error: Exception) -> RegistryUnavailable:
 
 
 def store_uri(settings: Settings) -> str:
-    """RECO_MLFLOW_TRACKING_URI without credentials. A user and password in it go to MLflow's own variables
-    (MLFLOW_TRACKING_USERNAME / _PASSWORD), because MLflow prints the tracking URI it uses after every run."""
+    """RECO_MLFLOW_TRACKING_URI for MLflow. A tracking server's (http, https) without credentials: its user and
+    password go to MLflow's own variables (MLFLOW_TRACKING_USERNAME / _PASSWORD), which only MLflow's HTTP client
+    reads, because MLflow prints a server's URI after every run. A database store's (postgresql://user:pw@…) keeps
+    them: the database driver reads them from the URI alone, and what this code prints is masked (redaction)."""
+    if not settings.engines.mlflow_tracking_uri.startswith(("http://", "https://")):
+        return settings.engines.mlflow_tracking_uri
     uri, user, password = split_credentials(settings.engines.mlflow_tracking_uri)
     if user:
         os.environ["MLFLOW_TRACKING_USERNAME"] = user

@@ -34,8 +34,9 @@ def postgres_bin() -> Path:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a connection URL `postgresql://reco@127.0.0.1:PORT/postgres` of a fresh server."""
+def postgres_server(password: str | None = None) -> Iterator[str]:
+    """Yields a connection URL `postgresql://reco@127.0.0.1:PORT/postgres` of a fresh server; with a password, the
+    server requires it (scram-sha-256) and the URL carries it."""
     binaries = postgres_bin()
     folder = Path(tempfile.mkdtemp(prefix="reco-pg-"))
     as_server_user: list[str] = []
@@ -47,9 +48,16 @@ def postgres_server() -> Iterator[str]:
     port = free_port()
     process = None
     try:
+        auth = ["--auth=trust"]
+        if password:
+            pwfile = folder / "pwfile"
+            pwfile.write_text(password + "\n")
+            if as_server_user:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
         run_ok(
             [*as_server_user, str(binaries / "initdb"), "-D", str(folder / "data"), "-U", USER]
-            + ["--auth=trust", "--encoding=UTF8", "--no-sync"],
+            + [*auth, "--encoding=UTF8", "--no-sync"],
             env,
             timeout=120,
         )
@@ -67,7 +75,8 @@ def postgres_server() -> Iterator[str]:
             f"PostgreSQL on 127.0.0.1:{port}",
             timeout=60,
         )
-        yield f"postgresql://{USER}@127.0.0.1:{port}/postgres"
+        credentials = f"{USER}:{password}" if password else USER
+        yield f"postgresql://{credentials}@127.0.0.1:{port}/postgres"
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)  # fast shutdown: roll back open sessions, exit

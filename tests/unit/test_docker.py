@@ -66,24 +66,61 @@ def test_volumes_exist_and_ports_are_published_on_loopback_only():
     assert {"mlflow", "airflow-scheduler", "spark-worker", "trainer"} <= users
 
 
-def test_secrets_come_only_from_the_uncommitted_env_file():
+def test_secrets_are_files_mounted_only_where_needed_and_never_in_commands_or_environment():
+    """Before: the database password on the MLflow server's command line and one superuser password exported as
+    PGPASSWORD to every container, Spark workers included."""
     text = (DOCKER / "docker-compose.yml").read_text()
-    example_lines = [line for line in (DOCKER / ".env.example").read_text().splitlines() if line and line[0] != "#"]
-    example = dict(line.split("=", 1) for line in example_lines)
-    # Every variable the compose file interpolates is documented in .env.example, which holds placeholders only.
-    assert set(re.findall(r"\$\{([A-Z0-9_]+)", text)) <= set(example)
-    assert all(value == "replace-me" for key, value in example.items() if SECRET_NAME.search(key))
-    # No literal secret: secret-named settings and passwords inside URLs are ${...} references.
-    for name, service in compose()["services"].items():
+    spec = compose()
+    # No password in any URL, command or environment value; secret-named settings only name a file or a command
+    # that reads one.
+    assert not re.findall(r"://[^:/\s'\"]+:[^@\s/]+@", text)
+    assert "PGPASSWORD" not in text and "POSTGRES_PASSWORD:" not in text
+    for name, service in spec["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if SECRET_NAME.search(key) and not key.endswith("_FILE"):  # a _FILE names where a secret is
-                assert str(value).startswith("${"), (name, key)
-    for password in re.findall(r"://[^:/\s'\"]+:([^@\s]+)@", text):
-        assert password.startswith("${"), password
-    # docker/.env is ignored by git and not tracked.
+            if SECRET_NAME.search(key):
+                assert key.endswith(("_FILE", "_CMD")) or key == "PGPASSFILE", (name, key)
+                # Airflow's own password file, written from a secret onto a volume only Airflow's containers mount.
+                assert str(value).startswith(("/run/secrets/", "cat /run/secrets/", "/airflow-auth/")), (name, key)
+    auth_users = {name for name, s in spec["services"].items() if "airflow-auth:/airflow-auth" in s.get("volumes", [])}
+    assert auth_users == {"airflow-init", *AIRFLOW}
+    # Every secret is a file under docker/secrets/ (git-ignored), and each service gets only its own.
+    assert all(entry["file"].startswith("./secrets/") for entry in spec["secrets"].values())
+    given = {name: set(service.get("secrets") or []) for name, service in spec["services"].items()}
+    assert given["spark-master"] == given["spark-worker"] == given["trainer"] == set()
+    assert given["mlflow"] == {"mlflow.pgpass"}
+    assert all("postgres_superuser" not in secrets for name, secrets in given.items() if name != "postgres")
+    assert all(secrets <= set(spec["secrets"]) for secrets in given.values())
+    assert subprocess.run(["git", "check-ignore", "-q", "docker/secrets/airflow_db"], cwd=ROOT).returncode == 0
     assert subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=ROOT).returncode == 0
     tracked = subprocess.run(["git", "ls-files", "docker"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert "docker/.env\n" not in tracked
+    assert "docker/.env\n" not in tracked and "docker/secrets/" not in tracked
+    # .env.example documents every variable the compose file interpolates, and holds no secret.
+    example_lines = [line for line in (DOCKER / ".env.example").read_text().splitlines() if line and line[0] != "#"]
+    example = dict(line.split("=", 1) for line in example_lines)
+    assert set(re.findall(r"\$\{([A-Z0-9_]+)", text)) <= set(example)
+    assert not any(SECRET_NAME.search(key) for key in example)
+
+
+def test_make_secrets_writes_private_files_and_each_pgpass_holds_only_its_services_roles(tmp_path):
+    import shutil
+
+    shutil.copy(DOCKER / "make-secrets.sh", tmp_path)
+    subprocess.run(["bash", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)
+    secrets = tmp_path / "secrets"
+    first = {path.name: path.read_text() for path in secrets.iterdir()}
+    assert {path.stat().st_mode & 0o777 for path in secrets.iterdir()} == {0o600}
+    assert set(first) >= {entry["file"].removeprefix("./secrets/") for entry in compose()["secrets"].values()}
+    roles = {
+        name: [line.split(":")[3] for line in text.splitlines()] for name, text in first.items() if "pgpass" in name
+    }
+    assert roles == {
+        "airflow.pgpass": ["airflow", "warehouse_writer"],
+        "mlflow.pgpass": ["mlflow"],
+        "analyst.pgpass": ["analyst"],
+    }
+    assert first["mlflow.pgpass"].strip().endswith(first["mlflow_db"].strip())
+    subprocess.run(["bash", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)
+    assert {path.name: path.read_text() for path in secrets.iterdir()} == first  # a re-run changes no password
 
 
 def test_the_image_installs_the_pinned_requirements_and_java_and_runs_unprivileged():
