@@ -9,7 +9,7 @@ reco recommend --ds D          Spark: top-K per user with the champion
 reco publish --ds D            warehouse: the day, atomically
 reco retain --ds D             remove derived days beyond the retention settings (RECO_KEEP_*_DAYS)
 reco show --user U [--ds D]    a user's recommendations with titles and reasons
-reco bench accuracy | reasons | scoring | sessionize | training_speed
+reco bench accuracy | reasons | scoring | sessionize | skew | training_speed
                                the benchmarks under bench/ (one JSON line per result)
 reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
@@ -268,6 +268,7 @@ BENCHMARKS = {
     "reasons": "bench.reasons",
     "scoring": "bench.scoring",
     "sessionize": "bench.sessionize_bench",
+    "skew": "bench.skew",
     "training_speed": "bench.training_speed",
 }
 
