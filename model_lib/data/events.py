@@ -426,25 +426,30 @@ def _per_user(windowed: DataFrame, in_window: Column, seq_len: int, max_older_it
 OLDER_ITEMS_TYPE = "array<struct<last_ts: timestamp, item_id: string>>"
 
 
-def _newest_items_first(items: Column, cap: int) -> Column:
-    """(last_ts, item_id) structs -> one per item (its latest time), newest first (ties by id), at most `cap`."""
-    by_item_newest_first = F.array_sort(
-        items,
-        lambda a, b: F.when(a["item_id"] < b["item_id"], -1)
-        .when(a["item_id"] > b["item_id"], 1)
-        .otherwise(F.when(a["last_ts"] > b["last_ts"], -1).when(a["last_ts"] < b["last_ts"], 1).otherwise(0)),
+def _newest_items_first(frame: DataFrame, items: str, cap: int, output: str) -> DataFrame:
+    """Adds `output`: the (last_ts, item_id, item_index) structs of column `items`, one per item (its latest time),
+    newest first (ties by id), at most `cap`. Natively ordered structs (no comparator lambda), and each step reads
+    the previous one's column, so no array is sorted more than once per row."""
+
+    def newest_key(x: Column) -> Column:
+        return -F.unix_micros(x["last_ts"])
+
+    by_item = frame.withColumn(
+        "_by_item", F.sort_array(F.transform(items, lambda x: F.struct(x["item_id"].alias("k"), newest_key(x).alias("n"), x.alias("v"))))
     )
-    latest = F.filter(
-        by_item_newest_first,
-        lambda item, i: (i == 0) | (item["item_id"] != F.element_at(by_item_newest_first, i)["item_id"]),
+    latest = by_item.withColumn(
+        "_latest",
+        # The first of each item's run: its newest (CASE evaluates the look-back only where there is one).
+        F.filter("_by_item", lambda x, i: F.when(i == 0, True).otherwise(x["k"] != F.col("_by_item")[i - 1]["k"])),
     )
-    newest_first = F.array_sort(
-        latest,
-        lambda a, b: F.when(a["last_ts"] > b["last_ts"], -1)
-        .when(a["last_ts"] < b["last_ts"], 1)
-        .otherwise(F.when(a["item_id"] < b["item_id"], -1).when(a["item_id"] > b["item_id"], 1).otherwise(0)),
+    newest = latest.withColumn(
+        output,
+        F.transform(
+            F.slice(F.sort_array(F.transform("_latest", lambda x: F.struct(x["n"].alias("n"), x["k"].alias("k"), x["v"].alias("v")))), 1, cap),
+            lambda x: x["v"],
+        ),
     )
-    return F.slice(newest_first, 1, cap)
+    return newest.drop("_by_item", "_latest")
 
 
 def _with_earlier_items(grouped: DataFrame, previous_state: DataFrame, vocabulary: DataFrame) -> DataFrame:
@@ -495,7 +500,7 @@ def _capped_older_items(grouped: DataFrame, cap: int) -> DataFrame:
     newest N of (yesterday's newest N + today's) equals the newest N of everything, because an item's latest time
     only grows; the count of cuts does not (an item cut twice counts twice)."""
     before = F.coalesce(F.col("_dropped_before"), F.lit(0)) if "_dropped_before" in grouped.columns else F.lit(0)
-    capped = grouped.withColumn("_capped", _newest_items_first(F.col("_kept_older"), cap))
+    capped = _newest_items_first(grouped, "_kept_older", cap, "_capped")
     return capped.withColumns(
         {
             "older_items": F.transform(
