@@ -54,7 +54,7 @@ def test_bench_scoring_prints_users_per_second_against_als_and_numpy(tmp_path):
     assert set(result["peak_rss_mib"]) == {"job_cold", "job_fresh", "job_warm", "als"}
     assert all(peak["tree"] >= peak["jvm"] > 0 for peak in result["peak_rss_mib"].values())
     lake = tmp_path / "b" / "synthetic" / "data" / "lake"
-    assert any((lake / "recommendations" / "ds=2024-01-01").glob("*.parquet"))
+    assert any((lake / "nightly" / "ds=2024-01-01" / "recommendations").glob("*.parquet"))
     # The job read its sequences as a night does: written by Spark, their schema in the files' footers.
     sequence_files = list((lake / "sessionized" / "ds=2024-01-01" / "sequences").glob("*.parquet"))
     assert len(sequence_files) == 4
