@@ -1,7 +1,7 @@
 """What one user can cost a night: a day whose events all belong to one user with a distinct item each (a bot, a
 broken producer) against a day of the same size spread over many users, ten incremental nights each.
 
-    reco bench skew [--events 1000000] [--nights 10] [--users 10000] [--root data/bench/skew]
+    reco bench skew [--events 1000000] [--nights 10] [--users 10000] [--variant skewed|spread|both]
 
 Both variants start from the same full rebuild of a small base day (the synthetic clickstream), then run `--nights`
 incremental sessionize nights (`python -m jobs.sessionize`, each in its own process, peak memory sampled as in
@@ -9,10 +9,12 @@ bench/sessionize_bench.py) on days of `--events` lines: in `skewed` one user, ea
 `--users` users, each event a new item id. Settings: the shipped ones, except RECO_ITEM_COUNT_IDLE_DAYS=3 (a bot's
 ids below the vocabulary floor are forgotten after 3 idle days instead of 90, so the bound shows within ten nights).
 
-Prints one JSON line per night (wall seconds, peak JVM and process-tree RSS, the state's users and item-count bytes
-and rows, the night's stats) and one summary line: skewed / spread for the median night's wall time and for the
-peak JVM memory (target <= 1.5 each), and the state's size over the nights (bounded: the last night's users state
-no larger than the cap allows, item counts flat once the idle rule applies).
+Prints, and appends to bench/results/skew.jsonl, one JSON line per night (wall seconds, peak JVM and process-tree
+RSS, the state's users and item-count bytes and rows, the night's stats), then one summary line from the newest run
+of each variant at the same --events in that file: skewed / spread for the median night's wall time and for the
+peak JVM memory (target <= 1.5 each), and the state's size over the nights (bounded: the users state no larger than
+the cap allows, item counts flat once the idle rule applies). `--variant` runs one of them alone (the other's
+newest recorded run is the reference).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench import results
 from bench.sessionize_bench import measured, spark_environment
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.data.sources import SynthSpec, write_synth
 from model_lib.storage.lake import parquet_rows
 
 SETTINGS = {"RECO_ITEM_COUNT_IDLE_DAYS": "3"}
+RESULTS = results.FOLDER / "skew.jsonl"
 
 
 def write_day(folder: Path, day: dt.date, night: int, events: int, users: int) -> None:
@@ -50,7 +54,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def run_variant(name: str, users: int, events: int, nights: int, root: Path) -> list[dict]:
+def run_variant(name: str, users: int, events: int, nights: int, root: Path, path: Path) -> list[dict]:
     data_dir = root / name
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = get_settings(data_dir=data_dir)
@@ -81,8 +85,16 @@ def run_variant(name: str, users: int, events: int, nights: int, root: Path) -> 
             "users_over_day_events": result.get("users_over_day_events", ""),
         }
         print(json.dumps(row), flush=True)
+        results.record(row, path)
         rows.append(row)
     return rows
+
+
+def newest_run(rows: list[dict], variant: str, events: int) -> list[dict]:
+    """The nights of the newest run of a variant at `events` (a run starts at night 1)."""
+    picked = [row for row in rows if row.get("variant") == variant and row.get("events") == events]
+    starts = [i for i, row in enumerate(picked) if row["night"] == 1]
+    return picked[starts[-1] :] if starts else []
 
 
 def summary(skewed: list[dict], spread: list[dict]) -> dict:
@@ -93,7 +105,7 @@ def summary(skewed: list[dict], spread: list[dict]) -> dict:
         "bench": "skew",
         "summary": True,
         "events_per_night": skewed[0]["events"],
-        "nights": len(skewed),
+        "nights": {"skewed": len(skewed), "spread": len(spread)},
         "wall_ratio_skewed_over_spread": round(median(skewed, "wall_seconds") / median(spread, "wall_seconds"), 2),
         "jvm_peak_ratio_skewed_over_spread": round(
             max(r["jvm_peak_rss_mib"] for r in skewed) / max(r["jvm_peak_rss_mib"] for r in spread), 2
@@ -111,12 +123,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=1_000_000, help="lines per night")
     parser.add_argument("--nights", type=int, default=10)
     parser.add_argument("--users", type=int, default=10_000, help="users of the spread variant's day")
+    parser.add_argument("--variant", choices=("skewed", "spread", "both"), default="both")
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "skew")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results file the lines are appended to")
     args = parser.parse_args(argv)
-    skewed = run_variant("skewed", 1, args.events, args.nights, args.root)
-    spread = run_variant("spread", args.users, args.events, args.nights, args.root)
+    if args.variant in ("skewed", "both"):
+        run_variant("skewed", 1, args.events, args.nights, args.root, args.results)
+    if args.variant in ("spread", "both"):
+        run_variant("spread", args.users, args.events, args.nights, args.root, args.results)
+    recorded = results.read(args.results)
+    skewed, spread = (newest_run(recorded, variant, args.events) for variant in ("skewed", "spread"))
+    if not (skewed and spread):
+        return {}
     result = summary(skewed, spread)
     print(json.dumps(result), flush=True)
+    results.record(result, args.results)
     return result
 
 
