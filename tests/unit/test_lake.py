@@ -108,6 +108,16 @@ def commit_and_crash_between_the_renames(staged, final) -> None:
     lake.commit_folder(staged, final)
 
 
+def crashed_commit(staged, final):
+    """commit_and_crash_between_the_renames in a forked process, waited for; returns the ended process."""
+    child = multiprocessing.get_context("fork").Process(
+        target=commit_and_crash_between_the_renames, args=(staged, final)
+    )
+    child.start()
+    child.join(timeout=60)
+    return child
+
+
 def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, monkeypatch):
     """Before: the day's name was missing until a re-run, whose cleanup then deleted both the `.old-` copy (the
     previous committed day) and the complete `.tmp-` copy. Now every reader, and the next commit, finish the crashed
@@ -118,11 +128,7 @@ def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, mo
     write_version(final, 0)
     staged = lake.staging_path(final)
     write_version(staged, 1)
-    child = multiprocessing.get_context("fork").Process(
-        target=commit_and_crash_between_the_renames, args=(staged, final)
-    )
-    child.start()
-    child.join(timeout=60)
+    child = crashed_commit(staged, final)
     assert child.exitcode == 17 and not final.exists(), "the crash did not come between the renames"
     assert sorted(path.name.split(".")[1][:4] for path in tmp_path.iterdir()) == ["old-", "tmp-"]
 
@@ -134,11 +140,7 @@ def test_a_crash_between_the_two_renames_loses_no_committed_version(tmp_path, mo
     # The same crash again, and this time the next commit (with a live process's folder beside) is the first to look.
     staged = lake.staging_path(final)
     write_version(staged, 2)
-    child = multiprocessing.get_context("fork").Process(
-        target=commit_and_crash_between_the_renames, args=(staged, final)
-    )
-    child.start()
-    child.join(timeout=60)
+    child = crashed_commit(staged, final)
     assert child.exitcode == 17 and not final.exists()
     monkeypatch.setattr(lake, "_exchange", lambda first, second: False)
     staged = lake.staging_path(final)
@@ -157,11 +159,7 @@ def test_a_reader_of_a_folder_inside_a_crashed_day_recovers_the_day(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"item_id": ["a", "b"]}).to_parquet(staged / "vocab" / "part-0.parquet")
-    child = multiprocessing.get_context("fork").Process(
-        target=commit_and_crash_between_the_renames, args=(staged, final)
-    )
-    child.start()
-    child.join(timeout=60)
+    child = crashed_commit(staged, final)
     assert child.exitcode == 17 and not final.exists()
     assert lake.read_parquet_folder(final / "vocab")["item_id"].tolist() == ["a", "b"]
 
