@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import results
 from bench.memory import PeakRss
 from model_lib.config import PROJECT_ROOT, Settings, get_settings
 from model_lib.contracts import FIRST_ITEM_INDEX
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--als-cold-only", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--job-fresh-only", type=int, metavar="VERSION", help=argparse.SUPPRESS)
     parser.add_argument("--rewrite-with-spark-only", type=Path, nargs=2, metavar="FOLDER", help=argparse.SUPPRESS)
+    results.add_arguments(parser, "scoring")
     args = parser.parse_args(argv)
     if args.rewrite_with_spark_only:
         print(json.dumps(rewrite_with_spark(*args.rewrite_with_spark_only)))
@@ -458,12 +460,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(job_fresh_run(args.job_fresh_only)))
         return []
     names = ["ml-1m", "synthetic"] if args.dataset == "both" else [args.dataset]
-    results = []
+    lines = []
     for name in names:
-        result = run(name, args.root / name, args.users, args.items, not args.no_als, args.active_share)
+        result = {"bench": "scoring", "dataset": name}
+        result.update(run(name, args.root / name, args.users, args.items, not args.no_als, args.active_share))
         print(json.dumps(result), flush=True)
-        results.append(result)
-    return results
+        results.keep(result, args)
+        lines.append(result)
+    return lines
 
 
 if __name__ == "__main__":

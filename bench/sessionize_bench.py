@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import results
 from bench.memory import PeakRss
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.data.sources import SynthSpec, write_synth
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "sessionize")
     parser.add_argument("--duckdb-only", nargs=2, metavar=("DATA_DIR", "DS"), help=argparse.SUPPRESS)
     parser.add_argument("--floor-only", nargs=2, metavar=("DATA_DIR", "DS"), help=argparse.SUPPRESS)
+    results.add_arguments(parser, "sessionize")
     args = parser.parse_args(argv)
     if args.floor_only:
         print(json.dumps(spark_floor(Path(args.floor_only[0]), dt.date.fromisoformat(args.floor_only[1]))))
@@ -364,9 +366,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     nights = {}
     for events in args.events:
-        result = {"benchmark": "sessionize", "events": events, "days": DAYS, "cores": os.cpu_count()}
+        result = {"benchmark": "sessionize", "events": events, "days": DAYS}
         result.update(bench_size(events, args.root, events <= args.check_equality_up_to, args.day_events))
         print(json.dumps(result), flush=True)
+        results.keep(result, args)
         nights[events] = result["spark_incremental_seconds"]
     if len(nights) > 1:
         smallest = min(nights)

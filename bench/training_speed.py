@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import results
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.data.vocabulary import catalogue_size
 
@@ -82,6 +83,7 @@ def run(settings, updates: int) -> dict:
     train_pass = update_seconds * steps_per_pass
     return {
         "bench": "training_speed",
+        "dataset": settings.lake.data_dir.name,
         "ds": ds.isoformat(),
         "seq_len": settings.sessionize.seq_len,
         "windows": windows,
@@ -103,10 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="reco bench training_speed", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT / "data" / "bench" / "accuracy" / "ml-1m")
     parser.add_argument("--updates", type=int, default=100, help="updates per round (two rounds; the second is timed)")
+    results.add_arguments(parser, "training_speed")
     args = parser.parse_args(argv)
     settings = get_settings(data_dir=args.root)
     result = run(settings, args.updates)
     print(json.dumps(result), flush=True)
+    results.keep(result, args)
     return result
 
 

@@ -13,6 +13,7 @@ reco bench accuracy | reasons | scoring | sessionize | skew | training_speed
                                the benchmarks under bench/ (one JSON line per result)
 reco airflow [--port P]        the Airflow UI on 127.0.0.1 (API server, scheduler, DAG processor, triggerer)
 reco settings                  the effective configuration
+reco docs [--check]            the reference parts of docs/ generated from the code (settings, tables, commands)
 reco spark-class-archive       make setup: record the Spark JVM's class-data archive (faster cold starts)
 """
 
@@ -258,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--force", action="store_true", help="record it again even when it exists")
     archive.set_defaults(handler=_spark_class_archive)
 
+    docs = commands.add_parser("docs", help="regenerate the reference parts of docs/ (--check: exit 1 if stale)")
+    docs.add_argument("--check", action="store_true", help="exit 1 naming the pages that are out of date")
+    docs.set_defaults(handler=_docs)
+
     settings = commands.add_parser("settings", help="print the effective configuration")
     settings.set_defaults(handler=lambda args: print(_settings_json()))
     return parser
@@ -271,6 +276,12 @@ BENCHMARKS = {
     "skew": "bench.skew",
     "training_speed": "bench.training_speed",
 }
+
+
+def _docs(args) -> None:
+    from jobs import docs
+
+    docs.main(["--check"] if args.check else [])
 
 
 def _settings_json() -> str:

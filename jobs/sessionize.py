@@ -7,7 +7,7 @@ Two modes, same result (a test checks that they agree exactly):
 
 Reads   lake/raw/events/dt=D/ (incremental) or dt<=D/ (full); lake/sessionized/ds=D-1/ (state, sequences, vocabulary)
 Writes  lake/sessionized/ds=D/, one unit committed by one atomic swap:
-          sequences/     one row per user: last L events (left-padded) — see README "Data contracts"
+          sequences/     one row per user: last L events (left-padded) — see docs/your-data.md
           vocab/         item_id <-> item_index, stable across days
           day_item_counts/  the day's own valid new events per item_id (what the nightly model-fit check weighs)
           state/         users (last L+1 events, older items: one layer per night, see model_lib/data/state.py),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Item indices: 0 pads sequences on the left, 1 stands for any item outside the vocabulary, real items start at 2.
 PAD_INDEX = 0
@@ -34,48 +35,91 @@ REASON_CODES = (
 )
 
 
-@dataclass(frozen=True)
-class Table:
-    """A table the nightly run writes to the lake (lake/<name>/ds=D) and publishes to the warehouse.
-
-    `fields`: (name, Spark type, SQL type, nullable) in column order. The Spark schema of the job's output, the
-    table's DDL and every column list derive from it, so a column is added in one place."""
+class Column(NamedTuple):
+    """One column of a warehouse table: its Spark type (the job's output), its SQL type (the DDL), whether it may be
+    NULL, and what it means to the analyst who reads it (docs/warehouse.md is generated from these)."""
 
     name: str
-    fields: tuple[tuple[str, str, str, bool], ...]
+    spark_type: str
+    sql_type: str
+    nullable: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A warehouse table: the nightly ones are written to the lake (lake/nightly/ds=D/<name>) and published whole per
+    day; the two run tables are written by the publish itself.
+
+    `fields` in column order: the Spark schema of the job's output, the table's DDL, every column list and the
+    analysts' page derive from it, so a column is added in one place. `grain` says what one row is; `caveats` what
+    an analyst must know before counting or joining."""
+
+    name: str
+    fields: tuple[Column, ...]
     key: tuple[str, ...]
+    description: str
+    grain: str
+    caveats: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
-        return [name for name, *_ in self.fields]
+        return [column.name for column in self.fields]
 
     @property
     def spark_schema(self) -> str:
-        return ", ".join(f"{name} {spark_type}" for name, spark_type, *_ in self.fields)
+        return ", ".join(f"{column.name} {column.spark_type}" for column in self.fields)
 
     @property
     def array_columns(self) -> list[str]:
-        return [name for name, _, sql_type, _ in self.fields if sql_type.endswith("[]")]
+        return [column.name for column in self.fields if column.sql_type.endswith("[]")]
 
 
 # Every nightly table starts with the day and ends with the champion that produced it.
-DAY = ("ds", "string", "DATE", False)
-USER = ("user_id", "string", "VARCHAR", False)
-MODEL = (("model_name", "string", "VARCHAR", False), ("model_version", "int", "INTEGER", False))
+DAY = Column("ds", "string", "DATE", False, "the night the row belongs to: the day of raw events it has seen last")
+USER = Column("user_id", "string", "VARCHAR", False, "the user, as the raw events name them")
+MODEL = (
+    Column("model_name", "string", "VARCHAR", False, "the registered model that produced the row"),
+    Column("model_version", "int", "INTEGER", False, "its version: one per day across every nightly table"),
+)
+ONE_CHAMPION_A_DAY = (
+    "Every nightly table of a day comes from the same model version; a new champion can change every row the next day."
+)
 
 RECOMMENDATIONS = Table(
     "recommendations",
     (
         DAY,
         USER,
-        ("rank", "int", "INTEGER", False),
-        ("item_id", "string", "VARCHAR", False),
-        ("score", "double", "DOUBLE PRECISION", False),
-        ("source", "string", "VARCHAR", False),
-        ("reason_item_id", "string", "VARCHAR", True),
+        Column("rank", "int", "INTEGER", False, "1 = the best; at most RECO_TOP_K (the `k` trigger param) per user"),
+        Column("item_id", "string", "VARCHAR", False, "the recommended item"),
+        Column("score", "double", "DOUBLE PRECISION", False, "the model's log-probability of the item (higher first)"),
+        Column(
+            "source",
+            "string",
+            "VARCHAR",
+            False,
+            "'model'; 'repeat' for an item the user already has an event on (allow_repeats); "
+            "'popular' for users whose history holds only items the model does not know",
+        ),
+        Column(
+            "reason_item_id",
+            "string",
+            "VARCHAR",
+            True,
+            "the history item that explains this item under the model (docs/models.md, Reasons); NULL when popular",
+        ),
         *MODEL,
     ),
     ("ds", "user_id", "rank"),
+    "The top-K items for every user with history, each with the item that explains it.",
+    "one row per (ds, user_id, rank)",
+    (
+        "A day is a full snapshot: every user with history, not only the day's active users.",
+        "Under exclude_seen no item the user has an event on is ever listed (docs/models.md, Repeat policy).",
+        "Scores compare within one user's list and one model version, not across users or versions.",
+        ONE_CHAMPION_A_DAY,
+    ),
 )
 
 # The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
@@ -102,59 +146,130 @@ STATE_COLUMNS = ["user_id", "events", "older_items", "older_items_dropped"]
 # The state's user rows are stored in layers, one per night (model_lib/data/state.py): the partition column naming
 # the night that wrote a row; a user's newest row is the current one.
 STATE_LAYER_COLUMN = "layer"
-# The chance that each user's next event is of each type (the model's event-type head), one row per type.
 USER_NEXT_BEHAVIOUR = Table(
     "user_next_behaviour",
     (
         DAY,
         USER,
-        ("event_type", "string", "VARCHAR", False),
-        ("probability", "double", "DOUBLE PRECISION", False),
+        Column("event_type", "string", "VARCHAR", False, "each configured event type"),
+        Column("probability", "double", "DOUBLE PRECISION", False, "the chance that the user's next event is of it"),
         *MODEL,
     ),
     ("ds", "user_id", "event_type"),
+    "The chance that each user's next event is of each type (the model's event-type head).",
+    "one row per (ds, user_id, event_type); a user's probabilities sum to 1",
+    ("Empty for a day whose champion has no event-type head (data with a single event type, e.g. MovieLens).",),
 )
-# Each user's vector (the model's state after their last event), the segment it falls in (serving/profiles.py).
 USER_PROFILES = Table(
     "user_profiles",
     (
         DAY,
         USER,
-        ("segment", "int", "INTEGER", False),
-        ("embedding", "array<double>", "DOUBLE PRECISION[]", False),
+        Column("segment", "int", "INTEGER", False, "the user's segment that day (nearest centroid of user_segments)"),
+        Column(
+            "embedding",
+            "array<double>",
+            "DOUBLE PRECISION[]",
+            False,
+            "the model's vector of the user after their last event",
+        ),
         *MODEL,
     ),
     ("ds", "user_id"),
+    "Each user's vector under the model and the segment it falls in.",
+    "one row per (ds, user_id)",
+    (
+        "Segments belong to a model version: segment 3 means the same taste every night while one champion serves.",
+        "Vectors of different model versions are not comparable.",
+    ),
 )
-# One row per segment: its size, its most characteristic items, a readable description, its place in the 2-D picture.
 USER_SEGMENTS = Table(
     "user_segments",
     (
         DAY,
-        ("segment", "int", "INTEGER", False),
-        ("users", "long", "BIGINT", False),
-        ("top_item_ids", "array<string>", "VARCHAR[]", False),
-        ("description", "string", "VARCHAR", False),
-        ("x", "double", "DOUBLE PRECISION", False),
-        ("y", "double", "DOUBLE PRECISION", False),
+        Column("segment", "int", "INTEGER", False, "the segment (KMeans cluster of the training users' vectors)"),
+        Column("users", "long", "BIGINT", False, "users in it that day"),
+        Column(
+            "top_item_ids",
+            "array<string>",
+            "VARCHAR[]",
+            False,
+            "its most characteristic items (highest lift), best first",
+        ),
+        Column("description", "string", "VARCHAR", False, "their titles where item metadata exists, else their ids"),
+        Column("x", "double", "DOUBLE PRECISION", False, "the segment's mean in the 2-D picture (PCA), first axis"),
+        Column("y", "double", "DOUBLE PRECISION", False, "second axis"),
         *MODEL,
     ),
     ("ds", "segment"),
+    "The day's user segments: size, characteristic items, a readable description, place in the picture.",
+    "one row per (ds, segment)",
+    ("A new champion brings new segments; compare segments across days only under one model_version.",),
 )
-# The day's most surprising users under the model (serving/anomalies.py): those at or above the configured percentile.
 USER_ANOMALIES = Table(
     "user_anomalies",
     (
         DAY,
         USER,
-        ("score", "double", "DOUBLE PRECISION", False),
-        ("percentile", "double", "DOUBLE PRECISION", False),
-        ("events", "int", "INTEGER", False),
-        ("outside_top_share", "double", "DOUBLE PRECISION", False),
-        ("most_surprising_item_id", "string", "VARCHAR", False),
+        Column(
+            "score",
+            "double",
+            "DOUBLE PRECISION",
+            False,
+            "mean -ln P(event | the events before it) over the day's events",
+        ),
+        Column(
+            "percentile", "double", "DOUBLE PRECISION", False, "its rank among the users with events that day (0..1)"
+        ),
+        Column("events", "int", "INTEGER", False, "the day's events that were scored"),
+        Column(
+            "outside_top_share",
+            "double",
+            "DOUBLE PRECISION",
+            False,
+            "share of them outside the model's top RECO_ANOMALY_TOP_G",
+        ),
+        Column("most_surprising_item_id", "string", "VARCHAR", False, "the item of the least expected event"),
         *MODEL,
     ),
     ("ds", "user_id"),
+    "The day's most surprising users under the model (a hijacked account, a burst of random items).",
+    "one row per (ds, user_id), only users at or above RECO_ANOMALY_PERCENTILE of the day's scores",
+    ("Only users with events on ds (event time in [ds, ds + 1) UTC) are scored.",),
 )
 # What one nightly run publishes, in one transaction per day (storage/warehouse/base.py).
 NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS, USER_ANOMALIES)
+
+# Written by the publish itself, one row per attempt and per table (storage/warehouse/base.py).
+RECOMMENDATION_RUNS = Table(
+    "recommendation_runs",
+    (
+        Column("ds", "string", "DATE", False, "the day published"),
+        Column("run_id", "string", "VARCHAR", False, "the publish attempt"),
+        Column("model_version", "int", "INTEGER", True, "the version the day came from"),
+        Column("users", "long", "BIGINT", False, "users with recommendations"),
+        Column("rows", "long", "BIGINT", False, "rows of recommendations"),
+        Column("coverage", "double", "DOUBLE PRECISION", False, "distinct recommended items / catalogue items"),
+        Column("started_at", "timestamp", "TIMESTAMP", False, "UTC"),
+        Column("finished_at", "timestamp", "TIMESTAMP", False, "UTC"),
+        Column("status", "string", "VARCHAR", False, "'success' or 'failed' (a failed publish left the old day)"),
+    ),
+    (),
+    "Every publish attempt of a day, successful or not.",
+    "one row per publish attempt",
+    ("A day re-published has several rows: the latest finished_at is the one the tables hold.",),
+)
+PUBLISHED_TABLES = Table(
+    "published_tables",
+    (
+        Column("ds", "string", "DATE", False, "the day published"),
+        Column("run_id", "string", "VARCHAR", False, "the successful publish (recommendation_runs.run_id)"),
+        Column("table_name", "string", "VARCHAR", False, "a nightly table"),
+        Column("rows", "long", "BIGINT", False, "the rows it received"),
+        Column("model_version", "int", "INTEGER", True, "the version they came from"),
+    ),
+    (),
+    "What each nightly table received from a successful publish.",
+    "one row per (successful publish, nightly table)",
+)
+WAREHOUSE_TABLES = (*NIGHTLY_TABLES, RECOMMENDATION_RUNS, PUBLISHED_TABLES)

@@ -62,7 +62,7 @@ def test_counts_reconcile_and_land_in_the_run_stats_table(spark, settings, raw_d
     assert len(frame) == stats["users"] and {len(items) for items in frame["item_indices"]} == {
         settings.sessionize.seq_len
     }
-    assert list(frame.columns) == SEQUENCE_COLUMNS  # the order the README documents (test_contracts.py)
+    assert list(frame.columns) == SEQUENCE_COLUMNS  # the order docs/your-data.md documents (test_contracts.py)
 
 
 def current_state(spark, settings, ds) -> pd.DataFrame:

@@ -1,10 +1,10 @@
-"""The data contracts written in the README are the ones the code writes."""
+"""The data contracts written in docs/your-data.md are the ones the code writes."""
 
 from pathlib import Path
 
 from model_lib.contracts import REASON_CODES, SEQUENCE_COLUMNS
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "docs" / "your-data.md").read_text()
 
 
 def documented_columns(title: str) -> list[str]:
@@ -28,31 +28,19 @@ def test_quarantine_reasons_are_documented_in_checking_order():
     assert positions == sorted(positions)
 
 
-def documented_tables() -> dict[str, list[tuple[str, str]]]:
-    """The README's "Warehouse tables" SQL: table name -> [(column, SQL type)] in order, comments dropped."""
-    import re
-
-    section = README[README.index("## Warehouse tables") :]
-    block = section[section.index("```sql") + 6 : section.index("```", section.index("```sql") + 6)]
-    code = re.sub(r"--[^\n]*", "", block)
-    parts = re.split(r"^(\w+)\(", code, flags=re.M)[1:]
-    types = r"(\w+) (DATE|VARCHAR|INTEGER|DOUBLE PRECISION|BIGINT|TIMESTAMP)(\[\])?"
-    return {
-        name: [(column, sql + array) for column, sql, array in re.findall(types, body)]
-        for name, body in zip(parts[::2], parts[1::2], strict=True)
-    }
-
-
-def test_every_nightly_table_is_documented_with_its_sql_types_in_order():
-    """Each table's one definition (contracts.NIGHTLY_TABLES) is what the README's SQL shows and what the DDL makes."""
-    from model_lib.contracts import NIGHTLY_TABLES
+def test_every_warehouse_table_is_created_from_its_contract_in_column_order():
+    """The DDL, the Spark schema and docs/warehouse.md (generated, tests/unit/test_docs.py) come from one Table."""
+    from model_lib.contracts import NIGHTLY_TABLES, WAREHOUSE_TABLES
     from model_lib.storage.warehouse import table_ddl
 
-    documented = documented_tables()
+    assert {"recommendation_runs", "published_tables"} <= {table.name for table in WAREHOUSE_TABLES}
+    for table in WAREHOUSE_TABLES:
+        ddl = table_ddl(table, table.name)
+        positions = [ddl.index(f"    {column.name} {column.sql_type}") for column in table.fields]
+        assert positions == sorted(positions), table.name
+        assert all(column.description for column in table.fields) and table.grain, table.name
     for table in NIGHTLY_TABLES:
-        assert documented[table.name] == [(name, sql_type) for name, _, sql_type, _ in table.fields], table.name
-        assert all(f"{name} {sql_type}" in table_ddl(table, table.name) for name, sql_type in documented[table.name])
-    assert {"recommendation_runs", "published_tables"} <= set(documented)
+        assert table.spark_schema.split(", ")[0] == "ds string" and table.columns[-1] == "model_version"
 
 
 def test_the_catalogue_size_covers_every_index_including_free_ones():

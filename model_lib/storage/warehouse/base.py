@@ -38,37 +38,15 @@ from pathlib import Path
 import pandas as pd
 
 from model_lib.config import check_identifier
-from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS, Table
+from model_lib.contracts import NIGHTLY_TABLES, PUBLISHED_TABLES, RECOMMENDATION_RUNS, RECOMMENDATIONS, Table
 
 
 def table_ddl(table: Table, name: str) -> str:
-    """CREATE TABLE for a nightly table's contract, under the (validated) name `name`."""
-    columns = "".join(
-        f"    {column} {sql_type}{'' if nullable else ' NOT NULL'},\n" for column, _, sql_type, nullable in table.fields
-    )
-    return f"\nCREATE TABLE IF NOT EXISTS {name} (\n{columns}    PRIMARY KEY ({', '.join(table.key)})\n)"
-
-
-RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS {table} (
-    ds DATE NOT NULL,
-    run_id VARCHAR NOT NULL,
-    model_version INTEGER,
-    users BIGINT NOT NULL,
-    rows BIGINT NOT NULL,
-    coverage DOUBLE PRECISION NOT NULL,
-    started_at TIMESTAMP NOT NULL,
-    finished_at TIMESTAMP NOT NULL,
-    status VARCHAR NOT NULL
-)"""
-PUBLISHED_DDL = """
-CREATE TABLE IF NOT EXISTS {table} (
-    ds DATE NOT NULL,
-    run_id VARCHAR NOT NULL,
-    table_name VARCHAR NOT NULL,
-    rows BIGINT NOT NULL,
-    model_version INTEGER
-)"""
+    """CREATE TABLE for a warehouse table's contract, under the (validated) name `name`."""
+    lines = [f"{column.name} {column.sql_type}{'' if column.nullable else ' NOT NULL'}" for column in table.fields]
+    if table.key:
+        lines.append(f"PRIMARY KEY ({', '.join(table.key)})")
+    return f"\nCREATE TABLE IF NOT EXISTS {name} (\n    " + ",\n    ".join(lines) + "\n)"
 
 
 def _utc_now() -> dt.datetime:
@@ -117,8 +95,8 @@ class Warehouse:
         connection = self._connect(read_only=False)
         for table in NIGHTLY_TABLES:
             self._execute(connection, table_ddl(table, self.names[table.name]))
-        self._execute(connection, RUNS_DDL.format(table=self.runs))
-        self._execute(connection, PUBLISHED_DDL.format(table=self.published))
+        self._execute(connection, table_ddl(RECOMMENDATION_RUNS, self.runs))
+        self._execute(connection, table_ddl(PUBLISHED_TABLES, self.published))
         return connection
 
     def publish(
