@@ -39,9 +39,10 @@ import time
 from pathlib import Path
 
 from bench import results
+from bench.accuracy_report import DERIVED, DOC, RESULTS, WIN_RATIO, render
 from model_lib.config import PROJECT_ROOT, get_settings
+from model_lib.config.groups import HYPER_PARAMETERS
 from model_lib.data.vocabulary import catalogue_size
-from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import stage
 
 REFERENCE = {
@@ -68,18 +69,7 @@ REPORTED_SETTINGS = (
 )
 RECBOLE = "recbole==1.2.1"  # ships ml-100k; its dependencies (torch, ...) are not needed to read one file
 SYNTHETIC_SPEC = {"users": 2000, "items": 1000, "days": 30}
-# Data sets derived from ML-1M, fixed before anything was tuned (the held-back sets of other users are small, long
-# histories, or cut in time): recipe -> what it keeps of the ratings.
-DERIVED = {
-    "ml-1m-longest-300": "the 300 users with the most ratings (ties: the smaller user id), all their ratings",
-    "ml-1m-longest-700": "the 700 users with the most ratings (ties: the smaller user id), all their ratings",
-    "ml-1m-random-600": "600 users drawn at random (numpy seed 36), all their ratings",
-    "ml-1m-first-half": "every rating up to the median rating time (ML-1M cut at a time)",
-}
 DATASETS = ("ml-1m", "ml-100k", "synthetic", *DERIVED)
-RESULTS = results.FOLDER / "accuracy.jsonl"
-REASONS = results.FOLDER / "reasons.jsonl"
-WIN_RATIO = 1.1  # the model's NDCG@10 against the best baseline's
 
 
 def derived_ratings(recipe: str):
@@ -162,10 +152,13 @@ def choose_policy(settings, requested: str, validation) -> tuple[object, float]:
 def run(settings, dataset: str | None, events: Path | None, requested_policy: str = "suggest") -> dict:
     from jobs import sessionize
     from model_lib.contracts import FIRST_ITEM_INDEX
+    from model_lib.data.sequence_files import read_sequences
     from model_lib.data.splits import protocol_split
     from model_lib.evaluation import baselines, injected_anomalies, next_behaviour
+    from model_lib.model.scoring import ModelScorer, type_probabilities
     from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
+    from model_lib.serving.anomalies import day_surprise
+    from model_lib.storage.lake import parquet_files, read_parquet_folder
     from model_lib.storage.spark import spark_session
 
     started = time.perf_counter()
@@ -191,8 +184,13 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
             scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
             ranks = {name: metrics.pop("ranks") for name, metrics in scorers.items()}
             report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
-            next_type = next_behaviour.compare(trained.model, split, settings.sessionize.event_types)
-            anomalies = injected_anomalies.compare(trained.model, split, num_items, settings.serving.anomaly_top_g)
+            next_type = next_behaviour.compare(
+                type_probabilities(trained.model), split, settings.sessionize.event_types
+            )
+            scorer, top_g = ModelScorer(trained.model), settings.serving.anomaly_top_g
+            anomalies = injected_anomalies.compare(
+                lambda inputs, day: day_surprise(scorer, inputs, day, top_g), split, num_items
+            )
     finally:
         spark.stop()
     return {
@@ -252,7 +250,7 @@ def chosen_configuration(trained, settings, test) -> dict:
     much the model leans on its item-to-item transitions for these users (its gate)."""
     import numpy as np
 
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     last = ModelScorer(trained.model).encode(test.inputs.model_inputs())
     history = trained.history
@@ -264,114 +262,6 @@ def chosen_configuration(trained, settings, test) -> dict:
         "transition_gate_mean": round(float(np.mean(last.transition_gate)), 3) if len(test.targets) else None,
         "repeat_gate_mean": round(float(np.mean(last.gate)), 3) if trained.model.repeat_mechanism else None,
     }
-
-
-SCORER_NAMES = {
-    "model": "the model (defaults)",
-    "item_knn": "item-kNN",
-    "als": "Spark ALS, implicit",
-    "personal_popular": "personal popularity",
-    "popular": "most popular",
-}
-DOC = PROJECT_ROOT / "docs" / "ACCURACY.md"
-
-
-def render(path: Path = RESULTS, doc: Path = DOC, reasons: Path = REASONS) -> Path:
-    """docs/ACCURACY.md from the results files: per data set its latest run of the shipped defaults (no overrides)
-    with every scorer and the verdict, every run with overrides (experiments), newest first, and the reasons
-    benchmark's runs."""
-    lines = results.read(path)
-    defaults = {}
-    for line in lines:
-        if not line.get("overrides"):
-            defaults[line["dataset"]] = line
-    out = [
-        "# Accuracy of the shipped defaults",
-        "",
-        f"Generated by `reco bench accuracy --render` from `bench/results/{path.name}` (one JSON line per run of",
-        "`reco bench accuracy`); do not edit by hand. Protocol: leave-one-out, full ranking over exactly the",
-        "candidates the served list would rank under the repeat policy, items with fewer than 5 events dropped once",
-        "(`model_lib/evaluation/metrics.py`). The model wins on a data set when its NDCG@10 is at least "
-        f"{WIN_RATIO}x the best",
-        "baseline's AND the paired per-user difference exceeds its standard error. Derived data sets:",
-        "",
-        *[f"- `{name}`: {recipe}" for name, recipe in DERIVED.items()],
-        "",
-        "| data set | users | items | policy | model NDCG@10 | best baseline | its NDCG@10 | ratio | paired difference "
-        "| wins | training | chosen | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, line in sorted(defaults.items()):
-        rule, chosen = line["rule"], line.get("chosen", {})
-        best = rule["best_baseline"]
-        out.append(
-            f"| {name} | {line['users']:,} | {line['items']:,} | {line['policy']} | {line['model']['ndcg_10']:.4f} ± "
-            f"{line['model']['ndcg_10_stderr']:.4f} | {SCORER_NAMES.get(best, best)} | {line[best]['ndcg_10']:.4f} | "
-            f"{rule['ratio']:.2f} | {rule['paired_difference']:+.4f} ± {rule['paired_stderr']:.4f} | "
-            f"{'yes' if rule['wins'] else '**no**'} | {line['train_seconds']:,.0f} s, {line['updates']:,} updates, "
-            f"best round {line['best_round']} of {line['validation_rounds']} | transition gate "
-            f"{chosen.get('transition_gate_mean')}, {chosen.get('stopped', '')} | {line.get('commit', '')} |"
-        )
-    for name, line in sorted(defaults.items()):
-        out += [
-            "",
-            f"## {name}",
-            "",
-            f"{line['users']:,} users, {line['items']:,} items, {line['events']:,} events, policy {line['policy']} "
-            f"(validation repeat share {line['validation_repeat_share']}); recorded {line.get('recorded_at', '')}.",
-            "",
-            "| scorer | HR@10 | NDCG@10 | MRR@10 | HR@20 | NDCG@20 | coverage@20 |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for scorer, label in SCORER_NAMES.items():
-            if scorer in line:
-                m = line[scorer]
-                out.append(
-                    f"| {label} | {m['hr_10']:.4f} | {m['ndcg_10']:.4f} | {m['mrr_10']:.4f} | {m['hr_20']:.4f} | "
-                    f"{m['ndcg_20']:.4f} | {m['coverage_20']:.3f} |"
-                )
-        out += ["", f"Validation NDCG@10 per round: {', '.join(map(str, line['validation_ndcg_10_per_round']))}."]
-    experiments = [line for line in lines if line.get("overrides")]
-    if experiments:
-        out += [
-            "",
-            "## Runs with changed settings (experiments, not the defaults)",
-            "",
-            "| recorded | data set | changed settings | model NDCG@10 | best baseline NDCG@10 | ratio | wins |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for line in reversed(experiments):
-            changed = ", ".join(f"{k}={line['hyper_parameters'].get(k, '?')}" for k in line["overrides"])
-            best = line["rule"]["best_baseline"]
-            out.append(
-                f"| {line.get('recorded_at', '')} | {line['dataset']} | {changed} | {line['model']['ndcg_10']:.4f} | "
-                f"{SCORER_NAMES.get(best, best)} {line[best]['ndcg_10']:.4f} | {line['rule']['ratio']:.2f} | "
-                f"{'yes' if line['rule']['wins'] else 'no'} |"
-            )
-    reason_runs = results.read(reasons)
-    if reason_runs:
-        out += [
-            "",
-            "## Reasons (`reco bench reasons`)",
-            "",
-            "Whether each recommendation's reason is the history item whose removal lowers its served log P the most "
-            "(`top_share`,",
-            "target >= 0.5), more than a random history item (`above_random`, >= 0.8), the distinct reasons in a "
-            "top-K list, and",
-            "the reasons' cost against the rest of the scoring (< 0.15).",
-            "",
-            "| recorded | model version | users | K | top_share | above_random | reasons per list | cost | commit |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for run in reversed(reason_runs):
-            out.append(
-                f"| {run.get('recorded_at', '')} | {run['model_version']} | {run['users']} | {run['k']} | "
-                f"{run['top_share']} | {run['above_random']} | {run['reasons_per_list']} | {run['reason_cost']} | "
-                f"{run.get('commit', '')} |"
-            )
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(out) + "\n")
-    return doc
 
 
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from model_lib.config import get_settings
-from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX, MODEL_INPUTS, PAD_INDEX
 
 
 def without_item(items, types, times, item: int, max_bucket: int):
@@ -75,7 +75,7 @@ def measure(recommender, sequences, k: int, max_bucket: int, seed: int) -> dict:
         reasons = served.reasons[user][: len(chosen)]
         candidates = np.unique(items[items >= FIRST_ITEM_INDEX])
         rows = [without_item(items, types, times, item, max_bucket) for item in candidates]
-        ablated = {name: np.stack([row[n] for row in rows]) for n, name in enumerate(("items", "event_types", "gaps"))}
+        ablated = {name: np.stack([row[n] for row in rows]) for n, name in enumerate(MODEL_INPUTS)}
         full = log_probabilities(recommender.score({name: values[user : user + 1] for name, values in inputs.items()}))
         drops = full[:, chosen] - log_probabilities(recommender.score(ablated))[:, chosen]  # (items, K)
         distinct_reasons.append(len(np.unique(reasons[reasons >= FIRST_ITEM_INDEX])))
@@ -100,9 +100,10 @@ def measure(recommender, sequences, k: int, max_bucket: int, seed: int) -> dict:
 
 
 def run(settings, users: int, k: int, seed: int) -> dict:
+    from model_lib.data.sequence_files import read_sequences
     from model_lib.data.splits import Sequences
-    from model_lib.storage import registry
-    from model_lib.storage.lake import dated_folders, read_parquet_folder, read_sequences
+    from model_lib.serving import registry
+    from model_lib.storage.lake import dated_folders, read_parquet_folder
 
     days = dated_folders(settings.lake.sessionized_root, "ds", dt.date.max)
     if not days:
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(get_settings(), args.users, args.k, args.seed)
     print(json.dumps(result), flush=True)
     if not args.no_record:
-        from bench import accuracy, results
+        from bench import accuracy_report, results
 
-        results.record(result, accuracy.REASONS)
-        accuracy.render()
+        results.record(result, accuracy_report.REASONS)
+        accuracy_report.render()
     return result
 
 

@@ -278,7 +278,7 @@ def job_fresh_run(version: int) -> dict:
     """The recommend job in this fresh process, its JVM started with the options the nightly DAG would give it
     (jobs/recommend.quick_jit: from the job's last recorded run), timed from the started session like ALS's."""
     from jobs import recommend
-    from model_lib.storage import registry  # noqa: F401  (MLflow's import: see below)
+    from model_lib.serving import registry  # noqa: F401  (MLflow's import: see below)
     from model_lib.storage.spark import spark_session
 
     # MLflow is imported before the clock: the job imports it beside the session's start, which this clock (from
@@ -316,8 +316,8 @@ def als_cold_run(folder: Path) -> dict:
 
 # --- the benchmark --------------------------------------------------------------------------------------------
 def run(name: str, root: Path, users: int, items: int, with_als: bool, active_share: float) -> dict:
-    from model_lib.storage import registry
-    from model_lib.storage.lake import write_sequences
+    from model_lib.data.sequence_files import write_sequences
+    from model_lib.serving import registry
     from model_lib.storage.spark import spark_session
 
     shutil.rmtree(root, ignore_errors=True)

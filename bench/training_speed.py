@@ -6,7 +6,7 @@ Reads the sequences the accuracy benchmark sessionized under --root (run `reco b
 first), with the shipped settings (any RECO_* variable changes them). In one run, on the same model and users:
   train      seconds per optimizer update (the XLA-compiled step), and so per pass over the training windows
   validation eager: the forward pass run op by op through Keras, as the per-epoch validation used to;
-             compiled: recommender.ModelScorer (XLA, the serving path) — both ranked by the one metrics module
+             compiled: scoring.ModelScorer (XLA, the serving path) — both ranked by the one metrics module
   epoch      one pass of updates + one validation, before (eager) and after (compiled), and their ratio
 Prints one JSON line.
 """
@@ -45,11 +45,12 @@ def eager_validation(model, holdout, num_items: int, k: int, policy) -> dict:
 
 
 def run(settings, updates: int) -> dict:
+    from model_lib.data.sequence_files import read_sequences
     from model_lib.data.splits import protocol_split
     from model_lib.model.examples import TrainingRows
+    from model_lib.model.scoring import ModelScorer
     from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.serving.recommender import ModelScorer
-    from model_lib.storage.lake import dated_folders, parquet_files, read_parquet_folder, read_sequences
+    from model_lib.storage.lake import dated_folders, parquet_files, read_parquet_folder
 
     days = dated_folders(settings.lake.sessionized_root, "ds", dt.date.max)
     if not days:

@@ -69,7 +69,7 @@ def reco_nightly():
         "and a champion, the run fails before it writes anything.",
     )
     def resolve_champion() -> str:
-        from model_lib.storage import registry
+        from model_lib.serving import registry
 
         settings = get_settings()
         version = registry.champion_version(settings)

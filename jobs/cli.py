@@ -128,7 +128,7 @@ def _airflow(args) -> None:
 def _summary(args) -> None:
     """The end of `make demo`: some users' lists with titles, the champion's hold-out metrics, where the UIs are."""
     from model_lib.config import get_settings, parse_ds
-    from model_lib.storage import registry
+    from model_lib.serving import registry
     from model_lib.storage.warehouse import open_warehouse
 
     settings = get_settings()

@@ -21,13 +21,14 @@ import numpy as np
 
 from model_lib.config import SessionizedDay, Settings, get_settings, parse_ds
 from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import HoldOut, protocol_split
 from model_lib.data.vocabulary import fit_problems, vocabulary_item_ids
-from model_lib.evaluation.metrics import evaluate_holdout
+from model_lib.evaluation.metrics import COVERAGE_K, RankingMetric, evaluate_holdout
 from model_lib.progress import say, stage
+from model_lib.serving import registry
 from model_lib.serving.recommender import IncompatibleModelError, Recommender
-from model_lib.storage import registry
-from model_lib.storage.lake import pinned, read_parquet_folder, read_sequences
+from model_lib.storage.lake import pinned, read_parquet_folder
 
 
 def remap_to(recommender: Recommender, holdout: HoldOut, item_ids: np.ndarray) -> tuple[dict, list, np.ndarray]:
@@ -50,8 +51,9 @@ def holdout_report(
         nan_rows += int(np.isnan(scores).any(axis=1).sum())
         return scores
 
+    ks = (settings.training.eval_k, COVERAGE_K)
     metrics = evaluate_holdout(
-        checked_score, inputs, older, targets, recommender.num_items, policy=settings.repeat_rule()
+        checked_score, inputs, older, targets, recommender.num_items, ks, policy=settings.repeat_rule()
     )
     # Of the events whose item the day's vocabulary knows, the share this model knows too.
     day_known = holdout.inputs.items >= FIRST_ITEM_INDEX
@@ -61,12 +63,12 @@ def holdout_report(
 
 def sanity_problems(report: dict[str, float], recommender: Recommender, settings: Settings) -> list[str]:
     """Why a model must not become champion whatever its NDCG; empty when it may."""
-    problems = []
-    if report["nan_score_rows"] or not np.isfinite(report["ndcg_10"]):
+    problems, target, coverage = [], gate_metric(settings), RankingMetric("coverage", COVERAGE_K)
+    if report["nan_score_rows"] or not np.isfinite(report[target.key]):
         problems.append(f"{int(report['nan_score_rows'])} users got NaN scores")
-    if report["coverage_20"] < settings.gate.promote_min_coverage:
+    if report[coverage.key] < settings.gate.promote_min_coverage:
         problems.append(
-            f"coverage@20 {report['coverage_20']:.4f} is below the floor {settings.gate.promote_min_coverage}"
+            f"{coverage.label} {report[coverage.key]:.4f} is below the floor {settings.gate.promote_min_coverage}"
         )
     problems += fit_problems(
         report["known_share"],
@@ -79,12 +81,17 @@ def sanity_problems(report: dict[str, float], recommender: Recommender, settings
     return problems
 
 
+def gate_metric(settings: Settings) -> RankingMetric:
+    """What the gate compares: NDCG at the settings' eval_k (the same K early stopping judges by)."""
+    return RankingMetric("ndcg", settings.training.eval_k)
+
+
 def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_promote: bool = True) -> dict:
     """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins.
 
     With auto_promote off the gate still scores, checks and tags the challenger, but leaves the alias to a person.
     """
-    started = time.time()
+    started, target = time.time(), gate_metric(settings)
     client = registry.configure(settings)
     challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
     if challenger is None:
@@ -108,20 +115,21 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
                 unusable_champion = str(error)  # written by older code: this code cannot score it at all
             else:
                 scores["champion"] = holdout_report(incumbent, holdout, item_ids, settings)
-        report(users=len(holdout.targets), **{f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
-    decision.update({f"{who}_ndcg_10": m["ndcg_10"] for who, m in scores.items()})
+        report(users=len(holdout.targets), **{f"{who}_{target.key}": m[target.key] for who, m in scores.items()})
+    decision.update({f"{who}_{target.key}": m[target.key] for who, m in scores.items()})
     problems = sanity_problems(scores["challenger"], candidate, settings)
     if problems:
         promoted, reason = False, "sanity checks failed: " + "; ".join(problems)
     elif champion is None:
-        promoted, reason = True, f"first model (NDCG@10 {scores['challenger']['ndcg_10']:.4f}): no champion yet"
+        promoted, reason = True, f"first model ({target.label} {scores['challenger'][target.key]:.4f}): no champion yet"
     elif unusable_champion:
         promoted, reason = True, f"champion v{champion} cannot be scored by this code ({unusable_champion})"
     else:
-        new, old = scores["challenger"]["ndcg_10"], scores["champion"]["ndcg_10"]
+        new, old = scores["challenger"][target.key], scores["champion"][target.key]
         promoted = new - old > settings.gate.promote_margin
         verdict = "beats" if promoted else "does not beat"
-        reason = f"NDCG@10 {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {settings.gate.promote_margin}"
+        margin = settings.gate.promote_margin
+        reason = f"{target.label} {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {margin}"
     decision_tag = "promoted" if promoted else "held"
     if promoted and not auto_promote:
         promoted, decision_tag = False, "passed, not promoted (auto_promote off)"
@@ -145,8 +153,8 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
     tags = {"gate_ds": ds.isoformat(), "gate_decision": decision_tag, "gate_reason": reason}
     if "champion" in scores:
         tags["champion_comparison"] = (
-            f"v{challenger} {scores['challenger']['ndcg_10']:.5f} vs v{champion} {scores['champion']['ndcg_10']:.5f} "
-            f"(NDCG@10, ds={ds} hold-out, {len(holdout.targets)} users)"
+            f"v{challenger} {scores['challenger'][target.key]:.5f} vs v{champion} {scores['champion'][target.key]:.5f} "
+            f"({target.label}, ds={ds} hold-out, {len(holdout.targets)} users)"
         )
     for key, value in tags.items():
         client.set_model_version_tag(settings.model.model_name, str(challenger), key, value)

@@ -46,7 +46,7 @@ def remove_folder(folder: Path) -> None:
 
 
 def run(settings: Settings, ds: dt.date) -> dict:
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     lake = settings.lake
     aliased = registry.aliased_training_days(settings)

@@ -33,20 +33,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
 from model_lib.contracts import EVENT_FIELDS, REASON_CODES, SEQUENCE_COLUMNS, STATE_COLUMNS
 from model_lib.data import events as ev
-from model_lib.data.state import Plan, compacted, plan_run, read_previous_state, write_day
+from model_lib.data import raw_events as raw
+from model_lib.data.state import Plan, StoredState, compacted, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import (
     VOCABULARY_COLUMNS,
+    changed_items,
+    new_vocabulary,
     running_item_counts,
-    stable_vocabulary,
     top_item_counts,
-    vocabulary_candidates,
 )
 from model_lib.progress import say, stage
 from model_lib.runtime import driver_java_options
@@ -96,7 +96,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         folders = [day] if day.is_dir() and visible_files(day) else []
         if not folders:
             say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
-            return spark.createDataFrame([], ev.LOCATED_LINE_SCHEMA)
+            return spark.createDataFrame([], raw.LOCATED_LINE_SCHEMA)
     unreadable = unreadable_raw_files(folders)
     if plan.mode == "full" and not unreadable:
         # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
@@ -107,10 +107,10 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         left_out = {path for path, _ in unreadable}
         readable = [str(path) for folder in folders for path in visible_files(folder) if path not in left_out]
         frame = spark.read.option("basePath", str(raw_dir)).text(readable) if readable else None
-    lines = ev.located_lines(frame) if frame is not None else spark.createDataFrame([], ev.LOCATED_LINE_SCHEMA)
+    lines = raw.located_lines(frame) if frame is not None else spark.createDataFrame([], raw.LOCATED_LINE_SCHEMA)
     if unreadable:
         whole_files = [(path.parent.name.removeprefix("dt="), path.as_uri(), why) for path, why in unreadable]
-        lines = lines.unionByName(ev.unreadable_file_lines(spark, whole_files))
+        lines = lines.unionByName(raw.unreadable_file_lines(spark, whole_files))
     return lines
 
 
@@ -133,22 +133,6 @@ def dedup_horizon(settings: Settings, ds: dt.date):
     """Keys with ts before this can no longer be repeated by a later day (see events.recent_keys)."""
     next_day = F.to_timestamp(F.lit((ds + dt.timedelta(days=1)).isoformat()))
     return next_day - F.make_dt_interval(hours=F.lit(settings.sessionize.allowed_lateness_hours))
-
-
-def new_vocabulary(counts: DataFrame, settings: Settings, previous: pd.DataFrame | None) -> pd.DataFrame:
-    """Only the vocabulary-sized candidate list reaches the driver (at most max_vocab_size rows)."""
-    candidates = vocabulary_candidates(
-        counts, settings.sessionize.min_item_count, settings.sessionize.max_vocab_size
-    ).toPandas()
-    return stable_vocabulary(candidates, previous)
-
-
-def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
-    """Items whose index differs between two vocabulary versions (entered, left, or took a freed index)."""
-    both = previous[["item_id", "item_index"]].merge(
-        current[["item_id", "item_index"]], on="item_id", how="outer", suffixes=("_before", "_now")
-    )
-    return sorted(both.loc[both["item_index_before"].ne(both["item_index_now"]), "item_id"])
 
 
 # --- load ------------------------------------------------------------------------------------------------
@@ -251,7 +235,7 @@ def write_histories(
     settings: Settings,
     ds: dt.date,
     plan: Plan,
-    previous,
+    previous: StoredState | None,
     events,
     counts,
     vocabulary,
@@ -273,18 +257,18 @@ def write_histories(
             changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
             # Cached while the histories are computed: the ordering reads these rows three times (their events, and
             # their older items for two lookups), and each read would scan the state and pick the newest layer again.
-            stored = ev.touched_state(previous["users"], events, changed_frame).cache()
+            stored = ev.touched_state(previous.users, events, changed_frame).cache()
         histories = ev.user_histories(events, vocabulary_frame, rules, stored).cache()
         touched = histories.count()  # computes the cache once, before the writes read it side by side
         if stored is not None:
             stored.unpersist()
         sequences = histories.select(SEQUENCE_COLUMNS)
         if previous is not None:
-            sequences = ev.carried_sequences(previous["sequences"], histories).unionByName(sequences)
+            sequences = ev.carried_sequences(previous.sequences, histories).unionByName(sequences)
         compacting = plan.compacts(touched)
         keys = events.select("dedup_key", "event_ts")
         if previous is not None:
-            keys = keys.unionByName(previous["dedup_keys"])
+            keys = keys.unionByName(previous.dedup_keys)
         rows = write_day(
             {
                 # Hash-partitioned and sorted within each file, not sorted globally (which samples its input in a
@@ -294,8 +278,8 @@ def write_histories(
                 "day_item_counts": top_item_counts(
                     events.where(F.col("arrival.dt") == ds.isoformat()), settings.sessionize.max_vocab_size
                 ).coalesce(1),
-                "users": compacted(previous["users"], histories) if compacting else histories.select(STATE_COLUMNS),
-                "dedup_keys": ev.recent_keys(keys, dedup_horizon(settings, ds)),
+                "users": compacted(previous.users, histories) if compacting else histories.select(STATE_COLUMNS),
+                "dedup_keys": raw.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,
             },
             settings,
@@ -336,7 +320,7 @@ def run(
 
     with stage(f"sessionize ds={ds}: validate") as report:
         lines = extract_raw_lines(spark, settings, ds, plan)
-        validated = ev.validate(ev.parse_raw_lines(lines), ev.ValidationRules.of(settings.sessionize))
+        validated = raw.validate(raw.parse_raw_lines(lines), raw.ValidationRules.of(settings.sessionize))
         # Only rejected lines need their raw text and file path any more; dropping them from the rest keeps the
         # cache small.
         rejected = F.col("reason").isNotNull()
@@ -351,20 +335,20 @@ def run(
         report(days=len(days_read), read=read, quarantined=sum(quarantined.values()), shuffle_partitions=partitions)
 
     with stage("sessionize: deduplicate + vocabulary") as report:
-        events = ev.deduplicate(validated.where(F.col("reason").isNull()))
+        events = raw.deduplicate(validated.where(F.col("reason").isNull()))
         if previous is not None:
-            events = ev.drop_seen(events, previous["dedup_keys"])
+            events = raw.drop_seen(events, previous.dedup_keys)
         events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
         counts = running_item_counts(
             events,
-            previous["item_counts"] if previous else None,
+            previous.item_counts if previous else None,
             ds,
             settings.sessionize.min_item_count,
             settings.sessionize.item_count_idle_days,
         ).cache()
         previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
-        vocabulary = new_vocabulary(counts, settings, previous_vocabulary)
+        vocabulary = new_vocabulary(counts, settings.sessionize, previous_vocabulary)
         report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
 
     stats = run_stats(ds, plan, days_read, by_reason, valid, vocabulary, previous_vocabulary)
@@ -374,7 +358,7 @@ def run(
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
 
-    write_rejects = functools.partial(write_quarantine, ev.quarantine_rows(validated), settings, days_read)
+    write_rejects = functools.partial(write_quarantine, raw.quarantine_rows(validated), settings, days_read)
     refuse_too_much_quarantine(stats, settings, ds, started, write_rejects)
     histories, rows = write_histories(
         spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary, write_rejects

@@ -22,7 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from model_lib.config import SessionizedDay, Settings, get_settings, parse_ds
+from model_lib.config.groups import HYPER_PARAMETERS
 from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import protocol_split
 from model_lib.data.vocabulary import catalogue_size
 from model_lib.evaluation.report import (
@@ -35,9 +37,8 @@ from model_lib.evaluation.report import (
 )
 from model_lib.model.checkpoints import resumable
 from model_lib.model.distribute import cluster_position, tf_config
-from model_lib.model.training import HYPER_PARAMETERS
 from model_lib.progress import say, stage
-from model_lib.storage.lake import parquet_files, pinned, read_parquet_folder, read_sequences
+from model_lib.storage.lake import parquet_files, pinned, read_parquet_folder
 
 TRAINING_PARAMS = (
     *HYPER_PARAMETERS,
@@ -92,8 +93,8 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, sequences, s
     import mlflow
 
     from model_lib.model import training
+    from model_lib.serving import registry
     from model_lib.serving.recommender import Recommender
-    from model_lib.storage import registry
     from model_lib.storage.spark import spark_session
 
     client = registry.configure(settings)
@@ -206,8 +207,9 @@ def _test_next_type(settings: Settings, result, split) -> dict[str, dict]:
     import mlflow
 
     from model_lib.evaluation import next_behaviour
+    from model_lib.model.scoring import type_probabilities
 
-    results = next_behaviour.compare(result.model, split, settings.sessionize.event_types)
+    results = next_behaviour.compare(type_probabilities(result.model), split, settings.sessionize.event_types)
     for name, metrics in results.items():
         prefix = "test_next_type" if name == next_behaviour.MODEL else f"{name.split()[0]}_type_test"
         mlflow.log_metrics({f"{prefix}_{key}": value for key, value in metrics.items()})
@@ -244,7 +246,7 @@ def _log_and_register(settings, ds, window, recommender, split, num_items, clien
     import mlflow
 
     from model_lib.evaluation import baselines
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     test = results[MODEL]
     mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})

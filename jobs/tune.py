@@ -16,10 +16,11 @@ import datetime as dt
 import json
 
 from model_lib.config import Settings, check_identifier, get_settings, parse_ds
+from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import protocol_split
 from model_lib.data.vocabulary import catalogue_size
 from model_lib.progress import say, stage
-from model_lib.storage.lake import parquet_files, read_parquet_folder, read_sequences
+from model_lib.storage.lake import parquet_files, read_parquet_folder
 
 
 def trial_trainer(files: list, num_items: int, validation, eval_k: int):
@@ -61,7 +62,7 @@ def run(settings: Settings, ds: dt.date, name: str, minutes: float, trials: int)
     import mlflow
 
     from model_lib.model import tuning
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     check_identifier(name)
     # --- extract: the day's sequences; only the validation hold-out is ever scored ---

@@ -122,6 +122,16 @@ RECOMMENDATIONS = Table(
     ),
 )
 
+# The network's input (model/network.py): three aligned (B, T) integer arrays of a window of events, oldest first,
+# left-padded with 0. Built by model_inputs only, so the keys are written once.
+MODEL_INPUTS = ("items", "event_types", "gaps")
+
+
+def model_inputs(items, event_types, gaps) -> dict:
+    """The dict every forward pass takes: item indices, event-type indices (1-based), gap buckets."""
+    return dict(zip(MODEL_INPUTS, (items, event_types, gaps), strict=True))
+
+
 # The JSON fields of the raw-event contract, all read as strings so that a wrong type is a reason, not a crash.
 RAW_FIELDS = ["user_id", "item_id", "event_type", "ts", "event_id", "value", "session_id"]
 REQUIRED_FIELDS = ["user_id", "item_id", "event_type", "ts"]

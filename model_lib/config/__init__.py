@@ -31,23 +31,20 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from model_lib.config.checks import MAX_TOP_K, SESSIONIZE_MODES
 from model_lib.config.groups import (
     GROUP_OF_FIELD,
     GROUPS,
-    MAX_TOP_K,
-    PROJECT_ROOT,
-    REPEAT_POLICIES,
-    SESSIONIZE_MODES,
     EngineSettings,
     GateSettings,
-    LakeSettings,
     ModelSettings,
     OrchestrationSettings,
     ServingSettings,
-    SessionizedDay,
     SessionizeSettings,
     TrainingSettings,
 )
+from model_lib.config.lake import PROJECT_ROOT, LakeSettings, SessionizedDay
+from model_lib.ranking import REPEAT_POLICIES
 
 __all__ = [
     "GROUP_OF_FIELD",
@@ -172,7 +169,7 @@ class Settings(BaseSettings):
 
     def repeat_rule(self):
         """The repeat policy as the metrics module and the recommender apply it (event types as 1-based indices)."""
-        from model_lib.evaluation.metrics import RepeatPolicy
+        from model_lib.ranking import RepeatPolicy
 
         types = tuple(self.sessionize.event_types.index(kind) + 1 for kind in self.serving.repeatable_event_types)
         return RepeatPolicy(self.serving.repeat_policy, types)

@@ -2,197 +2,30 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS
-from model_lib.redaction import redact
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SESSIONIZE_MODES = ("auto", "full", "incremental")
-SOFTMAX_MODES = ("auto", "full", "sampled")
-MISSING_RAW_ACTIONS = ("skip", "fail")
-LR_SCHEDULES = ("cosine", "constant")
-TRAINING_LAUNCHERS = ("local", "kubernetes")
-# The names evaluation.metrics uses (kept import-free here).
-REPEAT_POLICIES = ("exclude_seen", "allow_repeats")
-ENCODERS = ("lstm", "nextitnet", "svae")  # what reads the events in the network (model/network.py)
-MAX_TOP_K = 500  # the nightly table and the DAG form allow up to this many recommendations per user
-
-
-def _positive(value: int) -> int:
-    if value <= 0:
-        raise ValueError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
-
-
-def _share(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _warehouse_scheme(value: str | None) -> str | None:
-    if value is not None and not value.startswith(("duckdb://", "postgresql://")):
-        raise ValueError(f"unknown warehouse URL scheme in {redact(value)!r}: use duckdb:///path or postgresql://")
-    return value
-
-
-def _top_k_bound(value: int) -> int:
-    if value > MAX_TOP_K:
-        raise ValueError(f"top_k is at most {MAX_TOP_K}, got {value}")
-    return value
-
-
-Positive = Annotated[int, AfterValidator(_positive)]
-NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
-NonNegative = Annotated[float, AfterValidator(_non_negative)]
-Share = Annotated[float, AfterValidator(_share)]
-
-
-# The nightly tables that may be left out (recommendations are always written).
-NIGHTLY_EXTRAS = tuple(table.name for table in NIGHTLY_TABLES if table is not RECOMMENDATIONS)
-
-
-def _each_one_of(choices: tuple[str, ...]) -> AfterValidator:
-    def check(values: list[str]) -> list[str]:
-        unknown = sorted(set(values) - set(choices))
-        if unknown:
-            raise ValueError(f"each must be one of {choices}, got {unknown}")
-        return values
-
-    return AfterValidator(check)
-
-
-def _one_of(choices: tuple[str, ...]) -> AfterValidator:
-    def check(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {choices}, got {value!r}")
-        return value
-
-    return AfterValidator(check)
-
-
-@dataclass(frozen=True)
-class SessionizedDay:
-    """The parts of one sessionized day under `root`: the committed `ds=D` folder, or a pinned copy of it
-    (storage.lake.pinned, which links READ_PARTS: what the training, the gate and the nightly run read)."""
-
-    root: Path
-    READ_PARTS: ClassVar[tuple[str, ...]] = ("sequences", "vocab", "day_item_counts")
-
-    @property
-    def sequences(self) -> Path:
-        return self.root / "sequences"
-
-    @property
-    def vocab(self) -> Path:
-        return self.root / "vocab"
-
-    @property
-    def day_item_counts(self) -> Path:
-        return self.root / "day_item_counts"
-
-
-class LakeSettings(BaseModel):
-    """Where the data lives (embedded defaults under one project-local folder), and the one place that names every
-    folder of the lake."""
-
-    # The root of the lake, the warehouse file, the MLflow store, checkpoints and Airflow's home.
-    data_dir: Path = PROJECT_ROOT / "data"
-    lake_dir: Path | None = None  # default: data_dir/lake
-    # Retention (jobs/retain.py, the nightly DAG's `retain` task): the newest days kept of each kind of derived data,
-    # 0 = all. The raw events are the source of truth: kept unless keep_raw_days says otherwise. Never removed: the
-    # newest committed day of a kind, the day before the night being run (its state continues tonight), and the
-    # sessionized day of every model version that holds an alias.
-    keep_sessionized_days: NonNegativeInt = 7
-    keep_quarantine_days: NonNegativeInt = 90  # rejected lines (lake/quarantine)
-    keep_nightly_days: NonNegativeInt = 30  # the nightly tables in the lake (lake/nightly)
-    keep_warehouse_days: NonNegativeInt = 400  # days of the warehouse's nightly tables
-    keep_raw_days: NonNegativeInt = 0  # raw event days (0: the source of truth stays)
-
-    @property
-    def raw_events_dir(self) -> Path:
-        return self.lake_dir / "raw" / "events"
-
-    def raw_events_day_dir(self, day: dt.date) -> Path:
-        """One arrival day of raw events; a producer commits it whole, so once it exists it has landed."""
-        return self.raw_events_dir / f"dt={day.isoformat()}"
-
-    @property
-    def items_dir(self) -> Path:
-        return self.lake_dir / "items"
-
-    @property
-    def sessionized_root(self) -> Path:
-        return self.lake_dir / "sessionized"
-
-    def sessionized_dir(self, ds: dt.date) -> Path:
-        """What sessionize made of a day, committed as ONE unit: sequences/, vocab/, state/ and manifest.json.
-
-        A crash can therefore never leave a day's new sequences beside its old vocabulary: readers find the
-        previous complete day or the new complete one.
-        """
-        return self.sessionized_root / f"ds={ds.isoformat()}"
-
-    def sequences_dir(self, ds: dt.date) -> Path:
-        return SessionizedDay(self.sessionized_dir(ds)).sequences
-
-    def vocab_dir(self, ds: dt.date) -> Path:
-        return SessionizedDay(self.sessionized_dir(ds)).vocab
-
-    def day_item_counts_dir(self, ds: dt.date) -> Path:
-        """Valid new events per item_id that arrived in raw dt=ds (every item, in the vocabulary or not)."""
-        return SessionizedDay(self.sessionized_dir(ds)).day_item_counts
-
-    @property
-    def quarantine_root(self) -> Path:
-        """Rejected raw lines, partitioned like the raw events: quarantine/events/dt=D/."""
-        return self.lake_dir / "quarantine" / "events"
-
-    def quarantine_dir(self, day: dt.date) -> Path:
-        return self.quarantine_root / f"dt={day.isoformat()}"
-
-    def state_dir(self, ds: dt.date) -> Path:
-        """Per-user state after ds (last L+1 events, older items), dedup keys and item counts."""
-        return self.sessionized_dir(ds) / "state"
-
-    def run_stats_root(self, step: str) -> Path:
-        """The run-stats table of a Spark step (sessionize, recommend): one Parquet folder per ds, one row each."""
-        return self.lake_dir / "run_stats" / step
-
-    def run_stats_dir(self, step: str, ds: dt.date) -> Path:
-        return self.run_stats_root(step) / f"ds={ds.isoformat()}"
-
-    def checkpoint_dir(self, ds: dt.date) -> Path:
-        """Training checkpoints of the ds's run (one per epoch); a killed run resumes from here."""
-        return self.data_dir / "checkpoints" / f"train-ds={ds.isoformat()}"
-
-    @property
-    def nightly_root(self) -> Path:
-        return self.lake_dir / "nightly"
-
-    def nightly_dir(self, ds: dt.date) -> Path:
-        """The night's tables of a day, committed as ONE unit (lake/nightly/ds=D/<table>/): a re-run that dies half
-        way leaves the previous night whole, never new extra tables beside old recommendations."""
-        return self.nightly_root / f"ds={ds.isoformat()}"
-
-    def nightly_table_dir(self, table: str, ds: dt.date) -> Path:
-        """One day of a nightly table (contracts.NIGHTLY_TABLES) as the recommend job wrote it."""
-        return self.nightly_dir(ds) / table
-
-    def recommendations_dir(self, ds: dt.date) -> Path:
-        return self.nightly_table_dir("recommendations", ds)
+from model_lib.config.checks import (
+    ENCODERS,
+    LR_SCHEDULES,
+    MISSING_RAW_ACTIONS,
+    NIGHTLY_EXTRAS,
+    SESSIONIZE_MODES,
+    SOFTMAX_MODES,
+    TRAINING_LAUNCHERS,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    Share,
+    _each_one_of,
+    _one_of,
+    _top_k_bound,
+    _warehouse_scheme,
+)
+from model_lib.config.lake import LakeSettings
+from model_lib.ranking import REPEAT_POLICIES
 
 
 class EngineSettings(BaseModel):
@@ -310,7 +143,7 @@ class ModelSettings(BaseModel):
     softmax: Annotated[str, _one_of(SOFTMAX_MODES)] = "auto"
     sampled_negatives: Positive = 1000  # negatives per batch of the sampled softmax
     sampled_softmax_min_items: Positive = 100_000  # auto switches to the sampled softmax above this many items
-    # Item-to-item transitions inside the model (network.ItemTransitions): each item's transition_neighbours most
+    # Item-to-item transitions inside the model (layers.ItemTransitions): each item's transition_neighbours most
     # co-occurring items (at most transition_window events apart in the training histories), mixed into the
     # next-item distribution from the user's last transition_recent items by a learned gate; 0 = off. The window and
     # the recent items are the item-kNN baseline's (data/cooccurrence.KnnParams).
@@ -367,11 +200,6 @@ class TrainingSettings(BaseModel):
     # The name of hyper-parameters stored by `reco tune` (data_dir/tuned/<name>.json) that training applies; empty:
     # the settings as they are.
     tuned: str = ""
-
-    def als_params(self):
-        from model_lib.evaluation.baselines import AlsParams
-
-        return AlsParams(self.als_rank, self.als_reg_param, self.als_alpha, self.als_max_iter, self.seed)
 
 
 class GateSettings(BaseModel):
@@ -439,3 +267,34 @@ GROUPS: dict[str, type[BaseModel]] = {
 # Flat names are the public ones (environment variables, get_settings(...), MLflow params), so each is in one group.
 GROUP_OF_FIELD: dict[str, str] = {field: group for group, model in GROUPS.items() for field in model.model_fields}
 assert len(GROUP_OF_FIELD) == sum(len(model.model_fields) for model in GROUPS.values()), "a field name is in two groups"
+# The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
+HYPER_PARAMETERS = (
+    "seq_len",
+    "embedding_dim",
+    "hidden_dim",
+    "lstm_layers",
+    "attention_blocks",
+    "attention_heads",
+    "dropout",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "softmax",
+    "sampled_negatives",
+    "event_type_loss_weight",
+    "transition_neighbours",
+    "transition_window",
+    "transition_recent",
+    "encoder",
+    "kl_weight",
+    "history_len",
+    "window_stride",
+    "max_updates",
+    "eval_every_updates",
+    "lr_schedule",
+    "warmup_share",
+    "min_lr_ratio",
+    "repeat_policy",
+    "repeatable_event_types",
+)
+assert set(HYPER_PARAMETERS) <= set(GROUP_OF_FIELD), "a hyper-parameter is not a setting"

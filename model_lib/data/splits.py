@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_lib.contracts import PAD_INDEX, UNKNOWN_ITEM_INDEX
+from model_lib.contracts import PAD_INDEX, UNKNOWN_ITEM_INDEX, model_inputs
 
 MIN_EVENTS_FOR_HOLDOUT = 3
 
@@ -63,7 +63,7 @@ class Sequences:
     def model_inputs(self, item_lookup: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The model's input dict; `item_lookup` (old index -> new index) re-indexes the items if given."""
         items = self.items if item_lookup is None else item_lookup[self.items]
-        return {"items": items, "event_types": self.event_types, "gaps": self.gaps}
+        return model_inputs(items, self.event_types, self.gaps)
 
     def without_item(self, index: int) -> Sequences:
         """The same users with every event of item `index` removed and the rest re-padded on the left.
@@ -208,9 +208,5 @@ def next_item_pairs(train: Sequences) -> tuple[dict[str, np.ndarray], np.ndarray
     """Training inputs (steps 1..L-1), next-item targets and next-event-type targets (steps 2..L).
 
     Targets 0 (padding) are masked out of the loss."""
-    inputs = {
-        "items": train.items[:, :-1],
-        "event_types": train.event_types[:, :-1],
-        "gaps": train.gaps[:, :-1],
-    }
+    inputs = model_inputs(train.items[:, :-1], train.event_types[:, :-1], train.gaps[:, :-1])
     return inputs, train.items[:, 1:], train.event_types[:, 1:]

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from model_lib.config import SessionizeSettings, Settings
 from model_lib.contracts import REASON_CODES, STATE_COLUMNS, STATE_LAYER_COLUMN
-from model_lib.data.events import SequenceRules, ValidationRules, newest_state_rows
+from model_lib.data.events import SequenceRules, newest_state_rows
+from model_lib.data.raw_events import ValidationRules
 from model_lib.storage.lake import (
     commit_folder,
     latest_version_before,
@@ -118,19 +118,32 @@ def plan_run(settings: Settings, ds: dt.date, requested: str, compact: bool = Fa
     return Plan("full", why, None, earlier / "vocab" if earlier else None)
 
 
-def read_previous_state(spark: SparkSession, plan: Plan) -> dict[str, DataFrame | pd.DataFrame] | None:
+@dataclass(frozen=True)
+class StoredState:
+    """Yesterday's sessionized day as tonight's incremental run continues it (Spark frames): the users' state rows
+    (every layer, with its STATE_LAYER_COLUMN), the de-duplication keys a later day can still repeat, the running
+    item counts, and the sequences (carried over for the users tonight does not touch)."""
+
+    users: DataFrame
+    dedup_keys: DataFrame
+    item_counts: DataFrame
+    sequences: DataFrame
+
+
+def read_previous_state(spark: SparkSession, plan: Plan) -> StoredState | None:
     """Yesterday's state tables and sequences, read with the schemas the manifest recorded: inferring a Parquet
     schema is a Spark job of its own, seconds of a small night's fixed cost."""
     if plan.previous_state is None:
         return None
     folders = {
-        "users": plan.previous_state / "users",  # every layer, with its STATE_LAYER_COLUMN
+        "users": plan.previous_state / "users",
         "dedup_keys": plan.previous_state / "dedup_keys",
         "item_counts": plan.previous_state / "item_counts",
         "sequences": plan.previous_sequences,
     }
     schemas = {name: T.StructType.fromJson(schema) for name, schema in plan.previous_manifest["schemas"].items()}
-    return {name: spark.read.schema(schemas[name]).parquet(str(folder)) for name, folder in folders.items()}
+    frames = {name: spark.read.schema(schemas[name]).parquet(str(folder)) for name, folder in folders.items()}
+    return StoredState(**frames)
 
 
 def compacted(previous_users: DataFrame, touched: DataFrame) -> DataFrame:

@@ -18,6 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from model_lib.config import SessionizeSettings
 from model_lib.contracts import FIRST_ITEM_INDEX
 
 VOCABULARY_COLUMNS = ["item_id", "item_index", "count"]
@@ -178,3 +179,18 @@ def fit_problems(
     if list(model_event_types) != list(event_types):
         problems.append(f"it was trained on event types {list(model_event_types)}, not {list(event_types)}")
     return problems
+
+
+def new_vocabulary(counts: DataFrame, rules: SessionizeSettings, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """The day's vocabulary from the running item counts, indices kept stable against the previous version. Only the
+    vocabulary-sized candidate list reaches the driver (at most max_vocab_size rows)."""
+    candidates = vocabulary_candidates(counts, rules.min_item_count, rules.max_vocab_size).toPandas()
+    return stable_vocabulary(candidates, previous)
+
+
+def changed_items(previous: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """Items whose index differs between two vocabulary versions (entered, left, or took a freed index)."""
+    both = previous[["item_id", "item_index"]].merge(
+        current[["item_id", "item_index"]], on="item_id", how="outer", suffixes=("_before", "_now")
+    )
+    return sorted(both.loc[both["item_index_before"].ne(both["item_index_now"]), "item_id"])

@@ -18,21 +18,16 @@ ALS (implicit) Spark MLlib ALS on the (user, item) pairs of the hold-out's input
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from model_lib.config.groups import TrainingSettings
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.cooccurrence import KnnParams, co_occurrence_similarity
 from model_lib.data.splits import HoldOut, Sequences
-from model_lib.evaluation.metrics import (
-    EXCLUDE_SEEN_POLICY,
-    RepeatPolicy,
-    evaluate_holdout,
-    older_item_pairs,
-    popularity_scores,
-)
+from model_lib.evaluation.metrics import evaluate_holdout, popularity_scores
+from model_lib.ranking import EXCLUDE_SEEN_POLICY, RepeatPolicy, older_item_pairs
 
 # The baselines' display names (all_baselines) and the prefix of their MLflow metrics.
 METRIC_PREFIXES = {
@@ -43,15 +38,6 @@ METRIC_PREFIXES = {
 }
 # Personal counts dominate: global popularity (scaled to below 1) only orders the items a user never had.
 _TIE_BREAK = 1e-3
-
-
-@dataclass(frozen=True)
-class AlsParams:
-    rank: int = 128
-    reg_param: float = 0.01
-    alpha: float = 1.0
-    max_iter: int = 10
-    seed: int = 42
 
 
 def _evaluate(
@@ -141,16 +127,17 @@ def interaction_pairs(sequences: Sequences) -> pd.DataFrame:
     return pairs.assign(item=pairs["item"].astype(np.int32), rating=np.float32(1.0))
 
 
-def als_factors(spark, pairs: pd.DataFrame, users: int, num_items: int, params: AlsParams):
-    """Fits implicit ALS; returns (users, rank) and (num_items, rank) factor arrays (zeros where never seen)."""
+def als_factors(spark, pairs: pd.DataFrame, users: int, num_items: int, params: TrainingSettings):
+    """Fits implicit ALS with the settings' als_* parameters; returns (users, rank) and (num_items, rank) factor arrays
+    (zeros where never seen)."""
     from pyspark.ml.recommendation import ALS
 
     frame = spark.createDataFrame(pairs)
     als = ALS(
-        rank=params.rank,
-        regParam=params.reg_param,
-        alpha=params.alpha,
-        maxIter=params.max_iter,
+        rank=params.als_rank,
+        regParam=params.als_reg_param,
+        alpha=params.als_alpha,
+        maxIter=params.als_max_iter,
         seed=params.seed,
         implicitPrefs=True,
         userCol="user",
@@ -161,7 +148,7 @@ def als_factors(spark, pairs: pd.DataFrame, users: int, num_items: int, params: 
 
     def dense(factors, size: int) -> np.ndarray:
         table = factors.toPandas()
-        matrix = np.zeros((size, params.rank), np.float32)
+        matrix = np.zeros((size, params.als_rank), np.float32)
         if len(table):
             matrix[table["id"].to_numpy()] = np.stack(table["features"].to_numpy())
         return matrix
@@ -173,7 +160,7 @@ def als(
     spark,
     holdout: HoldOut,
     num_items: int,
-    params: AlsParams,
+    params: TrainingSettings,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     with_ranks=False,
 ) -> dict[str, float]:
@@ -205,8 +192,7 @@ def all_baselines(spark, split, num_items: int, settings, with_ranks=False) -> d
         "item-kNN": item_knn(split.train, split.test, num_items, policy, with_ranks=with_ranks),
     }
     if spark is not None and settings.training.als_baseline:
-        params = settings.training.als_params()
-        results["ALS (implicit)"] = als(spark, split.test, num_items, params, policy, with_ranks)
+        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.training, policy, with_ranks)
     return results
 
 

@@ -14,9 +14,11 @@ Metrics: ROC AUC (metrics.roc_auc) of each score for injected vs not, overall an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX, model_inputs
 from model_lib.data.splits import Split
 from model_lib.evaluation.metrics import roc_auc
 
@@ -55,19 +57,19 @@ def scores_report(scores: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
     return report
 
 
-def compare(model, split: Split, num_items: int, top_g: int, share=0.05, day_events=3, seed=0) -> dict:
-    """The model's day score and the popularity baseline on the test hold-out with injected days."""
-    from model_lib.serving.anomalies import day_surprise
-    from model_lib.serving.recommender import ModelScorer
+def compare(day_surprise: Callable, split: Split, num_items: int, share=0.05, day_events=3, seed=0) -> dict:
+    """The model's day score and the popularity baseline on the test hold-out with injected days.
 
+    `day_surprise(inputs, day)`: the model's DaySurprise of the users' `day` (serving.anomalies.day_surprise with the
+    model's scorer), passed in so that judging a model never needs the model's code."""
     test = split.test.inputs
     eligible = np.flatnonzero(test.lengths >= day_events + 2)
     items, kinds = inject(test.items, eligible, share, day_events, num_items, seed)
     items, kinds = items[eligible], kinds[eligible]
-    inputs = {"items": items, "event_types": test.event_types[eligible], "gaps": test.gaps[eligible]}
+    inputs = model_inputs(items, test.event_types[eligible], test.gaps[eligible])
     day = np.zeros(items.shape, bool)
     day[:, -day_events:] = True
-    surprise = day_surprise(ModelScorer(model), inputs, day, top_g)
+    surprise = day_surprise(inputs, day)
     model_scores = np.zeros(len(items))  # a user whose day holds no known item is not surprising
     model_scores[surprise.users] = surprise.score
     baseline = popularity_surprise(split.train.items.ravel(), items, day, num_items)

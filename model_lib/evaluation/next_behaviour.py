@@ -3,6 +3,8 @@ majority-type and last-type baselines, on the same hold-out (metrics.next_type_m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from model_lib.data.splits import HoldOut, Split
@@ -13,21 +15,18 @@ MODEL = "LSTM + attention"
 BASELINES = {"majority type": majority_type, "last type (Markov)": last_type}
 
 
-def model_type_probabilities(model, holdout: HoldOut) -> np.ndarray:
-    """(N, E) the model's chance of each configured type for every hold-out user's next event (the head's softmax at
-    the last step, the padding type left out), through the one scoring path."""
-    from model_lib.serving.recommender import ModelScorer
-
-    return ModelScorer(model).encode(holdout.inputs.model_inputs()).next_types[:, 1:]
-
-
-def compare(model, split: Split, event_types: list[str]) -> dict[str, dict[str, float]]:
+def compare(
+    type_probabilities: Callable[[HoldOut], np.ndarray] | None, split: Split, event_types: list[str]
+) -> dict[str, dict[str, float]]:
     """The model and both baselines on the test hold-out's next event type; {} when the model has no event-type head
-    (one event type in the data) or the hold-out carries no types."""
+    (`type_probabilities` None: one event type in the data) or the hold-out carries no types.
+
+    `type_probabilities(holdout)`: (N, E) the model's chance of each configured type for every hold-out user's next
+    event (model.scoring.type_probabilities), passed in so that judging a model never needs the model's code."""
     test = split.test
-    if not getattr(model, "event_type_head", False) or test.target_types is None or not len(test.targets):
+    if type_probabilities is None or test.target_types is None or not len(test.targets):
         return {}
-    predictions = {MODEL: model_type_probabilities(model, test)}
+    predictions = {MODEL: type_probabilities(test)}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(split.train, test, len(event_types))
     return {name: next_type_metrics(p, test.target_types, list(event_types)) for name, p in predictions.items()}

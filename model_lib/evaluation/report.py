@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from model_lib.config import PROJECT_ROOT, Settings
+from model_lib.config.groups import HYPER_PARAMETERS
 from model_lib.contracts import FIRST_ITEM_INDEX
-from model_lib.model.training import HYPER_PARAMETERS
 
 
 def _pyplot():

@@ -8,7 +8,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from model_lib.model.schedule import LoopState
 from model_lib.progress import say
+from model_lib.storage.lake import write_file_atomically
 
 
 class Checkpoints:
@@ -43,22 +45,21 @@ class Checkpoints:
                 shutil.rmtree(self.folder)
                 self.folder.mkdir(parents=True)
             return None
-        state = json.loads((self.folder / "loop_state.json").read_text())
+        state = LoopState.from_json((self.folder / "loop_state.json").read_text())
         latest = self._latest(self.folder / "last")
         if latest is None:
             return None
         self.last.checkpoint.restore(latest).expect_partial()
         return state
 
-    def save(self, state: dict, improved: bool) -> None:
+    def save(self, state: LoopState, improved: bool) -> None:
         if not self.enabled:
             return
         self.last.save()
         if improved:
             self.best.save()
-        temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state))
-        temporary.replace(self.state_path)  # the state names an epoch only once its checkpoint is on disk
+        # The state names an epoch only once its checkpoint is on disk.
+        write_file_atomically(self.state_path, lambda staged: staged.write_text(state.to_json()))
 
     def restore_best(self) -> bool:
         if not self.enabled:

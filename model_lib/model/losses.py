@@ -76,7 +76,7 @@ def repeat_mixture_log_likelihood(log_explore, gate, repeat_weights, items, targ
 
 def transition_mixture_log_likelihood(log_network, gate, transition_probability):
     """log(h * P_transition(target) + (1 - h) * exp(log_network)) per position (B, T): log_network (B, T) the
-    network's log softmax of the target, gate h (B, T), transition_probability (B, T) (network.ItemTransitions)."""
+    network's log softmax of the target, gate h (B, T), transition_probability (B, T) (layers.ItemTransitions)."""
     return log_mixture(gate, transition_probability, log_network)
 
 

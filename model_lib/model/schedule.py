@@ -12,9 +12,11 @@ cut short by time still ends at a low learning rate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 
 from model_lib.config import TrainingSettings
+from model_lib.progress import say
 
 # Validation rounds of a plan validated "once per pass": a small data set is validated every few passes instead, so
 # validation never costs more than 25 passes over the hold-out, and `patience` rounds stay a share of the plan.
@@ -89,24 +91,26 @@ def planned_cosine(peak: float, total_updates: int, warmup_share: float, min_rat
     return PlannedCosine()
 
 
-def replan(state: dict, budget: TrainingBudget, training: TrainingSettings, schedule) -> str | None:
+def replan(state: LoopState, budget: TrainingBudget, training: TrainingSettings, schedule) -> str | None:
     """After a round: the rounds that fit in `train_minutes` at the pace of the last round (never fewer than done,
     never more than the budget's), and the learning rate schedule's end moved with them. The first round also
     compiles, so a plan it cut grows back once later rounds show the real pace. -> a line saying so, or None."""
-    done = len(state["history"])
-    planned = state.setdefault("planned_rounds", budget.rounds)
+    done = len(state.history)
+    if state.planned_rounds is None:
+        state.planned_rounds = budget.rounds
+    planned = state.planned_rounds
     if not training.train_minutes or not done:
         return None
-    pace = max(state["history"][-1]["epoch_seconds"], 1e-9)
-    left = training.train_minutes * 60 - state["seconds"]
+    pace = max(state.history[-1]["epoch_seconds"], 1e-9)
+    left = training.train_minutes * 60 - state.seconds
     # While time is left, at least one more round: the first round's pace includes its compiling, and a plan cut on
     # it alone would end a short budget after that round (the demo's 6 minutes: 1 round of 25).
     fitting = done + (max(1, int(left / pace)) if left > 0 else 0)
     if max(done, min(budget.rounds, fitting)) == planned:
         return None
-    state["planned_rounds"] = max(done, min(budget.rounds, fitting))
-    set_plan(schedule, state["planned_rounds"] * budget.steps_per_round)
-    minutes, rounds = training.train_minutes, state["planned_rounds"]
+    state.planned_rounds = max(done, min(budget.rounds, fitting))
+    set_plan(schedule, state.planned_rounds * budget.steps_per_round)
+    minutes, rounds = training.train_minutes, state.planned_rounds
     return f"time budget {minutes:g} min: {rounds} rounds instead of {planned} at {pace:.0f}s a round"
 
 
@@ -116,7 +120,18 @@ def set_plan(schedule, total_updates: int) -> None:
         schedule.planned_updates.assign(float(total_updates))
 
 
-def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, training: TrainingSettings) -> bool:
+def stop_early(state: LoopState, training: TrainingSettings) -> bool:
+    """True (and a line saying why) once `patience` validations passed without a real gain."""
+    if state.waited < training.patience:
+        return False
+    say(
+        f"early stop: {state.waited} validations without a NDCG@{training.eval_k} gain of more than "
+        f"{training.early_stop_stderr} standard errors over {state.reference_score:.4f}",
+    )
+    return True
+
+
+def track_early_stopping(state: LoopState, epoch: int, score: float, stderr: float, training: TrainingSettings) -> bool:
     """Updates the loop state with one validation; True when it is the best so far, ties included (its weights are
     kept).
 
@@ -125,24 +140,37 @@ def track_early_stopping(state: dict, epoch: int, score: float, stderr: float, t
     slow real gains add up until they count.
     """
     # A tie goes to the later round: the same ranking, trained longer (the next-event-type head too).
-    improved = score >= state["best_score"]
+    improved = score >= state.best_score
     if improved:
-        state.update(best_score=score, best_epoch=epoch)
-    if score > state.get("reference_score", -1.0) + training.early_stop_stderr * stderr:
-        state.update(reference_score=score, waited=0)
+        state.best_score, state.best_epoch = score, epoch
+    if score > state.reference_score + training.early_stop_stderr * stderr:
+        state.reference_score, state.waited = score, 0
     else:
-        state["waited"] += 1
+        state.waited += 1
     return improved
 
 
-def new_loop_state(signature: dict) -> dict:
-    """The loop state a run starts from (checkpointed as JSON after every round)."""
-    return {
-        "signature": signature,
-        "history": [],
-        "best_score": -1.0,
-        "best_epoch": 0,
-        "reference_score": -1.0,
-        "waited": 0,
-        "seconds": 0.0,
-    }
+@dataclass
+class LoopState:
+    """Where a training run stands after each round (checkpointed as JSON, so a killed run resumes from it).
+
+    `signature`: what must match for a checkpoint to be resumed; `history`: one record per validation round (loss,
+    learning rate, seconds, val_* metrics); the best validation score and its round; the early-stopping reference
+    (the score at the last restart of the patience counter) and the rounds waited since; seconds trained so far;
+    the rounds planned (re-planned by the time budget)."""
+
+    signature: dict
+    history: list[dict] = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    reference_score: float = -1.0
+    waited: int = 0
+    seconds: float = 0.0
+    planned_rounds: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LoopState:
+        return cls(**json.loads(text))

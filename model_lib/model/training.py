@@ -19,7 +19,7 @@ validated every `eval_every_updates` (or once per pass), within `train_minutes`;
 linearly over `warmup_share` of the plan, then decays along a cosine to `min_lr_ratio` of itself at its end.
 Early stopping: after `patience` validations whose NDCG@K did not exceed the last reference by `early_stop_stderr`
 standard errors (a small validation set is noisy); the weights of the best validation are kept (a tie: the later
-one). The validation pass is the XLA-compiled scoring path (recommender.ModelScorer).
+one). The validation pass is the XLA-compiled scoring path (scoring.ModelScorer).
 
 Loss, averaged over the positions t whose target (the item at t + 1) is a known item:
     full     cross-entropy of the softmax over the whole catalogue
@@ -48,49 +48,20 @@ from pathlib import Path
 import numpy as np
 
 from model_lib.config import ModelSettings, Settings, TrainingSettings
+from model_lib.config.groups import HYPER_PARAMETERS
 from model_lib.contracts import FIRST_ITEM_INDEX, PAD_INDEX
 from model_lib.data.cooccurrence import NeighbourTable
+from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
-from model_lib.evaluation.metrics import EXCLUDE_SEEN_POLICY, RepeatPolicy, evaluate_holdout
+from model_lib.evaluation.metrics import evaluate_holdout
 from model_lib.model.checkpoints import Checkpoints
 from model_lib.model.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
 from model_lib.model.examples import TrainingRows, bucket_width, updates_per_pass
 from model_lib.model.losses import sampling_log_q
-from model_lib.model.schedule import TrainingBudget, new_loop_state, replan, set_plan, track_early_stopping
+from model_lib.model.schedule import LoopState, TrainingBudget, replan, set_plan, stop_early, track_early_stopping
 from model_lib.model.steps import build_optimizer_and_model, make_epoch_dataset, make_train_step, train_round
 from model_lib.progress import say
-from model_lib.storage.lake import read_sequences
-
-# The settings that shape a trained model: logged with every run, and a checkpoint resumes only if they match.
-HYPER_PARAMETERS = (
-    "seq_len",
-    "embedding_dim",
-    "hidden_dim",
-    "lstm_layers",
-    "attention_blocks",
-    "attention_heads",
-    "dropout",
-    "learning_rate",
-    "batch_size",
-    "seed",
-    "softmax",
-    "sampled_negatives",
-    "event_type_loss_weight",
-    "transition_neighbours",
-    "transition_window",
-    "transition_recent",
-    "encoder",
-    "kl_weight",
-    "history_len",
-    "window_stride",
-    "max_updates",
-    "eval_every_updates",
-    "lr_schedule",
-    "warmup_share",
-    "min_lr_ratio",
-    "repeat_policy",
-    "repeatable_event_types",
-)
+from model_lib.ranking import EXCLUDE_SEEN_POLICY, RepeatPolicy
 
 
 @dataclass
@@ -105,9 +76,9 @@ class TrainingResult:
     replicas: int = 1
     stopped_early: bool = False
 
-    def finished(self, state: dict, sequences_per_round: int) -> TrainingResult:
+    def finished(self, state: LoopState, sequences_per_round: int) -> TrainingResult:
         """Filled in from the final loop state; the speed counts only the rounds this process ran."""
-        self.history, self.best_epoch, self.seconds = state["history"], state["best_epoch"], state["seconds"]
+        self.history, self.best_epoch, self.seconds = state.history, state.best_epoch, state.seconds
         sequences_seen = sequences_per_round * (len(self.history) - self.resumed_after_epoch)
         self.sequences_per_second = sequences_seen / max(self.seconds, 1e-9)
         return self
@@ -124,14 +95,14 @@ def evaluate_model(
     with_ranks: bool = False,
 ) -> dict[str, float]:
     """The model's metrics on a hold-out with the shared metrics module (full ranking, the repeat policy's
-    candidates), scored by the one scoring path (recommender.ModelScorer, XLA-compiled; pass one to reuse its
+    candidates), scored by the one scoring path (scoring.ModelScorer, XLA-compiled; pass one to reuse its
     compilations across validations).
 
     Users are scored shortest history first and each batch drops its all-padding columns (rounded up to a
     multiple of bucket_width, so few shapes compile): the model masks padding, so the scores are the same, only
     cheaper. The metrics do not depend on the order of users.
     """
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     scorer = scorer or ModelScorer(model)
     scorer.refresh()
@@ -209,15 +180,6 @@ def open_checkpoints(checkpoint_dir, model, optimizer, epoch_counter, is_chief: 
         weights,
         is_chief,
     )
-
-
-def announce_resume(result: TrainingResult, state: dict, checkpoint_dir, eval_k: int) -> None:
-    if result.resumed_after_epoch:
-        say(
-            f"resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} "
-            f"(best so far: epoch {state['best_epoch']}, "
-            f"validation NDCG@{eval_k} {state['best_score']:.4f})",
-        )
 
 
 @dataclass
@@ -316,26 +278,26 @@ def run_round(
     return record, validation_metrics
 
 
-def run_rounds(run: TrainingRun, state: dict, training: TrainingSettings, verbose: int, on_epoch_end) -> None:
+def run_rounds(run: TrainingRun, state: LoopState, training: TrainingSettings, verbose: int, on_epoch_end) -> None:
     """The validation rounds left in the budget, a checkpoint after each, until early stopping; then the best
     round's weights are put back."""
     best_weights = None
-    stopped = state["waited"] >= training.patience
+    stopped = state.waited >= training.patience
     # The plan of this budget (a resumed run may have been given a longer one); the time budget re-plans below.
-    state["planned_rounds"] = run.budget.rounds
-    set_plan(run.schedule, state["planned_rounds"] * run.budget.steps_per_round)
-    epoch = len(state["history"])
-    while not stopped and epoch < state["planned_rounds"]:
+    state.planned_rounds = run.budget.rounds
+    set_plan(run.schedule, state.planned_rounds * run.budget.steps_per_round)
+    epoch = len(state.history)
+    while not stopped and epoch < state.planned_rounds:
         epoch += 1
-        record, validation_metrics = run_round(epoch, state["planned_rounds"], run, training, verbose)
-        state["history"].append(record)
+        record, validation_metrics = run_round(epoch, state.planned_rounds, run, training, verbose)
+        state.history.append(record)
         if on_epoch_end:
             on_epoch_end(epoch, record)
         improved = track_early_stopping(state, epoch, *validation_score(validation_metrics, training), training)
         if improved:
             best_weights = run.model.get_weights()
         run.epoch_counter.assign(epoch)
-        state["seconds"] += record["epoch_seconds"]
+        state.seconds += record["epoch_seconds"]
         if note := replan(state, run.budget, training, run.schedule):
             say(note)
         run.checkpoints.save(state, improved)
@@ -382,7 +344,7 @@ def train_next_item_model(
     """
     import keras
 
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     files = sorted(Path(path) for path in sequence_files)
     strategy = distribution_strategy()  # first: a multi-worker strategy must exist before any other TF work
@@ -399,15 +361,19 @@ def train_next_item_model(
     if table is not None:
         run.model.transitions.set_table(table.indices, table.weights)
     signature = run_signature(settings, num_items, files)
-    state = run.checkpoints.restore(signature) or new_loop_state(signature)
+    state = run.checkpoints.restore(signature) or LoopState(signature)
     result = TrainingResult(
-        model=run.model, strategy=strategy_name(strategy), replicas=replicas, resumed_after_epoch=len(state["history"])
+        model=run.model, strategy=strategy_name(strategy), replicas=replicas, resumed_after_epoch=len(state.history)
     )
-    announce_resume(result, state, checkpoint_dir, settings.training.eval_k)
+    if result.resumed_after_epoch:
+        say(
+            f"resuming after epoch {result.resumed_after_epoch} from {checkpoint_dir} (best so far: epoch "
+            f"{state.best_epoch}, validation NDCG@{settings.training.eval_k} {state.best_score:.4f})"
+        )
     say(training_banner(rows, files, settings, pipeline, workers, budget, result, sampled, num_items))
     run.scorer = ModelScorer(run.model)
     run_rounds(run, state, settings.training, verbose, on_epoch_end)
-    result.stopped_early = state["waited"] >= settings.training.patience
+    result.stopped_early = state.waited >= settings.training.patience
     return result.finished(state, budget.steps_per_round * settings.training.batch_size * replicas)
 
 
@@ -417,20 +383,10 @@ def validation_score(validation_metrics: dict, training: TrainingSettings) -> tu
     return validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"]
 
 
-def stop_early(state: dict, training: TrainingSettings) -> bool:
-    if state["waited"] < training.patience:
-        return False
-    say(
-        f"early stop: {state['waited']} validations without a NDCG@{training.eval_k} gain of more than "
-        f"{training.early_stop_stderr} standard errors over {state['reference_score']:.4f}",
-    )
-    return True
-
-
-def restore_best_weights(model, best_weights, state: dict, checkpoints: Checkpoints) -> None:
+def restore_best_weights(model, best_weights, state: LoopState, checkpoints: Checkpoints) -> None:
     """The best epoch's weights: from memory when this process saw it, else from the best checkpoint."""
     if best_weights is not None:
         model.set_weights(best_weights)
-    elif state["best_epoch"]:
+    elif state.best_epoch:
         checkpoints.restore_best()
     checkpoints.close()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_lib.config import LakeSettings, Settings, check_identifier
+from model_lib.storage.lake import write_file_atomically
 
 # name -> (kind, low, high) for floats / ints, or ("choice", options).
 SEARCH_SPACE = {
@@ -48,11 +49,8 @@ def tuned_path(lake: LakeSettings, name: str) -> Path:
 
 
 def save_best(path: Path, record: dict) -> None:
-    """Written whole under a temporary name, then renamed: a reader sees the previous file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=2))
-    temporary.replace(path)
+    """A reader sees the previous file or the new one (lake.write_file_atomically)."""
+    write_file_atomically(path, lambda staged: staged.write_text(json.dumps(record, indent=2)))
 
 
 def with_tuned(settings: Settings) -> Settings:

@@ -46,7 +46,7 @@ def scored_events(items: np.ndarray, day: np.ndarray) -> np.ndarray:
 
 def event_log_likelihoods(scorer, inputs: dict[str, np.ndarray], rows, columns, top_g: int, steps=None):
     """ln P and 'outside the top g' of the events at (rows, columns) of `inputs`, each predicted from the step
-    before it; `scorer` is a recommender.ModelScorer, `steps` its encode_steps(inputs) if already made."""
+    before it; `scorer` is a scoring.ModelScorer, `steps` its encode_steps(inputs) if already made."""
     items = np.asarray(inputs["items"])
     vectors, gate, repeat, transition_gate = scorer.encode_steps(inputs) if steps is None else steps
     targets = items[rows, columns]

@@ -4,19 +4,20 @@ In the library, not in the job: under spark-submit the job file is `__main__`, w
 function defined there cannot be sent to them by reference.
 
 The workers never talk to MLflow: the job reads the pinned version's files once, verified against their checksum,
-and broadcasts them; each Python worker loads them once (numpy, serving/numpy_encoder.py) and keeps them for every
+and broadcasts them; each Python worker loads them once (numpy, model/numpy_encoder.py) and keeps them for every
 later task (Spark reuses its Python workers). So a cold worker imports numpy, pandas and this package, nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from model_lib.data.splits import Sequences
-from model_lib.evaluation.metrics import RepeatPolicy
+from model_lib.ranking import RepeatPolicy
 from model_lib.serving.anomalies import DaySurprise, day_surprise, scored_events
 from model_lib.serving.recommender import SOURCE_REPEAT, Recommender
 
@@ -46,31 +47,33 @@ def loaded_recommender(key: str, files) -> Recommender:
     return _LOADED[key]
 
 
-def score_partition(
-    batches: Iterator[pd.DataFrame],
-    *,
-    model_key: str,
-    model_files,
-    k: int,
-    day_item_ids: np.ndarray,
-    policy: RepeatPolicy,
-    window: int,
-    day: tuple[int, int] | None,
-    top_g: int,
-    profiles: bool,
-) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the repeat policy, with the
-    model of `model_files` (loaded_recommender).
+@dataclass(frozen=True)
+class ScoringJob:
+    """What every worker of one nightly run scores with (pickled into the mapInPandas closure).
 
-    `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the model's indices.
-    An item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
-    fewer than K candidates gets fewer items. The model reads the last `window` events (seq_len) of the stored
-    history. `day` = [start, end) in epoch seconds: the events whose time falls in it are the day's, scored for
-    anomalies (outside the model's top `top_g` counts as a miss); None: no anomaly scores. `profiles`: assign each
-    user to the model's segments.
-    """
-    recommender = loaded_recommender(model_key, model_files)
-    to_model = recommender.translation_from(day_item_ids)
+    `model_key` names the version and its bytes, `model_files` is the Broadcast of its verified files
+    (loaded_recommender). `day_item_ids` (index -> raw id of the day's vocabulary) translates the sequences into the
+    model's indices. The model reads the last `window` events (seq_len) of the stored history. `day` = [start, end)
+    in epoch seconds: the events whose time falls in it are the day's, scored for anomalies (outside the model's top
+    `top_g` counts as a miss); None: no anomaly scores. `profiles`: assign each user to the model's segments."""
+
+    model_key: str
+    model_files: object
+    k: int
+    day_item_ids: np.ndarray
+    policy: RepeatPolicy
+    window: int
+    day: tuple[int, int] | None
+    top_g: int
+    profiles: bool
+
+
+def score_partition(batches: Iterator[pd.DataFrame], job: ScoringJob) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: sequence rows -> scored-user rows (SCORED_USER_SCHEMA) under the job's repeat policy. An
+    item's source is `repeat` for an item the user already has an event on, else the user's source. A user with
+    fewer than K candidates gets fewer items."""
+    recommender = loaded_recommender(job.model_key, job.model_files)
+    to_model = recommender.translation_from(job.day_item_ids)
     for batch in batches:
         if batch.empty:
             continue
@@ -81,21 +84,21 @@ def score_partition(
             np.stack(batch["gap_buckets"].to_numpy()).astype(np.int32),
             [to_model[np.asarray(values, dtype=np.int64)] for values in batch["older_item_indices"]],
             np.stack(batch["event_times"].to_numpy()).astype(np.int64),
-        ).last_events(window)
+        ).last_events(job.window)
         inputs = sequences.model_inputs()
         # Users with events that day need every step's prediction too: one forward pass gives both.
         with_steps = np.zeros(len(batch), bool)
-        if day is not None:
-            in_day = (sequences.times >= day[0]) & (sequences.times < day[1])
+        if job.day is not None:
+            in_day = (sequences.times >= job.day[0]) & (sequences.times < job.day[1])
             with_steps = scored_events(inputs["items"], in_day).any(axis=1)
         last, steps = recommender.scorer.encode_with_steps(inputs, with_steps)
-        result = recommender.recommend(inputs, sequences.older_items, k, policy=policy, last=last)
+        result = recommender.recommend(inputs, sequences.older_items, job.k, policy=job.policy, last=last)
         scored = scored_users(batch["user_id"].to_numpy(), result, recommender.item_ids)
-        if profiles and recommender.segments is not None:
+        if job.profiles and recommender.segments is not None:
             segment, plane = recommender.segments.assign(result.user_vectors)
             scored["segment"], scored["x"], scored["y"] = segment, plane[:, 0], plane[:, 1]
-        if day is not None:
-            surprise = day_surprise(recommender.scorer, inputs, in_day, top_g, steps)
+        if job.day is not None:
+            surprise = day_surprise(recommender.scorer, inputs, in_day, job.top_g, steps)
             scored = with_surprise(scored, surprise, recommender.item_ids)
         yield scored
 

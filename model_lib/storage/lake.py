@@ -17,9 +17,9 @@ import shutil
 import socket
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 # Only YYYY-MM-DD names a day: date.fromisoformat alone also takes `20240105` and `2024-W01-5` (Python 3.11), and a
@@ -126,6 +126,24 @@ def commit_folder(staged: Path, final: Path) -> None:
     remove_dead_leftovers(final)
 
 
+def write_file_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(staged)` writes the file's content at a staging name beside `path` (staging_path: unique to this
+    process, removed by remove_dead_leftovers like a staged folder); it is flushed to disk, then renamed over `path`
+    in one step, so a reader or a crash sees the old file or the new one, never a part of it. Every single file the
+    product writes for another process to read goes through here; folders go through commit_folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(path)
+    staged = staging_path(path)
+    try:
+        write(staged)
+        with open(staged, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    return path
+
+
 def recover_folder(final: Path) -> bool:
     """Finishes a two-rename commit that crashed between its renames: `final` is missing, its previous version is at
     `.old-<name>.<tag>` and the complete new one at `.tmp-<name>.<tag>`, so the new one takes the name (without a new
@@ -162,7 +180,10 @@ def remove_dead_leftovers(final: Path) -> list[Path]:
     for prefix in (".tmp-", ".old-", ".pin-"):
         for leftover in final.parent.glob(f"{prefix}{final.name}.*"):
             if _dead_here(leftover.name.removeprefix(f"{prefix}{final.name}.")):
-                shutil.rmtree(leftover, ignore_errors=True)
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
                 removed.append(leftover)
     return removed
 
@@ -276,55 +297,6 @@ def read_parquet_folder(folder: Path) -> pd.DataFrame:
     except FileNotFoundError:
         # A commit swapped in a new version between listing the files and opening them; that version is complete.
         return pd.read_parquet(folder)
-
-
-def read_sequences(source: Path | list[Path]):
-    """The sequences Parquet of one ds (its folder, or some of its files) -> splits.Sequences (aligned int32 arrays,
-    users sorted by id)."""
-    from model_lib.data.splits import Sequences
-
-    if isinstance(source, list | tuple):
-        frame = pd.concat([pd.read_parquet(path) for path in source], ignore_index=True)
-    else:
-        frame = read_parquet_folder(source)
-    frame = frame.sort_values("user_id", kind="stable").reset_index(drop=True)
-
-    def stacked(column: str, dtype=np.int32) -> np.ndarray:
-        return np.stack(frame[column].to_numpy()).astype(dtype) if len(frame) else np.zeros((0, 0), dtype)
-
-    return Sequences(
-        user_ids=frame["user_id"].to_numpy(dtype=object),
-        items=stacked("item_indices"),
-        event_types=stacked("event_type_indices"),
-        gaps=stacked("gap_buckets"),
-        older_items=[np.asarray(values, dtype=np.int64) for values in frame["older_item_indices"]],
-        times=stacked("event_times", np.int64) if "event_times" in frame.columns else None,
-    )
-
-
-def write_sequences(sequences, folder: Path, files: int = 2) -> list[Path]:
-    """splits.Sequences -> `files` Parquet files (users dealt round-robin) in the sequence contract's columns, as
-    lake/sessionized/ds=D/sequences/ holds them. For tests and benchmarks; the pipeline's own writer is the Spark
-    job."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(
-        {
-            "user_id": sequences.user_ids,
-            "item_indices": list(sequences.items),
-            "event_type_indices": list(sequences.event_types),
-            "gap_buckets": list(sequences.gaps),
-            "older_item_indices": list(sequences.older_items),
-            "length": sequences.lengths.astype(np.int32),
-            # Epoch seconds per event; without times every event is at 0 (no event falls on a scored day).
-            "event_times": list(sequences.times if sequences.times is not None else np.zeros_like(sequences.items)),
-        }
-    )
-    paths = []
-    for part in range(files):
-        path = folder / f"part-{part:05d}.parquet"
-        frame.iloc[part::files].to_parquet(path, index=False)
-        paths.append(path)
-    return paths
 
 
 def write_run_stats(row: dict, final: Path) -> None:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_training_registers_a_champion(pipeline):
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     settings, logs = pipeline.settings, pipeline.logs
     client = registry.configure(settings)
@@ -52,7 +52,7 @@ def test_the_registered_champion_serves_raw_item_ids(pipeline):
 
 
 def test_every_user_gets_k_distinct_unseen_items_from_the_champion(pipeline):
-    from model_lib.storage.lake import read_sequences
+    from model_lib.data.sequence_files import read_sequences
     from model_lib.storage.warehouse import open_warehouse
 
     settings, ds = pipeline.settings, pipeline.ds
@@ -202,8 +202,8 @@ def test_gate_keeps_the_better_champion_then_manual_promote_and_rollback(pipelin
     from jobs import promote
     from model_lib.data.vocabulary import catalogue_size
     from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving import registry
     from model_lib.serving.recommender import Recommender
-    from model_lib.storage import registry
 
     settings, ds = pipeline.settings, pipeline.ds
     client = registry.configure(settings)
@@ -273,7 +273,7 @@ def test_the_nightly_run_publishes_next_behaviour_and_profiles_from_the_same_cha
     # The segments are the champion's own, fitted when reco_training trained it; its run holds their picture.
     import mlflow
 
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     described = {
         entry["segment"]: entry["description"] for entry in registry.trained_on(settings, version).segments.described

@@ -45,8 +45,8 @@ def register_tiny_model(
     import keras
 
     from model_lib.model.network import NextItemModel, build_model
+    from model_lib.serving import registry
     from model_lib.serving.recommender import Recommender
-    from model_lib.storage import registry
 
     keras.utils.set_random_seed(seed)
     model = NextItemModel(

@@ -13,7 +13,7 @@ import pytest
 
 from helpers.processes import free_port
 from helpers.sequence_files import cycle_sequences
-from model_lib.storage.lake import write_sequences
+from model_lib.data.sequence_files import write_sequences
 
 WORKER = Path(__file__).resolve().parents[1] / "helpers" / "distributed_worker.py"
 

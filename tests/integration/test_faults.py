@@ -86,7 +86,7 @@ def test_a_publish_killed_inside_its_transaction_leaves_the_day_and_the_rerun_pu
 
 def test_without_a_reachable_registry_or_a_champion_the_nightly_scoring_stops_before_writing(tmp_path, monkeypatch):
     from jobs import recommend
-    from model_lib.storage.registry import RegistryUnavailable
+    from model_lib.serving.registry import RegistryUnavailable
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # production keeps MLflow's retries
     down = get_settings(data_dir=tmp_path / "down", mlflow_tracking_uri=f"http://user:secret@127.0.0.1:{free_port()}")
@@ -110,8 +110,8 @@ KILL_POINTS = ("sequences", "state/users/layer=*")
 
 
 def test_a_sessionize_killed_between_its_outputs_leaves_the_complete_day_and_the_rerun_succeeds(tmp_path):
+    from model_lib.data.sequence_files import read_sequences
     from model_lib.runtime import engine_environment
-    from model_lib.storage.lake import read_sequences
 
     settings = get_settings(data_dir=tmp_path / "data", min_item_count=1)
     env = {**os.environ, "RECO_DATA_DIR": str(settings.lake.data_dir), "RECO_MIN_ITEM_COUNT": "1"}
@@ -234,9 +234,9 @@ def test_a_recommend_rerun_killed_between_its_tables_leaves_the_previous_night_w
     between two commits left new extra tables beside old recommendations, and publish accepted them. The night is
     now one folder, committed once."""
     from helpers.sequence_files import register_tiny_model
+    from model_lib.data.sequence_files import write_sequences
     from model_lib.data.splits import Sequences
     from model_lib.runtime import engine_environment
-    from model_lib.storage.lake import write_sequences
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
     version, vocabulary = register_tiny_model(settings, event_type_head=True)

@@ -65,7 +65,7 @@ def test_a_postgresql_backed_mlflow_store_keeps_the_password_its_uri_gives(tmp_p
     """The credentials were moved out of every tracking URI for masking, but only MLflow's HTTP client reads
     MLFLOW_TRACKING_PASSWORD: a database-backed store lost its password and could not connect."""
     from model_lib.config import get_settings
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     with postgres_server(password="s3cret-pw") as url:
         with psycopg.connect(url, autocommit=True) as admin:

@@ -64,3 +64,15 @@ def test_one_fit_check_names_the_floor_and_both_kinds_of_mismatch():
     problems = fit_problems(0.2, 0.5, "RECO_X", "the day's events", ["view"], ["view", "buy"])
     assert problems[0] == "it knows 20.0% of the day's events, below RECO_X 50%: it was trained on other items"
     assert problems[1] == "it was trained on event types ['view'], not ['view', 'buy']"
+
+
+def test_the_gate_judges_at_the_settings_eval_k(recommender, settings):
+    """The hold-out report has the metric the gate compares at eval_k, and a NaN there is a sanity problem."""
+    from jobs.promote import gate_metric, holdout_report, sanity_problems
+
+    at_five = settings.updated(eval_k=5)
+    assert (gate_metric(at_five).key, gate_metric(at_five).label) == ("ndcg_5", "NDCG@5")
+    same_ids = np.array(["", ""] + [f"i{k}" for k in range(2, 12)], dtype=object)
+    report = holdout_report(recommender, holdout([[0, 3, 4], [5, 6, 7]]), same_ids, at_five)
+    assert "ndcg_5" in report and "ndcg_10" not in report and "coverage_20" in report
+    assert sanity_problems({**report, "ndcg_5": float("nan")}, recommender, at_five) == ["0 users got NaN scores"]

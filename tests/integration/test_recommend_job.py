@@ -12,8 +12,9 @@ import pytest
 
 from helpers.sequence_files import register_tiny_model
 from model_lib.config import SessionizedDay, get_settings
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import Sequences
-from model_lib.storage.lake import read_run_stats, write_sequences
+from model_lib.storage.lake import read_run_stats
 from model_lib.storage.warehouse import open_warehouse
 
 pytestmark = pytest.mark.spark
@@ -178,7 +179,7 @@ def test_the_pipeline_never_unpickles_a_registered_model(spark, registered, tmp_
     from mlflow.pyfunc import PythonModel
 
     from jobs import promote, recommend
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     settings, version, vocabulary = registered
     marker = tmp_path / "pickle-ran"
@@ -232,8 +233,8 @@ def test_files_changed_after_registration_are_refused(registered, tmp_path):
     """The checksum recorded at registration is checked on every load."""
     import mlflow
 
+    from model_lib.serving import registry
     from model_lib.serving.recommender import IncompatibleModelError
-    from model_lib.storage import registry
 
     settings, version, _ = registered
     client = registry.configure(settings)
@@ -256,7 +257,7 @@ def test_every_nightly_table_comes_from_the_same_pass_and_is_published_with_the_
     from the version that wrote the recommendations; publishing puts every table in the warehouse at once, a re-run
     replaces them, and a run with the extra tables switched off leaves them without rows for the day."""
     from jobs import publish, recommend
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8, warehouse_url=warehouse_url)
     trained_on = random_users(60, seed=4)
@@ -365,7 +366,7 @@ def test_the_gate_never_overwrites_a_champion_moved_by_hand_while_it_scored(tmp_
     """The gate reads the champion, scores for minutes, then moves the alias: a promotion by hand made meanwhile was
     silently overwritten. It now re-reads the alias right before moving it and refuses, saying why."""
     from jobs import promote
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
     by_hand, vocabulary = register_tiny_model(settings, seed=3)
@@ -401,7 +402,7 @@ def test_the_anomaly_percentile_ranks_only_the_top_and_equals_the_exact_percent_
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs import recommend
+    from model_lib.serving import nightly_tables
 
     users = 20_000
     scored = spark.range(users, numPartitions=4).select(
@@ -411,7 +412,7 @@ def test_the_anomaly_percentile_ranks_only_the_top_and_equals_the_exact_percent_
         F.lit(0.5).alias("outside_top_share"),
         F.lit("i1").alias("most_surprising_item_id"),
     )
-    published = recommend.anomaly_rows(scored, 0.99, DS, "m", 1).toPandas().sort_values("user_id")
+    published = nightly_tables.anomaly_rows(scored, 0.99, DS, "m", 1).toPandas().sort_values("user_id")
     exact = (
         scored.withColumn("percentile", F.percent_rank().over(Window.orderBy("anomaly_score", "user_id")))
         .where("percentile >= 0.99")
@@ -421,6 +422,6 @@ def test_the_anomaly_percentile_ranks_only_the_top_and_equals_the_exact_percent_
     assert len(published) == len(exact) == 200
     assert published["user_id"].tolist() == exact["user_id"].tolist()
     np.testing.assert_allclose(published["percentile"], exact["percentile"])
-    plan = recommend.anomaly_rows(scored, 0.99, DS, "m", 1)._jdf.queryExecution().executedPlan().toString()
+    plan = nightly_tables.anomaly_rows(scored, 0.99, DS, "m", 1)._jdf.queryExecution().executedPlan().toString()
     window_input = plan[plan.index("Window [row_number()") :]
     assert "Filter" in window_input and "anomaly_score" in window_input.split("Filter", 1)[1].splitlines()[0]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers.sequence_files import register_tiny_model
+from model_lib.contracts import model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_a_history_of_unknown_items_gets_the_most_popular(served):
 
 
 def test_a_model_trained_to_allow_repeats_serves_seen_items_marked_as_repeats(served):
-    from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
+    from model_lib.ranking import ALLOW_REPEATS, RepeatPolicy
 
     settings = served[0]
     version, _ = register_tiny_model(settings, policy=RepeatPolicy(ALLOW_REPEATS))
@@ -105,7 +106,7 @@ def test_models_load_only_from_the_configured_registry(served, tmp_path, monkeyp
     """MLflow honours MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI from the environment; a worker whose environment
     points elsewhere must still read the champion, its vocabulary and its weights from RECO_MLFLOW_TRACKING_URI."""
     from model_lib.config import get_settings
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     # Elsewhere: the module's store, whose model (the same name, over 30 items) is made champion there.
     elsewhere, other_version, _, _ = served
@@ -138,7 +139,7 @@ def test_a_registry_that_refuses_is_not_reported_as_unreachable(tmp_path, code, 
     from mlflow.protos import databricks_pb2
 
     from model_lib.config import get_settings
-    from model_lib.storage.registry import _unavailable
+    from model_lib.serving.registry import _unavailable
 
     settings = get_settings(data_dir=tmp_path, mlflow_tracking_uri="https://ops:hunter2@mlflow.internal")
     error = MlflowException("API request failed for user ops", error_code=getattr(databricks_pb2, code))
@@ -152,8 +153,8 @@ def test_a_version_without_the_numpy_encoder_loads_with_tensorflow_under_its_rec
     only the Keras weights: they still download, verify and score, with TensorFlow. The others load in numpy."""
     from model_lib.config import get_settings
     from model_lib.model.network import NextItemModel
-    from model_lib.serving.numpy_encoder import ENCODER_FILE, NumpyEncoder
-    from model_lib.storage import registry
+    from model_lib.model.numpy_encoder import ENCODER_FILE, NumpyEncoder
+    from model_lib.serving import registry
 
     settings = get_settings(data_dir=tmp_path / "data", seq_len=8)
     plain, _ = register_tiny_model(settings)
@@ -169,5 +170,5 @@ def test_a_version_without_the_numpy_encoder_loads_with_tensorflow_under_its_rec
     with_tensorflow = registry.load_recommender(settings, blocks)
     assert isinstance(with_tensorflow.model, NextItemModel) and with_tensorflow.model.attention_blocks == 1
     items = np.array([[0, 0, 4, 5, 6, 7, 8, 9]], np.int32)
-    scores = with_tensorflow.score({"items": items, "event_types": (items > 0) * 1, "gaps": (items > 0) * 3})
+    scores = with_tensorflow.score(model_inputs(items, (items > 0) * 1, (items > 0) * 3))
     assert np.isfinite(scores[0, 2:]).all()

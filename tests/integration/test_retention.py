@@ -10,7 +10,7 @@ from helpers.recommendation_files import write_day
 from helpers.sequence_files import register_tiny_model
 from jobs import publish, retain
 from model_lib.config import get_settings
-from model_lib.storage import registry
+from model_lib.serving import registry
 from model_lib.storage.lake import dated_folders
 from model_lib.storage.warehouse import open_warehouse
 

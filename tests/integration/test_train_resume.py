@@ -15,7 +15,7 @@ import pytest
 
 from helpers.processes import run_ok
 from helpers.sequence_files import cycle_sequences
-from model_lib.storage.lake import write_sequences
+from model_lib.data.sequence_files import write_sequences
 
 DS = "2024-03-01"
 EPOCHS = 40

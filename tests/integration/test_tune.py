@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers.sequence_files import cycle_sequences
-from model_lib.storage.lake import write_sequences
+from model_lib.data.sequence_files import write_sequences
 
 DS = dt.date(2024, 1, 10)
 
@@ -20,7 +20,7 @@ def test_a_short_search_stores_the_best_trial_and_training_applies_it(settings):
 
     from jobs import tune
     from model_lib.model import tuning
-    from model_lib.storage import registry
+    from model_lib.serving import registry
 
     num_items = 30
     sequences = cycle_sequences(200, num_items, 8)

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from bench.accuracy import render, verdict
+from bench.accuracy import verdict
+from bench.accuracy_report import render
 
 
 def scorer(ndcg: float) -> dict:

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from helpers.sequence_files import cycle_sequences
+from model_lib.contracts import model_inputs
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import protocol_split
 from model_lib.evaluation.metrics import roc_auc
 from model_lib.serving import anomalies
-from model_lib.storage.lake import write_sequences
 
 keras = pytest.importorskip("keras")
 
@@ -16,12 +17,12 @@ keras = pytest.importorskip("keras")
 def tiny_scorer(seed: int, repeat_mechanism: bool, items: np.ndarray):
     """A seeded untrained model over 30 items -> (its ModelScorer, the inputs of the window `items`)."""
     from model_lib.model.network import NextItemModel, build_model
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     keras.utils.set_random_seed(seed)
     model = NextItemModel(30, 4, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=repeat_mechanism)
     build_model(model)
-    inputs = {"items": items, "event_types": np.where(items > 0, 1, 0), "gaps": np.where(items > 0, 2, 0)}
+    inputs = model_inputs(items, np.where(items > 0, 1, 0), np.where(items > 0, 2, 0))
     return ModelScorer(model), inputs
 
 
@@ -64,8 +65,8 @@ def test_only_known_items_after_a_real_event_are_scored():
 
 
 def test_a_trained_model_finds_injected_days_that_popularity_cannot(settings, tmp_path):
+    from model_lib.model.scoring import ModelScorer
     from model_lib.model.training import train_next_item_model
-    from model_lib.serving.recommender import ModelScorer
 
     num_items = 42
     sequences = cycle_sequences(500, num_items, 10, seed=4)
@@ -80,7 +81,7 @@ def test_a_trained_model_finds_injected_days_that_popularity_cannot(settings, tm
     items = test.items.copy()
     # A burst: the day's last three events are random catalogue items. Every item is equally popular here.
     items[injected, -3:] = rng.integers(2, num_items, (len(injected), 3))
-    inputs = {"items": items, "event_types": test.event_types, "gaps": test.gaps}
+    inputs = model_inputs(items, test.event_types, test.gaps)
     day = np.zeros(items.shape, bool)
     day[:, -3:] = True
     found = anomalies.day_surprise(ModelScorer(result.model), inputs, day, top_g=5)

@@ -1,4 +1,5 @@
-"""The library's place in the house: model_lib sits below jobs/ and dags/, and its modules form no import cycle.
+"""The library's place in the house: model_lib sits below jobs/ and dags/, its packages import downwards only (the
+layers written in model_lib/__init__.py), and its modules form no import cycle.
 
 Every import counts, the ones inside functions too (a deferred import still ties the modules together).
 """
@@ -64,6 +65,56 @@ def test_the_library_imports_nothing_above_it():
         for path in LIBRARY.rglob("*.py")
     }
     assert {module: names for module, names in offending.items() if names} == {}
+
+
+def package_of(module: str) -> str:
+    """model_lib.serving.recommender -> serving; a top-level module (model_lib.ranking) is its own package."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def layer_breaches(graph: dict[str, set[str]], layers) -> list[str]:
+    """Every import of a package from a higher layer than its own, as 'a -> b'."""
+    rank = {package: level for level, packages in enumerate(layers) for package in packages}
+    return sorted(
+        f"{module} -> {imported}"
+        for module, imports in graph.items()
+        for imported in imports
+        if module != "model_lib" and rank[package_of(imported)] > rank[package_of(module)]
+    )
+
+
+def test_every_package_has_a_layer():
+    from model_lib import LAYERS
+
+    packages = {package_of(module) for module in library_graph() if module != "model_lib"}
+    assert packages == {package for layer in LAYERS for package in layer}
+
+
+def test_the_library_packages_import_downwards_only():
+    from model_lib import LAYERS
+
+    assert layer_breaches(library_graph(), LAYERS) == []
+
+
+def test_each_loop_the_layering_removed_would_be_caught():
+    """The package loops there were, put back one at a time, each breach the layers."""
+    from model_lib import LAYERS
+
+    loops = [
+        ("model_lib.model.training", "model_lib.serving.recommender"),  # model <-> serving
+        ("model_lib.evaluation.next_behaviour", "model_lib.serving.recommender"),  # serving <-> evaluation
+        ("model_lib.evaluation.injected_anomalies", "model_lib.serving.anomalies"),
+        ("model_lib.evaluation.report", "model_lib.model.training"),  # model <-> evaluation
+        ("model_lib.config.groups", "model_lib.evaluation.metrics"),  # config -> evaluation
+        ("model_lib.config.groups", "model_lib.evaluation.baselines"),
+        ("model_lib.storage.lake", "model_lib.data.splits"),  # data <-> storage
+        ("model_lib.storage.lake", "model_lib.serving.recommender"),  # storage -> serving (the registry)
+        ("model_lib.storage.lake", "model_lib.model.training"),
+    ]
+    graph = library_graph()
+    for module, imported in loops:
+        changed = {**graph, module: graph[module] | {imported}}
+        assert layer_breaches(changed, LAYERS) == [f"{module} -> {imported}"], (module, imported)
 
 
 def test_the_library_modules_form_no_import_cycle():

@@ -297,3 +297,23 @@ def test_a_pinned_day_reads_one_version_whatever_commits_meanwhile(tmp_path, mon
     monkeypatch.setattr(lake, "link_files", commit_after_the_first_part)
     with lake.pinned(final, ("sequences", "vocab")) as pin:
         assert pinned_versions(pin) == {"3"} and len(linked) == 4
+
+
+def test_a_file_is_written_whole_or_not_at_all_and_a_dead_writers_part_is_removed(tmp_path):
+    path = tmp_path / "tuned" / "best.json"
+    lake.write_file_atomically(path, lambda staged: staged.write_text("old"))
+    left_by_a_killed_writer = named_for(path, finished_pid())
+    left_by_a_killed_writer.write_text("half")
+
+    def failing(staged):
+        staged.write_text("new but cut")
+        raise OSError("disk full")
+
+    try:
+        lake.write_file_atomically(path, failing)
+    except OSError:
+        pass
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.json"]  # neither part is left behind
+    lake.write_file_atomically(path, lambda staged: staged.write_text("new"))
+    assert path.read_text() == "new"

@@ -3,17 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from model_lib.evaluation.metrics import (
-    ALLOW_REPEATS,
-    RepeatPolicy,
-    evaluate_holdout,
-    metrics_from_ranks,
-    seen_items,
-    suggest_policy,
-    target_ranks,
-    top_k,
-    top_k_items,
-)
+from model_lib.evaluation.metrics import evaluate_holdout, metrics_from_ranks, seen_items, suggest_policy, target_ranks
+from model_lib.ranking import ALLOW_REPEATS, RepeatPolicy, top_k, top_k_items
 
 
 def seen_mask(items, older, num_items):

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from helpers.sequence_files import cycle_sequences
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import protocol_split
 from model_lib.evaluation.metrics import seen_items as seen_mask
-from model_lib.storage.lake import write_sequences
 
 keras = pytest.importorskip("keras")
 
@@ -56,7 +56,7 @@ def test_padded_positions_never_change_the_scores(model):
     junk_in_padding = batch(
         [[0, 0, 0, 0, 0, 5, 6, 7]], types=[[3, 2, 1, 3, 2, 1, 1, 1]], gaps=[[5, 4, 3, 2, 1, 3, 3, 3]]
     )
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     scorer = ModelScorer(model)
     reference = scorer.score(short)
@@ -99,7 +99,7 @@ def test_learns_a_sequential_task_far_above_chance(settings, tmp_path, attention
 
 
 def test_recommender_round_trip_excludes_seen_and_falls_back_to_popular(model, tmp_path):
-    from model_lib.serving.numpy_encoder import NumpyEncoder
+    from model_lib.model.numpy_encoder import NumpyEncoder
     from model_lib.serving.recommender import SOURCE_MODEL, SOURCE_POPULAR, Recommender
 
     vocabulary = pd.DataFrame(

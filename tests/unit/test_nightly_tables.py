@@ -27,7 +27,7 @@ def scored_users(spark):
 
 
 def test_recommendations_are_ranked_in_list_order_with_each_items_source_and_reason(spark):
-    from jobs.recommend import recommendation_rows
+    from model_lib.serving.nightly_tables import recommendation_rows
 
     table = recommendation_rows(scored_users(spark), DS, "m", 3).toPandas()
     assert list(table.columns) == RECOMMENDATIONS.columns
@@ -42,7 +42,7 @@ def test_recommendations_are_ranked_in_list_order_with_each_items_source_and_rea
 
 
 def test_next_behaviour_names_each_probability_by_its_event_type(spark):
-    from jobs.recommend import next_behaviour_rows
+    from model_lib.serving.nightly_tables import next_behaviour_rows
 
     table = next_behaviour_rows(scored_users(spark), ["view", "purchase"], DS, "m", 3).toPandas()
     assert list(table.columns) == USER_NEXT_BEHAVIOUR.columns
@@ -58,7 +58,7 @@ def test_next_behaviour_names_each_probability_by_its_event_type(spark):
 
 
 def test_anomalies_rank_the_days_scored_users_and_keep_those_at_the_percentile(spark):
-    from jobs.recommend import anomaly_rows
+    from model_lib.serving.nightly_tables import anomaly_rows
 
     scored = scored_users(spark)
     everyone = anomaly_rows(scored, 0.0, DS, "m", 3).toPandas().set_index("user_id")
@@ -76,7 +76,7 @@ def test_anomalies_rank_the_days_scored_users_and_keep_those_at_the_percentile(s
 
 
 def test_profiles_and_segments_count_the_days_users_beside_the_models_descriptions(spark):
-    from jobs.recommend import profile_rows, segment_rows
+    from model_lib.serving.nightly_tables import profile_rows, segment_rows
 
     scored = scored_users(spark)
     profiles = profile_rows(scored, DS, "m", 3).toPandas()

@@ -1,9 +1,9 @@
-"""The numpy user encoder (model_lib/serving/numpy_encoder.py) against TensorFlow's own forward pass."""
+"""The numpy user encoder (model_lib/model/numpy_encoder.py) against TensorFlow's own forward pass."""
 
 import numpy as np
 import pytest
 
-from model_lib.serving.numpy_encoder import NumpyEncoder
+from model_lib.model.numpy_encoder import NumpyEncoder
 
 keras = pytest.importorskip("keras")
 

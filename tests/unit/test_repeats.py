@@ -5,12 +5,12 @@ import pytest
 
 from helpers.sequence_files import cycle_sequences
 from model_lib.config import TrainingSettings
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation import baselines
-from model_lib.evaluation.metrics import ALLOW_REPEATS, RepeatPolicy
 from model_lib.model.examples import TrainingRows
 from model_lib.model.schedule import TrainingBudget, track_early_stopping
-from model_lib.storage.lake import write_sequences
+from model_lib.ranking import ALLOW_REPEATS, RepeatPolicy
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
 
@@ -34,8 +34,8 @@ def shoppers_and_explorers(users: int, num_items: int, steps: int, basket: int =
 
 
 def test_the_repeat_mechanism_learns_who_rebuys(settings, tmp_path):
+    from model_lib.model.scoring import ModelScorer
     from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.serving.recommender import ModelScorer
 
     num_items = 40
     sequences = shoppers_and_explorers(400, num_items, 10)
@@ -70,7 +70,7 @@ def test_repeat_mixture_scores_are_a_distribution_that_favours_the_history(setti
     import keras
 
     from model_lib.model.network import NextItemModel, build_model
-    from model_lib.serving.recommender import ModelScorer
+    from model_lib.model.scoring import ModelScorer
 
     keras.utils.set_random_seed(3)
     model = NextItemModel(20, 3, 6, embedding_dim=8, hidden_dim=8, repeat_mechanism=True)
@@ -146,42 +146,46 @@ def test_the_budget_follows_the_data_up_to_a_cap():
 def test_the_time_budget_shortens_the_plan_and_ends_the_learning_rate_with_it():
     import keras
 
-    from model_lib.model.schedule import learning_rate_schedule, replan
+    from model_lib.model.schedule import LoopState, learning_rate_schedule, replan
 
     training = TrainingSettings(epochs=20, max_updates=0, train_minutes=1.0, learning_rate=0.01, min_lr_ratio=0.1)
     budget = TrainingBudget.of(training, 10)
     schedule = learning_rate_schedule(training, budget.total_updates)
     assert float(schedule(100)) > 0.005  # half-way through the plan of 200 updates
     # The first round compiled (20 s), then 5 s a round: 30 s left are 6 more rounds, 9 in all, not 20.
-    state = {"history": [{"epoch_seconds": 20.0}, {"epoch_seconds": 5.0}, {"epoch_seconds": 5.0}], "seconds": 30.0}
+    rounds = [{"epoch_seconds": 20.0}, {"epoch_seconds": 5.0}, {"epoch_seconds": 5.0}]
+    state = LoopState({}, history=rounds, seconds=30.0)
     assert "9 rounds instead of 20" in replan(state, budget, training, schedule)
-    assert state["planned_rounds"] == 9
+    assert state.planned_rounds == 9
     assert float(schedule(90)) == pytest.approx(0.001, rel=1e-3)  # the end of the new plan: min_lr_ratio x lr
     assert keras.ops.convert_to_numpy(schedule(40)) > keras.ops.convert_to_numpy(schedule(80))
-    state["history"].append({"epoch_seconds": 5.0})
-    state["seconds"] = 35.0
+    state.history.append({"epoch_seconds": 5.0})
+    state.seconds = 35.0
     assert replan(state, budget, training, schedule) is None  # the same pace: the plan stands
-    state["history"].append({"epoch_seconds": 1.0})
-    state["seconds"] = 36.0
+    state.history.append({"epoch_seconds": 1.0})
+    state.seconds = 36.0
     assert "20 rounds instead of 9" in replan(state, budget, training, schedule)  # faster: back to the budget's
     # A first round that compiled for most of a short budget: one more round to see the real pace, not an end.
     short = TrainingSettings(epochs=20, max_updates=0, train_minutes=6.0)
-    first = {"history": [{"epoch_seconds": 214.0}], "seconds": 214.0}
+    first = LoopState({}, history=[{"epoch_seconds": 214.0}], seconds=214.0)
     assert "2 rounds instead of 20" in replan(first, budget, short, schedule)
-    spent = {"history": [{"epoch_seconds": 214.0}, {"epoch_seconds": 150.0}], "seconds": 364.0, "planned_rounds": 2}
+    spent = LoopState({}, history=[{"epoch_seconds": 214.0}, {"epoch_seconds": 150.0}], seconds=364.0, planned_rounds=2)
     assert replan(spent, budget, short, schedule) is None  # the budget is spent: the plan ends with this round
     unlimited = TrainingSettings(epochs=20, max_updates=0, train_minutes=0)
-    assert replan({"history": [{"epoch_seconds": 1e6}], "seconds": 1e6}, budget, unlimited, schedule) is None
+    assert replan(LoopState({}, history=[{"epoch_seconds": 1e6}], seconds=1e6), budget, unlimited, schedule) is None
 
 
 def test_early_stopping_ignores_gains_inside_the_noise():
-    state = {"best_score": -1.0, "best_epoch": 0, "reference_score": -1.0, "waited": 0}
+    from model_lib.model.schedule import LoopState
+
+    state = LoopState({})
     rule = TrainingSettings(early_stop_stderr=0.5)
     for epoch, score in enumerate([0.30, 0.305, 0.302, 0.306], start=1):
         track_early_stopping(state, epoch, score, 0.02, rule)
-    assert state["waited"] == 3 and state["best_epoch"] == 4  # no gain beyond 0.01, yet the best weights are kept
+    assert state.waited == 3 and state.best_epoch == 4  # no gain beyond 0.01, yet the best weights are kept
     track_early_stopping(state, 5, 0.32, 0.02, rule)
-    assert state["waited"] == 0 and state["reference_score"] == 0.32
+    assert state.waited == 0 and state.reference_score == 0.32
+    assert LoopState.from_json(state.to_json()) == state  # what a checkpoint stores and a resumed run reads
 
 
 def test_personal_popularity_ranks_the_users_own_items_first():

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from helpers.sequence_files import cycle_sequences
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import Sequences, protocol_split
 from model_lib.model.distribute import cluster_position, shard_files
 from model_lib.model.examples import TrainingRows, bucket_width, epoch_batches
 from model_lib.model.losses import sampling_log_q
-from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": False}
 
@@ -92,6 +92,7 @@ def test_sampled_softmax_with_log_q_follows_the_full_softmax_gradient():
 
 def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_path):
     from model_lib.evaluation import next_behaviour
+    from model_lib.model.scoring import type_probabilities
     from model_lib.model.training import evaluate_model, train_next_item_model
     from model_lib.serving.recommender import Recommender
 
@@ -113,7 +114,7 @@ def test_sampled_softmax_and_event_type_head_learn_the_toy_task(settings, tmp_pa
     split = protocol_split(sequences)
     assert evaluate_model(result.model, split.test, num_items, (5,))["hr_5"] > 0.8
     # The head the data called for: it learns the types' cycle (which the last-type chain knows exactly here).
-    found = next_behaviour.compare(result.model, split, ["view", "cart", "buy"])
+    found = next_behaviour.compare(type_probabilities(result.model), split, ["view", "cart", "buy"])
     model, majority = found[next_behaviour.MODEL], found["majority type"]
     assert model["accuracy"] > 0.9 and majority["accuracy"] < 0.5  # chance: 1/3
     assert model["log_loss"] < majority["log_loss"] / 10 and model["auc_buy"] > 0.9

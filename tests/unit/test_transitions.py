@@ -1,13 +1,14 @@
-"""The model's item-to-item transitions (network.ItemTransitions, data/cooccurrence.py): the table, the same
+"""The model's item-to-item transitions (layers.ItemTransitions, data/cooccurrence.py): the table, the same
 probabilities in training and serving, and a toy where the last item decides the next one."""
 
 import numpy as np
 import pytest
 
 from helpers.sequence_files import cycle_sequences
+from model_lib.contracts import model_inputs
 from model_lib.data.cooccurrence import NeighbourTable
+from model_lib.data.sequence_files import write_sequences
 from model_lib.data.splits import protocol_split
-from model_lib.storage.lake import write_sequences
 
 TINY = {"embedding_dim": 16, "hidden_dim": 16, "batch_size": 32, "learning_rate": 0.01, "xla": True}
 
@@ -48,7 +49,7 @@ def test_served_transition_probabilities_are_the_ones_training_maximises():
 
 
 def check_one_width(model, items, targets):
-    from model_lib.serving.recommender import ModelScorer, recent_items
+    from model_lib.model.scoring import ModelScorer, recent_items
 
     trained = np.asarray(model.transitions.target_probability(items, targets))
     table = ModelScorer(model).transitions
@@ -77,8 +78,8 @@ def successor_walks(users: int, num_items: int, steps: int, jump: float, seed: i
 def test_transitions_learn_from_few_examples_what_the_network_alone_cannot(settings, tmp_path):
     """300 items, each seen a few times as a successor: within the same short budget the network alone barely
     leaves most-popular, while the model with transitions predicts the successor, and its gate trusts them."""
+    from model_lib.model.scoring import ModelScorer
     from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.serving.recommender import ModelScorer
 
     num_items = 300
     sequences = successor_walks(240, num_items, 8, jump=0.1, seed=3)
@@ -124,7 +125,7 @@ def test_a_version_saved_before_the_transitions_still_loads_and_scores_the_same(
     assert loaded.scorer.transitions is None
     rng = np.random.default_rng(2)
     items = rng.integers(2, 40, (5, 6)).astype(np.int32)
-    inputs = {"items": items, "event_types": np.ones_like(items), "gaps": np.full_like(items, 3)}
+    inputs = model_inputs(items, np.ones_like(items), np.full_like(items, 3))
     np.testing.assert_allclose(loaded.score(inputs), trained.score(inputs), atol=1e-5, rtol=1e-5)
 
 
@@ -164,8 +165,8 @@ def test_the_other_encoders_learn_a_sequence_with_the_same_training(settings, tm
     learns the hidden cycle (transitions off, so the encoder has to), and the model serves through the scorer."""
     import keras
 
+    from model_lib.model.scoring import ModelScorer
     from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.serving.recommender import ModelScorer
 
     num_items = 40
     sequences = cycle_sequences(300, num_items, 10)

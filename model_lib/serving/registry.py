@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.types.schema import ColSpec, Schema
 
 from model_lib.config import Settings
-from model_lib.contracts import FIRST_ITEM_INDEX
+from model_lib.contracts import FIRST_ITEM_INDEX, model_inputs
 from model_lib.redaction import redact, split_credentials
 from model_lib.serving.recommender import (
     OPTIONAL_RECOMMENDER_FILES,
@@ -130,7 +130,7 @@ def recommend_from_raw_ids(recommender: Recommender, frame: pd.DataFrame, seq_le
         for history, types, stamps in zip(frame["history"], column("event_types"), column("timestamps"), strict=True)
     ]
     items, types, gaps = (np.stack(values) for values in zip(*rows, strict=True))
-    result = recommender.recommend({"items": items, "event_types": types, "gaps": gaps}, [NO_ITEMS] * len(items), k)
+    result = recommender.recommend(model_inputs(items, types, gaps), [NO_ITEMS] * len(items), k)
     ids = recommender.item_ids
     valid = np.isfinite(result.scores)
     return pd.DataFrame(

@@ -6,7 +6,7 @@ The same arithmetic as the Keras layers (model_lib/model/network.py), in float32
 zeroed on padding; each LSTM layer step by step (gates i, f, c, o; on a padded step the state and the output carry
 over, as Keras does with a mask); the causal attention over the real steps, the tanh combination, the projection to
 the user vector, and the optional event-type head, repeat mechanism and transition gate (the transition table
-itself is applied by the scorer, recommender.ModelScorer). `encode_last` computes the heads for the last step
+itself is applied by the scorer, scoring.ModelScorer). `encode_last` computes the heads for the last step
 only; `encode_steps` for every step (the anomaly scores need the prediction before each event).
 
 The arrays travel with each registered version as `encoder.npz` (`save` / `load`, beside the Keras weights), so a
