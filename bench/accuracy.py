@@ -154,10 +154,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
     from model_lib.contracts import FIRST_ITEM_INDEX
     from model_lib.data.sequence_files import read_sequences
     from model_lib.data.splits import protocol_split
-    from model_lib.evaluation import baselines, injected_anomalies, next_behaviour
-    from model_lib.model.scoring import ModelScorer, type_probabilities
-    from model_lib.model.training import evaluate_model, train_next_item_model
-    from model_lib.serving.anomalies import day_surprise
+    from model_lib.model.training import train_next_item_model
     from model_lib.storage.lake import parquet_files, read_parquet_folder
     from model_lib.storage.spark import spark_session
 
@@ -178,19 +175,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         with stage(f"bench: train under {policy.describe()}") as report:
             trained = train_next_item_model(files, num_items, settings, verbose=0, validation=split.validation)
             report(rounds=len(trained.history), best_round=trained.best_epoch, seconds=trained.seconds)
-        with stage("bench: test metrics, model and baselines") as report:
-            scorers = {"model": evaluate_model(trained.model, split.test, num_items, policy=policy, with_ranks=True)}
-            found = baselines.all_baselines(spark, split, num_items, settings, with_ranks=True)
-            scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
-            ranks = {name: metrics.pop("ranks") for name, metrics in scorers.items()}
-            report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
-            next_type = next_behaviour.compare(
-                type_probabilities(trained.model), split, settings.sessionize.event_types
-            )
-            scorer, top_g = ModelScorer(trained.model), settings.serving.anomaly_top_g
-            anomalies = injected_anomalies.compare(
-                lambda inputs, day: day_surprise(scorer, inputs, day, top_g), split, num_items
-            )
+        scorers, ranks, next_type, anomalies = score_test_holdout(spark, trained, split, num_items, settings)
     finally:
         spark.stop()
     return {
@@ -209,14 +194,7 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "overrides": overrides,
         "rule": verdict(scorers, ranks),
         "chosen": chosen_configuration(trained, settings, split.test),
-        "strategy": trained.strategy,
-        "repeat_mechanism": bool(trained.model.repeat_mechanism),
-        "train_seconds": round(trained.seconds, 1),
-        "validation_rounds": len(trained.history),
-        "best_round": trained.best_epoch,
-        "updates": trained.history[-1]["updates"] if trained.history else 0,
-        "validation_ndcg_10_per_round": [round(h["val_ndcg_10"], 4) for h in trained.history],
-        "round_seconds": [round(h["epoch_seconds"], 1) for h in trained.history],
+        **training_figures(trained),
         **{name: _rounded(metrics) for name, metrics in scorers.items()},
         "summary_ndcg_10": {name: round(metrics["ndcg_10"], 4) for name, metrics in scorers.items()},
         "summary_hr_10": {name: round(metrics["hr_10"], 4) for name, metrics in scorers.items()},
@@ -227,6 +205,43 @@ def run(settings, dataset: str | None, events: Path | None, requested_policy: st
         "reference": REFERENCE,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def training_figures(trained) -> dict:
+    """How the training went: the strategy, its seconds, rounds, updates and the validation NDCG@10 per round."""
+    return {
+        "strategy": trained.strategy,
+        "repeat_mechanism": bool(trained.model.repeat_mechanism),
+        "train_seconds": round(trained.seconds, 1),
+        "validation_rounds": len(trained.history),
+        "best_round": trained.best_epoch,
+        "updates": trained.history[-1]["updates"] if trained.history else 0,
+        "validation_ndcg_10_per_round": [round(h["val_ndcg_10"], 4) for h in trained.history],
+        "round_seconds": [round(h["epoch_seconds"], 1) for h in trained.history],
+    }
+
+
+def score_test_holdout(spark, trained, split, num_items: int, settings):
+    """The test hold-out: the model and every baseline with per-user ranks, the next event type, injected anomalies
+    -> (metrics by scorer, ranks by scorer, next-type metrics, anomaly report)."""
+    from model_lib.evaluation import baselines, injected_anomalies, next_behaviour
+    from model_lib.model.scoring import ModelScorer, type_probabilities
+    from model_lib.model.training import evaluate_model
+    from model_lib.serving.anomalies import day_surprise
+
+    policy = settings.repeat_rule()
+    with stage("bench: test metrics, model and baselines") as report:
+        scorers = {"model": evaluate_model(trained.model, split.test, num_items, policy=policy, with_ranks=True)}
+        found = baselines.all_baselines(spark, split, num_items, settings, with_ranks=True)
+        scorers.update({baselines.METRIC_PREFIXES[name]: metrics for name, metrics in found.items()})
+        ranks = {name: metrics.pop("ranks") for name, metrics in scorers.items()}
+        report(**{f"{name}_ndcg_10": metrics["ndcg_10"] for name, metrics in scorers.items()})
+        next_type = next_behaviour.compare(type_probabilities(trained.model), split, settings.sessionize.event_types)
+        scorer, top_g = ModelScorer(trained.model), settings.serving.anomaly_top_g
+        anomalies = injected_anomalies.compare(
+            lambda inputs, day: day_surprise(scorer, inputs, day, top_g), split, num_items
+        )
+    return scorers, ranks, next_type, anomalies
 
 
 def verdict(scorers: dict[str, dict], ranks: dict[str, object], k: int = 10) -> dict:

@@ -41,136 +41,13 @@ import pandas as pd
 
 from bench import results
 from bench.memory import PeakRss
+from bench.sessionize_duckdb import duckdb_sessionize
 from model_lib.config import PROJECT_ROOT, get_settings
 from model_lib.data.sources import SynthSpec, write_synth
 from model_lib.runtime import engine_environment
 
 DAYS = 30
 SESSION_ID = re.compile(r'"session_id":"([^"]*)"')
-DUCKDB_SQL = """
-CREATE TEMP TABLE lines AS
-SELECT line, CAST(dt AS VARCHAR) AS dt, filename, row_number() OVER () AS line_order
-FROM read_csv('{raw}/dt=*/*.jsonl.gz', columns = {{'line': 'VARCHAR'}}, delim = '\x1f', quote = '', escape = '',
-              header = false, auto_detect = false, filename = true, hive_partitioning = true,
-              -- a line that is not UTF-8 (the job's bad_encoding) is rejected here; counted from reject_errors
-              ignore_errors = true, store_rejects = true)
-WHERE dt <= DATE '{ds}';
-
-CREATE TEMP TABLE validated AS
-WITH fields AS (
-    SELECT *, starts_with(ltrim(line), '{{') AND json_valid(line) AS is_json,
-           CASE WHEN json_valid(line) THEN json_extract_string(line, ['$.user_id', '$.item_id', '$.event_type',
-                '$.ts', '$.event_id', '$.session_id']) END AS f
-    FROM lines
-), typed AS (
-    SELECT line, dt, filename, line_order, is_json,
-           nullif(trim(f[1]), '') AS user_id, nullif(trim(f[2]), '') AS item_id, nullif(trim(f[3]), '') AS event_type,
-           nullif(trim(f[4]), '') AS ts, nullif(trim(f[5]), '') AS event_id, nullif(trim(f[6]), '') AS session_id
-    FROM fields
-), timed AS (
-    SELECT *, CASE WHEN regexp_full_match(ts, '-?[0-9]{{1,19}}')
-                   THEN CASE WHEN TRY_CAST(ts AS BIGINT) BETWEEN -62135596800000 AND 253402300799999
-                             THEN epoch_ms(TRY_CAST(ts AS BIGINT))::TIMESTAMP END
-                   ELSE TRY_CAST(TRY_CAST(ts AS TIMESTAMPTZ) AS TIMESTAMP) END AS event_ts
-    FROM typed
-)
-SELECT *, CASE
-    WHEN length(line) > {max_line} OR length(user_id) > {max_id} OR length(item_id) > {max_id}
-         OR length(event_id) > {max_id} OR length(session_id) > {max_id} THEN 'too_long'
-    WHEN NOT is_json THEN 'not_json'
-    WHEN user_id IS NULL OR item_id IS NULL OR event_type IS NULL OR ts IS NULL THEN 'missing_field'
-    WHEN regexp_matches(concat(user_id, item_id, event_id, session_id), '[\\x00-\\x1F\\x7F]') THEN 'bad_id'
-    WHEN event_ts IS NULL THEN 'bad_ts'
-    WHEN event_type NOT IN ({event_types}) THEN 'unknown_event_type'
-    WHEN event_ts >= CAST(dt AS TIMESTAMP) + INTERVAL 1 DAY + INTERVAL {future} MINUTE THEN 'future_ts'
-    WHEN event_ts < CAST(dt AS TIMESTAMP) - INTERVAL {lateness} HOUR THEN 'too_late'
-END AS reason
-FROM timed;
-
-CREATE TEMP TABLE events AS
-SELECT * EXCLUDE (occurrence) FROM (
-    SELECT *, row_number() OVER (
-        PARTITION BY coalesce('id:' || event_id,
-                              concat_ws(chr(1), 't', user_id, item_id, event_type, event_ts::VARCHAR))
-        ORDER BY dt, filename, line_order) AS occurrence
-    FROM validated WHERE reason IS NULL
-) WHERE occurrence = 1;
-
-CREATE TEMP TABLE vocabulary AS
-SELECT item_id, (row_number() OVER (ORDER BY n DESC, item_id) + 1)::INTEGER AS item_index
-FROM (SELECT item_id, count(*) AS n FROM events GROUP BY item_id) WHERE n >= {min_count}
-ORDER BY n DESC, item_id LIMIT {max_size};
-
-CREATE TEMP TABLE sequences AS
-WITH ranked AS (
-    SELECT e.user_id, coalesce(v.item_index, 1) AS item_index,
-           list_position([{event_types}], e.event_type) AS type_index,
-           e.event_ts, e.session_id,
-           row_number() OVER w AS recency,
-           epoch(e.event_ts) - epoch(lead(e.event_ts) OVER w) AS gap,
-           lead(e.event_ts) OVER w IS NULL OR epoch(e.event_ts) - epoch(lead(e.event_ts) OVER w) > {gap_seconds}
-               OR (e.session_id IS DISTINCT FROM lead(e.session_id) OVER w) AS starts,
-           count(*) OVER (PARTITION BY e.user_id) AS n
-    FROM events e LEFT JOIN vocabulary v USING (item_id)
-    WINDOW w AS (PARTITION BY e.user_id ORDER BY e.event_ts DESC, e.dt DESC, e.filename DESC, e.line_order DESC)
-), sessions AS (
-    SELECT *, 1 + sum(CASE WHEN recency <= {seq_len} AND recency < least(n, {seq_len}) AND starts THEN 1 ELSE 0 END)
-                  OVER (PARTITION BY user_id ORDER BY recency ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
-               AS session_index,
-           CASE WHEN gap IS NULL THEN 1 ELSE least(2 + floor(log2(greatest(gap, 0) + 1))::INTEGER, {max_bucket}) END
-               AS gap_bucket
-    FROM ranked
-)
-SELECT user_id,
-       list(item_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS item_indices,
-       list(type_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS event_type_indices,
-       list(gap_bucket ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS gap_buckets,
-       list(session_index ORDER BY recency DESC) FILTER (WHERE recency <= {seq_len}) AS session_indices,
-       count(*) FILTER (WHERE recency <= {seq_len}) AS length,
-       list(DISTINCT item_index ORDER BY item_index) FILTER (WHERE recency > {seq_len}) AS older_item_indices,
-       max(event_ts) AS last_event_ts
-FROM sessions GROUP BY user_id;
-
-COPY (SELECT * FROM sequences ORDER BY user_id) TO '{output}' (FORMAT parquet);
-"""
-
-
-def duckdb_sessionize(data_dir: Path, ds: dt.date, output: Path) -> dict:
-    """The reference: the sessionize job's rules (full rebuild) in one DuckDB SQL script."""
-    import duckdb
-
-    settings = get_settings(data_dir=data_dir)
-    started = time.time()
-    connection = duckdb.connect()
-    connection.execute("SET TimeZone = 'UTC'; SET threads = 2; SET preserve_insertion_order = true")
-    connection.execute(
-        DUCKDB_SQL.format(
-            raw=settings.lake.raw_events_dir,
-            ds=ds.isoformat(),
-            output=output,
-            max_line=settings.sessionize.max_line_chars,
-            max_id=settings.sessionize.max_id_chars,
-            event_types=", ".join(f"'{t}'" for t in settings.sessionize.event_types),
-            future=settings.sessionize.future_tolerance_minutes,
-            lateness=settings.sessionize.allowed_lateness_hours,
-            min_count=settings.sessionize.min_item_count,
-            max_size=settings.sessionize.max_vocab_size,
-            gap_seconds=settings.sessionize.session_gap_minutes * 60,
-            seq_len=settings.sessionize.seq_len,
-            max_bucket=settings.sessionize.max_gap_bucket,
-        )
-    )
-    counts = connection.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NOT NULL) FROM validated").fetchone()
-    not_utf8 = connection.execute("SELECT count(DISTINCT (scan_id, file_id, line)) FROM reject_errors").fetchone()[0]
-    valid = connection.execute("SELECT count(*) FROM events").fetchone()[0]
-    return {
-        "read": counts[0] + not_utf8,
-        "quarantined": counts[1] + not_utf8,
-        "valid": valid,
-        "duplicates": counts[0] - counts[1] - valid,
-        "users": connection.execute("SELECT count(*) FROM sequences").fetchone()[0],
-        "seconds": round(time.time() - started, 1),
-    }
 
 
 def measured(command: list[str], env: dict[str, str]) -> dict:
@@ -256,7 +133,9 @@ def day_users(day_folder: Path) -> int:
     return len(users - {None})
 
 
-def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -> dict:
+def synthesised_history(events: int, root: Path, day_events: int) -> tuple[Path, object, dt.date]:
+    """A history of `events` synthetic events over DAYS days whose last day is cut to `day_events` lines, made once
+    per size -> (its data folder, its settings, the last day)."""
     data_dir = root / f"events-{events}-day-{day_events}"
     settings = get_settings(data_dir=data_dir)
     spec = SynthSpec.for_events(events, DAYS)
@@ -269,8 +148,12 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
         day_lines = cut_day(settings.lake.raw_events_day_dir(last_day), day_events)
         made.write_text(json.dumps({"events": events, "day": str(last_day), "day_lines": day_lines}))
         print(f"[bench] synthesised {events:,} events in {time.time() - started:.1f} s", flush=True)
-    print(f"[bench] {events:,} events: Spark full rebuild to {last_day - dt.timedelta(days=1)} (makes the state)")
-    previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
+    return data_dir, settings, last_day
+
+
+def incremental_nights(data_dir: Path, settings, last_day: dt.date, events: int):
+    """The last day as an incremental night, then again compacting the state -> (the night, its state layers' rows,
+    the compacting night, the night's sequences, whether compacting kept them)."""
     print(f"[bench] {events:,} events: Spark incremental {last_day}", flush=True)
     incremental = spark_run(data_dir, last_day, "incremental")
     layers = json.loads((settings.lake.sessionized_dir(last_day) / "manifest.json").read_text())["rows"]
@@ -281,6 +164,35 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
     compacting = spark_run(data_dir, last_day, "incremental", "--compact")
     incremental_frame = pd.read_parquet(incremental_sequences)
     compacted_same = incremental_frame.equals(pd.read_parquet(settings.lake.sequences_dir(last_day)))
+    return incremental, layers, compacting, incremental_frame, compacted_same
+
+
+def peaks(full: dict, incremental: dict, compacting: dict, duck: dict) -> dict:
+    """Peak memory of each run's process tree, and of the Spark runs' Python driver (what it collects) and JVM (driver
+    and executors in local mode)."""
+    return {
+        "peak_rss_mib": {
+            "spark_full": full["peak_rss_mib"],
+            "spark_incremental": incremental["peak_rss_mib"],
+            "spark_incremental_compacting": compacting["peak_rss_mib"],
+            "duckdb": duck["peak_rss_mib"],
+        },
+        "driver_peak_rss_mib": {
+            "spark_full_python": full["python_driver_peak_rss_mib"],
+            "spark_full_jvm": full["jvm_peak_rss_mib"],
+            "spark_incremental_python": incremental["python_driver_peak_rss_mib"],
+            "spark_incremental_jvm": incremental["jvm_peak_rss_mib"],
+        },
+    }
+
+
+def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -> dict:
+    data_dir, settings, last_day = synthesised_history(events, root, day_events)
+    print(f"[bench] {events:,} events: Spark full rebuild to {last_day - dt.timedelta(days=1)} (makes the state)")
+    previous = spark_run(data_dir, last_day - dt.timedelta(days=1), "full")
+    incremental, layers, compacting, incremental_frame, compacted_same = incremental_nights(
+        data_dir, settings, last_day, events
+    )
     print(f"[bench] {events:,} events: Spark floor (start, read the day, write it)", flush=True)
     floor = measured(
         [sys.executable, "-m", "bench.sessionize_bench", "--floor-only", str(data_dir), last_day.isoformat()],
@@ -321,19 +233,7 @@ def bench_size(events: int, root: Path, check_equality: bool, day_events: int) -
         "ratio_incremental_over_full": round(incremental["seconds"] / full["seconds"], 3),
         "ratio_compacting_night_over_full": round(compacting["seconds"] / full["seconds"], 3),
         "ratio_spark_over_duckdb": round(full["seconds"] / duck["seconds"], 2),
-        "peak_rss_mib": {
-            "spark_full": full["peak_rss_mib"],
-            "spark_incremental": incremental["peak_rss_mib"],
-            "spark_incremental_compacting": compacting["peak_rss_mib"],
-            "duckdb": duck["peak_rss_mib"],
-        },
-        # The driver: the Python process (what it collects) and the JVM (driver + executors in local mode).
-        "driver_peak_rss_mib": {
-            "spark_full_python": full["python_driver_peak_rss_mib"],
-            "spark_full_jvm": full["jvm_peak_rss_mib"],
-            "spark_incremental_python": incremental["python_driver_peak_rss_mib"],
-            "spark_incremental_jvm": incremental["jvm_peak_rss_mib"],
-        },
+        **peaks(full, incremental, compacting, duck),
         "incremental_equals_full": identical,
         # Only a rebuild of the same 30 days can agree on the counts (above --check-equality-up-to: not compared).
         "duckdb_agrees": counts_agree(duck, full) if check_equality else None,

@@ -43,6 +43,14 @@ settings = get_settings()
 mask_configured_secrets(settings)  # parsed again in every task process, so its logs mask them too
 
 
+RECOMMEND_DOC = (
+    "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes the night's tables "
+    "(top-K per user, next-event-type probabilities, profiles, segments, anomalies; one scoring pass) to "
+    "lake/nightly/ds as one unit, and counts to lake/run_stats/recommend. Refuses, before scoring, a model trained "
+    "on other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE)."
+)
+
+
 @dag(
     dag_id="reco_nightly",
     schedule="@daily",
@@ -89,10 +97,7 @@ def reco_nightly():
             "--repeat-policy",
             "{{ params.repeat_policy or 'default' }}",
         ],
-        "Spark mapInPandas: reads lake/sessionized/ds/sequences and the pinned model version; writes the night's "
-        "tables (top-K per user, next-event-type probabilities, profiles, segments, anomalies; one scoring pass) "
-        "to lake/nightly/ds as one unit, and counts to lake/run_stats/recommend. Refuses, before scoring, a model "
-        "trained on other items or event types (RECO_RECOMMEND_MIN_KNOWN_SHARE).",
+        RECOMMEND_DOC,
         java_options="{{ recommend_java_options(params, ds) }}",
     )
 

@@ -205,7 +205,13 @@ def format_recommendations(user: str, ds, rows, titles: dict[str, str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reco", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_data_command(commands)
+    _add_step_commands(commands)
+    _add_tool_commands(commands)
+    return parser
 
+
+def _add_data_command(commands) -> None:
     data = commands.add_parser("data", help="write raw events into the lake")
     data.add_argument("source", choices=["movielens", "synth"])
     data.add_argument("--events", type=int, help="about this many events (sets users and items; e.g. 10000000)")
@@ -225,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--start", default="2024-01-01", help="first day of synthetic data")
     data.set_defaults(handler=_data)
 
+
+def _add_step_commands(commands) -> None:
+    """The pipeline's steps: each forwards its arguments to jobs/<step>.py's own parser."""
     for name in ("sessionize", "train", "tune", "recommend", "publish", "retain"):
         step = commands.add_parser(name, help=f"run the {name} step", add_help=False)
         step.set_defaults(handler=None, job=name)
@@ -233,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="champion back to the previous champion")
     rollback.set_defaults(handler=None, job="promote", extra=["--rollback"])
 
+
+def _add_tool_commands(commands) -> None:
     show = commands.add_parser("show", help="a user's recommendations from the warehouse")
     show.add_argument("--user", required=True)
     show.add_argument("--ds")
@@ -265,7 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     settings = commands.add_parser("settings", help="print the effective configuration")
     settings.set_defaults(handler=lambda args: print(_settings_json()))
-    return parser
 
 
 BENCHMARKS = {

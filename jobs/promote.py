@@ -86,20 +86,9 @@ def gate_metric(settings: Settings) -> RankingMetric:
     return RankingMetric("ndcg", settings.training.eval_k)
 
 
-def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_promote: bool = True) -> dict:
-    """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins.
-
-    With auto_promote off the gate still scores, checks and tags the challenger, but leaves the alias to a person.
-    """
-    started, target = time.time(), gate_metric(settings)
-    client = registry.configure(settings)
-    challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
-    if challenger is None:
-        raise LookupError(f"no `{registry.CHALLENGER}` version of {settings.model.model_name}: run `reco train` first")
-    champion = registry.alias_version(client, settings, registry.CHAMPION)
-    decision = {"ds": ds.isoformat(), "challenger": challenger, "champion_before": champion}
-    if champion == challenger:
-        return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
+def score_both(settings: Settings, ds: dt.date, challenger: int, champion: int | None, target: RankingMetric):
+    """Both versions on the same pinned hold-out of ds -> (hold-out reports by role, why the champion cannot be scored
+    or None, the hold-out's users, the challenger's recommender)."""
     with stage(f"promote: score v{challenger} and v{champion} on the ds={ds} hold-out") as report:
         with pinned(settings.lake.sessionized_dir(ds), SessionizedDay.READ_PARTS) as pin:  # one version of the day
             day = SessionizedDay(pin)
@@ -116,7 +105,11 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
             else:
                 scores["champion"] = holdout_report(incumbent, holdout, item_ids, settings)
         report(users=len(holdout.targets), **{f"{who}_{target.key}": m[target.key] for who, m in scores.items()})
-    decision.update({f"{who}_{target.key}": m[target.key] for who, m in scores.items()})
+    return scores, unusable_champion, len(holdout.targets), candidate
+
+
+def judge(scores: dict, candidate, settings: Settings, champion, unusable_champion, target: RankingMetric):
+    """-> (whether the challenger wins the gate, the reason in words)."""
     problems = sanity_problems(scores["challenger"], candidate, settings)
     if problems:
         promoted, reason = False, "sanity checks failed: " + "; ".join(problems)
@@ -130,6 +123,26 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
         verdict = "beats" if promoted else "does not beat"
         margin = settings.gate.promote_margin
         reason = f"{target.label} {new:.4f} {verdict} v{champion}'s {old:.4f} by more than {margin}"
+    return promoted, reason
+
+
+def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_promote: bool = True) -> dict:
+    """Scores challenger and champion on the hold-out of ds; promotes the challenger when it is sane and wins.
+
+    With auto_promote off the gate still scores, checks and tags the challenger, but leaves the alias to a person.
+    """
+    started, target = time.time(), gate_metric(settings)
+    client = registry.configure(settings)
+    challenger = challenger or registry.alias_version(client, settings, registry.CHALLENGER)
+    if challenger is None:
+        raise LookupError(f"no `{registry.CHALLENGER}` version of {settings.model.model_name}: run `reco train` first")
+    champion = registry.alias_version(client, settings, registry.CHAMPION)
+    decision = {"ds": ds.isoformat(), "challenger": challenger, "champion_before": champion}
+    if champion == challenger:
+        return {**decision, "promoted": False, "reason": "the challenger already is the champion"}
+    scores, unusable_champion, users, candidate = score_both(settings, ds, challenger, champion, target)
+    decision.update({f"{who}_{target.key}": m[target.key] for who, m in scores.items()})
+    promoted, reason = judge(scores, candidate, settings, champion, unusable_champion, target)
     decision_tag = "promoted" if promoted else "held"
     if promoted and not auto_promote:
         promoted, decision_tag = False, "passed, not promoted (auto_promote off)"
@@ -154,7 +167,7 @@ def gate(settings: Settings, ds: dt.date, challenger: int | None = None, auto_pr
     if "champion" in scores:
         tags["champion_comparison"] = (
             f"v{challenger} {scores['challenger'][target.key]:.5f} vs v{champion} {scores['champion'][target.key]:.5f} "
-            f"({target.label}, ds={ds} hold-out, {len(holdout.targets)} users)"
+            f"({target.label}, ds={ds} hold-out, {users} users)"
         )
     for key, value in tags.items():
         client.set_model_version_tag(settings.model.model_name, str(challenger), key, value)

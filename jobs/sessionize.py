@@ -188,27 +188,6 @@ def run_stats(
     }
 
 
-def users_over_day_events(events: DataFrame, ds: dt.date, limit: int, named: int = 20) -> list[str]:
-    """The users (at most `named`, most events first) whose valid events that arrived in dt=ds number more than
-    `limit`: a bot or a broken producer. They are named, in the run's stats and log, not dropped: their events
-    still enter the sequences, where history_len and max_older_items bound what they cost."""
-    heavy = (
-        events.where(F.col("arrival.dt") == ds.isoformat())
-        .groupBy("user_id")
-        .agg(F.count(F.lit(1)).alias("events"))
-        .where(F.col("events") > limit)
-        .orderBy(F.col("events").desc(), "user_id")
-        .limit(named)
-        .collect()
-    )
-    if heavy:
-        listed = ", ".join(f"{row['user_id']} ({row['events']:,})" for row in heavy)
-        say(
-            f"users with more than {limit:,} events on {ds} (RECO_MAX_USER_DAY_EVENTS; at most {named} named): {listed}"
-        )
-    return [row["user_id"] for row in heavy]
-
-
 def refuse_too_much_quarantine(
     stats: dict, settings: Settings, ds: dt.date, started: float, write_rejects: Callable[[], None]
 ) -> None:
@@ -228,6 +207,24 @@ def refuse_too_much_quarantine(
             f"Nothing else was written. Inspect {settings.lake.quarantine_root}, fix the producer, or raise "
             "RECO_MAX_QUARANTINE_SHARE for this run."
         )
+
+
+def ordered_histories(spark, settings: Settings, previous: StoredState | None, events, vocabulary_frame, changed):
+    """The sessions and last L events of every user (a full build) or of the users the day touched, merged with their
+    stored rows (a night) -> (the cached histories, how many). `changed`: the items whose index moved since the
+    stored vocabulary (their users are re-encoded too)."""
+    rules = ev.SequenceRules.of(settings.sessionize)
+    stored = None  # a full build orders every event; a night, the day's and its touched users' stored ones
+    if previous is not None:
+        changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
+        # Cached while the histories are computed: the ordering reads these rows three times (their events, and
+        # their older items for two lookups), and each read would scan the state and pick the newest layer again.
+        stored = ev.touched_state(previous.users, events, changed_frame).cache()
+    histories = ev.user_histories(events, vocabulary_frame, rules, stored).cache()
+    touched = histories.count()  # computes the cache once, before the writes read it side by side
+    if stored is not None:
+        stored.unpersist()
+    return histories, touched
 
 
 def write_histories(
@@ -250,18 +247,14 @@ def write_histories(
         vocabulary_frame = spark.createDataFrame(
             vocabulary[VOCABULARY_COLUMNS], "item_id string, item_index int, count long"
         )
-        rules = ev.SequenceRules.of(settings.sessionize)
-        stored = None  # a full build orders every event; a night, the day's and its touched users' stored ones
-        if previous is not None:
-            changed = changed_items(previous_vocabulary, vocabulary)
-            changed_frame = spark.createDataFrame([(item,) for item in changed], "item_id string") if changed else None
-            # Cached while the histories are computed: the ordering reads these rows three times (their events, and
-            # their older items for two lookups), and each read would scan the state and pick the newest layer again.
-            stored = ev.touched_state(previous.users, events, changed_frame).cache()
-        histories = ev.user_histories(events, vocabulary_frame, rules, stored).cache()
-        touched = histories.count()  # computes the cache once, before the writes read it side by side
-        if stored is not None:
-            stored.unpersist()
+        histories, touched = ordered_histories(
+            spark,
+            settings,
+            previous,
+            events,
+            vocabulary_frame,
+            changed_items(previous_vocabulary, vocabulary) if previous is not None else [],
+        )
         sequences = histories.select(SEQUENCE_COLUMNS)
         if previous is not None:
             sequences = ev.carried_sequences(previous.sequences, histories).unionByName(sequences)
@@ -288,14 +281,54 @@ def write_histories(
             compacting,
             alongside=[write_rejects],
         )
-        report(
-            users=rows["users"],
-            recomputed=touched,
-            state_layers=len(rows["state_layers"]),
-            compacted=compacting,
-            path=str(settings.lake.sessionized_dir(ds)),
-        )
+        report(users=rows["users"], recomputed=touched, state_layers=len(rows["state_layers"]), compacted=compacting)
+        say(f"sessionize: the day is {settings.lake.sessionized_dir(ds)}")
     return histories, rows
+
+
+def validated_lines(spark, settings: Settings, ds: dt.date, plan: Plan, days_read: list[str]):
+    """The raw lines of the run, each judged by the rules -> (the cached validated lines, lines per reason, None for
+    valid), with the session's shuffles sized to the lines read."""
+    with stage(f"sessionize ds={ds}: validate") as report:
+        lines = extract_raw_lines(spark, settings, ds, plan)
+        validated = raw.validate(raw.parse_raw_lines(lines), raw.ValidationRules.of(settings.sessionize))
+        # Only rejected lines need their raw text and file path any more; dropping them from the rest keeps the
+        # cache small.
+        rejected = F.col("reason").isNotNull()
+        validated = validated.withColumns(
+            {"line": F.when(rejected, F.col("line")), "source_file": F.when(rejected, F.col("source_file"))}
+        ).cache()
+        by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
+        read = sum(by_reason.values())
+        quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
+        # What follows shuffles the lines read (a night also its touched users' stored events: a day's worth).
+        partitions = size_shuffles(spark, settings.engines, read)
+        report(days=len(days_read), read=read, quarantined=sum(quarantined.values()), shuffle_partitions=partitions)
+
+    return validated, by_reason
+
+
+def valid_events(validated, previous: StoredState | None, settings: Settings, ds: dt.date, plan: Plan, by_reason):
+    """De-duplicated valid events (against yesterday's keys on a night) -> (the cached events, how many, the running
+    item counts, the day's vocabulary, yesterday's vocabulary or None)."""
+    with stage("sessionize: deduplicate + vocabulary") as report:
+        events = raw.deduplicate(validated.where(F.col("reason").isNull()))
+        if previous is not None:
+            events = raw.drop_seen(events, previous.dedup_keys)
+        events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
+        valid = events.count()
+        counts = running_item_counts(
+            events,
+            previous.item_counts if previous else None,
+            ds,
+            settings.sessionize.min_item_count,
+            settings.sessionize.item_count_idle_days,
+        ).cache()
+        previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
+        vocabulary = new_vocabulary(counts, settings.sessionize, previous_vocabulary)
+        report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
+
+    return events, valid, counts, vocabulary, previous_vocabulary
 
 
 def run(
@@ -318,42 +351,13 @@ def run(
             "(no reader takes them for a day; rename each to the day it holds)"
         )
 
-    with stage(f"sessionize ds={ds}: validate") as report:
-        lines = extract_raw_lines(spark, settings, ds, plan)
-        validated = raw.validate(raw.parse_raw_lines(lines), raw.ValidationRules.of(settings.sessionize))
-        # Only rejected lines need their raw text and file path any more; dropping them from the rest keeps the
-        # cache small.
-        rejected = F.col("reason").isNotNull()
-        validated = validated.withColumns(
-            {"line": F.when(rejected, F.col("line")), "source_file": F.when(rejected, F.col("source_file"))}
-        ).cache()
-        by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
-        read = sum(by_reason.values())
-        quarantined = {reason: count for reason, count in by_reason.items() if reason is not None}
-        # What follows shuffles the lines read (a night also its touched users' stored events: a day's worth).
-        partitions = size_shuffles(spark, settings.engines, read)
-        report(days=len(days_read), read=read, quarantined=sum(quarantined.values()), shuffle_partitions=partitions)
-
-    with stage("sessionize: deduplicate + vocabulary") as report:
-        events = raw.deduplicate(validated.where(F.col("reason").isNull()))
-        if previous is not None:
-            events = raw.drop_seen(events, previous.dedup_keys)
-        events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
-        valid = events.count()
-        counts = running_item_counts(
-            events,
-            previous.item_counts if previous else None,
-            ds,
-            settings.sessionize.min_item_count,
-            settings.sessionize.item_count_idle_days,
-        ).cache()
-        previous_vocabulary = read_parquet_folder(plan.previous_vocabulary) if plan.previous_vocabulary else None
-        vocabulary = new_vocabulary(counts, settings.sessionize, previous_vocabulary)
-        report(valid=valid, duplicates=by_reason.get(None, 0) - valid, vocabulary=len(vocabulary))
-
+    validated, by_reason = validated_lines(spark, settings, ds, plan, days_read)
+    events, valid, counts, vocabulary, previous_vocabulary = valid_events(
+        validated, previous, settings, ds, plan, by_reason
+    )
     stats = run_stats(ds, plan, days_read, by_reason, valid, vocabulary, previous_vocabulary)
     stats["users_over_day_events"] = ",".join(
-        users_over_day_events(events, ds, settings.sessionize.max_user_day_events)
+        ev.users_over_day_events(events, ds, settings.sessionize.max_user_day_events)
     )
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")

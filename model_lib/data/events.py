@@ -7,6 +7,7 @@ events are ordered by (event_ts, arrival), so a full rebuild and a night give th
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -21,6 +22,7 @@ from model_lib.contracts import (
     STATE_LAYER_COLUMN,
     UNKNOWN_ITEM_INDEX,
 )
+from model_lib.progress import say
 
 
 @dataclass(frozen=True)
@@ -348,3 +350,24 @@ def newest_state_rows(layers: DataFrame) -> DataFrame:
 def carried_sequences(previous_sequences: DataFrame, touched: DataFrame) -> DataFrame:
     """Yesterday's sequence rows of the users the day did not touch (`touched` has their user_id), as they were."""
     return previous_sequences.join(touched.select("user_id"), "user_id", "left_anti")
+
+
+def users_over_day_events(events: DataFrame, ds: dt.date, limit: int, named: int = 20) -> list[str]:
+    """The users (at most `named`, most events first) whose valid events that arrived in dt=ds number more than
+    `limit`: a bot or a broken producer. They are named, in the run's stats and log, not dropped: their events
+    still enter the sequences, where history_len and max_older_items bound what they cost."""
+    heavy = (
+        events.where(F.col("arrival.dt") == ds.isoformat())
+        .groupBy("user_id")
+        .agg(F.count(F.lit(1)).alias("events"))
+        .where(F.col("events") > limit)
+        .orderBy(F.col("events").desc(), "user_id")
+        .limit(named)
+        .collect()
+    )
+    if heavy:
+        listed = ", ".join(f"{row['user_id']} ({row['events']:,})" for row in heavy)
+        say(
+            f"users with more than {limit:,} events on {ds} (RECO_MAX_USER_DAY_EVENTS; at most {named} named): {listed}"
+        )
+    return [row["user_id"] for row in heavy]

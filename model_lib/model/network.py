@@ -98,16 +98,23 @@ class NextItemModel(keras.Model):
         self.attention_heads = attention_heads
         self.transition_neighbours = transition_neighbours
         self.transition_recent = transition_recent
+        self._build_encoder(dropout)
+        self._build_attention(dropout)
+        self._build_heads()
+
+    def _build_encoder(self, dropout: float) -> None:
+        """The embeddings and what reads them (LSTM layers or NextItNet's dilated convolutions; the SVAE bottleneck)."""
+        hidden_dim = self.hidden_dim
         self.item_embedding = layers.Embedding(
-            num_items,
-            embedding_dim,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=embedding_dim**-0.5),
+            self.num_items,
+            self.embedding_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=self.embedding_dim**-0.5),
             name="item_embedding",
         )
-        self.type_embedding = layers.Embedding(num_event_types, embedding_dim, name="event_type_embedding")
-        self.gap_embedding = layers.Embedding(num_gap_buckets, embedding_dim, name="gap_embedding")
+        self.type_embedding = layers.Embedding(self.num_event_types, self.embedding_dim, name="event_type_embedding")
+        self.gap_embedding = layers.Embedding(self.num_gap_buckets, self.embedding_dim, name="gap_embedding")
         self.input_dropout = layers.Dropout(dropout)
-        if encoder == "nextitnet":
+        if self.encoder == "nextitnet":
             self.lstms = []
             self.encoder_input = layers.Dense(hidden_dim, name="encoder_input")
             self.convolutions = [
@@ -115,30 +122,41 @@ class NextItemModel(keras.Model):
                 for i, dilation in enumerate(NEXTITNET_DILATIONS)
             ]
         else:
-            self.lstms = [layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(lstm_layers)]
+            self.lstms = [
+                layers.LSTM(hidden_dim, return_sequences=True, name=f"lstm_{i}") for i in range(self.lstm_layers)
+            ]
         self.bottleneck = (
-            VariationalBottleneck(hidden_dim, name="variational_bottleneck") if encoder == "svae" else None
+            VariationalBottleneck(hidden_dim, name="variational_bottleneck") if self.encoder == "svae" else None
         )
-        if attention_blocks:
+
+    def _build_attention(self, dropout: float) -> None:
+        """NARM-style attention (attention_blocks 0) or that many transformer blocks over the encoder's states."""
+        if self.attention_blocks:
             self.blocks = [
-                CausalSelfAttentionBlock(hidden_dim, attention_heads, dropout, name=f"attention_block_{i}")
-                for i in range(attention_blocks)
+                CausalSelfAttentionBlock(self.hidden_dim, self.attention_heads, dropout, name=f"attention_block_{i}")
+                for i in range(self.attention_blocks)
             ]
             self.final_norm = layers.LayerNormalization(epsilon=1e-6, name="final_norm")
         else:
-            self.attention = CausalAttention(hidden_dim, name="causal_attention")
-            self.combine = layers.Dense(hidden_dim, activation="tanh", name="combine")
+            self.attention = CausalAttention(self.hidden_dim, name="causal_attention")
+            self.combine = layers.Dense(self.hidden_dim, activation="tanh", name="combine")
         self.output_dropout = layers.Dropout(dropout)
+
+    def _build_heads(self) -> None:
+        """The user vector's projection and the item bias; the event-type head, the repeat mechanism and the
+        transitions when the model has them."""
         # Linear, so user vectors are not bounded: tied item embeddings need logit ranges far beyond tanh's.
-        self.projection = layers.Dense(embedding_dim, name="projection")
-        self.item_bias = self.add_weight(shape=(num_items,), initializer="zeros", name="item_bias")
+        self.projection = layers.Dense(self.embedding_dim, name="projection")
+        self.item_bias = self.add_weight(shape=(self.num_items,), initializer="zeros", name="item_bias")
         self.next_event_type = (
-            layers.Dense(num_event_types, dtype="float32", name="next_event_type") if event_type_head else None
+            layers.Dense(self.num_event_types, dtype="float32", name="next_event_type")
+            if self.event_type_head
+            else None
         )
-        self.repeat_explore = RepeatExplore(hidden_dim, name="repeat_explore") if repeat_mechanism else None
+        self.repeat_explore = RepeatExplore(self.hidden_dim, name="repeat_explore") if self.repeat_mechanism else None
         self.transitions = (
-            ItemTransitions(num_items, transition_neighbours, transition_recent, name="item_transitions")
-            if transition_neighbours
+            ItemTransitions(self.num_items, self.transition_neighbours, self.transition_recent, name="item_transitions")
+            if self.transition_neighbours
             else None
         )
 
