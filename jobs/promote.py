@@ -52,8 +52,17 @@ def holdout_report(
         return scores
 
     ks = (settings.training.eval_k, COVERAGE_K)
+    # Coverage over the items the model knows: what its lists are drawn from (vocabulary.catalogue_items).
+    items = int((recommender.item_ids != "").sum())
     metrics = evaluate_holdout(
-        checked_score, inputs, older, targets, recommender.num_items, ks, policy=settings.repeat_rule()
+        checked_score,
+        inputs,
+        older,
+        targets,
+        recommender.num_items,
+        ks,
+        policy=settings.repeat_rule(),
+        catalogue_items=items,
     )
     # Of the events whose item the day's vocabulary knows, the share this model knows too.
     day_known = holdout.inputs.items >= FIRST_ITEM_INDEX

@@ -17,16 +17,20 @@ import uuid
 
 from model_lib.config import Settings, get_settings, parse_ds
 from model_lib.contracts import NIGHTLY_TABLES, RECOMMENDATIONS
+from model_lib.data.vocabulary import catalogue_items
 from model_lib.progress import say, stage
 from model_lib.redaction import redact
-from model_lib.storage.lake import pinned, read_parquet_folder
+from model_lib.storage.lake import pinned, read_parquet_folder, read_run_stats
 from model_lib.storage.warehouse import open_warehouse
 
 
 def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
     started_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     warehouse = open_warehouse(settings.engines.warehouse_url)
-    catalogue_size = len(read_parquet_folder(settings.lake.vocab_dir(ds)))
+    # Coverage over the items the champion could recommend (the recommend job recorded them), as in MLflow; a night
+    # recorded before that divides by the day's vocabulary.
+    night = read_run_stats(settings.lake.run_stats_dir("recommend", ds)) or {}
+    items = night.get("catalogue_items") or catalogue_items(read_parquet_folder(settings.lake.vocab_dir(ds)))
     with (
         stage(f"publish ds={ds} into {redact(settings.engines.warehouse_url)}") as report,
         # One committed night: a re-run of recommend may commit the day's next night while this one is read.
@@ -36,7 +40,7 @@ def run(settings: Settings, ds: dt.date, run_id: str | None = None) -> dict:
             ds,
             night / RECOMMENDATIONS.name,
             run_id or f"manual-{uuid.uuid4().hex[:12]}",
-            catalogue_size,
+            items,
             started_at,
             {table.name: night / table.name for table in NIGHTLY_TABLES if table is not RECOMMENDATIONS},
         )

@@ -54,7 +54,7 @@ from model_lib.contracts import (
     USER_SEGMENTS,
     Table,
 )
-from model_lib.data.vocabulary import fit_problems, known_share, vocabulary_item_ids
+from model_lib.data.vocabulary import catalogue_items, fit_problems, known_share, vocabulary_item_ids
 from model_lib.progress import say, stage
 from model_lib.runtime import driver_java_options
 from model_lib.serving import batch_scoring
@@ -306,6 +306,8 @@ def recommend_pinned_day(
         "users": listed["users"],
         "rows": rows[RECOMMENDATIONS.name],
         "known_share": round(known, 4),
+        # What coverage divides by: the items the champion can recommend (its vocabulary), as MLflow's coverage does.
+        "catalogue_items": catalogue_items(trained_on.vocabulary),
         "repeat_policy": settings.repeat_rule().describe(),
         "repeat_rows": listed[SOURCE_REPEAT],
         "next_behaviour_rows": rows.get(USER_NEXT_BEHAVIOUR.name, 0),

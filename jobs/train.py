@@ -26,7 +26,7 @@ from model_lib.config.groups import HYPER_PARAMETERS
 from model_lib.contracts import FIRST_ITEM_INDEX
 from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import protocol_split
-from model_lib.data.vocabulary import catalogue_size
+from model_lib.data.vocabulary import catalogue_items, catalogue_size
 from model_lib.evaluation.report import (
     code_version,
     comparison_chart,
@@ -112,7 +112,7 @@ def _train_and_register(settings, ds, files, vocabulary, num_items, sequences, s
         recommender = Recommender(result.model, vocabulary, settings.sessionize.event_types, settings.repeat_rule())
         spark = spark_session(settings.engines, f"reco-train-{ds}")
         try:
-            results = _test_with_baselines(settings, spark, result, split, num_items)
+            results = _test_with_baselines(settings, spark, result, split, num_items, catalogue_items(vocabulary))
             next_type = _test_next_type(settings, result, split)
             _fit_segments(settings, spark, recommender, sequences)
         finally:
@@ -186,17 +186,20 @@ def _fit(settings: Settings, files: list[Path], num_items: int, split, checkpoin
     return result
 
 
-def _test_with_baselines(settings: Settings, spark, result, split, num_items: int) -> dict[str, dict]:
+def _test_with_baselines(settings: Settings, spark, result, split, num_items: int, items: int) -> dict[str, dict]:
     """The model and every baseline on the test hold-out, under the same repeat policy (ALS on `spark` when
-    RECO_ALS_BASELINE)."""
+    RECO_ALS_BASELINE); coverage over the vocabulary's `items`."""
     from model_lib.evaluation import baselines
     from model_lib.model import training
 
     with stage("train: test metrics and baselines") as report:
         policy = settings.repeat_rule()
-        results = {MODEL: training.evaluate_model(result.model, split.test, num_items, policy=policy)}
+        model = training.evaluate_model(result.model, split.test, num_items, policy=policy, catalogue_items=items)
         als_spark = spark if settings.training.als_baseline else None
-        results.update(baselines.all_baselines(als_spark, split, num_items, settings))
+        results = {
+            MODEL: model,
+            **baselines.all_baselines(als_spark, split, num_items, settings, catalogue_items=items),
+        }
         report(**{f"{name} ndcg_10": metrics["ndcg_10"] for name, metrics in results.items()})
     return results
 

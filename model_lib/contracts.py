@@ -259,7 +259,14 @@ RECOMMENDATION_RUNS = Table(
         Column("model_version", "int", "INTEGER", True, "the version the day came from"),
         Column("users", "long", "BIGINT", False, "users with recommendations"),
         Column("rows", "long", "BIGINT", False, "rows of recommendations"),
-        Column("coverage", "double", "DOUBLE PRECISION", False, "distinct recommended items / catalogue items"),
+        Column(
+            "coverage",
+            "double",
+            "DOUBLE PRECISION",
+            False,
+            "distinct recommended items / the items the champion could recommend (its vocabulary): the denominator of "
+            "MLflow's coverage metrics too",
+        ),
         Column("started_at", "timestamp", "TIMESTAMP", False, "UTC"),
         Column("finished_at", "timestamp", "TIMESTAMP", False, "UTC"),
         Column("status", "string", "VARCHAR", False, "'success' or 'failed' (a failed publish left the old day)"),

@@ -145,6 +145,12 @@ def catalogue_size(vocabulary: pd.DataFrame) -> int:
     return max(int(vocabulary["item_index"].max()) + 1 if len(vocabulary) else FIRST_ITEM_INDEX, FIRST_ITEM_INDEX)
 
 
+def catalogue_items(vocabulary: pd.DataFrame) -> int:
+    """The items a vocabulary holds (padding, unknown and free indices not counted): what every coverage figure
+    divides by, in MLflow and in the warehouse."""
+    return int((vocabulary["item_index"] >= FIRST_ITEM_INDEX).sum())
+
+
 def vocabulary_item_ids(vocabulary: pd.DataFrame) -> np.ndarray:
     """index -> raw item id ("" for padding, unknown and free indices)."""
     item_ids = np.full(catalogue_size(vocabulary), "", dtype=object)

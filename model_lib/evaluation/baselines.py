@@ -40,16 +40,17 @@ METRIC_PREFIXES = {
 _TIE_BREAK = 1e-3
 
 
-def _evaluate(
-    score, holdout: HoldOut, num_items: int, policy: RepeatPolicy, extra: dict | None = None, with_ranks=False
-):
+def _evaluate(score, holdout: HoldOut, num_items: int, policy: RepeatPolicy, extra=None, with_ranks=False, items=None):
+    """The shared metrics of `score` on the hold-out; `items`: the coverage's denominator (evaluate_holdout)."""
     inputs = {**holdout.inputs.model_inputs(), **(extra or {})}
     older, targets = holdout.inputs.older_items, holdout.targets
-    return evaluate_holdout(score, inputs, older, targets, num_items, policy=policy, with_ranks=with_ranks)
+    return evaluate_holdout(
+        score, inputs, older, targets, num_items, policy=policy, with_ranks=with_ranks, catalogue_items=items
+    )
 
 
 def most_popular(
-    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY, with_ranks=False
+    train: Sequences, holdout: HoldOut, num_items: int, policy=EXCLUDE_SEEN_POLICY, with_ranks=False, items=None
 ) -> dict[str, float]:
     popular = popularity_scores(train.items, num_items)
     return _evaluate(
@@ -58,6 +59,7 @@ def most_popular(
         num_items,
         policy,
         with_ranks=with_ranks,
+        items=items,
     )
 
 
@@ -77,11 +79,11 @@ def personal_popularity_scores(items: np.ndarray, popular: np.ndarray) -> np.nda
 
 
 def personal_popularity(
-    train: Sequences, holdout: HoldOut, num_items: int, policy: RepeatPolicy = EXCLUDE_SEEN_POLICY, with_ranks=False
+    train: Sequences, holdout: HoldOut, num_items: int, policy=EXCLUDE_SEEN_POLICY, with_ranks=False, items=None
 ) -> dict[str, float]:
     popular = popularity_scores(train.items, num_items)
     score = lambda batch: personal_popularity_scores(batch["items"], popular)  # noqa: E731
-    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks)
+    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks, items=items)
 
 
 def item_knn_scores(items: np.ndarray, similarity, popular: np.ndarray, last: int) -> np.ndarray:
@@ -107,12 +109,13 @@ def item_knn(
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     params: KnnParams | None = None,
     with_ranks=False,
+    items=None,
 ) -> dict[str, float]:
     params = params or KnnParams()
     popular = popularity_scores(train.items, num_items)
     similarity = co_occurrence_similarity(train.items, num_items, params.window)
     score = lambda batch: item_knn_scores(batch["items"], similarity, popular, params.last)  # noqa: E731
-    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks)
+    return _evaluate(score, holdout, num_items, policy, with_ranks=with_ranks, items=items)
 
 
 def interaction_pairs(sequences: Sequences) -> pd.DataFrame:
@@ -163,6 +166,7 @@ def als(
     params: TrainingSettings,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     with_ranks=False,
+    items=None,
 ) -> dict[str, float]:
     """ALS's metrics on the hold-out, plus its fit seconds."""
     started = time.perf_counter()
@@ -178,21 +182,28 @@ def als(
         policy,
         extra={"row": np.arange(len(holdout.targets))},
         with_ranks=with_ranks,
+        items=items,
     )
     return {**metrics, "fit_seconds": seconds}
 
 
-def all_baselines(spark, split, num_items: int, settings, with_ranks=False) -> dict[str, dict[str, float]]:
+def all_baselines(
+    spark, split, num_items: int, settings, with_ranks=False, catalogue_items: int | None = None
+) -> dict[str, dict[str, float]]:
     """Every baseline on the split's test hold-out under the settings' repeat policy, by display name
     (ALS only with a Spark session and `als_baseline` on); each with its per-user `ranks` when `with_ranks`."""
     policy = settings.repeat_rule()
     results = {
-        "most popular": most_popular(split.train, split.test, num_items, policy, with_ranks),
-        "personal popularity": personal_popularity(split.train, split.test, num_items, policy, with_ranks),
-        "item-kNN": item_knn(split.train, split.test, num_items, policy, with_ranks=with_ranks),
+        "most popular": most_popular(split.train, split.test, num_items, policy, with_ranks, catalogue_items),
+        "personal popularity": personal_popularity(
+            split.train, split.test, num_items, policy, with_ranks, catalogue_items
+        ),
+        "item-kNN": item_knn(split.train, split.test, num_items, policy, with_ranks=with_ranks, items=catalogue_items),
     }
     if spark is not None and settings.training.als_baseline:
-        results["ALS (implicit)"] = als(spark, split.test, num_items, settings.training, policy, with_ranks)
+        results["ALS (implicit)"] = als(
+            spark, split.test, num_items, settings.training, policy, with_ranks, items=catalogue_items
+        )
     return results
 
 

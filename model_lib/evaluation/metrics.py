@@ -13,7 +13,8 @@ Protocol: full ranking over exactly the candidates the served list would rank. F
     HR@K       = mean over users of [rank <= K]
     NDCG@K     = mean over users of [rank <= K] / log2(rank + 1)      (one relevant item, so IDCG = 1)
     MRR@K      = mean over users of [rank <= K] / rank
-    coverage@K = |union of all users' top-K lists| / (V - 2)
+    coverage@K = |union of all users' top-K lists| / the items of the vocabulary the lists are drawn from (the
+                 same denominator as the warehouse's recommendation_runs.coverage)
     paired difference (two scorers, the same users): mean over users of NDCG@K(a) - NDCG@K(b), and its standard
                  error std / sqrt(N): how `reco bench accuracy` judges whether the model beats a baseline
     repeat_target_share = share of targets the user has an event on already (whatever the policy): near 0 for
@@ -118,10 +119,13 @@ def evaluate_holdout(
     batch_size: int = 512,
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     with_ranks: bool = False,
+    catalogue_items: int | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of a scorer on a hold-out under a repeat policy, in batches; returns hr_K, ndcg_K,
     mrr_K, coverage_K, users and repeat_target_share (and `ranks`, each user's rank (N,), when `with_ranks`: what
-    paired_difference compares). `inputs` holds at least "items" and "event_types"."""
+    paired_difference compares). `inputs` holds at least "items" and "event_types". `catalogue_items`: the
+    coverage's denominator, the items of the vocabulary the lists are drawn from (vocabulary.catalogue_items;
+    default: every index from FIRST_ITEM_INDEX)."""
     ks = tuple(ks)
     ranks, recommended = [], {k: set() for k in ks}
     for start in range(0, len(targets), batch_size):
@@ -136,7 +140,7 @@ def evaluate_holdout(
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     result = metrics_from_ranks(all_ranks, ks)
     for k in ks:
-        result[f"coverage_{k}"] = len(recommended[k]) / max(1, num_items - FIRST_ITEM_INDEX)
+        result[f"coverage_{k}"] = len(recommended[k]) / max(1, catalogue_items or num_items - FIRST_ITEM_INDEX)
     result["users"] = float(len(all_ranks))
     repeats = repeat_targets(inputs["items"], older_items, targets)
     result["repeat_target_share"] = float(repeats.mean()) if len(repeats) else 0.0

@@ -93,6 +93,7 @@ def evaluate_model(
     policy: RepeatPolicy = EXCLUDE_SEEN_POLICY,
     scorer=None,
     with_ranks: bool = False,
+    catalogue_items: int | None = None,
 ) -> dict[str, float]:
     """The model's metrics on a hold-out with the shared metrics module (full ranking, the repeat policy's
     candidates), scored by the one scoring path (scoring.ModelScorer, XLA-compiled; pass one to reuse its
@@ -119,7 +120,17 @@ def evaluate_model(
 
     older = [sequences.older_items[i] for i in order]
     targets = holdout.targets[order]
-    result = evaluate_holdout(score, inputs, older, targets, num_items, k_values, policy=policy, with_ranks=with_ranks)
+    result = evaluate_holdout(
+        score,
+        inputs,
+        older,
+        targets,
+        num_items,
+        k_values,
+        policy=policy,
+        with_ranks=with_ranks,
+        catalogue_items=catalogue_items,
+    )
     if with_ranks:  # back to the hold-out's order of users
         ranks = np.empty_like(result["ranks"])
         ranks[order] = result["ranks"]

@@ -53,10 +53,9 @@ def test_bench_accuracy_prints_one_json_line_with_the_model_and_every_baseline(t
     assert changed <= set(result["overrides"]) and not {"dropout", "patience", "epochs"} & set(result["overrides"])
     rule = result["rule"]
     assert rule["best_baseline"] in ("popular", "personal_popular", "item_knn", "als")
-    best = result[rule["best_baseline"]]["ndcg_10"]
-    assert rule["ratio"] == pytest.approx(result["model"]["ndcg_10"] / best, abs=1e-3)
-    assert rule["wins"] == (rule["ratio"] >= 1.1 and rule["paired_difference"] > rule["paired_stderr"])
-    assert 0 <= result["chosen"]["transition_gate_mean"] <= 1
+    # The verdict is judged against the strongest baseline of this run (its rule: tests/unit/test_accuracy_report.py).
+    baselines = ("popular", "personal_popular", "item_knn", "als")
+    assert rule["best_baseline"] == max(baselines, key=lambda name: result[name]["ndcg_10"])
     assert result["hyper_parameters"]["seq_len"] == 20 and result["hyper_parameters"]["min_item_count"] == 5
     assert result["validation_rounds"] == 2 and len(result["validation_ndcg_10_per_round"]) == 2
     assert result["updates"] == 20
@@ -69,8 +68,7 @@ def test_bench_accuracy_prints_one_json_line_with_the_model_and_every_baseline(t
     # against item popularity (figures of a 20-update model are not judged, only their presence and range).
     assert set(result["next_event_type"]) == {"LSTM + attention", "majority type", "last type (Markov)"}
     assert sum(result["anomalies"]["injected"].values()) >= 2
-    for scorer in ("model", "item popularity"):
-        assert 0 <= result["anomalies"][scorer]["roc_auc"] <= 1
+    assert set(result["anomalies"]["model"]) >= {"roc_auc", "precision_at_n", "roc_auc_hijack", "roc_auc_burst"}
     for scorer in ("model", "popular", "personal_popular", "item_knn", "als"):
         metrics = result[scorer]
         assert metrics["users"] == result["users"]

@@ -18,8 +18,8 @@ STARTED = dt.datetime(2024, 1, 11)
 def test_republishing_a_day_replaces_it(warehouse_url, tmp_path):
     warehouse = open_warehouse(warehouse_url)
     write_day(tmp_path / "day", ["u1", "u2"], files=2)
-    first = warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_size=10, started_at=STARTED)
-    second = warehouse.publish(DS, tmp_path / "day", "run-2", catalogue_size=10, started_at=STARTED)
+    first = warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_items=10, started_at=STARTED)
+    second = warehouse.publish(DS, tmp_path / "day", "run-2", catalogue_items=10, started_at=STARTED)
     assert first["rows"] == second["rows"] == 6
     counts = warehouse.query("SELECT count(*) AS n, count(DISTINCT (user_id, rank)) AS keys FROM recommendations")
     assert counts["n"][0] == counts["keys"][0] == 6
@@ -137,7 +137,7 @@ def test_a_duckdb_file_in_use_by_another_process_is_waited_for_then_given_up_on(
     path = tmp_path / "warehouse.duckdb"
     warehouse = open_warehouse(f"duckdb:///{path}")
     write_day(tmp_path / "day", ["u1", "u2"])
-    warehouse.publish(DS, tmp_path / "day", "run-0", catalogue_size=10, started_at=STARTED)
+    warehouse.publish(DS, tmp_path / "day", "run-0", catalogue_items=10, started_at=STARTED)
     write_day(tmp_path / "next", ["u1", "u2"], ds=DS + dt.timedelta(days=1))
     hold = (
         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
@@ -175,7 +175,7 @@ def test_readers_open_read_only_and_never_run_ddl(warehouse_url, tmp_path, postg
     if warehouse_url.startswith("duckdb"):
         assert not warehouse.path.exists(), "a reader created the warehouse file"
     write_day(tmp_path / "day", ["u1", "u2"])
-    warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_size=10, started_at=STARTED)
+    warehouse.publish(DS, tmp_path / "day", "run-1", catalogue_items=10, started_at=STARTED)
 
     if warehouse_url.startswith("postgresql"):
         import psycopg

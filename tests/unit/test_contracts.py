@@ -53,3 +53,20 @@ def test_the_catalogue_size_covers_every_index_including_free_ones():
     assert catalogue_size(with_a_free_index) == 5
     assert vocabulary_item_ids(with_a_free_index).tolist() == ["", "", "a", "", "c"]
     assert catalogue_size(with_a_free_index.iloc[:0]) == FIRST_ITEM_INDEX  # padding and unknown only
+
+
+def test_every_coverage_divides_by_the_items_of_the_vocabulary_the_lists_come_from():
+    """MLflow's coverage_K and the warehouse's coverage share one denominator: free indices are no items."""
+    import numpy as np
+    import pandas as pd
+
+    from model_lib.data.vocabulary import catalogue_items
+    from model_lib.evaluation.metrics import evaluate_holdout
+
+    with_a_free_index = pd.DataFrame({"item_id": ["a", "c"], "item_index": [2, 4], "count": [3, 1]})
+    assert catalogue_items(with_a_free_index) == 2
+    items = np.array([[2, 2]], np.int32)
+    inputs = {"items": items, "event_types": np.ones_like(items), "gaps": np.ones_like(items)}
+    scores = lambda batch: np.array([[0, 0, 0, -np.inf, 1.0]], np.float32)  # noqa: E731
+    found = evaluate_holdout(scores, inputs, [np.zeros(0, np.int64)], np.array([4]), 5, (1,), catalogue_items=2)
+    assert found["coverage_1"] == 0.5 and found["hr_1"] == 1.0  # item 4 of the 2 real items

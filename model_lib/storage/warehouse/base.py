@@ -104,7 +104,7 @@ class Warehouse:
         ds: dt.date,
         parquet_dir: Path,
         run_id: str,
-        catalogue_size: int,
+        catalogue_items: int,
         started_at: dt.datetime,
         other_tables: dict[str, Path] | None = None,
     ) -> dict:
@@ -124,7 +124,7 @@ class Warehouse:
         connection = self.connect()
         try:
             try:
-                summary = self._publish_staged(connection, ds, files, run_id, catalogue_size, started_at)
+                summary = self._publish_staged(connection, ds, files, run_id, catalogue_items, started_at)
             except Exception as error:
                 self._record_failure(connection, ds, run_id, started_at, error)
                 raise
@@ -133,7 +133,7 @@ class Warehouse:
             connection.close()
         return summary
 
-    def _publish_staged(self, connection, ds, files, run_id, catalogue_size, started_at) -> dict:
+    def _publish_staged(self, connection, ds, files, run_id, catalogue_items, started_at) -> dict:
         staged = [table for table in NIGHTLY_TABLES if files.get(table.name)]
         for table in staged:
             self._stage(connection, table, files[table.name])
@@ -142,7 +142,7 @@ class Warehouse:
             connection,
             f"SELECT count(DISTINCT user_id), count(*), count(DISTINCT item_id) FROM staging_{RECOMMENDATIONS.name}",
         ).fetchone()
-        coverage = distinct_items / max(catalogue_size, 1)
+        coverage = distinct_items / max(catalogue_items, 1)
         self._execute(connection, "BEGIN")
         self._lock_day(connection, ds)
         table_rows = {}
