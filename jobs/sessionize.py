@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from model_lib.config import SESSIONIZE_MODES, Settings, get_settings, parse_ds
 from model_lib.contracts import EVENT_FIELDS, REASON_CODES, SEQUENCE_COLUMNS, STATE_COLUMNS
 from model_lib.data import events as ev
-from model_lib.data import raw_events as raw
+from model_lib.data import raw_events
 from model_lib.data.state import Plan, StoredState, compacted, plan_run, read_previous_state, write_day
 from model_lib.data.vocabulary import (
     VOCABULARY_COLUMNS,
@@ -96,7 +96,7 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         folders = [day] if day.is_dir() and visible_files(day) else []
         if not folders:
             say(f"no raw events for dt={ds}: the users' sequences carry over unchanged")
-            return spark.createDataFrame([], raw.LOCATED_LINE_SCHEMA)
+            return spark.createDataFrame([], raw_events.LOCATED_LINE_SCHEMA)
     unreadable = unreadable_raw_files(folders)
     if plan.mode == "full" and not unreadable:
         # Reading the base folder and filtering on dt prunes partitions without listing each day as its own path.
@@ -107,10 +107,14 @@ def extract_raw_lines(spark: SparkSession, settings: Settings, ds: dt.date, plan
         left_out = {path for path, _ in unreadable}
         readable = [str(path) for folder in folders for path in visible_files(folder) if path not in left_out]
         frame = spark.read.option("basePath", str(raw_dir)).text(readable) if readable else None
-    lines = raw.located_lines(frame) if frame is not None else spark.createDataFrame([], raw.LOCATED_LINE_SCHEMA)
+    lines = (
+        raw_events.located_lines(frame)
+        if frame is not None
+        else spark.createDataFrame([], raw_events.LOCATED_LINE_SCHEMA)
+    )
     if unreadable:
         whole_files = [(path.parent.name.removeprefix("dt="), path.as_uri(), why) for path, why in unreadable]
-        lines = lines.unionByName(raw.unreadable_file_lines(spark, whole_files))
+        lines = lines.unionByName(raw_events.unreadable_file_lines(spark, whole_files))
     return lines
 
 
@@ -272,7 +276,7 @@ def write_histories(
                     events.where(F.col("arrival.dt") == ds.isoformat()), settings.sessionize.max_vocab_size
                 ).coalesce(1),
                 "users": compacted(previous.users, histories) if compacting else histories.select(STATE_COLUMNS),
-                "dedup_keys": raw.recent_keys(keys, dedup_horizon(settings, ds)),
+                "dedup_keys": raw_events.recent_keys(keys, dedup_horizon(settings, ds)),
                 "item_counts": counts,
             },
             settings,
@@ -291,7 +295,9 @@ def validated_lines(spark, settings: Settings, ds: dt.date, plan: Plan, days_rea
     valid), with the session's shuffles sized to the lines read."""
     with stage(f"sessionize ds={ds}: validate") as report:
         lines = extract_raw_lines(spark, settings, ds, plan)
-        validated = raw.validate(raw.parse_raw_lines(lines), raw.ValidationRules.of(settings.sessionize))
+        validated = raw_events.validate(
+            raw_events.parse_raw_lines(lines), raw_events.ValidationRules.of(settings.sessionize)
+        )
         # Only rejected lines need their raw text and file path any more; dropping them from the rest keeps the
         # cache small.
         rejected = F.col("reason").isNotNull()
@@ -312,9 +318,9 @@ def valid_events(validated, previous: StoredState | None, settings: Settings, ds
     """De-duplicated valid events (against yesterday's keys on a night) -> (the cached events, how many, the running
     item counts, the day's vocabulary, yesterday's vocabulary or None)."""
     with stage("sessionize: deduplicate + vocabulary") as report:
-        events = raw.deduplicate(validated.where(F.col("reason").isNull()))
+        events = raw_events.deduplicate(validated.where(F.col("reason").isNull()))
         if previous is not None:
-            events = raw.drop_seen(events, previous.dedup_keys)
+            events = raw_events.drop_seen(events, previous.dedup_keys)
         events = events.select("user_id", *EVENT_FIELDS, "dedup_key").cache()
         valid = events.count()
         counts = running_item_counts(
@@ -362,7 +368,7 @@ def run(
     if stats["read"] != stats["valid"] + stats["duplicates"] + stats["quarantined"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
 
-    write_rejects = functools.partial(write_quarantine, raw.quarantine_rows(validated), settings, days_read)
+    write_rejects = functools.partial(write_quarantine, raw_events.quarantine_rows(validated), settings, days_read)
     refuse_too_much_quarantine(stats, settings, ds, started, write_rejects)
     histories, rows = write_histories(
         spark, settings, ds, plan, previous, events, counts, vocabulary, previous_vocabulary, write_rejects

@@ -19,7 +19,7 @@ from helpers.timestamp_cases import LONG_MAX, MAX_EPOCH_MS, MIN_EPOCH_MS, bounda
 from jobs import sessionize
 from model_lib.config import get_settings
 from model_lib.contracts import REASON_CODES
-from model_lib.data import raw_events as raw
+from model_lib.data import raw_events
 
 pytestmark = pytest.mark.spark
 DAY = "2024-01-10"
@@ -147,10 +147,12 @@ def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) ->
     (folder / "part-0.jsonl").write_bytes(data)
 
     frame = spark.read.option("basePath", str(folder.parent)).text(str(folder))
-    validated = raw.validate(raw.parse_raw_lines(raw.located_lines(frame)), raw.ValidationRules.of(rules.sessionize))
+    validated = raw_events.validate(
+        raw_events.parse_raw_lines(raw_events.located_lines(frame)), raw_events.ValidationRules.of(rules.sessionize)
+    )
     validated = validated.cache()
     by_reason = {row["reason"]: row["count"] for row in validated.groupBy("reason").count().collect()}
-    valid = raw.deduplicate(validated.where(F.col("reason").isNull())).count()
+    valid = raw_events.deduplicate(validated.where(F.col("reason").isNull())).count()
     read = sum(by_reason.values())
     quarantined = sum(n for reason, n in by_reason.items() if reason is not None)
     duplicates = by_reason.get(None, 0) - valid
@@ -159,7 +161,7 @@ def check_lines(spark, tmp_path_factory, lines: list[bytes], duplicate: bool) ->
     assert read == valid + duplicates + quarantined and duplicates >= 0
     assert set(by_reason) - {None} <= set(REASON_CODES)
     # Every quarantined row keeps its raw text for the quarantine table.
-    assert raw.quarantine_rows(validated).where(F.col("raw_line").isNull()).count() == 0
+    assert raw_events.quarantine_rows(validated).where(F.col("raw_line").isNull()).count() == 0
     if duplicate:
         assert duplicates >= 1
     # A valid event's timestamp lies inside the accepted window: 72 h late at most, 60 min past the day at most.

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from model_lib.config import get_settings
 from model_lib.data import events as ev
-from model_lib.data import raw_events as raw
+from model_lib.data import raw_events
 from model_lib.data.vocabulary import item_counts, ranked_candidates, stable_vocabulary
 
 pytestmark = pytest.mark.spark
@@ -33,15 +33,17 @@ def line(user="u1", item="a", kind="view", ts=T0, **extra):
 
 def lines_frame(spark, lines, day=DAY):
     rows = [(text, day, (day, "part-0", i), f"file:/raw/dt={day}/part-0") for i, text in enumerate(lines)]
-    return spark.createDataFrame(rows, raw.LOCATED_LINE_SCHEMA)
+    return spark.createDataFrame(rows, raw_events.LOCATED_LINE_SCHEMA)
 
 
 def validated(spark, lines, rules, day=DAY):
-    return raw.validate(raw.parse_raw_lines(lines_frame(spark, lines, day)), raw.ValidationRules.of(rules.sessionize))
+    return raw_events.validate(
+        raw_events.parse_raw_lines(lines_frame(spark, lines, day)), raw_events.ValidationRules.of(rules.sessionize)
+    )
 
 
 def valid_events(spark, lines, rules):
-    return raw.deduplicate(validated(spark, lines, rules).where("reason IS NULL"))
+    return raw_events.deduplicate(validated(spark, lines, rules).where("reason IS NULL"))
 
 
 def histories(spark, lines, rules, min_count=1, previous_vocabulary=None):
@@ -90,7 +92,7 @@ def test_every_broken_rule_has_its_reason_and_keeps_the_raw_text(spark, rules):
         "too_late",
     ]
     assert rows[8]["event_ts"] == dt.datetime(2023, 11, 14, 22, 20)
-    quarantine = raw.quarantine_rows(validated(spark, raw, rules)).collect()
+    quarantine = raw_events.quarantine_rows(validated(spark, raw, rules)).collect()
     rejected = [text for text, row in zip(raw, rows, strict=True) if row["reason"]]
     assert sorted(r["raw_line"] for r in quarantine) == sorted(rejected)
     assert {r["dt"] for r in quarantine} == {DAY}
@@ -102,13 +104,13 @@ def test_a_line_that_is_not_utf8_is_quarantined_with_its_exact_bytes(spark, rule
     latin1 = line(user="zoe").encode().replace(b"zoe", "zoë".encode("latin-1"))
     raw = [line().encode(), latin1, b"\xff\xfe" + line().encode(), b"\xed\xb2\x80"]
     rows = [(text, DAY, (DAY, "part-0", i), "part-0") for i, text in enumerate(raw)]
-    frame = spark.createDataFrame(rows, raw.LOCATED_LINE_SCHEMA.replace("line string", "line binary", 1)).withColumn(
-        "line", F.col("line").cast("string")
-    )  # what spark.read.text makes of these bytes
-    checked = raw.validate(raw.parse_raw_lines(frame), raw.ValidationRules.of(rules.sessionize))
+    frame = spark.createDataFrame(
+        rows, raw_events.LOCATED_LINE_SCHEMA.replace("line string", "line binary", 1)
+    ).withColumn("line", F.col("line").cast("string"))  # what spark.read.text makes of these bytes
+    checked = raw_events.validate(raw_events.parse_raw_lines(frame), raw_events.ValidationRules.of(rules.sessionize))
     assert [r["reason"] for r in checked.orderBy("arrival").collect()] == [None, *["bad_encoding"] * 3]
 
-    raw.quarantine_rows(checked).write.parquet(str(tmp_path / "quarantine"))
+    raw_events.quarantine_rows(checked).write.parquet(str(tmp_path / "quarantine"))
     stored = pd.read_parquet(tmp_path / "quarantine").sort_values("raw_bytes")  # pyarrow, not Spark, reads it
     assert sorted(stored["raw_bytes"]) == sorted(raw[1:])
     assert all("\ufffd" in text and text.isprintable() for text in stored["raw_line"])
@@ -166,7 +168,7 @@ def test_an_arrival_holds_the_files_name_which_orders_as_its_path(spark):
     paths = [f"{folder}/part-00010.jsonl.gz", f"{folder}/part-00002.jsonl.gz", f"{folder}/part-00002.jsonl.gz"]
     rows = [(path, line, index) for index, (path, line) in enumerate(zip(paths, [0, 7, 3], strict=True))]
     frame = spark.createDataFrame(rows, "path string, line bigint, index int")
-    located = frame.withColumn("arrival", raw.arrival(F.lit(DAY), F.col("path"), F.col("line")))
+    located = frame.withColumn("arrival", raw_events.arrival(F.lit(DAY), F.col("path"), F.col("line")))
     by_path = [row["index"] for row in located.orderBy("path", "line").collect()]
     by_arrival = located.orderBy("arrival").collect()
     assert [row["index"] for row in by_arrival] == by_path == [2, 1, 0]
@@ -179,12 +181,12 @@ def test_an_arrival_holds_the_files_name_which_orders_as_its_path(spark):
 
 def test_a_later_day_repeating_a_recent_key_is_a_duplicate(spark, rules):
     first_day = valid_events(spark, [line(item="a", event_id="e1"), line(item="b")], rules)
-    keys = raw.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-12")))
-    next_day = raw.deduplicate(
+    keys = raw_events.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-12")))
+    next_day = raw_events.deduplicate(
         validated(spark, [line(item="b"), line(item="c")], rules, day="2023-11-15").where("reason IS NULL")
     )
-    assert [r["item_id"] for r in raw.drop_seen(next_day, keys).collect()] == ["c"]
-    assert raw.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-15"))).count() == 0  # past the horizon
+    assert [r["item_id"] for r in raw_events.drop_seen(next_day, keys).collect()] == ["c"]
+    assert raw_events.recent_keys(first_day, F.to_timestamp(F.lit("2023-11-15"))).count() == 0  # past the horizon
 
 
 def test_sessions_gaps_and_the_last_l_events_per_user(spark, rules):
