@@ -49,8 +49,10 @@ READABLE_FORMATS = (2, 3, 4)
 SCORING_BATCH = 256
 # The folder form: every file a Recommender is made of, in the order the registry checksums them; the optional
 # ones count when present (a version registered before encoder.npz existed has the same checksum as then).
+MODEL_CONFIG = "model_config.json"
 KERAS_WEIGHTS = "model.weights.h5"
-RECOMMENDER_FILES = ("model_config.json", KERAS_WEIGHTS, "vocabulary.parquet", ENCODER_FILE)
+VOCABULARY_FILE = "vocabulary.parquet"
+RECOMMENDER_FILES = (MODEL_CONFIG, KERAS_WEIGHTS, VOCABULARY_FILE, ENCODER_FILE)
 OPTIONAL_RECOMMENDER_FILES = (ENCODER_FILE,)
 
 
@@ -255,14 +257,14 @@ class Recommender:
         }
         if self.segments is not None:
             config["segments"] = self.segments.to_config()
-        (folder / "model_config.json").write_text(json.dumps(config, indent=2))
+        (folder / MODEL_CONFIG).write_text(json.dumps(config, indent=2))
         keras_model.save_weights(folder / KERAS_WEIGHTS)
         if numpy_form is not None:
             numpy_form.save(folder / ENCODER_FILE)
         vocabulary = pd.DataFrame(
             {"item_index": np.arange(self.num_items), "item_id": self.item_ids, "count": self.popularity}
         ).iloc[FIRST_ITEM_INDEX:]
-        vocabulary.to_parquet(folder / "vocabulary.parquet", index=False)
+        vocabulary.to_parquet(folder / VOCABULARY_FILE, index=False)
         return folder
 
     @classmethod
@@ -277,7 +279,7 @@ class Recommender:
     def load(cls, folder: Path) -> Recommender:
         """In numpy when the folder has encoder.npz (no TensorFlow import), else the Keras network."""
         folder = Path(folder)
-        config = json.loads((folder / "model_config.json").read_text())
+        config = json.loads((folder / MODEL_CONFIG).read_text())
         if config.get("format") not in READABLE_FORMATS:
             raise IncompatibleModelError(
                 f"the model in {folder} has format {config.get('format')}, this code reads formats {READABLE_FORMATS}: "
@@ -294,7 +296,7 @@ class Recommender:
         policy = config.get("repeat_policy", {})
         recommender = cls(
             model,
-            pd.read_parquet(Path(folder) / "vocabulary.parquet"),
+            pd.read_parquet(Path(folder) / VOCABULARY_FILE),
             config["event_types"],
             RepeatPolicy(policy.get("name", RepeatPolicy.name), tuple(policy.get("repeatable_types", ()))),
         )

@@ -34,8 +34,10 @@ from model_lib.config import Settings
 from model_lib.contracts import FIRST_ITEM_INDEX, model_inputs
 from model_lib.redaction import redact, split_credentials
 from model_lib.serving.recommender import (
+    MODEL_CONFIG,
     OPTIONAL_RECOMMENDER_FILES,
     RECOMMENDER_FILES,
+    VOCABULARY_FILE,
     IncompatibleModelError,
     Recommender,
 )
@@ -334,8 +336,8 @@ class TrainedOn:
     @classmethod
     def of_files(cls, files: dict[str, bytes]) -> TrainedOn:
         """From the version's vocabulary.parquet and model_config.json (bytes by file name)."""
-        vocabulary = pd.read_parquet(io.BytesIO(files["vocabulary.parquet"]))
-        config = json.loads(files["model_config.json"])
+        vocabulary = pd.read_parquet(io.BytesIO(files[VOCABULARY_FILE]))
+        config = json.loads(files[MODEL_CONFIG])
         segments = Segments.from_config(config["segments"]) if "segments" in config else None
         return cls(vocabulary, config["event_types"], segments)
 
@@ -351,7 +353,7 @@ def trained_on(settings: Settings, version: int) -> TrainedOn:
                 name: Path(
                     mlflow.artifacts.download_artifacts(artifact_uri=f"{folder}/{name}", dst_path=tmp)
                 ).read_bytes()
-                for name in ("vocabulary.parquet", "model_config.json")
+                for name in (VOCABULARY_FILE, MODEL_CONFIG)
             }
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
