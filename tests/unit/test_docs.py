@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs import docs
+from jobs.docs import MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
@@ -110,3 +111,11 @@ def test_the_readme_is_a_front_page():
     assert readme.index("make demo") < 400 and readme.index("make test") < 400
     assert len(readme.splitlines()) <= 200
     assert not re.search(r"\b[0-9a-f]{7}\b", readme), "the README names a commit: history goes to bench/results/"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_no_page_is_a_diary(page):
+    """The record says what holds now: no issue numbers, no "this session", no commit hashes outside the generated
+    results (history lives in bench/results/*.jsonl and the git log)."""
+    text = MARK.sub("", page.read_text()) if page.name != "ACCURACY.md" else ""
+    assert not re.search(r"\b(issue|stop) \d+|this session|found today", text, re.I), page.name
