@@ -85,3 +85,12 @@ def resumable(checkpoint_dir: Path, signature: dict) -> bool:
     """True when the folder holds at least one finished epoch of a run with this signature."""
     state_path = checkpoint_dir / "loop_state.json"
     return state_path.exists() and json.loads(state_path.read_text()).get("signature") == signature
+
+
+def restore_best_weights(model, best_weights, state: LoopState, checkpoints: Checkpoints) -> None:
+    """The best epoch's weights: from memory when this process saw it, else from the best checkpoint."""
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    elif state.best_epoch:
+        checkpoints.restore_best()
+    checkpoints.close()

@@ -131,6 +131,12 @@ def stop_early(state: LoopState, training: TrainingSettings) -> bool:
     return True
 
 
+def validation_score(validation_metrics: dict, training: TrainingSettings) -> tuple[float, float]:
+    """The early-stopping target and its standard error: NDCG@eval_k."""
+    k = training.eval_k
+    return validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"]
+
+
 def track_early_stopping(state: LoopState, epoch: int, score: float, stderr: float, training: TrainingSettings) -> bool:
     """Updates the loop state with one validation; True when it is the best so far, ties included (its weights are
     kept).

@@ -54,11 +54,19 @@ from model_lib.data.cooccurrence import NeighbourTable
 from model_lib.data.sequence_files import read_sequences
 from model_lib.data.splits import HoldOut, Sequences, protocol_split
 from model_lib.evaluation.metrics import evaluate_holdout
-from model_lib.model.checkpoints import Checkpoints
+from model_lib.model.checkpoints import Checkpoints, restore_best_weights
 from model_lib.model.distribute import cluster_position, distribution_strategy, shard_files, strategy_name, tf_config
 from model_lib.model.examples import TrainingRows, bucket_width, updates_per_pass
 from model_lib.model.losses import sampling_log_q
-from model_lib.model.schedule import LoopState, TrainingBudget, replan, set_plan, stop_early, track_early_stopping
+from model_lib.model.schedule import (
+    LoopState,
+    TrainingBudget,
+    replan,
+    set_plan,
+    stop_early,
+    track_early_stopping,
+    validation_score,
+)
 from model_lib.model.steps import build_optimizer_and_model, make_epoch_dataset, make_train_step, train_round
 from model_lib.progress import say
 from model_lib.ranking import EXCLUDE_SEEN_POLICY, RepeatPolicy
@@ -386,18 +394,3 @@ def train_next_item_model(
     run_rounds(run, state, settings.training, verbose, on_epoch_end)
     result.stopped_early = state.waited >= settings.training.patience
     return result.finished(state, budget.steps_per_round * settings.training.batch_size * replicas)
-
-
-def validation_score(validation_metrics: dict, training: TrainingSettings) -> tuple[float, float]:
-    """The early-stopping target and its standard error: NDCG@eval_k."""
-    k = training.eval_k
-    return validation_metrics[f"ndcg_{k}"], validation_metrics[f"ndcg_{k}_stderr"]
-
-
-def restore_best_weights(model, best_weights, state: LoopState, checkpoints: Checkpoints) -> None:
-    """The best epoch's weights: from memory when this process saw it, else from the best checkpoint."""
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    elif state.best_epoch:
-        checkpoints.restore_best()
-    checkpoints.close()

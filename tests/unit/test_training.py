@@ -164,6 +164,7 @@ def test_the_best_epoch_checkpoint_restores_every_weight_of_the_model(tmp_path):
     import keras
 
     from model_lib.model.network import NextItemModel, build_model
+    from model_lib.model.schedule import LoopState
     from model_lib.model.training import open_checkpoints
 
     keras.utils.set_random_seed(5)
@@ -174,7 +175,7 @@ def test_the_best_epoch_checkpoint_restores_every_weight_of_the_model(tmp_path):
     epoch = keras.Variable(0, dtype="int64", trainable=False)
     checkpoints = open_checkpoints(tmp_path / "checkpoints", model, optimizer, epoch, is_chief=True)
     best = [np.array(w) for w in model.get_weights()]
-    checkpoints.save({"history": []}, improved=True)
+    checkpoints.save(LoopState({}), improved=True)
     for variable in model.weights:  # later epochs change everything
         variable.assign(np.asarray(variable) + 1)
     assert checkpoints.restore_best()
