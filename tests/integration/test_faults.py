@@ -157,7 +157,8 @@ def published_v1_then_v2_in_the_lake(settings) -> None:
     from jobs import publish
 
     settings.lake.vocab_dir(DS).mkdir(parents=True)
-    pd.DataFrame({"item_id": [f"i{k}" for k in range(10)]}).to_parquet(settings.lake.vocab_dir(DS) / "part-0.parquet")
+    vocabulary = pd.DataFrame({"item_id": [f"i{k}" for k in range(10)], "item_index": range(2, 12), "count": 5})
+    vocabulary.to_parquet(settings.lake.vocab_dir(DS) / "part-0.parquet")
     write_day(settings.lake.recommendations_dir(DS), ["u1", "u2"], version=1)
     publish.run(settings, DS, "run-old")
     shutil.rmtree(settings.lake.recommendations_dir(DS))
