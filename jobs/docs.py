@@ -54,7 +54,7 @@ def _default(field) -> str:
         return f"`{value.relative_to(PROJECT_ROOT)}`" if value.is_relative_to(PROJECT_ROOT) else f"`{value}`"
     if value is None:
         return "derived"
-    return f"`{json.dumps(value)}`" if isinstance(value, list | str | bool) else f"{value:,}".replace(",", ",")
+    return f"`{json.dumps(value)}`" if isinstance(value, list | str | bool) else f"{value:,}"
 
 
 def settings_reference() -> str:

@@ -251,10 +251,11 @@ USER_ANOMALIES = Table(
 NIGHTLY_TABLES = (RECOMMENDATIONS, USER_NEXT_BEHAVIOUR, USER_PROFILES, USER_SEGMENTS, USER_ANOMALIES)
 
 # Written by the publish itself, one row per attempt and per table (storage/warehouse/base.py).
+PUBLISHED_DAY = Column("ds", "string", "DATE", False, "the day published")
 RECOMMENDATION_RUNS = Table(
     "recommendation_runs",
     (
-        Column("ds", "string", "DATE", False, "the day published"),
+        PUBLISHED_DAY,
         Column("run_id", "string", "VARCHAR", False, "the publish attempt"),
         Column("model_version", "int", "INTEGER", True, "the version the day came from"),
         Column("users", "long", "BIGINT", False, "users with recommendations"),
@@ -279,7 +280,7 @@ RECOMMENDATION_RUNS = Table(
 PUBLISHED_TABLES = Table(
     "published_tables",
     (
-        Column("ds", "string", "DATE", False, "the day published"),
+        PUBLISHED_DAY,
         Column("run_id", "string", "VARCHAR", False, "the successful publish (recommendation_runs.run_id)"),
         Column("table_name", "string", "VARCHAR", False, "a nightly table"),
         Column("rows", "long", "BIGINT", False, "the rows it received"),
